@@ -53,6 +53,7 @@ _TERMINAL = frozenset(
         JobState.CANCELLED,
         JobState.OUT_OF_MEMORY,
         JobState.NODE_FAIL,
+        JobState.PREEMPTED,
         JobState.MISSING,
     }
 )

@@ -1,0 +1,5 @@
+"""``python -m jobstrap`` runs the command line."""
+
+from jobstrap.cli import main
+
+main()

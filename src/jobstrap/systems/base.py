@@ -1,0 +1,153 @@
+"""What every batch system module provides, and the helpers they share.
+
+A batch system is data plus pure functions: directive builders, argv builders and
+output parsers. Nothing in ``systems/`` runs a process; the gateway does.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..spec import JobSpec
+from ..states import JobState
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the batch system says of one job (or one array task)."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    #: Why it is pending, or why it ended (``Resources``, ``TimeLimit``, ...).
+    reason: str = ""
+    nodes: str = ""
+    #: The job's name/comment as the batch system reports it (for tag matching).
+    name: str = ""
+    comment: str = ""
+    submit_time: str = ""
+    #: The batch system's own state word, before mapping.
+    raw_state: str = ""
+
+
+class BatchSystem(Protocol):
+    """The interface every batch system module's ``SYSTEM`` object implements."""
+
+    name: str
+    #: Variables the job sees: its id and, in arrays, its task index.
+    job_id_variable: str
+    array_task_variable: str
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        """Full directive lines for the script header (``#SBATCH --time=...``)."""
+        ...
+
+    def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
+        """argv that submits ``script`` and prints the job id."""
+        ...
+
+    def parse_submit(self, stdout: str) -> str:
+        """The job id from the submit command's output."""
+        ...
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """argv asking for the live state of ``job_ids`` (one call for all)."""
+        ...
+
+    def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        """Live records keyed by job id (array tasks individually: ``123_4``)."""
+        ...
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        """argv asking for ended jobs' final state (``sacct``), or None."""
+        ...
+
+    def parse_history(self, stdout: str) -> dict[str, JobRecord]:
+        """Final records keyed by job id."""
+        ...
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """argv cancelling ``job_ids`` (array tasks or whole arrays)."""
+        ...
+
+    def find_by_name_argv(self, name: str) -> list[str]:
+        """argv listing live jobs whose name is exactly ``name`` (idempotent retries)."""
+        ...
+
+    def parse_find_by_name(self, stdout: str) -> list[str]:
+        """Job ids from :meth:`find_by_name_argv` output."""
+        ...
+
+    def is_transient_error(self, stderr: str) -> bool:
+        """True when a failed command is worth retrying (controller busy/unreachable)."""
+        ...
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+_TRANSIENT_PATTERNS = (
+    "socket timed out",
+    "resource temporarily unavailable",
+    "unable to contact slurm controller",
+    "slurm_load_jobs error: unable to contact",
+    "connection refused",
+    "connection timed out",
+    "communication failure",
+    "temporarily unavailable",
+    "try again",
+    "pbs_server is not running",
+    "cannot connect to server",
+    "end of file",
+    "zero bytes were transmitted",
+)
+
+
+def is_transient(stderr: str) -> bool:
+    """True for the controller's "busy or unreachable" messages (retry), not user errors."""
+    text = stderr.lower()
+    return any(pattern in text for pattern in _TRANSIENT_PATTERNS)
+
+
+def directive_value(value: str) -> str:
+    """Quote a directive value containing whitespace (sbatch/qsub honour double quotes)."""
+    if re.search(r"\s", value):
+        return '"' + value.replace('"', '\\"') + '"'
+    return value
+
+
+def apply_extras(
+    builtins: Sequence[str],
+    extras: Iterable[str],
+    skip: Iterable[str],
+    *,
+    prefix: str,
+    names_of: Callable[[str], set[str]],
+) -> list[str]:
+    """Merge built-in and user directives, then drop the skipped ones.
+
+    Directives are given without prefix (``--mem=4G``) and returned with it. A user
+    directive replaces the built-in of the same name; ``skip`` removes by *name*, so
+    skipping ``--mem`` keeps ``--mem-per-cpu``.
+    """
+    cleaned_extras = [_strip_prefix(d, prefix) for d in extras]
+    skip_names = {_strip_prefix(s, prefix) for s in skip}
+    extra_names = set().union(*(names_of(d) for d in cleaned_extras)) if cleaned_extras else set()
+    merged = [d for d in builtins if not (names_of(d) & extra_names)] + cleaned_extras
+    kept = [d for d in merged if not (names_of(d) & skip_names)]
+    return [f"{prefix} {d}" for d in kept]
+
+
+def _strip_prefix(directive: str, prefix: str) -> str:
+    text = directive.strip()
+    if text.startswith(prefix):
+        text = text[len(prefix) :].strip()
+    return text
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """A copy-pasteable shell form of an argv (for messages and logs)."""
+    return shlex.join(argv)

@@ -1,0 +1,123 @@
+"""The local backend: job scripts run as process groups on this machine.
+
+It is a batch system like the others, driven by argv through the gateway: the
+``jobstrap.localq`` module is its ``sbatch``/``squeue``/``scancel``. It reads the same
+kind of directives (``#JOBSTRAP --walltime=...``) from the script, so a newcomer
+without a batch system runs exactly the scripts a cluster would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from ..spec import JobSpec
+from ..states import JobState
+from .base import JobRecord, apply_extras, directive_value
+
+PREFIX = "#JOBSTRAP"
+
+
+def _names(directive: str) -> set[str]:
+    head = directive.split("=", 1)[0].split()[0] if directive.strip() else ""
+    return {head}
+
+
+def _localq(*args: str) -> list[str]:
+    # The same interpreter that runs the toolkit runs the queue: no PATH lookups.
+    return [sys.executable, "-m", "jobstrap.localq", *args]
+
+
+class Local:
+    """Builders and parsers for the local process-group backend."""
+
+    name = "local"
+    job_id_variable = "JOBSTRAP_JOB_ID"
+    array_task_variable = "JOBSTRAP_ARRAY_TASK_ID"
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        stem = "%A_%a" if spec.array else "%j"
+        lines = [
+            f"--job-name={spec.name}",
+            f"--output={directive_value(os.path.join(spec.log_directory, stem + '.out'))}",
+            f"--error={directive_value(os.path.join(spec.log_directory, stem + '.err'))}",
+            f"--time={spec.walltime}",
+            f"--ntasks={spec.ntasks}",
+        ]
+        if spec.array:
+            lines.append(f"--array={spec.array.start}-{spec.array.stop}")
+        if spec.signal:
+            signal, seconds = spec.signal
+            lines.append(f"--signal={signal}@{seconds}")
+        return apply_extras(
+            lines, spec.extra_directives, spec.skip_directives, prefix=PREFIX, names_of=_names
+        )
+
+    def script_setup(self, spec: JobSpec) -> list[str]:
+        return []
+
+    def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
+        return _localq("submit", *spec.submit_args, script)
+
+    def parse_submit(self, stdout: str) -> str:
+        job_id = stdout.strip().splitlines()[-1].strip() if stdout.strip() else ""
+        if not job_id.isdigit():
+            raise ValueError(f"localq printed {stdout.strip()!r}, not a job id")
+        return job_id
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return _localq("status", *job_ids)
+
+    def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        """Lines of ``ID|STATE|EXIT|REASON|NAME``."""
+        records: dict[str, JobRecord] = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) < 2 or not parts[0]:
+                continue
+            exit_text = parts[2] if len(parts) > 2 else ""
+            records[parts[0]] = JobRecord(
+                job_id=parts[0],
+                state=JobState.__members__.get(parts[1], JobState.UNKNOWN),
+                exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+                reason=parts[3] if len(parts) > 3 else "",
+                name=parts[4] if len(parts) > 4 else "",
+                nodes="localhost",
+                raw_state=parts[1],
+            )
+        return records
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        return None  # the local queue keeps every job's final record
+
+    def parse_history(self, stdout: str) -> dict[str, JobRecord]:
+        return self.parse_status(stdout)
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return _localq("cancel", *job_ids)
+
+    def signal_argv(self, job_ids: Sequence[str], signal: str) -> list[str]:
+        return _localq("signal", f"--signal={signal}", *job_ids)
+
+    def find_by_name_argv(self, name: str) -> list[str]:
+        return _localq("find", name)
+
+    def parse_find_by_name(self, stdout: str) -> list[str]:
+        return stdout.split()
+
+    def is_transient_error(self, stderr: str) -> bool:
+        return False
+
+    def is_unknown_job_error(self, stderr: str) -> bool:
+        return False
+
+    def limits_argv(self) -> list[str]:
+        return _localq("limits")
+
+    def parse_max_array_size(self, stdout: str) -> int | None:
+        text = stdout.strip()
+        return int(text.split("=")[-1]) if text else None
+
+
+SYSTEM = Local()

@@ -1,0 +1,214 @@
+"""PBS Pro / OpenPBS: directives, command lines and output parsers (pure).
+
+There is no PBS server to test against here. The formats come from the PBS Pro /
+OpenPBS reference guides: ``qsub`` prints ``123.server`` (arrays ``123[].server``);
+``qstat -f -F json`` (PBS Pro 19+) prints ``{"Jobs": {"123.server": {...}}}`` with
+``job_state`` letters; ``qstat -x`` keeps finished jobs (``F``, subjobs ``X``) with
+their ``Exit_status``. Exit statuses >= 256 mean "killed by signal (status - 256)";
+the walltime and memory kills are told apart by the job's ``comment``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+from ..spec import JobSpec
+from ..states import JobState
+from ..units import format_memory_pbs, format_walltime_pbs
+from .base import JobRecord, apply_extras, directive_value, is_transient
+
+#: ``job_state`` letters of live jobs.
+STATES: dict[str, JobState] = {
+    "Q": JobState.PENDING,  # queued
+    "H": JobState.PENDING,  # held
+    "W": JobState.PENDING,  # waiting for its start time
+    "T": JobState.PENDING,  # in transit
+    "M": JobState.PENDING,  # moved to another server
+    "S": JobState.PENDING,  # suspended
+    "U": JobState.PENDING,  # suspended: workstation busy
+    "R": JobState.RUNNING,
+    "E": JobState.RUNNING,  # exiting after having run
+    "B": JobState.RUNNING,  # array job: at least one subjob started
+}
+_FINISHED = ("F", "X")
+_JOB_ID_RE = re.compile(r"^\d+(?:\[\d*\])?(?:\.[\w.-]+)?$")
+
+
+def _names(directive: str) -> set[str]:
+    """``-l walltime=1:00:00`` -> {``-l walltime``, ``walltime``}; ``-q x`` -> {``-q``}."""
+    parts = directive.split()
+    if not parts:
+        return set()
+    if parts[0] == "-l" and len(parts) > 1:
+        resource = re.split(r"[=:]", parts[1], maxsplit=1)[0]
+        return {f"-l {resource}", resource}
+    return {parts[0]}
+
+
+def finished_state(exit_status: int | None, comment: str) -> JobState:
+    """The final state of a finished (``F``/``X``) job from its exit status and comment."""
+    text = comment.lower()
+    if "walltime" in text and ("exceeded" in text or "limit" in text):
+        return JobState.TIMEOUT
+    if re.search(r"\b(v?mem|memory)\b", text) and "exceeded" in text:
+        return JobState.OUT_OF_MEMORY
+    if exit_status is None:
+        return JobState.UNKNOWN
+    if exit_status == 0:
+        return JobState.COMPLETED
+    if exit_status < 0:
+        # Negative statuses are PBS's own "could not start the job" codes.
+        return JobState.NODE_FAIL if exit_status in (-1, -2, -3, -4, -5, -6) else JobState.FAILED
+    if exit_status in (256 + 15, 256 + 9, 128 + 15, 128 + 9) and "delete" in text:
+        return JobState.CANCELLED
+    return JobState.FAILED
+
+
+class PBS:
+    """Pure builders and parsers for PBS Pro and OpenPBS."""
+
+    name = "pbs"
+    job_id_variable = "PBS_JOBID"
+    array_task_variable = "PBS_ARRAY_INDEX"
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        if spec.qos:
+            raise ConfigError("qos", spec.qos, "PBS has no QOS; choose a queue instead")
+        chunk = f"{spec.nodes}:ncpus={spec.tasks_per_node * spec.cpus_per_task}"
+        chunk += f":mpiprocs={spec.tasks_per_node}"
+        if spec.memory is not None:
+            chunk += f":mem={format_memory_pbs(spec.memory)}"
+        if spec.gpus:
+            chunk += f":ngpus={spec.gpus}"
+        lines = [f"-N {spec.name}"]
+        if spec.queue:
+            lines.append(f"-q {spec.queue}")
+        if spec.account:
+            lines.append(f"-A {spec.account}")
+        lines.append(f"-l select={chunk}")
+        if spec.nodes > 1:
+            lines.append("-l place=scatter")
+        lines.append(f"-l walltime={format_walltime_pbs(spec.walltime)}")
+        # PBS arrays need at least two subjobs; a one-task "array" is a plain job.
+        if spec.array and spec.array.size > 1:
+            lines.append(f"-J {spec.array.start}-{spec.array.stop}")
+        # PBS cannot name logs by job id in -o/-e; the script redirects itself instead
+        # and PBS's own copies go to the log directory too.
+        lines.append(f"-o {directive_value(spec.log_directory + os.sep)}")
+        lines.append(f"-e {directive_value(spec.log_directory + os.sep)}")
+        return apply_extras(
+            lines, spec.extra_directives, spec.skip_directives, prefix="#PBS", names_of=_names
+        )
+
+    def script_setup(self, spec: JobSpec) -> list[str]:
+        """Redirect output to ``<log dir>/<job id>[_<index>].out|.err`` like Slurm does."""
+        stem = '"${PBS_JOBID%%.*}"'
+        if spec.array and spec.array.size > 1:
+            stem = '"${PBS_JOBID%%\\[*}_${PBS_ARRAY_INDEX}"'
+        log_dir = shlex.quote(spec.log_directory)
+        return [f"exec >{log_dir}/{stem}.out 2>{log_dir}/{stem}.err"]
+
+    def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
+        return ["qsub", *spec.submit_args, script]
+
+    def parse_submit(self, stdout: str) -> str:
+        lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+        if not lines or not _JOB_ID_RE.match(lines[-1]):
+            raise ValueError(f"qsub printed {stdout.strip()!r}, not a job id")
+        return lines[-1]
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # -x includes finished jobs, -t expands array subjobs, -F json is unambiguous.
+        return ["qstat", "-x", "-t", "-f", "-F", "json", *job_ids]
+
+    def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        text = stdout.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            return self._parse_json(text)
+        return self._parse_table(text)
+
+    def _parse_json(self, text: str) -> dict[str, JobRecord]:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"qstat printed invalid JSON: {error}") from None
+        records: dict[str, JobRecord] = {}
+        for job_id, attrs in (data.get("Jobs") or {}).items():
+            letter = str(attrs.get("job_state", "")).strip()
+            comment = str(attrs.get("comment", ""))
+            exit_status = attrs.get("Exit_status")
+            exit_code = int(exit_status) if exit_status is not None else None
+            if letter in _FINISHED:
+                state = finished_state(exit_code, comment)
+            else:
+                state = STATES.get(letter, JobState.UNKNOWN)
+            if exit_code is not None and exit_code >= 256:
+                exit_code -= 128  # PBS: 256 + signal; report the shell's 128 + signal
+            records[job_id] = JobRecord(
+                job_id=job_id,
+                state=state,
+                exit_code=exit_code,
+                reason=comment,
+                nodes=str(attrs.get("exec_host", "")),
+                name=str(attrs.get("Job_Name", "")),
+                submit_time=str(attrs.get("ctime", "")),
+                raw_state=letter,
+            )
+        return records
+
+    def _parse_table(self, text: str) -> dict[str, JobRecord]:
+        """The classic ``qstat`` table (``Job id  Name  User  Time Use S Queue``)."""
+        records: dict[str, JobRecord] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) < 6 or not _JOB_ID_RE.match(parts[0]):
+                continue
+            letter = parts[4]
+            state = (
+                JobState.UNKNOWN if letter in _FINISHED else STATES.get(letter, JobState.UNKNOWN)
+            )
+            records[parts[0]] = JobRecord(
+                job_id=parts[0], state=state, name=parts[1], raw_state=letter
+            )
+        return records
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        return None  # status_argv already asks with -x (finished jobs included)
+
+    def parse_history(self, stdout: str) -> dict[str, JobRecord]:
+        return self.parse_status(stdout)
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["qdel", "-W", "force", *job_ids]
+
+    def signal_argv(self, job_ids: Sequence[str], signal: str) -> list[str]:
+        return ["qsig", "-s", signal, *job_ids]
+
+    def find_by_name_argv(self, name: str) -> list[str]:
+        return ["qselect", "-N", name]
+
+    def parse_find_by_name(self, stdout: str) -> list[str]:
+        return [line.strip() for line in stdout.splitlines() if line.strip()]
+
+    def is_transient_error(self, stderr: str) -> bool:
+        return is_transient(stderr)
+
+    def is_unknown_job_error(self, stderr: str) -> bool:
+        return "unknown job id" in stderr.lower()
+
+    def limits_argv(self) -> list[str]:
+        return ["qmgr", "-c", "list server max_array_size"]
+
+    def parse_max_array_size(self, stdout: str) -> int | None:
+        match = re.search(r"max_array_size\s*=\s*(\d+)", stdout)
+        return int(match.group(1)) if match else None
+
+
+SYSTEM = PBS()

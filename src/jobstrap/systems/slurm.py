@@ -1,0 +1,272 @@
+"""Slurm: directives, command lines and output parsers (pure; no processes run here).
+
+Output formats follow Slurm 22.05 to 24.x: ``sbatch --parsable`` prints ``123`` or
+``123;cluster``; ``squeue --array`` prints one line per array task (``123_4``) but
+pending tasks may still be folded (``123_[5-9%2]``); heterogeneous components are
+``123+0``; ``sacct --parsable2`` states may carry a suffix (``CANCELLED by 0``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from ..spec import JobSpec
+from ..states import JobState
+from ..units import format_memory_slurm, format_walltime_slurm
+from .base import JobRecord, apply_extras, directive_value, is_transient
+
+#: Every state squeue or sacct can report, mapped to our vocabulary.
+STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "SUSPENDED": JobState.PENDING,
+    "STOPPED": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "TIMEOUT": JobState.TIMEOUT,
+    "DEADLINE": JobState.TIMEOUT,
+    "PREEMPTED": JobState.PREEMPTED,
+    "CANCELLED": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "BOOT_FAIL": JobState.NODE_FAIL,
+}
+
+#: squeue's short codes (``%t``), for completeness when a site overrides SQUEUE_FORMAT.
+SHORT_STATES: dict[str, str] = {
+    "PD": "PENDING", "CF": "CONFIGURING", "R": "RUNNING", "CG": "COMPLETING",
+    "CD": "COMPLETED", "F": "FAILED", "TO": "TIMEOUT", "PR": "PREEMPTED",
+    "CA": "CANCELLED", "OOM": "OUT_OF_MEMORY", "NF": "NODE_FAIL", "BF": "BOOT_FAIL",
+    "S": "SUSPENDED", "ST": "STOPPED", "RQ": "REQUEUED", "RH": "REQUEUE_HOLD",
+    "RS": "RESIZING", "SE": "SPECIAL_EXIT", "SI": "SIGNALING", "SO": "STAGE_OUT",
+    "DL": "DEADLINE", "RV": "REVOKED", "RF": "REQUEUE_FED", "RD": "RESV_DEL_HOLD",
+}  # fmt: skip
+
+_SEP = "|"
+_SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V"
+_SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit"
+_ARRAY_RE = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[^\]]+)\]$")
+_JOB_ID_RE = re.compile(r"^\d+(?:_\d+|\+\d+)?$")
+
+
+def map_state(raw: str) -> JobState:
+    """Map a squeue/sacct state word (``CANCELLED by 0``, ``PD``) to :class:`JobState`."""
+    word = raw.strip().split(" ")[0].rstrip("+").upper()
+    word = SHORT_STATES.get(word, word)
+    return STATES.get(word, JobState.UNKNOWN)
+
+
+def expand_job_id(text: str) -> list[str]:
+    """Expand folded array ids: ``123_[1,3-5%2]`` -> ``123_1 123_3 123_4 123_5``."""
+    match = _ARRAY_RE.match(text.strip())
+    if not match:
+        return [text.strip()]
+    base = match["base"]
+    ranges = match["ranges"].split("%")[0]
+    ids: list[str] = []
+    for part in ranges.split(","):
+        step = 1
+        if ":" in part:
+            part, step_text = part.split(":", 1)
+            step = int(step_text)
+        if "-" in part:
+            low, high = (int(x) for x in part.split("-", 1))
+            ids.extend(f"{base}_{i}" for i in range(low, high + 1, step))
+        elif part:
+            ids.append(f"{base}_{int(part)}")
+    return ids
+
+
+def parse_exit_code(text: str) -> int | None:
+    """sacct's ``exit:signal`` as a shell-style code (signal n -> 128 + n)."""
+    if not text or ":" not in text:
+        return None
+    code_text, signal_text = text.split(":", 1)
+    try:
+        code, signal = int(code_text), int(signal_text)
+    except ValueError:
+        return None
+    return 128 + signal if signal else code
+
+
+def _names(directive: str) -> set[str]:
+    """Names of a Slurm directive: ``--mem=4G`` -> {``--mem``}; ``-N 2`` -> {``-N``}."""
+    head = directive.split("=", 1)[0].split()[0] if directive.strip() else ""
+    return {head}
+
+
+class Slurm:
+    """Pure builders and parsers for Slurm."""
+
+    name = "slurm"
+    job_id_variable = "SLURM_JOB_ID"
+    array_task_variable = "SLURM_ARRAY_TASK_ID"
+
+    def directives(self, spec: JobSpec) -> list[str]:
+        log_dir = spec.log_directory
+        stem = "%A_%a" if spec.array else "%j"
+        lines = [
+            f"--job-name={spec.name}",
+            f"--output={directive_value(os.path.join(log_dir, stem + '.out'))}",
+            f"--error={directive_value(os.path.join(log_dir, stem + '.err'))}",
+        ]
+        if spec.queue:
+            lines.append(f"--partition={spec.queue}")
+        if spec.account:
+            lines.append(f"--account={spec.account}")
+        if spec.qos:
+            lines.append(f"--qos={spec.qos}")
+        lines.append(f"--time={format_walltime_slurm(spec.walltime)}")
+        lines.append(f"--nodes={spec.nodes}")
+        lines.append(f"--ntasks-per-node={spec.tasks_per_node}")
+        lines.append(f"--cpus-per-task={spec.cpus_per_task}")
+        if spec.memory is not None:
+            lines.append(f"--mem={format_memory_slurm(spec.memory)}")
+        if spec.gpus:
+            lines.append(f"--gres=gpu:{spec.gpus}")
+        if spec.array:
+            limit = f"%{spec.array.limit}" if spec.array.limit else ""
+            lines.append(f"--array={spec.array.start}-{spec.array.stop}{limit}")
+        if spec.signal:
+            signal, seconds = spec.signal
+            # B: signal only the batch shell; the script forwards it to its job steps.
+            lines.append(f"--signal=B:{signal}@{seconds}")
+        lines.append(f"--comment=jobstrap:{spec.tag}")
+        return apply_extras(
+            lines, spec.extra_directives, spec.skip_directives, prefix="#SBATCH", names_of=_names
+        )
+
+    def script_setup(self, spec: JobSpec) -> list[str]:
+        """Extra shell lines at the top of the body (none needed: Slurm names the logs)."""
+        return []
+
+    def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
+        return ["sbatch", "--parsable", *spec.submit_args, script]
+
+    def parse_submit(self, stdout: str) -> str:
+        """``123`` or ``123;cluster`` (federations) -> ``123``."""
+        lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError("sbatch printed no job id")
+        job_id = lines[-1].split(";", 1)[0]
+        if not _JOB_ID_RE.match(job_id):
+            raise ValueError(f"sbatch printed {lines[-1]!r}, not a job id")
+        return job_id
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # One call for every tracked job: --array lists tasks one per line; base ids are
+        # enough (squeue matches an array's tasks by its base id).
+        bases = sorted({_base_id(j) for j in job_ids}, key=_id_sort_key)
+        return [
+            "squeue", "--noheader", "--array", f"--format={_SQUEUE_FIELDS}",
+            "--states=all", f"--jobs={','.join(bases)}",
+        ]  # fmt: skip
+
+    def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        records: dict[str, JobRecord] = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split(_SEP)
+            if len(parts) < 2 or not parts[0]:
+                continue
+            job_id, raw_state = parts[0], parts[1]
+            reason = parts[2] if len(parts) > 2 else ""
+            nodes = parts[3] if len(parts) > 3 else ""
+            name = parts[4] if len(parts) > 4 else ""
+            submit = parts[5] if len(parts) > 5 else ""
+            for one in expand_job_id(job_id):
+                records[one] = JobRecord(
+                    job_id=one,
+                    state=map_state(raw_state),
+                    reason="" if reason in ("None", "(null)") else reason,
+                    nodes="" if nodes in ("(null)",) else nodes,
+                    name=name,
+                    submit_time=submit,
+                    raw_state=raw_state,
+                )
+        return records
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        bases = sorted({_base_id(j) for j in job_ids}, key=_id_sort_key)
+        return [
+            "sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
+            f"--format={_SACCT_FIELDS}", f"--jobs={','.join(bases)}",
+        ]  # fmt: skip
+
+    def parse_history(self, stdout: str) -> dict[str, JobRecord]:
+        records: dict[str, JobRecord] = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split(_SEP)
+            if len(parts) < 3 or not parts[0]:
+                continue
+            job_id, raw_state, exit_text = parts[0], parts[1], parts[2]
+            if "." in job_id:  # a step (123.batch), not an allocation
+                continue
+            reason = parts[3] if len(parts) > 3 else ""
+            for one in expand_job_id(job_id):
+                # --duplicates lists a requeued or recycled id once per run: keep the last.
+                records[one] = JobRecord(
+                    job_id=one,
+                    state=map_state(raw_state),
+                    exit_code=parse_exit_code(exit_text),
+                    reason="" if reason in ("None", "(null)") else reason,
+                    nodes=parts[4] if len(parts) > 4 else "",
+                    name=parts[5] if len(parts) > 5 else "",
+                    submit_time=parts[6] if len(parts) > 6 else "",
+                    raw_state=raw_state,
+                )
+        return records
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        return ["scancel", *job_ids]
+
+    def signal_argv(self, job_ids: Sequence[str], signal: str) -> list[str]:
+        """argv sending ``signal`` to the jobs' batch shells (which forward it)."""
+        return ["scancel", "--batch", f"--signal={signal}", *job_ids]
+
+    def find_by_name_argv(self, name: str) -> list[str]:
+        return ["squeue", "--noheader", "--array", "--states=all", "--format=%i", f"--name={name}"]
+
+    def parse_find_by_name(self, stdout: str) -> list[str]:
+        ids: list[str] = []
+        for line in stdout.split():
+            ids.extend(expand_job_id(line))
+        return ids
+
+    def is_transient_error(self, stderr: str) -> bool:
+        return is_transient(stderr)
+
+    def is_unknown_job_error(self, stderr: str) -> bool:
+        """squeue's answer when every id asked about has left the controller."""
+        return "invalid job id specified" in stderr.lower()
+
+    def limits_argv(self) -> list[str]:
+        return ["scontrol", "show", "config"]
+
+    def parse_max_array_size(self, stdout: str) -> int | None:
+        """``MaxArraySize = 1001`` -> 1001 (task ids must be below it)."""
+        match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", stdout, re.MULTILINE)
+        return int(match.group(1)) if match else None
+
+
+def _base_id(job_id: str) -> str:
+    return re.split(r"[_+.]", job_id, maxsplit=1)[0]
+
+
+def _id_sort_key(job_id: str) -> tuple[int, str]:
+    return (int(job_id), "") if job_id.isdigit() else (0, job_id)
+
+
+SYSTEM = Slurm()
