@@ -199,6 +199,10 @@ def _environment(name: str, value: object) -> tuple[tuple[str, str], ...]:
             pairs.append((var, text))
     elif isinstance(value, Mapping):
         pairs = list(value.items())
+    elif isinstance(value, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in value
+    ):
+        pairs = [(p[0], p[1]) for p in value]
     else:
         raise ConfigError(name, value, "expected a mapping of variable names to values")
     result = []

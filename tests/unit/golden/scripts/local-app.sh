@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+#JOBSTRAP --job-name=jobstrap-js0123456789
+#JOBSTRAP --output=/home/ada/.jobstrap/runs/r1/logs/%j.out
+#JOBSTRAP --error=/home/ada/.jobstrap/runs/r1/logs/%j.err
+#JOBSTRAP --time=5400
+#JOBSTRAP --ntasks=3
+# Rendered by jobstrap 0.1.0 for local: role app, tag js0123456789.
+set -o pipefail
+export JOBSTRAP_JOB_ID="${JOBSTRAP_JOB_ID:-}"
+export JOBSTRAP_ARRAY_TASK_ID="${JOBSTRAP_ARRAY_TASK_ID:-}"
+export JOBSTRAP_ROLE=app
+export PATH=/opt/venv/bin"${PATH:+:$PATH}"
+export JOBSTRAP_RUN_DIR=/home/ada/.jobstrap/runs/r1
+export OMP_NUM_THREADS=1
+module load python
+# Run the main command in the background so this shell can forward the batch
+# system's early-warning signals (walltime, preemption) to it instead of dying.
+mpiexec -n 3 /opt/venv/bin/python -m jobstrap.bootstrap --mode workers &
+jobstrap_child=$!
+trap 'kill -s TERM "$jobstrap_child" 2>/dev/null' TERM
+trap 'kill -s INT "$jobstrap_child" 2>/dev/null' INT
+trap 'kill -s USR1 "$jobstrap_child" 2>/dev/null' USR1
+trap 'kill -s USR2 "$jobstrap_child" 2>/dev/null' USR2
+wait "$jobstrap_child"
+jobstrap_rc=$?
+while kill -0 "$jobstrap_child" 2>/dev/null; do
+  wait "$jobstrap_child"
+  jobstrap_rc=$?
+done
+trap - TERM INT USR1 USR2
+echo finished
+exit "$jobstrap_rc"

@@ -1,0 +1,120 @@
+"""Shipped site profiles and the foundation CLI (render, config, --version)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobstrap import __version__
+from jobstrap.cli import cli
+from jobstrap.profile import load_profile
+from jobstrap.resources import configs_dir
+
+SHIPPED = sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("JOBSTRAP_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("JOBSTRAP_PROFILE",):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_the_expected_site_profiles_ship() -> None:
+    assert {"default", "slurm-infiniband", "pbspro", "testcluster"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_validates(name: str, isolated: Path) -> None:
+    load_profile(name)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_renders_every_role(name: str, isolated: Path) -> None:
+    runner = CliRunner()
+    for role in ("workers", "app", "scheduler"):
+        args = ["render", "--profile", name, "--role", role] + (["app.py"] if role == "app" else [])
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("#!")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "memory=10XB"], "memory: invalid value '10XB'"),
+        (["--set", "walltime=25:61:00"], "minutes must be 0-59"),
+        (["--set", "cores=0"], "cores: invalid value 0"),
+        (["--set", "wallclock=1h"], "did you mean 'walltime'"),
+        (["--set", "system=lsf"], "system: invalid value 'lsf'"),
+        (["--set", "account=a\n#SBATCH --uid=0"], "account: invalid value"),
+        (["--set", "job_name=$(touch pwned)"], "job_name: invalid value"),
+        (["--profile", "testclustr"], "did you mean 'testcluster'"),
+        (["--set", "novalue"], "expected key=value"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_write_nothing(
+    args: list[str], message: str, isolated: Path
+) -> None:
+    before = sorted(isolated.rglob("*"))
+    result = CliRunner().invoke(cli, ["render", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert result.output.count("\n") == 1
+    assert "Traceback" not in result.output
+    assert sorted(isolated.rglob("*")) == before
+
+
+def test_config_show_resolved_names_each_source(isolated: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["config", "show", "-p", "testcluster", "--resolved", "-s", "cores=2"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert lines["system"].endswith("# configs/testcluster.yaml")
+    assert lines["cores"].endswith("# argument")
+    assert lines["account"].endswith("# default")
+
+
+def test_config_check_reports_a_bad_file(tmp_path: Path, isolated: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("system: slurm\nwallclock: 1h\n")
+    result = CliRunner().invoke(cli, ["config", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "did you mean 'walltime'" in result.output
+
+
+def test_config_check_accepts_the_shipped_files(isolated: Path) -> None:
+    files = [str(p) for p in configs_dir().glob("*.yaml")]
+    result = CliRunner().invoke(cli, ["config", "check", *files])
+    assert result.exit_code == 0, result.output
+
+
+def test_version_and_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobstrap", "--version"], capture_output=True, text=True, check=True
+    )
+    assert __version__ in result.stdout
+
+
+def test_import_has_no_side_effects(tmp_path: Path) -> None:
+    code = (
+        "import signal, sys, threading; before = signal.getsignal(signal.SIGTERM);"
+        "import jobstrap, jobstrap.profile, jobstrap.render, jobstrap.systems.slurm;"
+        "assert signal.getsignal(signal.SIGTERM) == before;"
+        "assert threading.active_count() == 1;"
+        "assert 'distributed' not in sys.modules, 'distributed imported eagerly'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert list(tmp_path.iterdir()) == []

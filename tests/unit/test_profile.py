@@ -1,0 +1,187 @@
+"""Profiles: layering, sources, validation and "did you mean"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobstrap.errors import ConfigError
+from jobstrap.profile import FIELD_NAMES, load_profile, parse_assignments
+from jobstrap.units import GiB
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "config"
+    directory.mkdir()
+    return directory
+
+
+def env_for(user_dir: Path, **variables: str) -> dict[str, str]:
+    return {"JOBSTRAP_CONFIG_DIR": str(user_dir), "HOME": str(user_dir.parent), **variables}
+
+
+def test_default_profile_is_the_local_backend(user_dir: Path) -> None:
+    profile = load_profile(environ=env_for(user_dir))
+    assert profile.system == "local"
+    assert profile.sources["system"] == "configs/default.yaml"
+
+
+def test_layers_apply_in_order_and_remember_their_source(user_dir: Path) -> None:
+    (user_dir / "testcluster.yaml").write_text("walltime: 2h\ncores: 3\n")
+    environ = env_for(user_dir, JOBSTRAP_CORES="4", JOBSTRAP_QUEUE="short")
+    profile = load_profile("testcluster", {"queue": "debug"}, environ=environ)
+    assert profile.system == "slurm"
+    assert profile.sources["system"] == "configs/testcluster.yaml"
+    assert (profile.walltime, profile.sources["walltime"]) == (
+        7200,
+        str(user_dir / "testcluster.yaml"),
+    )
+    assert (profile.cores, profile.sources["cores"]) == (4, "environment")
+    assert (profile.queue, profile.sources["queue"]) == ("debug", "argument")
+    assert profile.sources["account"] == "default"
+
+
+def test_a_user_profile_can_extend_a_shipped_one(user_dir: Path) -> None:
+    (user_dir / "mysite.yaml").write_text("extends: testcluster\nqueue: short\n")
+    profile = load_profile("mysite", environ=env_for(user_dir))
+    assert (profile.system, profile.queue) == ("slurm", "short")
+
+
+def test_circular_extends_is_an_error(user_dir: Path) -> None:
+    (user_dir / "a.yaml").write_text("extends: b\n")
+    (user_dir / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match=r"circular"):
+        load_profile("a", environ=env_for(user_dir))
+
+
+def test_a_profile_can_be_a_file_path(tmp_path: Path, user_dir: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("system: pbs\nqueue: workq\n")
+    assert load_profile(str(path), environ=env_for(user_dir)).system == "pbs"
+
+
+def test_unknown_key_suggests_the_field(user_dir: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^wallclock: .*unknown setting.*did you mean 'walltime'"
+    ):
+        load_profile(None, {"wallclock": "1h"}, environ=env_for(user_dir))
+
+
+def test_unknown_key_in_a_file_names_the_file(user_dir: Path) -> None:
+    (user_dir / "site.yaml").write_text("memroy: 4GiB\n")
+    with pytest.raises(ConfigError, match=r"memroy.*site.yaml.*did you mean 'memory'"):
+        load_profile("site", environ=env_for(user_dir))
+
+
+def test_unknown_profile_suggests_a_close_name(user_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'testcluster'"):
+        load_profile("testclustr", environ=env_for(user_dir))
+
+
+def test_near_miss_environment_variable_is_an_error(user_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"JOBSTRAP_WALLTIM.*did you mean 'walltime'"):
+        load_profile(environ=env_for(user_dir, JOBSTRAP_WALLTIM="1h"))
+
+
+def test_internal_environment_variables_are_not_settings(user_dir: Path) -> None:
+    profile = load_profile(environ=env_for(user_dir, JOBSTRAP_RUN_DIR="/x", JOBSTRAP_TAG="t"))
+    assert profile.system == "local"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("memory", "10XB", r"^memory: invalid value '10XB': unknown unit"),
+        ("memory", "-1GB", r"^memory: .*must be positive"),
+        ("memory", "0", r"^memory: .*more than zero"),
+        ("walltime", "25:61:00", r"^walltime: .*minutes must be 0-59"),
+        ("walltime", "abc", r"^walltime: "),
+        ("walltime", "-5m", r"^walltime: .*positive"),
+        ("cores", 0, r"^cores: .*at least 1"),
+        ("cores", -2, r"^cores: .*at least 1"),
+        ("cores", "two", r"^cores: .*whole number"),
+        ("nodes", 0, r"^nodes: .*at least 1"),
+        ("system", "lsf", r"^system: .*must be one of local, slurm, pbs"),
+        ("launcher", "aprun", r"^launcher: "),
+        ("protocol", "ucx", r"^protocol: "),
+        ("account", "a\n#SBATCH --uid=0", r"^account: .*single line"),
+        ("queue", "debug\r", r"^queue: .*single line"),
+        ("job_name", "$(touch /tmp/pwned)", r"^job_name: .*shell metacharacters"),
+        ("job_name", "a b", r"^job_name: "),
+        ("env", {"A B": "1"}, r"^env: "),
+        ("env", {"OK": "x\ny"}, r"^env.OK: .*single line"),
+        ("extra_directives", ["--exclusive\n#SBATCH --uid=0"], r"^extra_directives\[0\]: "),
+        ("processes", 4, r"^processes: .*at least as many cores"),
+        ("dashboard", "maybe", r"^dashboard: .*true or false"),
+    ],
+)
+def test_bad_values_give_one_line_errors_naming_the_field(
+    user_dir: Path, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_profile(None, {key: value}, environ=env_for(user_dir))
+    assert "\n" not in str(caught.value).split(": invalid value")[0]
+
+
+def test_prologue_as_a_string_is_split_into_lines(user_dir: Path) -> None:
+    profile = load_profile(
+        None, {"prologue": "module load a\nmodule load b\n"}, environ=env_for(user_dir)
+    )
+    assert profile.prologue == ("module load a", "module load b")
+
+
+def test_interface_accepts_a_comma_separated_preference(user_dir: Path) -> None:
+    profile = load_profile(None, {"interface": "ib0, eth0"}, environ=env_for(user_dir))
+    assert profile.interface == ("ib0", "eth0")
+
+
+def test_dask_jobqueue_keywords_are_aliases(user_dir: Path) -> None:
+    profile = load_profile(
+        None,
+        {"job_extra_directives": ["--exclusive"], "job_script_prologue": ["source env"],
+         "job_directives_skip": ["--mem"], "partition": "debug"},
+        environ=env_for(user_dir),
+    )  # fmt: skip
+    assert profile.extra_directives == ("--exclusive",)
+    assert profile.prologue == ("source env",)
+    assert profile.skip_directives == ("--mem",)
+    assert profile.queue == "debug"
+
+
+def test_derived_worker_sizes(user_dir: Path) -> None:
+    profile = load_profile(
+        None, {"cores": 8, "processes": 4, "memory": "16GiB"}, environ=env_for(user_dir)
+    )
+    assert profile.threads_per_worker == 2
+    assert profile.memory_per_worker == 4 * GiB
+
+
+def test_with_overrides_validates_like_loading(user_dir: Path) -> None:
+    profile = load_profile(environ=env_for(user_dir))
+    assert profile.with_overrides({"cores": 4}).cores == 4
+    with pytest.raises(ConfigError, match=r"^cores:"):
+        profile.with_overrides({"cores": 0})
+
+
+def test_to_dict_round_trips_through_loading(tmp_path: Path, user_dir: Path) -> None:
+    import yaml
+
+    original = load_profile("testcluster", environ=env_for(user_dir))
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(original.to_dict()))
+    assert load_profile(str(path), environ=env_for(user_dir)) == original
+    assert set(original.to_dict()) == set(FIELD_NAMES)
+
+
+def test_cli_assignments_keep_clock_times_as_text() -> None:
+    assert parse_assignments(["walltime=01:30:00", "cores=4", "interface=[ib0, eth0]"]) == {
+        "walltime": "01:30:00",
+        "cores": 4,
+        "interface": ["ib0", "eth0"],
+    }
+
+
+def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> None:
+    assert parse_assignments(["account=a\n#SBATCH --uid=0"]) == {"account": "a\n#SBATCH --uid=0"}
