@@ -167,6 +167,9 @@ def test_shell_metacharacters_in_values_execute_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("pwned*"))
 
 
+ECHO_BOTH = "import os, sys; sys.stdout.write(repr((os.environ['VALUE'], sys.argv[1])))"
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
