@@ -1,0 +1,75 @@
+"""Lifetime planning: margins, staggering and replacement timing."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobstrap.lifetime import (
+    JobLife,
+    QueueWaitEstimate,
+    default_margin,
+    default_stagger,
+    plan_retirements,
+    replacement_due,
+)
+
+
+def test_margin_is_a_tenth_of_the_walltime_within_bounds() -> None:
+    assert default_margin(3600) == 300
+    assert default_margin(1200) == 120
+    assert default_margin(60) == 20
+    assert default_margin(86400) == 300
+
+
+def test_stagger_spreads_rotations_over_a_jobs_useful_life() -> None:
+    assert default_stagger(3600, jobs=4) == (3600 - 300) // 4 // 2
+    assert default_stagger(150, jobs=3, margin=30) == 20
+    assert default_stagger(60, jobs=50) == 5
+
+
+def test_jobs_started_together_retire_one_stagger_apart() -> None:
+    jobs = [JobLife(f"job{i}", started=0.0, walltime=150) for i in range(3)]
+    plan = plan_retirements(jobs, margin=30, stagger=20, now=0.0)
+    assert sorted(plan.values()) == [80.0, 100.0, 120.0]
+
+
+def test_a_job_never_retires_after_its_deadline() -> None:
+    jobs = [JobLife("a", 0.0, 150), JobLife("b", 50.0, 150)]
+    plan = plan_retirements(jobs, margin=30, stagger=20, now=0.0)
+    assert plan["a"] <= 120.0
+    assert plan["b"] <= 170.0
+
+
+def test_jobs_already_late_retire_now_and_still_spaced() -> None:
+    jobs = [JobLife("a", 0.0, 100), JobLife("b", 0.0, 100)]
+    plan = plan_retirements(jobs, margin=30, stagger=20, now=95.0)
+    assert sorted(plan.values()) == [95.0, 115.0]
+
+
+@given(
+    starts=st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=12),
+    walltime=st.integers(min_value=60, max_value=4000),
+    stagger=st.integers(min_value=1, max_value=200),
+)
+def test_no_two_retirements_are_closer_than_the_stagger(
+    starts: list[int], walltime: int, stagger: int
+) -> None:
+    jobs = [JobLife(f"j{i}", float(s), walltime) for i, s in enumerate(starts)]
+    plan = plan_retirements(jobs, margin=20, stagger=stagger, now=0.0)
+    for a, b in itertools.combinations(plan.values(), 2):
+        assert abs(a - b) >= stagger - 1e-9
+
+
+def test_queue_wait_estimate_follows_observations() -> None:
+    estimate = QueueWaitEstimate(initial=30.0)
+    assert estimate.expected == 30.0
+    estimate.observe(2.0)
+    estimate.observe(4.0)
+    assert estimate.expected == 3.0
+
+
+def test_replacement_is_submitted_before_retirement_by_twice_the_wait() -> None:
+    assert replacement_due(100.0, queue_wait=5.0, startup=10.0) == 80.0
