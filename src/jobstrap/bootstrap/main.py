@@ -1,0 +1,523 @@
+"""``python -m jobstrap.bootstrap``: what runs on every rank of a job.
+
+Modes:
+
+``mpi``
+    One allocation, one Dask cluster: rank 0 scheduler, rank 1 the app (client),
+    every other rank workers, all over the chosen network. The job ends when the
+    app ends, with the app's exit code on the client and scheduler ranks.
+``workers``
+    Every rank runs workers for a scheduler found in ``info.json`` or given with
+    ``--scheduler-address`` (notebook clusters' worker jobs).
+``scheduler``
+    The scheduler alone, until told to stop or idle.
+
+Exit codes: the app's in ``mpi`` mode; 2 for a usage or setup problem (one line on
+stderr says which and how to fix it); 1 when a rank lost its scheduler or its
+workers could not join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from jobstrap.bootstrap import drain
+from jobstrap.bootstrap.app import run_app
+from jobstrap.bootstrap.options import Options, parse_args
+from jobstrap.bootstrap.quiet import configure_logging, logger, say, silence_for_shutdown
+from jobstrap.bootstrap.ranks import World, discover_world
+from jobstrap.bootstrap.roles import Role, check_world_size, expected_workers, role_of
+from jobstrap.errors import UserError
+from jobstrap.rundir import RunDir, SchedulerInfo, atomic_write_json
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bootstrap; return the process exit code."""
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        configure_logging()
+        say(str(error))
+        return 2
+    if options.mode == "mpi":
+        return _run_mpi(options)
+    if options.mode == "workers":
+        return _run_workers_mode(options)
+    return _run_scheduler_mode(options)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _security(options: Options, run: RunDir) -> Any:
+    from jobstrap.security import load_security
+
+    if options.protocol == "tcp":
+        return load_security(run, require=False)
+    return load_security(run, require=True)
+
+
+def _open_run(options: Options) -> RunDir:
+    try:
+        return RunDir.open(options.run_dir)
+    except FileNotFoundError as error:
+        raise UserError(
+            f"bootstrap: {error} (pass the run directory the submitter created)"
+        ) from None
+
+
+def _single_host(world: World) -> bool:
+    """Whether every rank runs on this host (then loopback is allowed)."""
+    if world.uses_mpi:
+        return len(set(world.allgather(world.hostname))) == 1
+    if world.size == 1:
+        return True
+    for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        value = os.environ.get(name)
+        if value:
+            return value.strip() == "1"
+    return False
+
+
+def _job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID") or None
+
+
+def _process_start() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        return time.time()
+
+
+def _write_scheduler_files(run: RunDir, runner: Any, world: World) -> None:
+    identity = runner.identity()
+    atomic_write_json(run.scheduler_file, identity)
+    run.write_info(
+        SchedulerInfo(
+            scheduler_address=runner.address,
+            dashboard_address=runner.dashboard_address,
+            host=world.hostname,
+            job_id=_job_id(),
+            started=time.time(),
+            pid=os.getpid(),
+            launch=world.launch,
+        )
+    )
+
+
+def _wait_for_info(
+    run: RunDir, *, timeout: float, launch: str | None, not_before: float | None
+) -> SchedulerInfo | None:
+    """Poll ``info.json`` until this launch's scheduler (or an error) is published."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = run.read_info()
+        except (FileNotFoundError, ValueError):
+            info = None
+        if info is not None:
+            fresh = (
+                info.launch == launch
+                if launch is not None
+                else not_before is None or info.started >= not_before
+            )
+            if fresh:
+                return info
+        time.sleep(0.2)
+    return None
+
+
+def _publish_error(run: RunDir, world: World, message: str) -> None:
+    """Tell file-coordinated ranks that rank 0 failed, so they do not wait for it."""
+    with contextlib.suppress(OSError):
+        run.write_info(
+            SchedulerInfo(
+                scheduler_address="",
+                dashboard_address=None,
+                host=world.hostname,
+                job_id=_job_id(),
+                started=time.time(),
+                pid=os.getpid(),
+                launch=world.launch,
+                extra={"error": message},
+            )
+        )
+
+
+def _install_signal_handlers(handler: Callable[[int, FrameType | None], None]) -> None:
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------------- mpi
+
+
+def _run_mpi(options: Options) -> int:
+    world = discover_world(use_mpi=True)
+    configure_logging(world.rank)
+    speaker = world.rank == 0 or not world.uses_mpi  # one copy of shared messages
+    try:
+        if world.warning and world.rank == 0:
+            say(world.warning)
+        hint = None
+        if world.size == 1:
+            hint = (
+                "if several tasks each printed this line, the launcher did not start MPI "
+                "(use srun --mpi=pmi2, or the mpiexec that matches mpi4py)"
+            )
+        check_world_size(
+            world.size,
+            client_on_scheduler_rank=options.client_on_scheduler_rank,
+            launcher_hint=hint,
+        )
+        if options.app is None:
+            raise UserError("bootstrap: mpi mode needs an app: ... -- app.py [args] | -m module")
+        run = _open_run(options)
+        security = _security(options, run)
+    except UserError as error:
+        if speaker:
+            say(str(error))
+        return 2
+
+    single_host = _single_host(world)
+    role = role_of(world.rank, client_on_scheduler_rank=options.client_on_scheduler_rank)
+    logger.debug("rank %d of %d (%s): %s", world.rank, world.size, world.source, role.value)
+    if role in (Role.SCHEDULER, Role.SCHEDULER_AND_CLIENT):
+        return _scheduler_rank(options, world, run, security, single_host, role)
+    return _other_rank(options, world, run, security, single_host, role)
+
+
+def _scheduler_rank(
+    options: Options, world: World, run: RunDir, security: Any, single_host: bool, role: Role
+) -> int:
+    from jobstrap.bootstrap.servers import SchedulerRunner
+    from jobstrap.network import choose_address
+
+    runner: SchedulerRunner | None = None
+    error: str | None = None
+    try:
+        host = choose_address(options.effective_scheduler_interface, allow_loopback=single_host)
+        runner = SchedulerRunner(
+            host=host,
+            protocol=options.protocol,
+            security=security,
+            dashboard=options.dashboard,
+            dashboard_port=options.dashboard_port,
+        )
+        runner.start()
+        _write_scheduler_files(run, runner, world)
+    except UserError as exc:
+        error = str(exc)
+    except OSError as exc:
+        error = f"the scheduler could not start: {exc}"
+
+    if world.uses_mpi:
+        world.bcast({"address": None if error else runner.address, "error": error})  # type: ignore[union-attr]
+    elif error:
+        _publish_error(run, world, error)
+    if error or runner is None:
+        say(error or "the scheduler could not start")
+        return 2
+    logger.info(
+        "scheduler at %s%s",
+        runner.address,
+        f", dashboard at {runner.dashboard_address}" if runner.dashboard_address else "",
+    )
+
+    if world.uses_mpi:
+        problems = [p for p in world.allgather(None) if p]
+        if problems:
+            # Each failing rank printed its own reason; stop everything now rather
+            # than run with a cluster that is missing pieces.
+            runner.finish(2, f"{len(problems)} rank(s) could not join (see above); stopping")
+            return runner.wait()
+
+    expected = expected_workers(
+        world.size,
+        worker_processes=options.worker_processes,
+        client_on_scheduler_rank=options.client_on_scheduler_rank,
+    )
+    if role is Role.SCHEDULER_AND_CLIENT:
+        code = _client(options, run, runner.address, security, expected, runner=runner)
+        runner.finish(code)
+        runner.wait()
+        return code
+
+    first_contact = (
+        options.death_timeout if world.uses_mpi else max(60.0, 2 * options.death_timeout)
+    )
+    runner.watch_client(death_timeout=options.death_timeout, first_contact_timeout=first_contact)
+    terms = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal terms
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM:
+            terms += 1
+            if terms > 1:
+                runner.finish(128 + signum, f"{name} again: stopping the run")
+                return
+        logger.info("%s: the app has been told to wind down", name)
+
+    _install_signal_handlers(on_signal)
+    return runner.wait()
+
+
+def _other_rank(
+    options: Options, world: World, run: RunDir, security: Any, single_host: bool, role: Role
+) -> int:
+    from jobstrap.errors import NetworkError
+    from jobstrap.network import choose_address
+
+    if world.uses_mpi:
+        published = world.bcast(None)
+        if published["error"]:
+            return 2  # rank 0 said why
+        address = str(published["address"])
+    else:
+        info = _wait_for_info(
+            run,
+            timeout=max(60.0, 2 * options.death_timeout),
+            launch=world.launch,
+            not_before=_process_start() - 60,
+        )
+        if info is None:
+            say(
+                f"no scheduler: rank 0 did not publish {run.info_file} in time "
+                f"(rank {world.rank} of {world.size} from {world.source}); was rank 0 started?"
+            )
+            return 1
+        if info.extra.get("error"):
+            return 2
+        address = info.scheduler_address
+
+    problem: str | None = None
+    host = ""
+    if role is Role.WORKER:
+        try:
+            host = choose_address(options.interface, peer=address, allow_loopback=single_host)
+        except NetworkError as exc:
+            problem = str(exc)
+            say(problem)
+    if world.uses_mpi:
+        if any(world.allgather(problem)):
+            return 2
+    elif problem:
+        return 2
+
+    if role is Role.CLIENT:
+        expected = expected_workers(
+            world.size,
+            worker_processes=options.worker_processes,
+            client_on_scheduler_rank=options.client_on_scheduler_rank,
+        )
+        return _client(options, run, address, security, expected)
+    return _worker(options, world, address, host, security)
+
+
+def _worker_names(prefix: str, processes: int) -> list[str]:
+    if processes == 1:
+        return [prefix]
+    return [f"{prefix}-{i}" for i in range(processes)]
+
+
+def _worker(options: Options, world: World, address: str, host: str, security: Any) -> int:
+    prefix = f"{options.name}-{world.rank}" if options.name else str(world.rank)
+    return _serve_workers(options, address, host, security, prefix)
+
+
+def _serve_workers(options: Options, address: str, host: str, security: Any, prefix: str) -> int:
+    from jobstrap.bootstrap.servers import WorkerOptions, serve_workers
+
+    worker_options = WorkerOptions(
+        host=host,
+        security=security,
+        processes=options.worker_processes,
+        nthreads=options.nthreads,
+        memory_limit=options.memory_limit,
+        local_directory=options.local_directory,
+        death_timeout=options.death_timeout,
+        lifetime=options.lifetime,
+        dashboard=options.dashboard,
+        names=_worker_names(prefix, options.worker_processes),
+    )
+    return asyncio.run(serve_workers(address, worker_options))
+
+
+def _client(
+    options: Options,
+    run: RunDir,
+    address: str,
+    security: Any,
+    expected: int,
+    *,
+    runner: Any = None,
+) -> int:
+    """Run the app against the scheduler at ``address``; return its exit code."""
+    import dask
+
+    from jobstrap.bootstrap.link import SchedulerLink
+    from jobstrap.security import tls_env
+
+    env = {
+        "DASK_SCHEDULER_ADDRESS": address,
+        "JOBSTRAP_RUN_DIR": str(run.path),
+        drain.DRAIN_FILE_ENV: str(run.drain_file),
+    }
+    if options.protocol == "tls":
+        env.update(tls_env(run))
+    os.environ.update(env)
+    dask.config.refresh()  # so a plain Client() in the app sees the address and TLS
+
+    link = SchedulerLink(address, security, death_timeout=options.death_timeout)
+    # Sharing the scheduler's process, the app cannot outlive it: no heartbeat needed.
+    link.start(heartbeat=runner is None)
+    try:
+        count = link.wait_for_workers(expected, timeout=options.death_timeout)
+        if count == 0 and expected > 0:
+            say(
+                f"no worker joined the scheduler at {address} within "
+                f"{options.death_timeout:.0f} s; if the workers' messages show connection "
+                "errors, choose an interface both sides share (--interface / "
+                "--scheduler-interface)"
+            )
+            code = 1
+        else:
+            if count < expected:
+                logger.warning("%d of %d workers joined; starting the app anyway", count, expected)
+            code = _run_app_with_signals(options, link)
+        _close_leftover_clients()
+        with contextlib.suppress(OSError):
+            run.write_exit_code(code)
+        if runner is None:
+            link.done(code)
+        return code
+    finally:
+        link.stop()
+
+
+def _run_app_with_signals(options: Options, link: Any) -> int:
+    assert options.app is not None
+    terms = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal terms
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM:
+            terms += 1
+            if terms > 1:
+                raise SystemExit(128 + signum)
+        if drain.request_drain(name):
+            logger.info(
+                "%s: drain requested; the app has been told (jobstrap.bootstrap.on_drain)", name
+            )
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    _install_signal_handlers(on_signal)
+    try:
+        code = run_app(options.app)
+    except UserError as error:
+        say(str(error))
+        code = 2
+    finally:
+        for signum, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
+    if link.lost.is_set():
+        return 1
+    return code
+
+
+def _close_leftover_clients() -> None:
+    """Close Clients the app left open, before the scheduler goes away under them."""
+    from distributed import Client
+
+    instances: Any = Client._instances
+    clients: list[Any] = [c for c in list(instances) if c.status not in ("closed", "closing")]
+    if not clients:
+        return
+    silence_for_shutdown()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close(timeout=10)
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def _run_workers_mode(options: Options) -> int:
+    from jobstrap.network import choose_address
+
+    world = discover_world(use_mpi=False)
+    configure_logging(world.rank if world.size > 1 else None)
+    try:
+        run = _open_run(options)
+        security = _security(options, run)
+        address = options.scheduler_address
+        if not address:
+            info = _wait_for_info(run, timeout=options.death_timeout, launch=None, not_before=None)
+            if info is None or not info.scheduler_address:
+                raise UserError(
+                    f"bootstrap: no scheduler: {run.info_file} did not appear within "
+                    f"{options.death_timeout:.0f} s (or pass --scheduler-address)"
+                )
+            address = info.scheduler_address
+        host = choose_address(options.interface, peer=address)
+    except UserError as error:
+        say(str(error))
+        return 2
+    # Names must be unique across the jobs of a cluster: job id (or host) and rank.
+    prefix = options.name or f"{_job_id() or world.hostname}-{world.rank}"
+    return _serve_workers(options, address, host, security, prefix)
+
+
+# ---------------------------------------------------------------------------- scheduler
+
+
+def _run_scheduler_mode(options: Options) -> int:
+    from jobstrap.bootstrap.servers import SchedulerRunner
+    from jobstrap.network import choose_address
+
+    world = discover_world(use_mpi=False)
+    configure_logging()
+    try:
+        run = _open_run(options)
+        security = _security(options, run)
+        host = choose_address(options.effective_scheduler_interface)
+        runner = SchedulerRunner(
+            host=host,
+            protocol=options.protocol,
+            security=security,
+            dashboard=options.dashboard,
+            dashboard_port=options.dashboard_port,
+            idle_timeout=options.idle_timeout,
+        )
+        runner.start()
+        _write_scheduler_files(run, runner, world)
+    except UserError as error:
+        say(str(error))
+        return 2
+    except OSError as error:
+        say(f"the scheduler could not start: {error}")
+        return 2
+    logger.info("scheduler at %s", runner.address)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        runner.finish(0, f"{signal.Signals(signum).name}: stopping the scheduler")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return runner.wait()

@@ -1,0 +1,165 @@
+"""The bootstrap command line (the contract job scripts are rendered against)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jobstrap.bootstrap.app import AppSpec, parse_app
+from jobstrap.errors import UserError
+
+__all__ = ["MODES", "Options", "parse_args"]
+
+MODES = ("mpi", "workers", "scheduler")
+
+USAGE = """\
+python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
+       [--interface ib0,eth0] [--scheduler-interface NAME[,NAME]]
+       [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
+       [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
+       [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
+       [--idle-timeout S] -- app.py [args] | -m module [args]"""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Parsed bootstrap options; see ``python -m jobstrap.bootstrap --help``."""
+
+    run_dir: str
+    mode: str = "mpi"
+    interface: str = "auto"
+    scheduler_interface: str | None = None
+    protocol: str = "tls"
+    nthreads: int | None = None
+    worker_processes: int = 1
+    memory_limit: str | int = "auto"
+    local_directory: str | None = None
+    death_timeout: float = 60.0
+    dashboard: bool = True
+    dashboard_port: int = 8787
+    client_on_scheduler_rank: bool = False
+    lifetime: float | None = None
+    scheduler_address: str | None = None
+    name: str | None = None
+    idle_timeout: float | None = None
+    app: AppSpec | None = None
+
+    @property
+    def effective_scheduler_interface(self) -> str:
+        """``--scheduler-interface``, else ``--interface``."""
+        return self.scheduler_interface or self.interface
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"bootstrap: {message} (usage: {self.prog} --help)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        from dask.utils import parse_timedelta
+
+        try:
+            value = float(parse_timedelta(text))
+        except (ValueError, KeyError):
+            raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
+    return value
+
+
+def _memory(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="python -m jobstrap.bootstrap",
+        usage=USAGE,
+        description="Start Dask inside a batch job: scheduler, client app and workers by rank.",
+    )
+    p.add_argument("--run-dir", default=os.environ.get("JOBSTRAP_RUN_DIR"))
+    p.add_argument("--mode", choices=MODES, default="mpi")
+    p.add_argument("--interface", default="auto", help="worker/client interfaces, or auto")
+    p.add_argument("--scheduler-interface", default=None, help="default: --interface")
+    p.add_argument("--protocol", choices=("tls", "tcp"), default="tls")
+    p.add_argument("--nthreads", type=_positive_int, default=None)
+    p.add_argument("--worker-processes", type=_positive_int, default=1)
+    p.add_argument("--memory-limit", type=_memory, default="auto")
+    p.add_argument("--local-directory", default=None)
+    p.add_argument("--death-timeout", type=_seconds, default=60.0)
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false")
+    p.add_argument("--dashboard-port", type=_port, default=8787)
+    p.add_argument("--client-on-scheduler-rank", action="store_true")
+    p.add_argument("--lifetime", type=_seconds, default=None)
+    p.add_argument("--scheduler-address", default=None)
+    p.add_argument("--name", default=None, help="worker name prefix")
+    p.add_argument("--idle-timeout", type=_seconds, default=None)
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """Parse the bootstrap's argv (without the program name).
+
+    Everything after the first ``--`` is the app (``app.py args`` or ``-m mod args``).
+
+    Raises
+    ------
+    UserError
+        With a one-line message for any invalid option.
+    """
+    items = list(argv)
+    app_argv: list[str] = []
+    if "--" in items:
+        cut = items.index("--")
+        items, app_argv = items[:cut], items[cut + 1 :]
+    ns = _parser().parse_args(items)
+    if not ns.run_dir:
+        raise UserError("bootstrap: --run-dir is required (or set JOBSTRAP_RUN_DIR)")
+    app = parse_app(app_argv)
+    if app is not None and ns.mode != "mpi":
+        raise UserError(f"bootstrap: an app (after --) only runs in mpi mode, not {ns.mode!r}")
+    return Options(
+        run_dir=ns.run_dir,
+        mode=ns.mode,
+        interface=ns.interface,
+        scheduler_interface=ns.scheduler_interface,
+        protocol=ns.protocol,
+        nthreads=ns.nthreads,
+        worker_processes=ns.worker_processes,
+        memory_limit=ns.memory_limit,
+        local_directory=ns.local_directory,
+        death_timeout=ns.death_timeout,
+        dashboard=ns.dashboard,
+        dashboard_port=ns.dashboard_port,
+        client_on_scheduler_rank=ns.client_on_scheduler_rank,
+        lifetime=ns.lifetime,
+        scheduler_address=ns.scheduler_address,
+        name=ns.name,
+        idle_timeout=ns.idle_timeout,
+        app=app,
+    )

@@ -1,0 +1,69 @@
+"""Messages: one-line notices from the bootstrap, and silence while shutting down.
+
+When a run ends, every connection between scheduler, workers and clients closes
+within a second, and ``distributed`` logs each one from both ends, sometimes with a
+``CommClosedError`` traceback. None of it means anything once the run is over, so
+the loggers that produce it are raised to CRITICAL for the shutdown only; during
+the run they stay as they are, so a real failure is still visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+__all__ = ["NOISY_LOGGERS", "configure_logging", "logger", "say", "silence_for_shutdown"]
+
+#: Loggers whose output at shutdown is only the echo of connections closing.
+NOISY_LOGGERS: tuple[str, ...] = (
+    "distributed",
+    "distributed.batched",
+    "distributed.client",
+    "distributed.comm",
+    "distributed.core",
+    "distributed.nanny",
+    "distributed.process",
+    "distributed.scheduler",
+    "distributed.worker",
+    "distributed.worker_memory",
+    "distributed.active_memory_manager",
+    "tornado.application",
+    "tornado.general",
+    "asyncio",
+)
+
+logger = logging.getLogger("jobstrap.bootstrap")
+
+_prefix = "jobstrap"
+
+
+def configure_logging(rank: int | None = None) -> None:
+    """Send ``jobstrap.*`` log records to stderr, tagged with rank and host."""
+    global _prefix
+    host = socket.gethostname()
+    _prefix = f"jobstrap[{host}" + (f" rank {rank}]" if rank is not None else "]")
+    root = logging.getLogger("jobstrap")
+    for handler in list(root.handlers):
+        if getattr(handler, "_jobstrap", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._jobstrap = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s - {_prefix} - %(levelname)s - %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("JOBSTRAP_LOG_LEVEL", "INFO").upper())
+    root.propagate = False
+
+
+def say(message: str) -> None:
+    """Print one line to stderr, prefixed with this rank's identity, and flush."""
+    print(f"{_prefix}: {message}", file=sys.stderr, flush=True)
+
+
+def silence_for_shutdown() -> None:
+    """Raise the noisy loggers to CRITICAL; called once the run is over."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -1,0 +1,515 @@
+"""Starting and stopping the Dask scheduler and workers inside a job.
+
+The engine is ``distributed`` itself; this module only decides *where* they
+listen, *when* they stop and *how quietly*:
+
+* :class:`SchedulerRunner` runs a scheduler on its own thread and event loop, so
+  the rank's main thread stays free for MPI calls, signal handlers and (with
+  ``--client-on-scheduler-rank``) the app. It adds two handlers that the client
+  rank calls (``jobstrap_heartbeat``, ``jobstrap_done``) and stops the run when
+  the client is done or has vanished: workers first, scheduler last, with the
+  noisy loggers silenced.
+* :func:`serve_workers` runs one or more nannies on a rank until the scheduler
+  closes them, the scheduler disappears (``death_timeout``) or the batch system
+  asks the rank to drain (SIGTERM/SIGUSR1: retire gracefully, data moves away).
+* ``--no-dashboard`` means no HTTP server at all: :class:`HeadlessScheduler` and
+  :class:`HeadlessWorker` skip it (stock ``distributed`` binds :8787 even with
+  the dashboard off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Nanny, Scheduler, Security, Worker
+from distributed.core import rpc
+
+from jobstrap.bootstrap.quiet import logger, say, silence_for_shutdown
+
+__all__ = [
+    "BatchNanny",
+    "BatchWorker",
+    "HeadlessScheduler",
+    "HeadlessWorker",
+    "SchedulerRunner",
+    "WorkerOptions",
+    "ping_scheduler",
+    "serve_workers",
+]
+
+
+def _no_http_server(node: Any, routes: Any) -> None:
+    from distributed.http.routing import RoutingApplication
+
+    # _stop_services walks http_application.applications; keep that attribute and
+    # never create or bind a server.
+    application: Any = RoutingApplication
+    node.http_application = application(routes)
+
+
+def _quiet() -> str:
+    silence_for_shutdown()
+    return "ok"
+
+
+class HeadlessScheduler(Scheduler):
+    """A scheduler that binds no HTTP port (no dashboard, health or metrics)."""
+
+    def start_http_server(
+        self, routes: Any, dashboard_address: Any, default_port: int = 0, ssl_options: Any = None
+    ) -> None:
+        _no_http_server(self, routes)
+
+
+class BatchWorker(Worker):
+    """A worker the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handlers["jobstrap_quiet"] = _quiet
+
+
+class BatchNanny(Nanny):
+    """A nanny the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handlers["jobstrap_quiet"] = _quiet
+
+
+class HeadlessWorker(BatchWorker):
+    """A worker that binds no HTTP port."""
+
+    def start_http_server(
+        self, routes: Any, dashboard_address: Any, default_port: int = 0, ssl_options: Any = None
+    ) -> None:
+        _no_http_server(self, routes)
+
+
+# ---------------------------------------------------------------------------- scheduler
+
+
+@dataclass
+class _Outcome:
+    code: int
+    reason: str | None
+
+
+class SchedulerRunner:
+    """A scheduler on its own thread, and the rules for ending the run.
+
+    Parameters
+    ----------
+    host
+        Address to listen on (from :mod:`jobstrap.network`).
+    protocol
+        ``"tls"`` or ``"tcp"``.
+    security
+        The run's ``distributed.Security``.
+    dashboard
+        Serve the dashboard on ``host:dashboard_port``; if false bind no HTTP port.
+    dashboard_port
+        Preferred dashboard port (a free one if busy or 0).
+    idle_timeout
+        Close when no client has been active for this long (scheduler mode).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        protocol: str,
+        security: Security,
+        dashboard: bool = True,
+        dashboard_port: int = 8787,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.host = host
+        self.protocol = protocol
+        self.security = security
+        self.dashboard = dashboard
+        self.dashboard_port = dashboard_port
+        self.idle_timeout = idle_timeout
+        self.scheduler: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._done: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
+        self._finish: asyncio.Future[_Outcome] | None = None
+        self.last_heartbeat: float | None = None
+        self.client_checked_in = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the scheduler thread; return the scheduler's address once listening.
+
+        Raises whatever starting the scheduler raised (e.g. ``OSError`` on bind).
+        """
+        self._thread = threading.Thread(target=self._main, name="jobstrap-scheduler", daemon=True)
+        self._thread.start()
+        return self._started.result(timeout)
+
+    @property
+    def address(self) -> str:
+        """``tls://host:port`` of the running scheduler."""
+        return str(self.scheduler.address)
+
+    @property
+    def dashboard_address(self) -> str | None:
+        """``http://host:port/status``, or ``None`` without a dashboard."""
+        if not self.dashboard or self.scheduler is None:
+            return None
+        server = self.scheduler.services.get("dashboard")
+        if server is None:
+            return None
+        return f"http://{self.host}:{server.port}/status"
+
+    def identity(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The scheduler's ``identity()`` (the content of ``scheduler.json``)."""
+        assert self.loop is not None
+
+        async def get() -> dict[str, Any]:
+            return dict(self.scheduler.identity())
+
+        return asyncio.run_coroutine_threadsafe(get(), self.loop).result(timeout)
+
+    def finish(self, code: int, reason: str | None = None) -> None:
+        """End the run with ``code`` (thread-safe; the first call wins)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop already stopped
+            loop.call_soon_threadsafe(self._set_finish, code, reason)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the run has ended and the scheduler is closed; return the code.
+
+        Waits in short slices so the main thread keeps handling signals.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            slice_ = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+            try:
+                outcome = self._done.result(slice_)
+            except concurrent.futures.TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                continue
+            if outcome.reason:
+                say(outcome.reason)
+            return outcome.code
+
+    def watch_client(self, *, death_timeout: float, first_contact_timeout: float) -> None:
+        """Stop the run if the client rank never checks in or stops heart-beating."""
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(
+            self._watch_client(death_timeout, first_contact_timeout), self.loop
+        )
+
+    # ------------------------------------------------------------------- internals
+    def _set_finish(self, code: int, reason: str | None) -> None:
+        if self._finish is not None and not self._finish.done():
+            self._finish.set_result(_Outcome(code, reason))
+
+    def _main(self) -> None:
+        try:
+            outcome = asyncio.run(self._serve())
+        except BaseException as error:  # reported to whoever waits
+            if not self._started.done():
+                self._started.set_exception(error)
+            if not self._done.done():
+                self._done.set_exception(error)
+            return
+        if not self._done.done():
+            self._done.set_result(outcome)
+
+    async def _serve(self) -> _Outcome:
+        self.loop = asyncio.get_running_loop()
+        self._finish = self.loop.create_future()
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": 0,
+            "protocol": self.protocol,
+            "security": self.security,
+            "dashboard": self.dashboard,
+            "idle_timeout": self.idle_timeout,
+        }
+        cls: Any = Scheduler
+        if self.dashboard:
+            kwargs["dashboard_address"] = f"{self.host}:{self.dashboard_port}"
+        else:
+            cls = HeadlessScheduler
+        with warnings.catch_warnings():
+            # A busy preferred port falls back to a free one; the real port is in
+            # info.json, so distributed's multi-line warning is only noise.
+            warnings.filterwarnings("ignore", message=r"(?s)Port \d+ is already in use")
+            scheduler: Any = cls(**kwargs)
+            await scheduler
+        self.scheduler = scheduler
+        scheduler.handlers["jobstrap_heartbeat"] = self._heartbeat
+        scheduler.handlers["jobstrap_done"] = self._client_done
+        self._started.set_result(scheduler.address)
+
+        finished = asyncio.ensure_future(scheduler.finished())
+        await asyncio.wait([self._finish, finished], return_when=asyncio.FIRST_COMPLETED)
+        # Not finished by us: closed from elsewhere (idle timeout, a client's shutdown()).
+        outcome = self._finish.result() if self._finish.done() else _Outcome(0, None)
+        await shutdown_scheduler(scheduler)
+        return outcome
+
+    def _heartbeat(self) -> str:
+        self.last_heartbeat = time.monotonic()
+        self.client_checked_in.set()
+        return "ok"
+
+    def _client_done(self, code: int = 0) -> str:
+        self._set_finish(int(code), None)
+        return "ok"
+
+    async def _watch_client(self, death_timeout: float, first_contact_timeout: float) -> None:
+        started = time.monotonic()
+        interval = max(0.2, min(2.0, death_timeout / 5))
+        while self._finish is not None and not self._finish.done():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if self.last_heartbeat is None:
+                if now - started > first_contact_timeout:
+                    self._set_finish(
+                        1,
+                        f"the client rank never checked in within {first_contact_timeout:.0f} s "
+                        "(did all ranks start? is rank 1 alive?); stopping the run",
+                    )
+            elif now - self.last_heartbeat > death_timeout:
+                self._set_finish(
+                    1,
+                    f"the client rank stopped responding {death_timeout:.0f} s ago "
+                    "(crashed or killed; see its output above); stopping the run",
+                )
+
+
+async def shutdown_scheduler(scheduler: Any, timeout: float = 30.0) -> None:
+    """Close every worker through the scheduler, wait for them to go, then close it.
+
+    Workers that are told to close say goodbye and disconnect in order; closing
+    the scheduler first instead makes every worker and client log a broken
+    connection. The noisy loggers are silenced first.
+    """
+    silence_for_shutdown()
+    if scheduler.status.name not in {"closing", "closed"}:
+        # Workers and nannies run in other processes: ask them to be quiet too.
+        quiet = {"op": "jobstrap_quiet"}
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    scheduler.broadcast(msg=quiet, on_error="ignore"),
+                    scheduler.broadcast(msg=quiet, nanny=True, on_error="ignore"),
+                ),
+                timeout=5,
+            )
+        for address in list(scheduler.workers):
+            scheduler.close_worker(address)
+        deadline = time.monotonic() + timeout
+        while scheduler.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    with contextlib.suppress(Exception):
+        await scheduler.close(reason="jobstrap: run finished")
+
+
+def scheduler_rpc(address: str, security: Any, timeout: float | None = None) -> Any:
+    """An ``rpc`` to the scheduler with the client role's TLS settings."""
+    make: Any = rpc
+    return make(address, connection_args=security.get_connection_args("client"), timeout=timeout)
+
+
+async def ping_scheduler(address: str, security: Security, timeout: float) -> bool:
+    """Whether the scheduler at ``address`` answers an ``identity`` call in time."""
+    try:
+        async with scheduler_rpc(address, security, timeout) as scheduler:
+            await asyncio.wait_for(scheduler.identity(), timeout)
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+@dataclass
+class WorkerOptions:
+    """How the workers of one rank are started.
+
+    Attributes
+    ----------
+    host
+        Address to listen on.
+    security
+        The run's ``distributed.Security``.
+    processes
+        Worker processes (nannies) on this rank.
+    nthreads
+        Threads per worker process (``None``: the rank's cores divided by ``processes``).
+    memory_limit
+        Per worker process: bytes, a string like ``"4GiB"``, or ``"auto"``.
+    local_directory
+        Scratch directory for spilling.
+    death_timeout
+        Seconds a worker keeps trying to reach a lost scheduler before it exits.
+    lifetime
+        Seconds after which each worker retires gracefully (walltime-aware pilots).
+    dashboard
+        Whether workers serve their HTTP endpoints.
+    names
+        One name per worker process.
+    """
+
+    host: str
+    security: Security
+    processes: int = 1
+    nthreads: int | None = None
+    memory_limit: str | int = "auto"
+    local_directory: str | None = None
+    death_timeout: float = 60.0
+    lifetime: float | None = None
+    dashboard: bool = True
+    names: Sequence[str] = ()
+
+
+def _nthreads(options: WorkerOptions) -> int:
+    if options.nthreads:
+        return options.nthreads
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT) // options.processes)
+
+
+async def serve_workers(
+    scheduler_address: str,
+    options: WorkerOptions,
+    *,
+    on_started: Callable[[list[str]], None] | None = None,
+) -> int:
+    """Run this rank's workers until they are closed; return the rank's exit code.
+
+    Returns
+    -------
+    int
+        0 when the scheduler closed the workers (normal end) or they retired on a
+        drain request; 1 when the scheduler vanished or the workers could not start.
+    """
+    worker_kwargs: dict[str, Any] = {}
+    if options.lifetime:
+        worker_kwargs["lifetime"] = f"{options.lifetime}s"
+    nanny_class: Any = BatchNanny
+    nannies: list[Any] = [
+        nanny_class(
+            scheduler_address,
+            host=options.host,
+            nthreads=_nthreads(options),
+            memory_limit=options.memory_limit,
+            local_directory=options.local_directory,
+            death_timeout=options.death_timeout,
+            security=options.security,
+            name=options.names[i] if i < len(options.names) else None,
+            worker_class=BatchWorker if options.dashboard else HeadlessWorker,
+            **worker_kwargs,
+        )
+        for i in range(options.processes)
+    ]
+    try:
+        await asyncio.gather(*(nanny.start() for nanny in nannies))
+    except Exception as error:
+        silence_for_shutdown()
+        say(
+            f"workers on {options.host} could not join the scheduler at {scheduler_address} "
+            f"within {options.death_timeout:.0f} s ({type(error).__name__}: {error}); "
+            "check that this node can reach the scheduler's network (--interface)"
+        )
+        await asyncio.gather(*(n.close(reason="jobstrap: start failed") for n in nannies))
+        return 1
+    addresses = [str(n.worker_address) for n in nannies]
+    logger.info("workers %s joined %s", ", ".join(addresses), scheduler_address)
+    if on_started is not None:
+        on_started(addresses)
+
+    loop = asyncio.get_running_loop()
+    state = {"lost": False, "drains": 0}
+    tasks: set[asyncio.Future[Any]] = set()  # keep references until done
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def drain(signame: str) -> None:
+        state["drains"] += 1
+        if state["drains"] == 1:
+            logger.info("%s: retiring this rank's workers gracefully", signame)
+            spawn(_retire(nannies, scheduler_address, options.security))
+        else:
+            logger.info("%s again: closing this rank's workers now", signame)
+            silence_for_shutdown()
+            for nanny in nannies:
+                spawn(nanny.close(reason="jobstrap: signal"))
+
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, drain, signal.Signals(signum).name)
+
+    async def watchdog() -> None:
+        interval = max(0.5, min(5.0, options.death_timeout / 4))
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if await ping_scheduler(scheduler_address, options.security, interval * 2):
+                last_ok = time.monotonic()
+            elif time.monotonic() - last_ok > options.death_timeout:
+                state["lost"] = True
+                silence_for_shutdown()
+                say(
+                    f"scheduler at {scheduler_address} unreachable for "
+                    f"{options.death_timeout:.0f} s; stopping this rank's workers"
+                )
+                await asyncio.gather(
+                    *(n.close(reason="jobstrap: scheduler lost") for n in nannies),
+                    return_exceptions=True,
+                )
+                return
+
+    watcher = asyncio.ensure_future(watchdog())
+    try:
+        await asyncio.gather(*(nanny.finished() for nanny in nannies))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return 1 if state["lost"] else 0
+
+
+async def _retire(nannies: Sequence[Any], scheduler_address: str, security: Security) -> None:
+    addresses = [n.worker_address for n in nannies if n.worker_address]
+    try:
+        async with scheduler_rpc(scheduler_address, security) as scheduler:
+            await scheduler.retire_workers(
+                workers=addresses,
+                close_workers=True,
+                remove=True,
+                stimulus_id=f"jobstrap-drain-{time.time()}",
+            )
+    except Exception as error:
+        logger.info("graceful retirement failed (%s); closing workers", error)
+    # Whatever the scheduler did, this rank is going away.
+    silence_for_shutdown()
+    await asyncio.gather(
+        *(n.close(reason="jobstrap: drained") for n in nannies), return_exceptions=True
+    )
