@@ -20,6 +20,8 @@ from ..errors import UserError
 COMMANDS = (
     "jobstrap.cli.render",
     "jobstrap.cli.config",
+    "jobstrap.cli.tunnel",
+    "jobstrap.cli.doctor",
 )
 
 
