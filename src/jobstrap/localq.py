@@ -10,6 +10,7 @@ cluster would. Commands (argv only; ``jobstrap.systems.local`` builds them)::
     python -m jobstrap.localq signal --signal=SIG ID [ID ...]
     python -m jobstrap.localq find NAME                         -> ids of live jobs so named
     python -m jobstrap.localq limits                            -> MaxArraySize=1001
+    python -m jobstrap.localq launch -n N -- COMMAND            -> N ranks, without MPI
 
 ``submit`` reads ``#JOBSTRAP --key=value`` directives from the script's header (the
 first block of comment lines, as ``sbatch`` does); command-line options override them:
@@ -803,6 +804,65 @@ def cmd_find(name: str) -> list[str]:
     return found
 
 
+# ---------------------------------------------------------------------------- launch
+
+
+def cmd_launch(ntasks: int, argv: Sequence[str]) -> int:
+    """Start ``ntasks`` copies of ``argv`` as ranks, like a minimal ``mpiexec``.
+
+    The local backend's launcher when MPI is not installed: each copy gets its rank
+    and the world size in the environment (``PMI_RANK``/``PMI_SIZE``, read by the
+    bootstrap when mpi4py is absent, and ``JOBSTRAP_RANK``/``JOBSTRAP_WORLD_SIZE``).
+    Signals are forwarded to every rank; when one rank fails the others are
+    terminated, as ``mpiexec`` does. Returns the first non-zero exit code, else 0.
+    """
+    import subprocess
+
+    if ntasks < 1:
+        raise LocalQueueError(f"launch -n {ntasks}: need at least one task")
+    if not argv:
+        raise LocalQueueError("launch needs a command after --")
+    processes = []
+    for rank in range(ntasks):
+        env = dict(os.environ)
+        env.update(
+            {
+                "PMI_RANK": str(rank),
+                "PMI_SIZE": str(ntasks),
+                "JOBSTRAP_RANK": str(rank),
+                "JOBSTRAP_WORLD_SIZE": str(ntasks),
+            }
+        )
+        processes.append(subprocess.Popen(list(argv), env=env))
+
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, forward)
+    first_failure = 0
+    kill_at: float | None = None
+    while any(p.poll() is None for p in processes):
+        for process in processes:
+            code = process.poll()
+            if code not in (None, 0) and not first_failure:
+                first_failure = code if code > 0 else 128 - code
+                forward(signal.SIGTERM, None)
+                kill_at = time.monotonic() + _kill_wait()
+        if kill_at is not None and time.monotonic() >= kill_at:
+            forward(signal.SIGKILL, None)
+        time.sleep(0.05)
+    if not first_failure:
+        for process in processes:
+            if process.returncode:
+                code = process.returncode
+                return code if code > 0 else 128 - code
+    return first_failure
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -826,6 +886,9 @@ def _parser() -> argparse.ArgumentParser:
     find = commands.add_parser("find", help="ids of live jobs with this name")
     find.add_argument("name")
     commands.add_parser("limits", help="print the queue's limits")
+    launch = commands.add_parser("launch", help="start N ranks of a command (no MPI)")
+    launch.add_argument("-n", "--ntasks", type=int, required=True)
+    launch.add_argument("argv", nargs="+", metavar="-- COMMAND")
     supervise = commands.add_parser("_supervise", help=argparse.SUPPRESS)
     supervise.add_argument("job_id")
     return parser
@@ -860,6 +923,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"MaxArraySize={MAX_ARRAY_SIZE}")
         elif args.command == "_supervise":
             cmd_supervise(args.job_id)
+        elif args.command == "launch":
+            return cmd_launch(args.ntasks, args.argv)
     except LocalQueueError as error:
         print(f"localq: error: {error}", file=sys.stderr)
         return 1
