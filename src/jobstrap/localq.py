@@ -564,7 +564,6 @@ class _Supervisor:
                 "JOBSTRAP_ARRAY_JOB_ID": self.job_id if self.state["array"] else "",
                 "JOBSTRAP_ARRAY_TASK_ID": task,
                 "JOBSTRAP_NTASKS": str(self.state["ntasks"]),
-                "JOBSTRAP_JOB_NAME": self.state["name"],
                 "JOBSTRAP_SUBMIT_DIR": self.state["cwd"],
                 MARKER: key,
                 MARKER_SPOOL: str(self.spool),
