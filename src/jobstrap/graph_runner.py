@@ -59,6 +59,7 @@ _DIGEST = 32
 #: Seconds between two ``progress.json`` updates while tasks run.
 PROGRESS_INTERVAL = 0.5
 _PLUGIN_NAME = "jobstrap-progress"
+_HANDLER = "jobstrap_progress"
 
 
 class CorruptRunFileError(ValueError):
@@ -176,6 +177,13 @@ def _install_counter(dask_scheduler: Any) -> None:
     if _PLUGIN_NAME not in dask_scheduler.plugins:
         dask_scheduler.add_plugin(_counter_class()(), name=_PLUGIN_NAME)
 
+    # A handler of its own, so polling it twice a second does not log a line each
+    # time (run_on_scheduler logs every call at INFO).
+    def handler() -> dict[str, Any]:
+        return _read_counter(dask_scheduler)
+
+    dask_scheduler.handlers[_HANDLER] = handler
+
 
 def _read_counter(dask_scheduler: Any) -> dict[str, Any]:
     plugin = dask_scheduler.plugins.get(_PLUGIN_NAME)
@@ -238,7 +246,7 @@ class _ProgressWriter:
 
     def poll_once(self, last: dict[str, Any] | None = None) -> None:
         try:
-            counts = self.client.run_on_scheduler(_read_counter)
+            counts = self.client.sync(getattr(self.client.scheduler, _HANDLER))
         except Exception:  # the scheduler is closing; the final phase says the rest
             return
         with self._lock:
