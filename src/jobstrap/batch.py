@@ -582,6 +582,26 @@ class JobFuture:
             (record := self._job_record()) is not None and record.state.is_terminal
         )
 
+    def refresh(self, timeout: float = 30.0) -> JobState:
+        """Wait (up to ``timeout`` s) for the watcher's next answer; return the state.
+
+        A future made by :meth:`attach` knows nothing until the watcher first asked
+        the batch system; this makes sure it has.
+        """
+        watcher = self._watcher()
+        polls = watcher.polls
+        watcher.poke()
+        deadline = time.monotonic() + timeout
+        while watcher.polls <= polls and time.monotonic() < deadline:
+            if self._check_files() is not None:
+                break
+            time.sleep(0.05)
+        return self.state
+
+    def log_files(self) -> tuple[str, str]:
+        """The job's ``(stdout, stderr)`` files."""
+        return self._record.log_paths(self.job_id)
+
     def progress(self) -> Progress | None:
         """The latest task progress the job reported (None before it started)."""
         return read_progress(self.run_dir)
@@ -685,7 +705,7 @@ class JobFuture:
             while True:
                 outcome = self._poll()
                 if display is not None:
-                    self._show(display)
+                    self.show_progress(display)
                 if outcome is not None:
                     return outcome
                 if deadline is not None and time.monotonic() >= deadline:
@@ -703,7 +723,8 @@ class JobFuture:
             if display is not None and progress is True:
                 display.close()
 
-    def _show(self, display: ProgressDisplay) -> None:
+    def show_progress(self, display: ProgressDisplay) -> None:
+        """Draw the current state and progress on ``display``."""
         record = self._job_record()
         state = self.state
         reason = record.reason if record is not None else ""
@@ -849,6 +870,9 @@ def _rebuild(info: Mapping[str, Any]) -> BaseException:
         )
     with contextlib.suppress(AttributeError, TypeError):
         error.remote_traceback = text  # type: ignore[attr-defined]
+    # The remote frames are in the chained text; frames restored by unpickling would
+    # only print them twice.
+    error.__traceback__ = None
     error.__cause__ = _RemoteTracebackError(text)
     error.__suppress_context__ = True
     if sys.version_info >= (3, 11):

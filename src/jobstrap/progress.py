@@ -212,6 +212,16 @@ class ProgressDisplay:
         else:
             self._update_log(state, progress, reason=reason)
 
+    def clear(self) -> None:
+        """Erase the redrawn terminal line, so other output can be printed cleanly."""
+        if self._tqdm is not None:
+            self._tqdm.clear()
+        elif self._tty and self._last_line:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._last_line = ""
+            self._width = 0
+
     def close(self) -> None:
         """Finish the display (ends the redrawn line)."""
         if self._tqdm is not None:

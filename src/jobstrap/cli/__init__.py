@@ -22,6 +22,7 @@ COMMANDS = (
     "jobstrap.cli.config",
     "jobstrap.cli.tunnel",
     "jobstrap.cli.doctor",
+    "jobstrap.cli.run",
 )
 
 
