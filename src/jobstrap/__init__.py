@@ -1,11 +1,50 @@
 """jobstrap: Dask on HPC batch systems.
 
 Importing this package has no side effects: no files written, no signal handlers
-installed, no network calls. Heavy parts (``distributed``) load lazily on first use.
+installed, no network calls. Heavy parts (``distributed``) load lazily on first use:
+``from jobstrap import SLURMCluster`` imports the cluster module only then.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: Public name -> module that defines it (imported on first access).
+_LAZY = {
+    "BatchCluster": "jobstrap.cluster",
+    "LocalBatchCluster": "jobstrap.cluster",
+    "PBSCluster": "jobstrap.cluster",
+    "SLURMCluster": "jobstrap.cluster",
+    "BatchClient": "jobstrap.batch",
+    "submit": "jobstrap.batch",
+}
+
+__all__ = [
+    "BatchClient",
+    "BatchCluster",
+    "LocalBatchCluster",
+    "PBSCluster",
+    "SLURMCluster",
+    "__version__",
+    "submit",
+]
+
+if TYPE_CHECKING:
+    from jobstrap.batch import BatchClient, submit
+    from jobstrap.cluster import BatchCluster, LocalBatchCluster, PBSCluster, SLURMCluster
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jobstrap' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,148 @@
+"""The worker-job script a notebook cluster submits, and how its workers get their names."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from jobstrap.bootstrap.options import parse_args
+from jobstrap.cluster_jobs import name_jobs, worker_job_spec
+from jobstrap.cluster_scaling import JobShape, job_of_worker, worker_names
+from jobstrap.cluster_worker import expand_name, rank_of
+from jobstrap.gateway import tagged
+from jobstrap.profile import Profile, load_profile
+from jobstrap.render import render_script
+from jobstrap.spec import ArraySpec, JobSpec
+from jobstrap.systems import get_system
+
+ADDRESS = "tls://10.78.0.1:40000"
+
+
+def slurm_profile(**overrides: object) -> Profile:
+    return load_profile("testcluster", overrides, environ={})
+
+
+def spec_for(profile: Profile, **options: int) -> JobSpec:
+    return worker_job_spec(
+        profile, "/runs/cluster-1", "jsabc", scheduler_address=ADDRESS, **options
+    )
+
+
+def script_of(spec: JobSpec, system: str = "slurm") -> str:
+    return render_script(tagged(spec), get_system(system))
+
+
+def command_line(script: str) -> list[str]:
+    """The argv of the script's main command (the line ending in `` &``)."""
+    line = next(ln for ln in script.splitlines() if ln.endswith(" &") and "jobstrap." in ln)
+    return shlex.split(line[:-2])
+
+
+def bootstrap_argv(argv: list[str], name: str) -> list[str]:
+    """What ``jobstrap.cluster_worker`` hands the bootstrap for job ``name``, rank 0."""
+    start = argv.index("--", argv.index("jobstrap.cluster_worker")) + 1
+    return [*argv[start:], "--name", f"{name}-0"]
+
+
+def test_a_scale_up_of_six_jobs_is_one_array_of_six() -> None:
+    spec, names = name_jobs(spec_for(slurm_profile()).with_array(ArraySpec(0, 5)), "jobstrap", 3)
+
+    script = script_of(spec)
+
+    assert "#SBATCH --array=0-5" in script
+    assert names == [f"jobstrap-3.{task}" for task in range(6)]
+
+
+def test_array_tasks_take_their_name_from_the_task_id() -> None:
+    spec, _ = name_jobs(spec_for(slurm_profile()).with_array(ArraySpec(0, 5)), "jobstrap", 3)
+
+    argv = command_line(script_of(spec))
+
+    template = argv[argv.index("jobstrap.cluster_worker") + 1]
+    assert expand_name(template, {"JOBSTRAP_ARRAY_TASK_ID": "4"}) == "jobstrap-3.4"
+
+
+def test_a_plain_job_has_a_fixed_name() -> None:
+    spec, names = name_jobs(spec_for(slurm_profile()), "mycluster", 7)
+
+    argv = command_line(script_of(spec))
+
+    assert names == ["mycluster-7.0"]
+    assert argv[argv.index("jobstrap.cluster_worker") + 1] == "mycluster-7.0"
+
+
+def test_worker_jobs_run_under_srun_so_slurm_tracks_and_signals_them() -> None:
+    spec, _ = name_jobs(spec_for(slurm_profile(nodes=2)), "c", 0)
+
+    argv = command_line(script_of(spec))
+
+    assert argv[:4] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1"]
+
+
+def test_the_workers_are_pointed_at_the_clusters_scheduler_with_its_settings() -> None:
+    profile = slurm_profile(cores=4, processes=2, memory="2GiB", death_timeout=45)
+    spec, _ = name_jobs(spec_for(profile), "c", 0)
+
+    options = parse_args(bootstrap_argv(command_line(script_of(spec)), "c-0.0"))
+
+    assert options.mode == "workers"
+    assert options.scheduler_address == ADDRESS
+    assert (options.worker_processes, options.nthreads) == (2, 2)
+    assert options.memory_limit == 2**30
+    assert options.death_timeout == 45
+    assert options.run_dir == "/runs/cluster-1"
+
+
+def test_the_bootstrap_accepts_the_name_the_worker_shim_adds() -> None:
+    spec, _ = name_jobs(spec_for(slurm_profile()), "c", 0)
+
+    options = parse_args(bootstrap_argv(command_line(script_of(spec)), "c-0.0"))
+
+    assert options.name == "c-0.0-0"
+
+
+def test_job_cpu_and_job_mem_change_the_request_but_not_the_workers() -> None:
+    profile = slurm_profile(cores=4, memory="2GiB")
+    spec, _ = name_jobs(spec_for(profile, job_cpu=8, job_mem=6 * 2**30), "c", 0)
+
+    script = script_of(spec)
+    options = parse_args(bootstrap_argv(command_line(script), "c-0.0"))
+
+    assert "#SBATCH --cpus-per-task=8" in script
+    assert "#SBATCH --mem=6G" in script
+    assert (options.nthreads, options.memory_limit) == (4, 2 * 2**30)
+
+
+def test_the_local_backend_runs_the_same_worker_command() -> None:
+    profile = load_profile("default", {"cores": 1, "memory": "500MiB"}, environ={})
+    spec, _ = name_jobs(spec_for(profile).with_array(ArraySpec(0, 2)), "c", 1)
+
+    script = script_of(spec, "local")
+
+    assert "#JOBSTRAP --array=0-2" in script
+    assert "jobstrap.cluster_worker" in command_line(script)
+
+
+def test_the_array_task_id_is_required_when_the_template_uses_it() -> None:
+    with pytest.raises(ValueError, match="JOBSTRAP_ARRAY_TASK_ID"):
+        expand_name("c-1.{task}", {"JOBSTRAP_ARRAY_TASK_ID": ""})
+
+
+def test_the_rank_comes_from_the_launcher() -> None:
+    assert rank_of({"SLURM_PROCID": "1"}) == 1
+    assert rank_of({"PMI_RANK": "3"}) == 3
+    assert rank_of({}) == 0
+
+
+@pytest.mark.parametrize(("nodes", "processes"), [(1, 1), (2, 1), (1, 3), (2, 2)])
+def test_bootstrap_worker_names_are_the_names_the_cluster_plans(nodes: int, processes: int) -> None:
+    from jobstrap.bootstrap.main import _worker_names
+
+    shape = JobShape(nodes=nodes, processes=processes)
+    job = "c-4.2"
+
+    named = [n for rank in range(nodes) for n in _worker_names(f"{job}-{rank}", processes)]
+
+    assert named == worker_names(job, shape)
+    assert {job_of_worker(n) for n in named} == {job}
