@@ -247,30 +247,26 @@ def check_client_python(versions: Mapping[str, str | None]) -> Check:
     )
 
 
-def check_profile_python(python: str, exists: Callable[[str], bool] | None = None) -> Check:
+def check_profile_python(python: str) -> Check:
     """Is the profile's ``python`` a path this host knows? (The probe checks the nodes.)"""
-    exists = exists or (lambda p: os.access(p, os.X_OK))
     if not os.path.isabs(python):
         return ok("profile python", f"{python} (found through PATH on the nodes)")
-    if exists(python):
+    if os.access(python, os.X_OK):
         return ok("profile python", f"{python} exists here")
     return warn(
         "profile python",
         f"{python} does not exist on this host",
-        "fine if it exists only on the compute nodes (the probe job checks); else " + _FIX_PYTHON,
+        "fine if it exists only on the compute nodes; the probe job checks there",
     )
 
 
-def check_scheduler_address(
-    preference: Sequence[str], chooser: Callable[..., Any] | None = None
-) -> tuple[Check, str | None]:
+def check_scheduler_address(preference: Sequence[str]) -> tuple[Check, str | None]:
     """The address a scheduler on this host would listen on (``scheduler_interface``)."""
     from .network import choose_interface
 
-    choose = chooser or choose_interface
     wanted = ",".join(preference)
     try:
-        iface = choose(list(preference))
+        iface = choose_interface(list(preference))
     except NetworkError as error:
         return (
             fail(
@@ -806,6 +802,7 @@ def diagnose_job_failure(
     code = record.exit_code if record else None
     text = stderr_tail.lower()
     where = f"job {record.job_id}" if record else "the probe job"
+    reason = f" ({record.reason})" if record and record.reason not in ("", "None") else ""
     exe = os.path.basename(python)
     if (
         code == 127
@@ -831,8 +828,8 @@ def diagnose_job_failure(
     if not log_found:
         return fail(
             "probe job",
-            f"{where} on {node} ended {state} without writing its log here: the run "
-            "directory is probably not on a file system shared with the nodes",
+            f"{where} on {node} ended {state}{reason} without writing its log here: the "
+            "run directory is probably not on a file system shared with the nodes",
             _FIX_RUN_ROOT,
         )
     tail = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "no stderr"
@@ -980,7 +977,7 @@ def run_doctor(
     if commands.status is not Status.FAIL:
         report.add(_partition_check(gw, profile))
 
-    from .rundir import RunDir, atomic_write_text, default_run_root, new_run_id
+    from .rundir import RunDir, default_run_root, new_run_id
 
     root = default_run_root(profile.run_root)
     try:
@@ -997,51 +994,25 @@ def run_doctor(
     if not probe or commands.status is Status.FAIL or address is None:
         return report
 
-    token = secrets.token_hex(16)
-    client_token = secrets.token_hex(16)
-    atomic_write_text(run.path / CLIENT_TOKEN_FILE, client_token + "\n")
-    listener = ProbeListener(address, token)
-    job_ids: list[str] = []
-    tag = new_tag()
-    try:
-        spec = probe_job(profile, str(run.path), tag, connect=listener.endpoint, token=token)
-        try:
-            submission = gw.submit(spec, None, template=profile.template)
-        except BatchCommandError as error:
-            report.add(
-                fail(
-                    "probe job",
-                    f"submission rejected: {error}",
-                    "the batch system's words above say which setting to change",
-                )
-            )
-            return report
-        job_ids = submission.job_ids
-        job_id = report.job_id = job_ids[0]
-        with contextlib.suppress(Exception):  # the registry is a convenience here
-            _save_record(name, profile, str(run.path), job_ids, submission.tag)
-        echo(f"submitted probe job {job_id}; waiting up to {timeout:.0f} s for it to start")
-        record = _wait_for_probe(
-            gw, job_id, listener, timeout, report_timeout, echo, profile.poll_interval
-        )
-        report.node = (record.nodes if record else None) or (listener.report or {}).get("host")
-        report.add(
-            *_probe_checks(
-                report,
-                profile,
-                run.path,
-                listener,
-                record,
-                token,
-                client_token,
-                versions,
-                gw,
-                job_id,
-            )
-        )
-    finally:
-        listener.close()
-        _cancel_unfinished(gw, job_ids)
+    prober = _Prober(gw, profile, name, run.path, address, versions, echo, timeout,
+                     report_timeout)  # fmt: skip
+    outcome = prober.run()
+    report.job_id, report.node = outcome.job_id, outcome.node
+    if outcome.log_missing and profile.system == "slurm":
+        # Slurm fails a job whose log file it cannot open, before anything runs. A
+        # second probe without log files runs anyway and tells what the node sees.
+        echo("the probe job could not write its log; probing again without log files")
+        second = prober.run(detached=True)
+        if second.reported:
+            first = outcome.checks[0]
+            outcome.checks = [
+                fail("probe job", first.detail, first.fix),
+                *(
+                    replace(c, name="probe job (no logs)") if c.name == "probe job" else c
+                    for c in second.checks
+                ),
+            ]
+    report.add(*outcome.checks)
     if not report.failed and not keep:
         shutil.rmtree(run.path, ignore_errors=True)
         with contextlib.suppress(Exception):
@@ -1121,67 +1092,134 @@ def _wait_for_probe(
     return record
 
 
-def _probe_checks(
-    report: DoctorReport,
-    profile: Profile,
-    run_dir: Path,
-    listener: ProbeListener,
-    record: JobRecord | None,
-    token: str,
-    client_token: str,
-    versions: Mapping[str, str | None],
-    gw: Gateway,
-    job_id: str,
-) -> list[Check]:
-    facts = listener.report
-    via_network = facts is not None
-    callback_error: str | None = None
-    if facts is not None:
-        listen = facts.get("listen") or {}
-        if listen.get("port"):
-            callback_error = call_back(str(listen["address"]), int(listen["port"]), token)
-    else:
-        with contextlib.suppress(OSError, ValueError):
-            loaded = json.loads((run_dir / PROBE_FILE).read_text())
-            facts = loaded if isinstance(loaded, dict) else None
-    if facts is None:
+@dataclass
+class _Outcome:
+    checks: list[Check]
+    job_id: str | None = None
+    node: str | None = None
+    reported: bool = False  #: the probe's facts arrived (over TCP or probe.json)
+    log_missing: bool = False  #: the job ended without a report and without its log
+
+
+@dataclass
+class _Prober:
+    """Submits one probe job, waits for it, and turns what came back into checks."""
+
+    gw: Gateway
+    profile: Profile
+    profile_name: str
+    run_dir: Path
+    address: str
+    versions: Mapping[str, str | None]
+    echo: Callable[[str], None]
+    timeout: float
+    report_timeout: float
+
+    def run(self, *, detached: bool = False) -> _Outcome:
+        """One probe; ``detached`` sends its output nowhere (for unshared run dirs)."""
+        from .rundir import atomic_write_text
+
+        token = secrets.token_hex(16)
+        client_token = secrets.token_hex(16)
+        atomic_write_text(self.run_dir / CLIENT_TOKEN_FILE, client_token + "\n")
+        listener = ProbeListener(self.address, token)
+        job_ids: list[str] = []
+        try:
+            spec = probe_job(
+                self.profile, str(self.run_dir), new_tag(), connect=listener.endpoint, token=token
+            )
+            if detached:
+                spec = replace(
+                    spec,
+                    extra_directives=(*spec.extra_directives, "--output=/dev/null",
+                                      "--error=/dev/null"),
+                )  # fmt: skip
+            try:
+                submission = self.gw.submit(spec, None, template=self.profile.template)
+            except BatchCommandError as error:
+                fix = "the batch system's words above say which setting to change"
+                return _Outcome([fail("probe job", f"submission rejected: {error}", fix)])
+            job_ids = submission.job_ids
+            job_id = job_ids[0]
+            with contextlib.suppress(Exception):  # the registry is a convenience here
+                _save_record(self.profile_name, self.profile, str(self.run_dir), job_ids,
+                             submission.tag)  # fmt: skip
+            self.echo(
+                f"submitted probe job {job_id}; waiting up to {self.timeout:.0f} s for it to start"
+            )
+            record = _wait_for_probe(self.gw, job_id, listener, self.timeout,
+                                     self.report_timeout, self.echo,
+                                     self.profile.poll_interval)  # fmt: skip
+            outcome = self._evaluate(listener, record, token, client_token, job_id)
+            outcome.job_id = job_id
+            outcome.node = (record.nodes if record else None) or (listener.report or {}).get("host")
+            return outcome
+        finally:
+            listener.close()
+            _cancel_unfinished(self.gw, job_ids)
+
+    def _evaluate(
+        self,
+        listener: ProbeListener,
+        record: JobRecord | None,
+        token: str,
+        client_token: str,
+        job_id: str,
+    ) -> _Outcome:
+        facts = listener.report
+        via_network = facts is not None
+        callback_error: str | None = None
+        if facts is not None:
+            # The report went out before the probe knew its connection worked; what the
+            # listener saw is the proof, and the peer is the node's source address.
+            facts = {**facts, "connect": {"ok": True, "source": listener.peer}}
+            listen = facts.get("listen") or {}
+            if listen.get("port"):
+                callback_error = call_back(str(listen["address"]), int(listen["port"]), token)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads((self.run_dir / PROBE_FILE).read_text())
+                facts = loaded if isinstance(loaded, dict) else None
+        if facts is None:
+            return self._no_report(record, job_id, listener)
+        node = str(facts.get("host") or "the node")
+        checks = [ok("probe job", f"job {job_id} ran on {node}")]
+        node_token = _read_text_retrying(self.run_dir / NODE_TOKEN_FILE, 10 if via_network else 0)
+        checks += evaluate_probe(
+            facts,
+            client_versions=self.versions,
+            client_python=python_facts()["version"],
+            client_token=client_token,
+            node_token_here=node_token,
+            callback_error=callback_error,
+            scheduler_address=listener.endpoint,
+            cores=self.profile.cores,
+            memory=self.profile.memory,
+            interfaces_requested=self.profile.interface,
+            via_network=via_network,
+        )
+        return _Outcome(checks, reported=True)
+
+    def _no_report(
+        self, record: JobRecord | None, job_id: str, listener: ProbeListener
+    ) -> _Outcome:
         if record is None or not record.state.is_terminal:
             if record is not None and record.state is JobState.RUNNING:
-                return [
-                    fail(
-                        "probe job",
-                        f"job {job_id} runs on {record.nodes or 'a node'} but sent no report "
-                        "and wrote no probe.json",
-                        "read its logs in the run directory (kept); the node may hang on "
-                        "the network or the file system",
-                    )
-                ]
-            return [diagnose_pending(record, time.monotonic() - listener.started)]
-        stderr_path = run_dir / "logs" / f"{job_id}.err"
-        tail = _read_tail(stderr_path)
-        return [
-            diagnose_job_failure(record, tail or "", profile.python, log_found=tail is not None)
-        ]
-    node = str(facts.get("host") or "the node")
-    took = ""
-    if facts.get("started") and facts.get("finished"):
-        took = f" in {float(facts['finished']) - float(facts['started']):.1f} s"
-    checks = [ok("probe job", f"job {job_id} ran on {node}{took}")]
-    node_token = _read_text_retrying(run_dir / NODE_TOKEN_FILE, 10 if via_network else 0)
-    checks += evaluate_probe(
-        facts,
-        client_versions=versions,
-        client_python=python_facts()["version"],
-        client_token=client_token,
-        node_token_here=node_token,
-        callback_error=callback_error,
-        scheduler_address=listener.endpoint,
-        cores=profile.cores,
-        memory=profile.memory,
-        interfaces_requested=profile.interface,
-        via_network=via_network,
-    )
-    return checks
+                detail = (
+                    f"job {job_id} runs on {record.nodes or 'a node'} but sent no report and "
+                    "wrote no probe.json"
+                )
+                fix = (
+                    "read its logs in the run directory (kept); the node may hang on the "
+                    "network or the file system"
+                )
+                return _Outcome([fail("probe job", detail, fix)])
+            return _Outcome([diagnose_pending(record, time.monotonic() - listener.started)])
+        tail = _read_tail(self.run_dir / "logs" / f"{job_id}.err")
+        check = diagnose_job_failure(
+            record, tail or "", self.profile.python, log_found=tail is not None
+        )
+        return _Outcome([check], log_missing=tail is None and check.name == "probe job")
 
 
 def _cancel_unfinished(gw: Gateway, job_ids: Sequence[str]) -> None:
