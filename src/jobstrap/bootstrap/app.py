@@ -16,6 +16,7 @@ import contextlib
 import os
 import runpy
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -95,12 +96,21 @@ def _report(error: BaseException) -> None:
     sys.excepthook(type(error), error, trimmed)
 
 
-def run_app(app: AppSpec) -> int:
+def run_app(app: AppSpec, *, interrupted: threading.Event | None = None) -> int:
     """Run ``app`` as ``__main__`` in this process and return its exit code.
 
     ``sys.argv`` and ``sys.path[0]`` are set as Python would set them. Uncaught
     exceptions are printed through ``sys.excepthook`` (so an app's own hook is
     honoured).
+
+    Parameters
+    ----------
+    app
+        What to run.
+    interrupted
+        Set when the bootstrap itself interrupted the app (its scheduler is gone
+        and that was already said); the resulting ``KeyboardInterrupt`` is then
+        not printed as if the user had pressed Ctrl-C.
     """
     saved_argv = sys.argv[:]
     saved_path = sys.path[:]
@@ -122,7 +132,8 @@ def run_app(app: AppSpec) -> int:
     except UserError:
         raise
     except KeyboardInterrupt as error:
-        _report(error)
+        if interrupted is None or not interrupted.is_set():
+            _report(error)
         return 130
     except BaseException as error:
         _report(error)

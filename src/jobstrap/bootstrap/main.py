@@ -428,7 +428,7 @@ def _run_app_with_signals(options: Options, link: Any) -> int:
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     _install_signal_handlers(on_signal)
     try:
-        code = run_app(options.app)
+        code = run_app(options.app, interrupted=link.lost)
     except UserError as error:
         say(str(error))
         code = 2

@@ -1,0 +1,741 @@
+"""The in-job bootstrap on this machine: the venv's real mpiexec, real distributed.
+
+Each test launches ``python -m jobstrap.bootstrap`` the way a job script does and
+runs a small real app on the client rank. Where MPICH's mpiexec itself would get in
+the way (it tears the whole launch down when any rank dies of a signal, whatever
+the application does), the "ranks" are plain processes given Slurm's rank
+variables, which is also how plain ``srun`` without ``--mpi`` starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobstrap.rundir import RunDir
+from jobstrap.security import create_tls
+
+VENV_BIN = Path(sys.executable).parent
+MPIEXEC = VENV_BIN / "mpiexec"
+LAUNCH_TIMEOUT = 240
+
+pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="the venv has no mpiexec (mpich)")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@dataclass
+class Launch:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    run = RunDir.create(tmp_path / "runs", "run")
+    create_tls(run)
+    return run
+
+
+def write_app(tmp_path: Path, source: str, name: str = "app.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def bootstrap_argv(run: RunDir, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "jobstrap.bootstrap",
+        "--run-dir",
+        str(run),
+        "--death-timeout",
+        "20",
+        *options,
+    ]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI", "DASK_"))}
+    env.update(extra)
+    return env
+
+
+def mpiexec(n: int, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Launch:
+    result = subprocess.run(
+        [str(MPIEXEC), "-n", str(n), *argv],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+        env=env or clean_env(),
+    )
+    return Launch(result.returncode, result.stdout, result.stderr)
+
+
+def plain_ranks(
+    n: int, argv: Sequence[str], *, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[str]]:
+    """Start ``n`` plain processes with Slurm's rank variables, as plain srun would."""
+    procs = []
+    for rank in range(n):
+        rank_env = clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS=str(n), **(env or {}))
+        procs.append(
+            subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=rank_env,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+def finish(procs: Sequence[subprocess.Popen[str]], timeout: float = LAUNCH_TIMEOUT) -> list[Launch]:
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            results.append(Launch(proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    return results
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+
+
+def assert_quiet(launch: Launch) -> None:
+    assert "Traceback" not in launch.stderr, launch.stderr
+    assert "CommClosedError" not in launch.stderr, launch.stderr
+    assert "BAD TERMINATION" not in launch.output, launch.output
+
+
+COMPUTE_APP = """\
+import sys
+import dask.array as da
+from distributed import Client
+
+with Client() as client:
+    workers = client.scheduler_info()["workers"]
+    x = da.arange(1_000_000, chunks=100_000)
+    print("workers", len(workers), "sum", int(x.sum().compute()), flush=True)
+sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+"""
+
+EXPECTED_SUM = sum(range(1_000_000))
+
+
+# -------------------------------------------------------------------------- the happy path
+
+
+def test_app_computes_on_the_workers_and_the_launch_exits_zero(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(4, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert f"workers 2 sum {EXPECTED_SUM}" in launch.stdout
+    assert_quiet(launch)
+
+
+def test_app_exit_code_3_is_the_launch_exit_code(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app), "3"])
+
+    assert launch.returncode == 3, launch.output
+    assert run.read_exit_code() == 3
+    assert_quiet(launch)
+
+
+def test_app_runs_as_a_module_with_its_arguments(run: RunDir, tmp_path: Path) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "main.py").write_text(
+        "import sys\nif __name__ == '__main__':\n    print('argv', sys.argv[1:])\n"
+    )
+    env = clean_env(PYTHONPATH=str(tmp_path))
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", "-m", "mypkg.main", "a", "b"], env=env)
+
+    assert launch.returncode == 0, launch.output
+    assert "argv ['a', 'b']" in launch.stdout
+
+
+def test_raising_app_leaves_its_traceback_and_fails(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(
+        tmp_path,
+        """\
+        from distributed import Client
+
+        def inner():
+            raise ValueError("boom from the app")
+
+        with Client() as client:
+            client.submit(sum, [1, 2]).result()
+            inner()
+        """,
+    )
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 1, launch.output
+    assert "ValueError: boom from the app" in launch.stderr
+    traceback = launch.stderr[launch.stderr.index("Traceback") :]
+    first_frame = traceback.splitlines()[1]
+    assert str(app) in first_frame  # starts in the app, like `python app.py`
+    assert "runpy" not in traceback
+    assert "CommClosedError" not in launch.stderr
+
+
+def test_client_on_scheduler_rank_needs_only_two_ranks(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(2, [*bootstrap_argv(run, "--client-on-scheduler-rank"), "--", str(app), "4"])
+
+    assert launch.returncode == 4, launch.output
+    assert f"workers 1 sum {EXPECTED_SUM}" in launch.stdout
+    assert_quiet(launch)
+
+
+def test_several_worker_processes_per_rank_all_join(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(
+        3, [*bootstrap_argv(run, "--worker-processes", "2", "--nthreads", "1"), "--", str(app)]
+    )
+
+    assert launch.returncode == 0, launch.output
+    assert f"workers 2 sum {EXPECTED_SUM}" in launch.stdout
+
+
+# --------------------------------------------------------------------- clear failures
+
+
+def test_world_too_small_says_so_once_and_names_the_fix(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(2, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 2
+    lines = [line for line in launch.stderr.splitlines() if "needs at least 3 ranks" in line]
+    assert len(lines) == 1, launch.stderr
+    assert "mpiexec -n 3" in lines[0]
+    assert "--client-on-scheduler-rank" in lines[0]
+
+
+def test_a_lone_process_names_the_mpi_launcher_fix(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    result = subprocess.run(
+        [*bootstrap_argv(run), "--", str(app)],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+        env=clean_env(),
+    )
+
+    assert result.returncode == 2
+    assert "has 1" in result.stderr
+    assert "srun --mpi=pmi2" in result.stderr
+
+
+def test_missing_interface_fails_fast_listing_this_nodes_interfaces(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run, "--interface", "ib0"), "--", str(app)])
+
+    assert launch.returncode == 2
+    lines = [line for line in launch.stderr.splitlines() if "requested interface ib0" in line]
+    assert len(lines) == 1, launch.stderr  # the scheduler rank; the others stop quietly
+    assert "'ib0' not found" in lines[0]
+    assert "lo 127.0.0.1/8 (loopback)" in lines[0]
+
+
+def test_missing_worker_interface_fails_every_rank_fast(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(
+        4,
+        [*bootstrap_argv(run, "--interface", "ib0", "--scheduler-interface", "lo"), "--", str(app)],
+    )
+
+    assert launch.returncode == 2
+    lines = [line for line in launch.stderr.splitlines() if "requested interface ib0" in line]
+    assert len(lines) == 2, launch.stderr  # one per worker rank
+    assert "workers" not in launch.stdout
+
+
+def test_missing_tls_material_names_the_opt_out(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "no-tls")
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 2
+    assert launch.stderr.count("no TLS material") == 1, launch.stderr
+    assert "protocol tcp" in launch.stderr
+
+
+def test_missing_app_is_a_usage_error(run: RunDir) -> None:
+    launch = mpiexec(3, bootstrap_argv(run))
+
+    assert launch.returncode == 2
+    assert launch.stderr.count("mpi mode needs an app") == 1, launch.stderr
+
+
+# ------------------------------------------------------------------------ network, TLS
+
+LISTENERS_APP = """\
+import json, os
+import psutil
+from distributed import Client
+
+def services(dask_scheduler):
+    return {k: v.port for k, v in dask_scheduler.services.items()}
+
+with Client() as client:
+    info = client.scheduler_info()
+    job = psutil.Process(os.getppid())  # the launcher (or a shell): ranks are its children
+    pids = {p.pid for p in job.children(recursive=True)}
+    listening = {}
+    for c in psutil.net_connections(kind="inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            listening.setdefault(str(c.pid), []).append(f"{c.laddr.ip}:{c.laddr.port}")
+    print("REPORT", json.dumps({
+        "scheduler": info["address"],
+        "scheduler_pid": client.run_on_scheduler(os.getpid),
+        "scheduler_services": client.run_on_scheduler(services),
+        "workers": sorted(info["workers"]),
+        "worker_pids": {a: p for a, p in client.run(os.getpid).items()},
+        "worker_services": {a: s["services"] for a, s in info["workers"].items()},
+        "nannies": sorted(s["nanny"] for s in info["workers"].values()),
+        "listening": listening,
+    }), flush=True)
+"""
+
+
+def report_of(launch: Launch) -> dict[str, Any]:
+    line = next(line for line in launch.stdout.splitlines() if line.startswith("REPORT "))
+    report = json.loads(line.removeprefix("REPORT "))
+    assert isinstance(report, dict)
+    return report
+
+
+def hide_mpi4py(tmp_path: Path) -> dict[str, str]:
+    """Environment in which ``import mpi4py`` fails, so no MPI library opens sockets."""
+    shadow = tmp_path / "no-mpi" / "mpi4py"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('mpi4py hidden for this test')\n")
+    return {"PYTHONPATH": str(shadow.parent)}
+
+
+def test_no_dashboard_binds_no_port_8787_and_serves_no_http(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, LISTENERS_APP)
+
+    launch = mpiexec(4, [*bootstrap_argv(run, "--no-dashboard"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    report = report_of(launch)
+    every = [a for addresses in report["listening"].values() for a in addresses]
+    assert not [a for a in every if a.endswith(":8787")], every
+    assert not report["scheduler_services"], report
+    assert all(not services for services in report["worker_services"].values()), report
+    # Worker processes have no MPI inside: their only listener is the Dask comm.
+    for address, pid in report["worker_pids"].items():
+        assert report["listening"][str(pid)] == [address.removeprefix("tls://")]
+
+
+def test_no_dashboard_job_listens_on_the_dask_comms_only(run: RunDir, tmp_path: Path) -> None:
+    # Without MPI (plain ranks, mpi4py hidden) every listening socket is Dask's.
+    app = write_app(tmp_path, LISTENERS_APP)
+    env = hide_mpi4py(tmp_path)
+
+    results = finish(
+        plain_ranks(4, [*bootstrap_argv(run, "--no-dashboard"), "--", str(app)], env=env)
+    )
+
+    assert [r.returncode for r in results] == [0, 0, 0, 0], [r.output for r in results]
+    report = report_of(results[1])
+    every = sorted(a for addresses in report["listening"].values() for a in addresses)
+    expected = sorted(
+        a.removeprefix("tls://")
+        for a in [report["scheduler"], *report["workers"], *report["nannies"]]
+    )
+    assert every == expected
+
+
+def test_dashboard_binds_the_chosen_address_not_every_interface(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, LISTENERS_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    report = report_of(launch)
+    host = str(report["scheduler"]).removeprefix("tls://").rsplit(":", 1)[0]
+    port = report["scheduler_services"]["dashboard"]
+    assert f"{host}:{port}" in report["listening"][str(report["scheduler_pid"])]
+    assert run.read_info().dashboard_address == f"http://{host}:{port}/status"
+
+
+def test_explicit_interface_is_used_by_scheduler_and_workers(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, LISTENERS_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run, "--interface", "lo"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    report = report_of(launch)
+    assert str(report["scheduler"]).startswith("tls://127.0.0.1:")
+    workers = report["workers"]
+    assert isinstance(workers, list)
+    assert workers
+    assert all(w.startswith("tls://127.0.0.1:") for w in workers)
+
+
+def test_tls_is_required_and_a_client_without_certificates_is_refused(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(
+        tmp_path,
+        """\
+        import os, ssl, socket
+        from distributed import Client
+
+        with Client() as client:
+            address = client.scheduler.address
+            print("scheme", address.split("://")[0], flush=True)
+        host, port = address.split("://")[1].rsplit(":", 1)
+        ca = os.environ["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"]
+        context = ssl.create_default_context(cafile=ca)
+        context.check_hostname = False
+        try:
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                with context.wrap_socket(raw) as tls:
+                    tls.sendall(b"\\0" * 8)
+                    data = tls.recv(1)
+            print("certless", "refused" if not data else "answered", flush=True)
+        except (ssl.SSLError, ConnectionError) as error:
+            print("certless", "refused", type(error).__name__, flush=True)
+        """,
+    )
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert "scheme tls" in launch.stdout
+    assert "certless refused" in launch.stdout
+    assert run.read_info().scheduler_address.startswith("tls://")
+
+
+def test_protocol_tcp_is_the_explicit_opt_out(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "tcp")
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run, "--protocol", "tcp"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert run.read_info().scheduler_address.startswith("tcp://")
+
+
+def test_run_dir_files_are_private(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    for path in (run.info_file, run.scheduler_file, run.exit_code_file):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600), path
+    info = json.loads(run.info_file.read_text())
+    assert {"scheduler_address", "dashboard_address", "host", "job_id", "started", "pid"} <= set(
+        info
+    )
+    assert json.loads(run.scheduler_file.read_text())["address"] == info["scheduler_address"]
+
+
+# ------------------------------------------------------------------------------ faults
+
+KILL_WORKER_APP = """\
+import os, signal, time
+from distributed import Client, wait
+
+def slow(i):
+    import time
+    time.sleep(0.5)
+    return i
+
+with Client() as client:
+    targets = client.run({target})  # worker address -> pid to kill
+    futures = client.map(slow, range(40))
+    while sum(f.done() for f in futures) < 4:
+        time.sleep(0.05)
+    victim_address, victim = sorted(targets.items())[0]
+    os.kill(victim, signal.SIGKILL)
+    print("killed", victim, flush=True)
+    total = sum(client.gather(futures))
+    print("total", total, flush=True)
+"""
+
+
+def test_killing_a_worker_process_mid_computation_still_completes(
+    run: RunDir, tmp_path: Path
+) -> None:
+    # The Dask worker process of one rank dies (as under the OOM killer); the rank
+    # itself lives on. (MPICH's mpiexec tears down every rank when one rank process
+    # dies of a signal, so whole-rank death is tested with plain processes below.)
+    app = write_app(tmp_path, KILL_WORKER_APP.format(target="os.getpid"))
+
+    launch = mpiexec(4, [*bootstrap_argv(run, "--nthreads", "2"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert "killed" in launch.stdout
+    assert f"total {sum(range(40))}" in launch.stdout
+
+
+def test_killing_a_whole_worker_rank_mid_computation_still_completes(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, KILL_WORKER_APP.format(target="os.getppid"))
+
+    procs = plain_ranks(4, [*bootstrap_argv(run, "--nthreads", "2"), "--", str(app)])
+    results = finish(procs)
+
+    scheduler, client, *workers = results
+    assert client.returncode == 0, client.output
+    assert "killed" in client.stdout
+    assert f"total {sum(range(40))}" in client.stdout
+    assert scheduler.returncode == 0, scheduler.output
+    assert sorted(w.returncode for w in workers) == [-signal.SIGKILL, 0]
+
+
+def test_plain_processes_that_each_see_an_mpi_world_of_one_are_named_and_still_run(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    results = finish(plain_ranks(4, [*bootstrap_argv(run), "--", str(app), "5"]))
+
+    warnings = [
+        line
+        for r in results
+        for line in r.stderr.splitlines()
+        if "every rank sees an MPI world of 1" in line
+    ]
+    assert len(warnings) == 1, [r.stderr for r in results]
+    assert "SLURM_PROCID" in warnings[0]
+    assert "srun --mpi=pmi2" in warnings[0]
+    assert f"workers 2 sum {EXPECTED_SUM}" in results[1].stdout
+    assert [r.returncode for r in results] == [5, 5, 0, 0]
+
+
+def test_a_dead_client_rank_stops_the_run(run: RunDir, tmp_path: Path) -> None:
+    marker = tmp_path / "client-started"
+    app = write_app(
+        tmp_path,
+        f"""\
+        import os, signal, time
+        from pathlib import Path
+        Path({str(marker)!r}).write_text(str(os.getpid()))
+        time.sleep(600)
+        """,
+    )
+    procs = plain_ranks(3, [*bootstrap_argv(run), "--death-timeout", "5", "--", str(app)])
+    try:
+        wait_until(marker.exists, 120, "the app to start")
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+    finally:
+        results = finish(procs, timeout=120)
+
+    scheduler, _client, worker = results
+    assert scheduler.returncode == 1, scheduler.output
+    assert "client rank stopped responding" in scheduler.stderr
+    assert worker.returncode == 0, worker.output
+    assert "Traceback" not in scheduler.stderr + worker.stderr
+
+
+def test_a_dead_scheduler_rank_ends_every_other_rank(run: RunDir, tmp_path: Path) -> None:
+    marker = tmp_path / "client-started"
+    app = write_app(
+        tmp_path,
+        f"""\
+        import time
+        from pathlib import Path
+        Path({str(marker)!r}).write_text("up")
+        time.sleep(600)
+        """,
+    )
+    procs = plain_ranks(3, [*bootstrap_argv(run), "--death-timeout", "5", "--", str(app)])
+    try:
+        wait_until(marker.exists, 120, "the app to start")
+        os.kill(procs[0].pid, signal.SIGKILL)
+        # Within the death timeout plus polling slack, every other rank is gone.
+        wait_until(
+            lambda: all(p.poll() is not None for p in procs[1:]),
+            60,
+            "the client and worker ranks to exit",
+        )
+    finally:
+        results = finish(procs, timeout=60)
+
+    _scheduler, client, worker = results
+    assert client.returncode == 1, client.output
+    assert "unreachable" in client.stderr
+    assert worker.returncode in (0, 1), worker.output
+
+
+def test_sigterm_tells_the_app_and_retires_a_worker_gracefully(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(
+        tmp_path,
+        """\
+        import os, signal, time
+        from distributed import Client
+        from jobstrap.bootstrap import draining, on_drain, wait_for_drain, drain_file
+
+        heard = []
+        on_drain(lambda: heard.append("callback"))
+
+        with Client() as client:
+            ranks = client.run(os.getppid)  # worker address -> its rank's pid
+            address, pid = sorted(ranks.items())[0]
+            data = client.scatter(list(range(10)), workers=[address])
+            os.kill(pid, signal.SIGTERM)  # the batch system drains one worker rank
+            deadline = time.monotonic() + 60
+            while address in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            print("retired", address not in client.scheduler_info()["workers"], flush=True)
+            print("data kept", client.gather(data) == list(range(10)), flush=True)
+
+            os.kill(os.getpid(), signal.SIGTERM)  # and the client rank is told
+            print("told", wait_for_drain(30), draining(), drain_file().exists(), flush=True)
+            time.sleep(0.5)
+            print("callbacks", heard, flush=True)
+        """,
+    )
+
+    launch = mpiexec(4, [*bootstrap_argv(run), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert "retired True" in launch.stdout
+    assert "data kept True" in launch.stdout
+    assert "told True True True" in launch.stdout
+    assert "callbacks ['callback']" in launch.stdout
+    assert run.drain_file.read_text().startswith("SIGTERM")
+
+
+# ------------------------------------------------------------------- workers / scheduler
+
+
+def test_scheduler_mode_publishes_info_and_stops_on_sigterm(run: RunDir) -> None:
+    proc = subprocess.Popen(
+        [*bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        info = run.read_info()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 0, err
+    assert info.scheduler_address.startswith("tls://")
+    assert info.dashboard_address is None
+    assert info.pid == proc.pid
+    assert "Traceback" not in err
+
+
+def test_workers_mode_joins_the_scheduler_from_info_json_and_ends_with_it(
+    run: RunDir, tmp_path: Path
+) -> None:
+    scheduler = subprocess.Popen(
+        bootstrap_argv(run, "--mode", "scheduler"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    workers = subprocess.Popen(
+        [*bootstrap_argv(run, "--mode", "workers", "--worker-processes", "2", "--name", "job7")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    check = write_app(
+        tmp_path,
+        """\
+        import sys, time
+        from distributed import Client
+        from jobstrap.security import load_security
+        from jobstrap.rundir import RunDir
+        run = RunDir(sys.argv[1])
+        with Client(run.read_info().scheduler_address, security=load_security(run)) as c:
+            c.wait_for_workers(2, timeout=120)
+            names = sorted(w["name"] for w in c.scheduler_info()["workers"].values())
+            print("names", names, flush=True)
+            c.shutdown()
+        """,
+        name="check.py",
+    )
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        result = subprocess.run(
+            [sys.executable, str(check), str(run)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=clean_env(),
+        )
+        _, w_err = workers.communicate(timeout=120)
+        _, s_err = scheduler.communicate(timeout=120)
+    finally:
+        for proc in (scheduler, workers):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    assert result.returncode == 0, result.stderr
+    assert "names ['job7-0', 'job7-1']" in result.stdout
+    assert workers.returncode == 0, w_err
+    assert scheduler.returncode == 0, s_err
