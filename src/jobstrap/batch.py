@@ -202,9 +202,14 @@ def local_launch(spec: JobSpec, profile: Profile) -> JobSpec:
     On a laptop without mpich (or mpi4py), ``launcher: auto`` (mpiexec) would fail; the
     local queue's own launcher starts the ranks instead and gives each its rank in the
     environment (``PMI_RANK``/``PMI_SIZE``, which the bootstrap reads when MPI is absent).
+    ``launcher: none`` asks for the same on purpose (no MPI even where it is installed).
     """
-    if profile.system != "local" or spec.launcher != "mpiexec" or _mpiexec_available(profile):
+    if profile.system != "local" or spec.ntasks < 2:
         return spec
+    if spec.launcher == "mpiexec" and _mpiexec_available(profile):
+        return spec
+    if spec.launcher not in ("mpiexec", "none"):
+        return spec  # an explicit mpirun/srun is the user's choice
     command = (
         profile.python,
         "-m",

@@ -328,8 +328,13 @@ def _alive(pid: int | None, create_time: float | None) -> bool:
     return started is not None and (create_time is None or abs(started - create_time) < 0.05)
 
 
-def _marked_processes(spool: Path, key: str) -> list[int]:
-    """Pids of every process carrying this task's marker (the local stand-in for a cgroup)."""
+def _task_processes(spool: Path, key: str, pgid: int | None) -> list[int]:
+    """Live pids of a task: its process group plus every process carrying its marker.
+
+    The marker is the local stand-in for a cgroup: it finds what left the group
+    (``setsid``, daemons). Zombies do not count: they are dead, only not yet reaped
+    (``killpg(pgid, 0)`` would still succeed on them).
+    """
     import psutil
 
     found = []
@@ -338,6 +343,11 @@ def _marked_processes(spool: Path, key: str) -> list[int]:
         if process.pid == me:
             continue
         try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if pgid and os.getpgid(process.pid) == pgid:
+                found.append(process.pid)
+                continue
             env = process.environ()
         except (psutil.Error, OSError):
             continue
@@ -346,23 +356,13 @@ def _marked_processes(spool: Path, key: str) -> list[int]:
     return found
 
 
-def _group_alive(pgid: int | None) -> bool:
-    if not pgid:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def _signal_task(spool: Path, key: str, pgid: int | None, signum: int, *, sweep: bool) -> None:
-    """Send ``signum`` to the task's process group and, with ``sweep``, to every marked process."""
+    """Send ``signum`` to the task's process group and, with ``sweep``, to all its processes."""
     if pgid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signum)
     if sweep:
-        for pid in _marked_processes(spool, key):
+        for pid in _task_processes(spool, key, pgid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
 
@@ -644,7 +644,7 @@ class _Supervisor:
             else:
                 run.final = ("FAILED", exit_code, "NonZeroExitCode")
         # Like a batch system ending a job's cgroup: what the script left behind goes too.
-        if _group_alive(run.process.pid) or _marked_processes(self.spool, key):
+        if _task_processes(self.spool, key, run.process.pid):
             if run.kill_at is None:
                 _signal_task(self.spool, key, run.process.pid, signal.SIGTERM, sweep=True)
                 run.kill_at = time.monotonic() + _kill_wait()
@@ -703,7 +703,7 @@ def _reconcile(spool: Path, job_id: str) -> dict[str, Any] | None:
             if record["state"] in _TERMINAL:
                 continue
             key = _task_key(job_id, task)
-            if _group_alive(record.get("pid")) or _marked_processes(spool, key):
+            if _task_processes(spool, key, record.get("pid")):
                 # Nobody enforces its walltime any more: end it rather than leak it.
                 _signal_task(spool, key, record.get("pid"), signal.SIGKILL, sweep=True)
                 record.update(state="FAILED", reason="SupervisorLost", end=time.time())
@@ -767,7 +767,7 @@ def cmd_cancel(ids: Sequence[str]) -> None:
         if supervised:
             continue
         deadline = time.monotonic() + min(_kill_wait(), 5.0)
-        while time.monotonic() < deadline and (_group_alive(pgid) or _marked_processes(spool, key)):
+        while time.monotonic() < deadline and _task_processes(spool, key, pgid):
             time.sleep(0.1)
         _signal_task(spool, key, pgid, signal.SIGKILL, sweep=True)
         with _updating(spool, job_id) as state:
