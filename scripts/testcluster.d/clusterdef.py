@@ -15,10 +15,10 @@ any project dependency is installed.
 
 Command line (used by ``scripts/testcluster``)::
 
-    clusterdef.py render FILE --variant netns|compose [--root DIR]
-                  [--cgroup-plugin P] [--cgroup-memory] [--pmix]
+    clusterdef.py render FILE|all [--into DIR] --variant netns|compose [--root DIR]
+                  [--cgroup-plugin P] [--cgroup-memory] [--pmix] [--user U ...]
     clusterdef.py hosts-table          # "name eth0-address ib0-address" lines
-    clusterdef.py accounting-table     # accounts, QOS and users to create
+    clusterdef.py qos-list             # QOS to create before loading accounting.cfg
     clusterdef.py write-compose        # regenerate docker-compose-slurm/*.conf
 """
 
@@ -91,9 +91,9 @@ EXTRA_QOS = ("high",)
 
 CGROUP_PLUGINS = ("cgroup/v1", "cgroup/v2", "autodetect")
 VARIANTS = ("netns", "compose")
-FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "mpi.conf", "hosts")
+FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "mpi.conf", "hosts", "accounting.cfg")
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "docker-compose-slurm"
-COMPOSE_FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf")
+COMPOSE_FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "accounting.cfg")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ class Options:
         Enforce ``--mem`` with cgroup v1 (``proctrack/cgroup`` + ``task/cgroup``).
     pmix : bool
         Make PMIx the default MPI type of ``srun``.
+    users : tuple of str
+        Users given associations with every account.
     """
 
     variant: str = "netns"
@@ -119,6 +121,7 @@ class Options:
     cgroup_plugin: str = "autodetect"
     cgroup_memory: bool = False
     pmix: bool = False
+    users: tuple[str, ...] = ("root",)
 
 
 def _lines(pairs: Sequence[tuple[str, object]]) -> list[str]:
@@ -327,12 +330,45 @@ def hosts_file(opts: Options) -> str:
     return "\n".join([*lines, ""])
 
 
+def accounting_cfg(opts: Options) -> str:
+    """Render the ``sacctmgr load`` file: cluster, accounts, users and their QOS.
+
+    One ``sacctmgr load`` is several times faster than one ``sacctmgr add`` per
+    object.  The extra QOS must exist before the file is loaded.
+
+    Parameters
+    ----------
+    opts : Options
+        Variant and switches (``users`` is used).
+
+    Returns
+    -------
+    str
+        The complete file text.
+    """
+    qos = ",".join(("normal", *EXTRA_QOS))
+    lines = [MARKER, f"Cluster - '{CLUSTER_NAME}':Fairshare=1:QOS='{qos}'", "Parent - 'root'"]
+    lines += [
+        f"Account - '{a}':Description='{a}':Organization='{CLUSTER_NAME}':Fairshare=1"
+        for a in ACCOUNTS
+    ]
+    for account in ACCOUNTS:
+        lines.append(f"Parent - '{account}'")
+        lines += [
+            f"User - '{u}':DefaultAccount='{DEFAULT_ACCOUNT}':DefaultQOS='normal'"
+            f":Fairshare=1:QOS='{qos}'"
+            for u in opts.users
+        ]
+    return "\n".join([*lines, ""])
+
+
 RENDERERS = {
     "slurm.conf": slurm_conf,
     "slurmdbd.conf": slurmdbd_conf,
     "cgroup.conf": cgroup_conf,
     "mpi.conf": mpi_conf,
     "hosts": hosts_file,
+    "accounting.cfg": accounting_cfg,
 }
 
 # The compose cluster has the same layout and limits; only addressing (Docker DNS)
@@ -362,15 +398,6 @@ def _hosts_table() -> str:
     return "".join(f"{h.name} {h.eth0} {h.ib0}\n" for h in HOSTS)
 
 
-def _accounting_table() -> str:
-    # Read by the bash side line by line: "<kind> <value>".
-    rows = [f"cluster {CLUSTER_NAME}"]
-    rows += [f"qos {q}" for q in EXTRA_QOS]
-    rows += [f"account {a}" for a in ACCOUNTS]
-    rows.append(f"default-account {DEFAULT_ACCOUNT}")
-    return "".join(r + "\n" for r in rows)
-
-
 def write_compose(directory: Path = COMPOSE_DIR) -> list[Path]:
     """Write the compose variant's configuration files.
 
@@ -396,15 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    rend = sub.add_parser("render", help="print one generated file")
-    rend.add_argument("file", choices=FILES)
+    rend = sub.add_parser("render", help="print one generated file, or write all into a dir")
+    rend.add_argument("file", choices=(*FILES, "all"))
+    rend.add_argument("--into", type=Path, help="directory for 'all'")
     rend.add_argument("--variant", choices=VARIANTS, default="netns")
     rend.add_argument("--root", default=DEFAULT_ROOT)
     rend.add_argument("--cgroup-plugin", choices=CGROUP_PLUGINS, default="autodetect")
     rend.add_argument("--cgroup-memory", action="store_true")
     rend.add_argument("--pmix", action="store_true")
+    rend.add_argument("--user", action="append", dest="users", help="user to give accounts")
     sub.add_parser("hosts-table", help="print 'name eth0 ib0' per host")
-    sub.add_parser("accounting-table", help="print accounts, QOS and users to create")
+    sub.add_parser("qos-list", help="print the QOS to create before loading accounts")
     sub.add_parser("write-compose", help="regenerate docker-compose-slurm/*.conf")
     args = parser.parse_args(argv)
 
@@ -415,12 +444,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             cgroup_plugin=args.cgroup_plugin,
             cgroup_memory=args.cgroup_memory,
             pmix=args.pmix,
+            users=tuple(args.users or ["root"]),
         )
-        sys.stdout.write(render(args.file, opts))
+        if args.file == "all":
+            if args.into is None:
+                parser.error("render all needs --into DIR")
+            for name in FILES:
+                (args.into / name).write_text(render(name, opts))
+        else:
+            sys.stdout.write(render(args.file, opts))
     elif args.command == "hosts-table":
         sys.stdout.write(_hosts_table())
-    elif args.command == "accounting-table":
-        sys.stdout.write(_accounting_table())
+    elif args.command == "qos-list":
+        sys.stdout.write("".join(q + "\n" for q in EXTRA_QOS))
     else:
         for path in write_compose():
             print(path)
