@@ -32,6 +32,12 @@ class JobRecord:
     submit_time: str = ""
     #: The batch system's own state word, before mapping.
     raw_state: str = ""
+    #: Run time so far or in total, as the batch system prints it (``1-02:03:04``).
+    elapsed: str = ""
+    #: Set by the watcher while the controller cannot be asked (state UNKNOWN): the
+    #: state last seen before that, and since when (epoch seconds) it has been unknown.
+    last_state: JobState | None = None
+    unknown_since: float | None = None
 
 
 class BatchSystem(Protocol):
@@ -84,6 +90,22 @@ class BatchSystem(Protocol):
 
     def is_transient_error(self, stderr: str) -> bool:
         """True when a failed command is worth retrying (controller busy/unreachable)."""
+        ...
+
+    def is_unknown_job_error(self, stderr: str) -> bool:
+        """True when a status/cancel command failed only because a job id is unknown."""
+        ...
+
+    def signal_argv(self, job_ids: Sequence[str], signal: str) -> list[str]:
+        """argv sending ``signal`` to the jobs (their batch shells)."""
+        ...
+
+    def limits_argv(self) -> list[str]:
+        """argv printing the site's limits (for :meth:`parse_max_array_size`)."""
+        ...
+
+    def parse_max_array_size(self, stdout: str) -> int | None:
+        """The largest array the site accepts (task ids below it), or None."""
         ...
 
 

@@ -56,8 +56,8 @@ SHORT_STATES: dict[str, str] = {
 }  # fmt: skip
 
 _SEP = "|"
-_SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V"
-_SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit"
+_SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V|%M"
+_SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit,Elapsed"
 _ARRAY_RE = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[^\]]+)\]$")
 _JOB_ID_RE = re.compile(r"^\d+(?:_\d+|\+\d+)?$")
 
@@ -186,6 +186,7 @@ class Slurm:
             nodes = parts[3] if len(parts) > 3 else ""
             name = parts[4] if len(parts) > 4 else ""
             submit = parts[5] if len(parts) > 5 else ""
+            elapsed = parts[6] if len(parts) > 6 else ""
             for one in expand_job_id(job_id):
                 records[one] = JobRecord(
                     job_id=one,
@@ -195,6 +196,7 @@ class Slurm:
                     name=name,
                     submit_time=submit,
                     raw_state=raw_state,
+                    elapsed=elapsed,
                 )
         return records
 
@@ -215,6 +217,7 @@ class Slurm:
             if "." in job_id:  # a step (123.batch), not an allocation
                 continue
             reason = parts[3] if len(parts) > 3 else ""
+            nodes = parts[4] if len(parts) > 4 else ""
             for one in expand_job_id(job_id):
                 # --duplicates lists a requeued or recycled id once per run: keep the last.
                 records[one] = JobRecord(
@@ -222,10 +225,12 @@ class Slurm:
                     state=map_state(raw_state),
                     exit_code=parse_exit_code(exit_text),
                     reason="" if reason in ("None", "(null)") else reason,
-                    nodes=parts[4] if len(parts) > 4 else "",
+                    # sacct says "None assigned" for jobs that never got a node.
+                    nodes="" if nodes in ("None assigned", "(null)") else nodes,
                     name=parts[5] if len(parts) > 5 else "",
                     submit_time=parts[6] if len(parts) > 6 else "",
                     raw_state=raw_state,
+                    elapsed=parts[7] if len(parts) > 7 else "",
                 )
         return records
 

@@ -1,0 +1,617 @@
+"""The gateway: argv calls, timeouts, retries, rate limit, idempotent submission, arrays.
+
+Batch commands here are real executables: a small stand-in for Slurm's commands
+(``golden/fakebin/slurm.py``, installed on PATH as sbatch/squeue/sacct/scancel/
+scontrol) that prints the formats recorded from Slurm 22.05 and fails on demand
+(transient errors, hangs, jobs accepted but no id printed). The same behaviours are
+proven against the real Slurm test cluster in ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobstrap.errors import BatchCommandError, SubmitError
+from jobstrap.gateway import (
+    Gateway,
+    RetryPolicy,
+    TokenBucket,
+    array_task_ids,
+    base_job_id,
+    shared_bucket,
+    tagged,
+)
+from jobstrap.spec import ArraySpec, JobSpec, Role, new_tag
+
+FAKE = Path(__file__).parent / "golden" / "fakebin" / "slurm.py"
+FAKE_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
+
+
+class FakeSlurm:
+    """Handle on the fake Slurm's state and call log (see golden/fakebin/slurm.py)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "state"
+        self.bin = root / "bin"
+        self.dir.mkdir(parents=True)
+        self.bin.mkdir()
+        # A wrapper per command so the fake runs with this interpreter whatever PATH says.
+        for command in FAKE_COMMANDS:
+            wrapper = self.bin / command
+            wrapper.write_text(
+                f'#!/bin/sh\nFAKESLURM_COMMAND={command} exec {sys.executable} {FAKE} "$@"\n'
+            )
+            wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+        self._write({"next_id": 100, "jobs": {}, "plan": {}, "history": [],
+                     "max_array_size": 1001})  # fmt: skip
+
+    def _read(self) -> dict[str, Any]:
+        return json.loads((self.dir / "state.json").read_text())
+
+    def _write(self, state: dict[str, Any]) -> None:
+        tmp = self.dir / "state.json.new"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.dir / "state.json")
+
+    def change(self, **values: Any) -> None:
+        state = self._read()
+        state.update(values)
+        self._write(state)
+
+    def plan(self, command: str, *actions: str) -> None:
+        state = self._read()
+        state["plan"][command] = list(actions)
+        self._write(state)
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        jobs: dict[str, dict[str, Any]] = self._read()["jobs"]
+        return jobs
+
+    def set_job(self, job_id: str, **changes: Any) -> None:
+        state = self._read()
+        job = state["jobs"][job_id]
+        job.update(changes)
+        if "state" in changes and job.get("array"):
+            job["tasks"] = dict.fromkeys(job["tasks"], changes["state"])
+        self._write(state)
+
+    def calls(self, command: str | None = None) -> list[list[str]]:
+        path = self.dir / "calls.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        argvs = [json.loads(line) for line in lines]
+        return [a for a in argvs if command is None or a[0] == command]
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
+    fake = FakeSlurm(tmp_path / "fake")
+    monkeypatch.setenv("PATH", f"{fake.bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKESLURM_DIR", str(fake.dir))
+    monkeypatch.setattr(Gateway, "_array_limits", {})
+    return fake
+
+
+def make_gateway(**changes: Any) -> Gateway:
+    """A gateway with quick retries and a bucket that never makes tests wait."""
+    options: dict[str, Any] = {
+        "retry": RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, budget=30),
+        "timeout": 10.0,
+        "bucket": TokenBucket(10_000, 10_000),
+    }
+    options.update(changes)
+    return Gateway("slurm", **options)
+
+
+def make_spec(run_dir: Path, **changes: Any) -> JobSpec:
+    values: dict[str, Any] = {
+        "name": "jobstrap",
+        "role": Role.WORKERS,
+        "run_dir": str(run_dir),
+        "tag": new_tag(),
+        "command": ("sleep", "30"),
+        "walltime": 120,
+        "queue": "debug",
+        "launcher": "none",
+        "log_directory": str(run_dir / "logs"),
+    }
+    values.update(changes)
+    return JobSpec(**values)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    (path / "logs").mkdir(parents=True)
+    return path
+
+
+# --- running commands ---------------------------------------------------------------------
+
+
+def test_arguments_reach_the_command_verbatim_without_a_shell() -> None:
+    gateway = make_gateway()
+
+    result = gateway.run(["printf", "%s\n", "a b", "$(touch x)", "*"])
+
+    assert result.stdout.splitlines() == ["a b", "$(touch x)", "*"]
+
+
+def test_a_shell_string_is_refused() -> None:
+    gateway = make_gateway()
+
+    with pytest.raises(TypeError, match="never a shell string"):
+        gateway.run("squeue --me")  # type: ignore[arg-type]
+
+
+def test_a_command_that_hangs_is_killed_at_its_timeout() -> None:
+    gateway = make_gateway()
+
+    with pytest.raises(BatchCommandError) as caught:
+        gateway.run(["sleep", "30"], timeout=0.3, retry=False)
+
+    assert caught.value.returncode is None
+    assert caught.value.transient
+    assert "timed out" in str(caught.value)
+
+
+def test_a_missing_command_is_a_batch_command_error_naming_it() -> None:
+    gateway = make_gateway()
+
+    with pytest.raises(BatchCommandError, match="cannot run no-such-sbatch"):
+        gateway.run(["no-such-sbatch"])
+
+
+def test_transient_failures_are_retried_until_the_command_succeeds(fake_slurm: FakeSlurm) -> None:
+    fake_slurm.plan("scontrol", "transient", "transient")
+    gateway = make_gateway()
+
+    result = gateway.run(["scontrol", "show", "config"])
+
+    assert result.attempts == 3
+    assert gateway.calls["scontrol"] == 3
+    assert "MaxArraySize" in result.stdout
+
+
+def test_retries_stop_after_the_policy_s_attempts(fake_slurm: FakeSlurm) -> None:
+    fake_slurm.plan("scontrol", *["transient"] * 10)
+    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+
+    with pytest.raises(BatchCommandError) as caught:
+        gateway.run(["scontrol", "show", "config"])
+
+    assert caught.value.transient
+    assert "Socket timed out" in caught.value.stderr
+    assert gateway.calls["scontrol"] == 3
+
+
+def test_a_permanent_failure_is_not_retried(fake_slurm: FakeSlurm) -> None:
+    gateway = make_gateway()
+
+    with pytest.raises(BatchCommandError) as caught:
+        gateway.run(["scancel", "999"])
+
+    assert not caught.value.transient
+    assert caught.value.returncode == 1
+    assert gateway.calls["scancel"] == 1
+
+
+def test_backoff_between_retries_grows_with_jitter(fake_slurm: FakeSlurm) -> None:
+    fake_slurm.plan("scontrol", "transient", "transient", "transient")
+    slept: list[float] = []
+    policy = RetryPolicy(attempts=4, base_delay=1.0, max_delay=3.0)
+    gateway = make_gateway(retry=policy, sleep=slept.append)
+
+    gateway.run(["scontrol", "show", "config"])
+
+    assert len(slept) == 3
+    for number, delay in enumerate(slept, start=1):
+        ceiling = min(3.0, 2 ** (number - 1))
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_calls_are_counted_per_command_name(fake_slurm: FakeSlurm) -> None:
+    gateway = make_gateway()
+
+    gateway.run(["scontrol", "show", "config"])
+    gateway.run(["scontrol", "show", "config"])
+    gateway.run(["squeue", "--name=x"])
+
+    assert gateway.calls == {"scontrol": 2, "squeue": 1}
+
+
+# --- rate limit ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_bucket_lets_a_burst_through_without_waiting() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2, burst=5, clock=clock, sleep=clock.sleep)
+
+    waits = [bucket.acquire() for _ in range(5)]
+
+    assert waits == [0, 0, 0, 0, 0]
+
+
+def test_the_bucket_spaces_calls_beyond_the_burst_at_its_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2, burst=2, clock=clock, sleep=clock.sleep)
+
+    waits = [bucket.acquire() for _ in range(6)]
+
+    assert waits[:2] == [0, 0]
+    assert waits[2:] == pytest.approx([0.5, 0.5, 0.5, 0.5])
+    assert clock.now == pytest.approx(2.0)
+
+
+def test_the_bucket_refills_while_idle_but_never_beyond_its_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1, burst=3, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        bucket.acquire()
+
+    clock.now += 100
+    waits = [bucket.acquire() for _ in range(4)]
+
+    assert waits[:3] == [0, 0, 0]
+    assert waits[3] == pytest.approx(1.0)
+
+
+def test_threads_queue_up_for_the_bucket_without_losing_a_token() -> None:
+    clock = FakeClock()  # frozen: every wait is a reservation made under the lock
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=lambda seconds: None)
+    threads = [threading.Thread(target=bucket.acquire) for _ in range(11)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # 11 calls with a burst of 1 at 10/s: the reservations add up to one second.
+    assert bucket.waited == pytest.approx(sum(i / 10 for i in range(1, 11)))
+
+
+def test_every_gateway_of_the_process_draws_from_one_bucket() -> None:
+    first = Gateway("slurm")
+    second = Gateway("pbs")
+
+    assert first.bucket is second.bucket is shared_bucket()
+
+
+def test_for_system_returns_one_gateway_per_system() -> None:
+    assert Gateway.for_system("slurm") is Gateway.for_system("slurm")
+    assert Gateway.for_system("slurm") is not Gateway.for_system("pbs")
+
+
+# --- job ids ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job_id", "base"),
+    [("123", "123"), ("123_4", "123"), ("123+1", "123"), ("7[2].pbs01", "7[].pbs01"),
+     ("7.pbs01", "7.pbs01")],
+)  # fmt: skip
+def test_base_job_id_is_what_the_submit_command_printed(job_id: str, base: str) -> None:
+    assert base_job_id(job_id) == base
+
+
+def test_array_task_ids_follow_each_system_s_spelling() -> None:
+    assert array_task_ids("123", ArraySpec(0, 2)) == ["123_0", "123_1", "123_2"]
+    assert array_task_ids("7[].pbs01", ArraySpec(0, 1)) == ["7[0].pbs01", "7[1].pbs01"]
+
+
+def test_tagging_appends_the_tag_to_the_name_once(run_dir: Path) -> None:
+    spec = make_spec(run_dir, tag="js0123456789")
+
+    once = tagged(spec)
+
+    assert once.name == "jobstrap-js0123456789"
+    assert tagged(once) == once
+
+
+# --- submitting ---------------------------------------------------------------------------
+
+
+def test_one_job_is_a_plain_job_with_its_script_in_the_run_directory(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    spec = make_spec(run_dir)
+    gateway = make_gateway()
+
+    submission = gateway.submit(spec)
+
+    assert submission.job_ids == ["100"]
+    assert gateway.calls["sbatch"] == 1
+    script = run_dir / f"job-{spec.tag}.sh"
+    assert submission.scripts == [script]
+    assert stat.S_IMODE(script.stat().st_mode) == 0o600
+    assert f"--job-name=jobstrap-{spec.tag}" in script.read_text()
+    assert "--array" not in script.read_text()
+    assert fake_slurm.jobs()["100"]["name"] == f"jobstrap-{spec.tag}"
+
+
+def test_the_tag_is_in_the_job_comment_too(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    spec = make_spec(run_dir)
+
+    submission = make_gateway().submit(spec)
+
+    assert f"--comment=jobstrap:{spec.tag}" in submission.scripts[0].read_text()
+
+
+def test_n_jobs_go_out_as_one_array(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir), count=10)
+
+    assert gateway.calls["sbatch"] == 1
+    assert submission.job_ids == [f"100_{i}" for i in range(10)]
+    assert "#SBATCH --array=0-9" in submission.scripts[0].read_text()
+
+
+def test_arrays_are_split_at_the_site_s_max_array_size(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.change(max_array_size=33)
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir), count=100)
+
+    assert gateway.calls["sbatch"] == 4
+    assert len(submission.job_ids) == 100
+    assert len(set(submission.job_ids)) == 100
+    assert submission.batch_ids == ["100", "101", "102", "103"]
+    # Task ids stay below MaxArraySize in every array; a last single job is a plain job.
+    assert submission.job_ids[:33] == [f"100_{i}" for i in range(33)]
+    assert submission.job_ids[-1] == "103"
+    assert [fake_slurm.jobs()[b]["array"] for b in submission.batch_ids] == [
+        [0, 32], [0, 32], [0, 32], None,
+    ]  # fmt: skip
+
+
+def test_the_site_limit_is_read_once_per_process(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    gateway = make_gateway()
+
+    gateway.submit(make_spec(run_dir), count=5)
+    gateway.submit(make_spec(run_dir), count=5)
+    make_gateway().submit(make_spec(run_dir), count=5)
+
+    assert len(fake_slurm.calls("scontrol")) == 1
+
+
+def test_the_profile_s_array_cap_wins_when_smaller(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    fake_slurm.change(max_array_size=33)
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir), count=25, max_array_size=10)
+
+    assert gateway.calls["sbatch"] == 3
+    assert [fake_slurm.jobs()[b]["array"] for b in submission.batch_ids] == [
+        [0, 9], [0, 9], [0, 4],
+    ]  # fmt: skip
+
+
+def test_a_rejected_submission_raises_submit_error_with_sbatch_s_words(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "reject:Memory specification can not be satisfied")
+    gateway = make_gateway()
+
+    with pytest.raises(SubmitError) as caught:
+        gateway.submit(make_spec(run_dir))
+
+    error = caught.value
+    assert "Memory specification can not be satisfied" in str(error)
+    assert error.returncode == 1
+    assert error.argv[0] == "sbatch"
+    assert gateway.calls["sbatch"] == 1  # a definite "no" is not retried
+    assert fake_slurm.jobs() == {}
+
+
+def test_when_a_later_array_is_rejected_the_earlier_ones_are_cancelled(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.change(max_array_size=33)
+    fake_slurm.plan("sbatch", "ok", "ok", "reject:QOSMaxSubmitJobPerUserLimit")
+    gateway = make_gateway()
+
+    with pytest.raises(SubmitError) as caught:
+        gateway.submit(make_spec(run_dir), count=100)
+
+    assert "QOSMaxSubmitJobPerUserLimit" in str(caught.value)
+    assert "cancelled the jobs this submission had already queued: 100 101" in str(caught.value)
+    assert {j: job["state"] for j, job in fake_slurm.jobs().items()} == {
+        "100": "CANCELLED",
+        "101": "CANCELLED",
+    }
+
+
+def test_a_timed_out_submission_that_went_through_is_not_submitted_again(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "accept-hang")
+    gateway = make_gateway(timeout=1.0)
+
+    submission = gateway.submit(make_spec(run_dir))
+
+    assert list(fake_slurm.jobs()) == ["100"]
+    assert submission.job_ids == ["100"]
+    assert gateway.calls["sbatch"] == 1
+    assert gateway.calls["squeue"] == 1  # the lookup by name
+
+
+def test_an_unparseable_answer_is_resolved_by_looking_the_name_up(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "accept-garbage")
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir), count=3)
+
+    assert list(fake_slurm.jobs()) == ["100"]
+    assert submission.job_ids == ["100_0", "100_1", "100_2"]
+
+
+def test_a_transient_error_after_the_job_was_taken_does_not_double_it(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "accept-transient")
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir))
+
+    assert list(fake_slurm.jobs()) == ["100"]
+    assert submission.job_ids == ["100"]
+
+
+def test_a_transient_error_before_the_job_was_taken_resubmits_once(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "transient", "transient")
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir))
+
+    assert list(fake_slurm.jobs()) == ["100"]
+    assert submission.job_ids == ["100"]
+    assert gateway.calls["sbatch"] == 3
+    assert gateway.calls["squeue"] == 2
+
+
+def test_an_ambiguous_failure_in_a_later_array_adopts_only_that_array(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.change(max_array_size=33)
+    fake_slurm.plan("sbatch", "ok", "accept-garbage", "ok")
+    gateway = make_gateway()
+
+    submission = gateway.submit(make_spec(run_dir), count=70)
+
+    assert submission.batch_ids == ["100", "101", "102"]
+    assert len(fake_slurm.jobs()) == 3
+    assert len(submission.job_ids) == 70
+
+
+def test_giving_up_on_a_submission_says_it_was_transient(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", *["transient"] * 10)
+    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+
+    with pytest.raises(SubmitError) as caught:
+        gateway.submit(make_spec(run_dir))
+
+    assert caught.value.transient
+    assert "gave up after 3 attempts" in str(caught.value) or "Socket timed out" in str(
+        caught.value
+    )
+    assert fake_slurm.jobs() == {}
+
+
+def test_a_resubmission_with_the_same_tag_adopts_the_queued_job(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    # As if an earlier process wrote the script, submitted, and died before saving the id.
+    spec = make_spec(run_dir)
+    make_gateway().submit(spec)
+    gateway = make_gateway()
+
+    submission = gateway.submit(spec)
+
+    assert submission.job_ids == ["100"]
+    assert gateway.calls["sbatch"] == 0
+    assert list(fake_slurm.jobs()) == ["100"]
+
+
+def test_a_ready_script_text_is_submitted_as_it_is(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    from jobstrap.render import render_script
+    from jobstrap.systems import get_system
+
+    spec = tagged(make_spec(run_dir))
+    text = render_script(spec, get_system("slurm")) + "# marker\n"
+
+    submission = make_gateway().submit(spec, text, script_name="job.sh")
+
+    assert submission.scripts == [run_dir / "job.sh"]
+    assert (run_dir / "job.sh").read_text() == text
+
+
+def test_a_ready_script_text_cannot_make_an_array(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    spec = tagged(make_spec(run_dir))
+
+    with pytest.raises(ValueError, match="pass a renderer"):
+        make_gateway().submit(spec, "#!/bin/sh\n", count=2)
+
+
+# --- cancel and status --------------------------------------------------------------------
+
+
+def test_cancel_counts_jobs_the_controller_forgot_as_done(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    gateway = make_gateway()
+    submission = gateway.submit(make_spec(run_dir))
+
+    gateway.cancel([*submission.job_ids, "4242"])
+
+    assert fake_slurm.jobs()["100"]["state"] == "CANCELLED"
+
+
+def test_status_asks_once_for_every_job(fake_slurm: FakeSlurm, run_dir: Path) -> None:
+    gateway = make_gateway()
+    first = gateway.submit(make_spec(run_dir), count=3)
+    second = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("101", state="RUNNING")
+    before = gateway.calls["squeue"]
+
+    records = gateway.status([*first.job_ids, *second.job_ids])
+
+    assert gateway.calls["squeue"] == before + 1
+    assert gateway.calls["sacct"] == 0
+    assert {j: r.state.value for j, r in records.items()} == {
+        "100_0": "PENDING", "100_1": "PENDING", "100_2": "PENDING", "101": "RUNNING",
+    }  # fmt: skip
+    assert records["101"].nodes == "node1"
+
+
+def test_status_looks_jobs_that_left_the_queue_up_in_the_history(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    gateway = make_gateway()
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", state="FAILED", exit="3:0", live=False)
+
+    records = gateway.status(submission.job_ids)
+
+    assert records["100"].state.value == "FAILED"
+    assert records["100"].exit_code == 3
+    assert gateway.calls["sacct"] == 1
+
+
+def test_status_without_accounting_leaves_vanished_jobs_out(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    gateway = make_gateway()
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", live=False)
+    fake_slurm.plan("sacct", "disabled")
+
+    records = gateway.status(submission.job_ids)
+
+    assert records == {}
+    assert not gateway.history_available

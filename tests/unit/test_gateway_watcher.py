@@ -1,0 +1,398 @@
+"""The watcher: one query per poll, backoff, UNKNOWN during outages, MISSING, recycled ids.
+
+The batch commands are the fake Slurm of ``test_gateway`` (real executables printing
+Slurm 22.05's formats); the real controller is exercised in ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_gateway import FakeSlurm, fake_slurm, make_gateway, make_spec, run_dir
+
+from jobstrap.gateway import Gateway, Watcher
+from jobstrap.states import JobState
+from jobstrap.systems import JobRecord
+
+__all__ = ["fake_slurm", "run_dir"]  # fixtures shared with test_gateway
+
+
+def wait_for(
+    condition: Callable[[], bool], describe: Callable[[], object], timeout: float = 10
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout} s; last seen: {describe()}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def gateway(fake_slurm: FakeSlurm) -> Iterator[Gateway]:
+    gateway = make_gateway()
+    yield gateway
+    gateway.watcher.close()
+
+
+def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
+    watcher.configure(poll_interval=0.05, max_interval=0.4, missing_grace=grace)
+    return watcher
+
+
+def test_importing_the_gateway_starts_no_thread() -> None:
+    code = (
+        "import threading, jobstrap.gateway as g; "
+        "w = g.Gateway('slurm').watcher; "
+        "print(threading.active_count())"
+    )
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "1"
+
+
+def test_tracking_starts_one_daemon_thread(gateway: Gateway, run_dir: Path) -> None:
+    submission = gateway.submit(make_spec(run_dir), count=3)
+    watcher = quick(gateway.watcher)
+
+    watcher.track(submission.job_ids[:2])
+    watcher.track(submission.job_ids[2:])
+
+    threads = [t for t in threading.enumerate() if t.name == "jobstrap-watcher-slurm"]
+    assert len(threads) == 1
+    assert threads[0].daemon
+
+
+def test_one_poll_asks_about_every_tracked_job_in_one_call(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    first = gateway.submit(make_spec(run_dir), count=5)
+    second = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track([*first.job_ids, *second.job_ids])
+    watcher.close()  # poll by hand: exactly one poll
+    before = gateway.calls["squeue"]
+
+    watcher.poll()
+
+    assert gateway.calls["squeue"] == before + 1
+    assert gateway.calls["sacct"] == 0
+    assert watcher.state("100_4") is JobState.PENDING
+
+
+def test_state_changes_reach_the_callback_with_old_and_new(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    seen: list[tuple[str, JobState, JobState]] = []
+    watcher = quick(gateway.watcher)
+
+    def remember(job_id: str, old: JobState, new: JobRecord) -> None:
+        seen.append((job_id, old, new.state))
+
+    watcher.track(submission.job_ids, on_change=remember, name=submission.name)
+
+    fake_slurm.set_job("100", state="RUNNING")
+    wait_for(lambda: watcher.state("100") is JobState.RUNNING, lambda: watcher.records())
+    fake_slurm.set_job("100", state="COMPLETED")
+    watcher.wait(submission.job_ids, timeout=10)
+
+    assert seen == [("100", JobState.PENDING, JobState.RUNNING),
+                    ("100", JobState.RUNNING, JobState.COMPLETED)]  # fmt: skip
+    assert watcher.record("100").nodes == "node1"
+
+
+def test_wait_returns_the_terminal_records(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir), count=2)
+    quick(gateway.watcher).track(submission.job_ids)
+    fake_slurm.set_job("100", state="TIMEOUT")
+
+    records = gateway.watcher.wait(submission.job_ids, timeout=10)
+
+    assert {r.state for r in records.values()} == {JobState.TIMEOUT}
+
+
+def test_wait_gives_up_at_its_deadline_naming_what_it_saw(gateway: Gateway, run_dir: Path) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    quick(gateway.watcher).track(submission.job_ids)
+
+    with pytest.raises(TimeoutError, match="100=PENDING"):
+        gateway.watcher.wait(submission.job_ids, timeout=0.3)
+
+
+def test_an_unreachable_controller_makes_states_unknown_keeping_the_last_one(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", state="RUNNING")
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.poll()
+    fake_slurm.plan("squeue", "transient", "transient")
+
+    watcher.poll()
+
+    record = watcher.record("100")
+    assert record.state is JobState.UNKNOWN
+    assert record.last_state is JobState.RUNNING
+    assert record.unknown_since is not None
+    assert watcher.last_error is not None
+
+
+def test_states_come_back_when_the_controller_answers_again(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", state="RUNNING")
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    fake_slurm.plan("squeue", "transient", "transient")
+    watcher.poll()
+
+    watcher.poll()
+
+    record = watcher.record("100")
+    assert record.state is JobState.RUNNING
+    assert record.unknown_since is None
+    assert watcher.last_error is None
+
+
+def test_an_outage_never_makes_a_job_missing(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.configure(missing_grace=0)
+    fake_slurm.plan("squeue", *["transient"] * 8)
+
+    for _ in range(4):
+        watcher.poll()
+
+    assert watcher.state("100") is JobState.UNKNOWN
+
+
+def test_a_job_that_left_the_queue_gets_its_end_from_the_history(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    fake_slurm.set_job("100", state="OUT_OF_MEMORY", exit="0:125", live=False)
+
+    watcher.poll()
+
+    record = watcher.record("100")
+    assert record.state is JobState.OUT_OF_MEMORY
+    assert record.exit_code == 128 + 125
+
+
+def test_a_vanished_job_without_accounting_is_missing_after_the_grace_period(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", state="RUNNING")
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.poll()
+    fake_slurm.set_job("100", live=False)
+    fake_slurm.plan("sacct", "disabled")
+
+    watcher.configure(missing_grace=3600)
+    watcher.poll()
+    within_grace = watcher.state("100")
+    watcher.configure(missing_grace=0)
+    watcher.poll()
+
+    assert within_grace is JobState.RUNNING
+    record = watcher.record("100")
+    assert record.state is JobState.MISSING  # never silently COMPLETED
+    assert "no accounting record" in record.reason
+    assert record.last_state is JobState.RUNNING
+
+
+def test_a_vanished_job_absent_from_the_history_is_missing_after_the_grace_period(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.configure(missing_grace=0)
+    fake_slurm.set_job("100", live=False, no_accounting=True)
+
+    watcher.poll()
+
+    assert watcher.state("100") is JobState.MISSING
+    assert gateway.history_available
+
+
+def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    # The controller lost its state and gave id 100 to somebody else's job.
+    fake_slurm.set_job("100", name="someone-else", state="RUNNING", submit="2024-06-01T00:00:00")
+
+    watcher.poll()
+
+    record = watcher.record("100")
+    assert record.state is JobState.MISSING
+    assert "another job" in record.reason
+
+
+def test_a_recycled_id_finds_our_own_end_in_the_history(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    fake_slurm.change(history=[
+        f"100|COMPLETED|0:0|None|node2|{submission.name}|2024-05-06T10:00:00|00:00:30"
+    ])  # fmt: skip
+    fake_slurm.set_job("100", name="someone-else", live=False, submit="2024-06-01T00:00:00")
+
+    watcher.poll()
+
+    assert watcher.state("100") is JobState.COMPLETED
+    assert watcher.record("100").nodes == "node2"
+
+
+def test_an_id_tracked_without_a_name_is_recycled_when_name_and_submit_time_change(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(["100"], started_by_us=False)
+    watcher.close()
+    watcher.poll()
+    fake_slurm.set_job("100", name="someone-else", submit="2024-06-01T00:00:00")
+
+    watcher.poll()
+
+    assert watcher.state("100") is JobState.MISSING
+
+
+def test_a_heterogeneous_job_is_tracked_as_one(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    watcher = gateway.watcher
+    watcher.track(["100"], started_by_us=False)
+    watcher.close()
+    fake_slurm.change(jobs={
+        "100+0": {"name": "het", "array": None, "state": "RUNNING", "live": True,
+                  "submit": "2024-05-06T10:00:00", "exit": "0:0"},
+        "100+1": {"name": "het", "array": None, "state": "PENDING", "live": True,
+                  "submit": "2024-05-06T10:00:00", "exit": "0:0"},
+    })  # fmt: skip
+
+    answer = gateway._query(["100"], {}, gateway.retry)
+
+    assert answer.records["100"].state is JobState.RUNNING
+
+
+def test_polling_backs_off_while_nothing_changes_and_returns_on_change(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+    watcher.track(submission.job_ids, name=submission.name)
+
+    wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
+    fake_slurm.set_job("100", state="RUNNING")
+    wait_for(lambda: watcher.state("100") is JobState.RUNNING, lambda: watcher.records())
+
+    assert watcher.interval < 0.4
+
+
+def test_someone_waiting_brings_the_interval_back_to_the_base(
+    gateway: Gateway, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+    watcher.track(submission.job_ids)
+    wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
+
+    with pytest.raises(TimeoutError):
+        watcher.wait(submission.job_ids, timeout=0.01)
+
+    assert watcher.interval == 0.05
+
+
+def test_a_failing_callback_does_not_stop_the_watcher(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+
+    def broken(job_id: str, old: JobState, new: JobRecord) -> None:
+        raise RuntimeError("callback bug")
+
+    watcher.track(submission.job_ids, on_change=broken)
+    fake_slurm.set_job("100", state="RUNNING")
+    wait_for(lambda: watcher.state("100") is JobState.RUNNING, lambda: watcher.records())
+    fake_slurm.set_job("100", state="COMPLETED")
+
+    records = watcher.wait(submission.job_ids, timeout=10)
+
+    assert records["100"].state is JobState.COMPLETED
+
+
+def test_terminal_jobs_are_not_asked_about_again(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids)
+    watcher.close()
+    fake_slurm.set_job("100", state="CANCELLED")
+    watcher.poll()
+    before = gateway.calls["squeue"]
+
+    changed = watcher.poll()
+
+    assert not changed
+    assert gateway.calls["squeue"] == before
+
+
+def test_a_thousand_tracked_jobs_take_well_under_20_mb(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir), count=1000, max_array_size=1000)
+    fake_slurm.set_job("100", state="RUNNING")
+    watcher = gateway.watcher
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.take_snapshot()
+        watcher.track(submission.job_ids, name=submission.name)
+        watcher.close()
+        watcher.poll()
+        watcher.poll()
+        used = sum(
+            s.size_diff for s in tracemalloc.take_snapshot().compare_to(baseline, "filename")
+        )
+    finally:
+        tracemalloc.stop()
+
+    assert len(watcher.tracked()) == 1000
+    assert watcher.state("100_999") is JobState.RUNNING
+    assert used < 20 * 2**20, f"{used / 2**20:.1f} MiB"

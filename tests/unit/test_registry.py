@@ -1,0 +1,176 @@
+"""The registry: private JSON records, prefixes, locked updates from several processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from jobstrap import registry
+from jobstrap.errors import UserError
+from jobstrap.registry import RunRecord
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def make_record(run_id: str = "run-20240506T100000-abc123", **changes: object) -> RunRecord:
+    values: dict[str, object] = {
+        "run_id": run_id,
+        "kind": "app",
+        "system": "slurm",
+        "run_dir": f"/home/ada/.jobstrap/runs/{run_id}",
+        "job_ids": ["123"],
+        "tags": ["js0123456789"],
+    }
+    values.update(changes)
+    return RunRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state" / "runs"
+
+
+def test_the_registry_lives_in_jobstrap_state_dir() -> None:
+    assert registry.registry_dir({"JOBSTRAP_STATE_DIR": "/s"}) == Path("/s/runs")
+
+
+def test_the_registry_defaults_to_the_xdg_state_home() -> None:
+    assert registry.registry_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/jobstrap/runs")
+
+
+def test_a_saved_record_is_a_private_file_in_a_private_directory(where: Path) -> None:
+    path = registry.save(make_record())
+
+    assert path == where / "run-20240506T100000-abc123.json"
+    assert mode(path) == 0o600
+    assert mode(where) == 0o700
+
+
+def test_a_saved_record_loads_back_equal(where: Path) -> None:
+    record = make_record(logs={"123": {"out": "/l/123.out", "err": "/l/123.err"}})
+    registry.save(record)
+
+    loaded = registry.load(record.run_id)
+
+    assert loaded == record
+
+
+def test_a_unique_prefix_finds_the_run(where: Path) -> None:
+    registry.save(make_record("run-a-1"))
+    registry.save(make_record("run-b-1"))
+
+    assert registry.load("run-b").run_id == "run-b-1"
+
+
+def test_an_ambiguous_prefix_is_a_user_error_listing_the_matches(where: Path) -> None:
+    registry.save(make_record("run-a-1"))
+    registry.save(make_record("run-a-2"))
+
+    with pytest.raises(UserError, match="ambiguous: run-a-1, run-a-2"):
+        registry.load("run-a")
+
+
+def test_an_unknown_run_is_a_user_error(where: Path) -> None:
+    with pytest.raises(UserError, match="no run 'nope'"):
+        registry.load("nope")
+
+
+def test_an_exact_id_wins_over_a_longer_one_it_prefixes(where: Path) -> None:
+    registry.save(make_record("run-a"))
+    registry.save(make_record("run-a-2"))
+
+    assert registry.load("run-a").run_id == "run-a"
+
+
+def test_list_returns_records_oldest_first(where: Path) -> None:
+    registry.save(make_record("second", created=2.0))
+    registry.save(make_record("first", created=1.0))
+
+    assert [r.run_id for r in registry.list()] == ["first", "second"]
+
+
+def test_list_skips_files_it_cannot_read(where: Path) -> None:
+    registry.save(make_record("good"))
+    (where / "broken.json").write_text("{not json")
+
+    assert [r.run_id for r in registry.list()] == ["good"]
+
+
+def test_list_of_a_missing_registry_is_empty(where: Path) -> None:
+    assert registry.list() == []
+
+
+def test_update_changes_only_the_named_fields(where: Path) -> None:
+    registry.save(make_record())
+
+    updated = registry.update("run-2024", status="cancelled")
+
+    assert updated.status == "cancelled"
+    assert registry.load(updated.run_id).status == "cancelled"
+    assert registry.load(updated.run_id).job_ids == ["123"]
+
+
+def test_update_of_an_unknown_field_is_refused(where: Path) -> None:
+    registry.save(make_record())
+
+    with pytest.raises(TypeError):
+        registry.update("run-2024", colour="red")
+
+
+def _append_job(args: tuple[str, str, int]) -> None:
+    state_dir, run_id, index = args
+    os.environ["JOBSTRAP_STATE_DIR"] = state_dir
+
+    def append(record: RunRecord) -> RunRecord:
+        record.job_ids.append(f"job{index}")
+        return record
+
+    registry.modify(run_id, append)
+
+
+def test_concurrent_updates_from_several_processes_lose_nothing(where: Path) -> None:
+    registry.save(make_record("shared", job_ids=[]))
+    state_dir = os.environ["JOBSTRAP_STATE_DIR"]
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_append_job, [(state_dir, "shared", i) for i in range(100)])
+
+    assert sorted(registry.load("shared").job_ids) == sorted(f"job{i}" for i in range(100))
+
+
+def test_unknown_keys_from_a_newer_version_are_kept_in_extra(where: Path) -> None:
+    where.mkdir(parents=True)
+    data = make_record("newer").to_json() | {"future_field": 1}
+    (where / "newer.json").write_text(json.dumps(data))
+
+    assert registry.load("newer").extra == {"future_field": 1}
+
+
+def test_a_run_id_with_a_path_in_it_is_refused() -> None:
+    with pytest.raises(UserError):
+        make_record("../escape")
+
+
+def test_log_paths_default_to_the_run_directory_s_logs() -> None:
+    record = make_record(job_ids=["123_4"])
+
+    assert record.log_paths("123_4") == (
+        "/home/ada/.jobstrap/runs/run-20240506T100000-abc123/logs/123_4.out",
+        "/home/ada/.jobstrap/runs/run-20240506T100000-abc123/logs/123_4.err",
+    )
+
+
+def test_remove_deletes_the_record(where: Path) -> None:
+    registry.save(make_record("gone"))
+
+    registry.remove("gone")
+
+    assert registry.list() == []
