@@ -23,6 +23,11 @@ from typing import Any
 
 import pytest
 
+from jobstrap.bootstrap.app import exit_code_of
+from jobstrap.bootstrap.options import parse_args
+from jobstrap.bootstrap.ranks import discover_world, env_rank, in_slurm_batch_script, launch_id
+from jobstrap.bootstrap.roles import Role, check_world_size, expected_workers, role_of
+from jobstrap.errors import UserError
 from jobstrap.rundir import RunDir
 from jobstrap.security import create_tls
 
@@ -96,7 +101,9 @@ def plain_ranks(
     """Start ``n`` plain processes with Slurm's rank variables, as plain srun would."""
     procs = []
     for rank in range(n):
-        rank_env = clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS=str(n), **(env or {}))
+        rank_env = clean_env(
+            SLURM_PROCID=str(rank), SLURM_NTASKS=str(n), SLURM_STEP_ID="0", **(env or {})
+        )
         procs.append(
             subprocess.Popen(
                 list(argv),
@@ -154,6 +161,201 @@ sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 """
 
 EXPECTED_SUM = sum(range(1_000_000))
+
+
+# ---------------------------------------------------------------------- pure pieces
+
+
+def test_roles_by_rank_are_scheduler_client_then_workers() -> None:
+    roles = [role_of(r) for r in range(4)]
+
+    assert roles == [Role.SCHEDULER, Role.CLIENT, Role.WORKER, Role.WORKER]
+
+
+def test_client_on_scheduler_rank_makes_every_other_rank_a_worker() -> None:
+    roles = [role_of(r, client_on_scheduler_rank=True) for r in range(3)]
+
+    assert roles == [Role.SCHEDULER_AND_CLIENT, Role.WORKER, Role.WORKER]
+
+
+@pytest.mark.parametrize(
+    ("size", "processes", "shared", "expected"),
+    [(4, 1, False, 2), (4, 3, False, 6), (2, 1, True, 1), (2, 1, False, 0)],
+)
+def test_expected_workers_counts_worker_ranks_times_processes(
+    size: int, processes: int, shared: bool, expected: int
+) -> None:
+    count = expected_workers(size, worker_processes=processes, client_on_scheduler_rank=shared)
+
+    assert count == expected
+
+
+def test_world_size_check_accepts_enough_ranks() -> None:
+    check_world_size(3)
+    check_world_size(2, client_on_scheduler_rank=True)
+
+
+def test_world_size_check_names_the_fix_in_one_line() -> None:
+    with pytest.raises(UserError) as error:
+        check_world_size(2)
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert "at least 3 ranks" in message
+    assert "--client-on-scheduler-rank" in message
+
+
+def test_env_rank_reads_plain_srun_tasks() -> None:
+    env = {"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_ID": "0"}
+
+    assert env_rank(env) == (2, 4, "SLURM_PROCID")
+
+
+def test_env_rank_ignores_the_batch_script_itself() -> None:
+    # sbatch gives the batch script SLURM_PROCID=0 and the job's SLURM_NTASKS.
+    env = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "3"}
+
+    assert env_rank(env) is None
+    assert in_slurm_batch_script(env)
+
+
+def test_env_rank_prefers_pmi_over_slurm() -> None:
+    env = {
+        "PMI_RANK": "1",
+        "PMI_SIZE": "3",
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_ID": "0",
+    }
+
+    assert env_rank(env) == (1, 3, "PMI_RANK")
+
+
+def test_env_rank_reads_open_mpi() -> None:
+    env = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}
+
+    assert env_rank(env) == (3, 4, "OMPI_COMM_WORLD_RANK")
+
+
+def test_launch_id_is_shared_by_the_tasks_of_one_step_and_differs_on_requeue() -> None:
+    base = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"}
+
+    same = launch_id({**base, "SLURM_PROCID": "3"})
+    requeued = launch_id({**base, "SLURM_RESTART_COUNT": "1"})
+
+    assert launch_id(base) == same
+    assert launch_id(base) != requeued
+
+
+def test_discover_world_without_a_launcher_is_a_world_of_one() -> None:
+    world = discover_world(use_mpi=False, environ={})
+
+    assert (world.rank, world.size, world.source) == (0, 1, "single")
+    assert world.warning is None
+
+
+def test_options_split_the_app_after_the_double_dash() -> None:
+    options = parse_args(["--run-dir", "/r", "--nthreads", "2", "--", "app.py", "--nthreads", "9"])
+
+    assert options.nthreads == 2
+    assert options.app is not None
+    assert options.app.argv == ["app.py", "--nthreads", "9"]
+
+
+def test_options_accept_a_module_app() -> None:
+    options = parse_args(["--run-dir", "/r", "--", "-m", "pkg.main", "x"])
+
+    assert options.app is not None
+    assert (options.app.kind, options.app.target, options.app.args) == (
+        "module",
+        "pkg.main",
+        ("x",),
+    )
+
+
+def test_options_accept_durations_with_units() -> None:
+    options = parse_args(["--run-dir", "/r", "--death-timeout", "2 minutes", "--lifetime", "90"])
+
+    assert options.death_timeout == 120
+    assert options.lifetime == 90
+
+
+def test_options_scheduler_interface_defaults_to_interface() -> None:
+    options = parse_args(["--run-dir", "/r", "--interface", "ib0,eth0"])
+
+    assert options.effective_scheduler_interface == "ib0,eth0"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--run-dir", "/r", "--mode", "nope"],
+        ["--run-dir", "/r", "--protocol", "udp"],
+        ["--run-dir", "/r", "--worker-processes", "0"],
+        ["--run-dir", "/r", "--death-timeout", "soon"],
+        ["--run-dir", "/r", "--mode", "workers", "--", "app.py"],
+        ["--run-dir", "/r", "--", "-m"],
+    ],
+)
+def test_invalid_options_are_one_line_user_errors(argv: list[str]) -> None:
+    with pytest.raises(UserError) as error:
+        parse_args(argv)
+
+    assert "\n" not in str(error.value)
+
+
+def test_run_dir_comes_from_the_environment_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOBSTRAP_RUN_DIR", "/from/env")
+
+    assert parse_args([]).run_dir == "/from/env"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [(None, 0), (0, 0), (3, 3), (256 + 7, 7), (True, 1), ("bye", 1)]
+)
+def test_exit_codes_follow_python(code: object, expected: int) -> None:
+    assert exit_code_of(code) == expected
+
+
+def test_drain_request_sets_the_flag_runs_callbacks_and_writes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobstrap.bootstrap import drain
+
+    drain._reset_for_tests()
+    monkeypatch.setenv(drain.DRAIN_FILE_ENV, str(tmp_path / "drain"))
+    heard: list[str] = []
+    drain.on_drain(lambda: heard.append("first"))
+    try:
+        accepted = drain.request_drain("SIGUSR1")
+        again = drain.request_drain("SIGTERM")
+        wait_until(lambda: heard, 10, "the callback")
+
+        assert accepted
+        assert not again
+        assert drain.draining()
+        assert drain.drain_reason() == "SIGUSR1"
+        assert (tmp_path / "drain").read_text().startswith("SIGUSR1")
+        assert heard == ["first"]
+    finally:
+        drain._reset_for_tests()
+
+
+def test_drain_file_alone_tells_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobstrap.bootstrap import drain
+
+    drain._reset_for_tests()
+    flag = tmp_path / "drain"
+    monkeypatch.setenv(drain.DRAIN_FILE_ENV, str(flag))
+    assert not drain.draining()
+
+    flag.write_text("SIGTERM 0\n")
+
+    assert drain.draining()
 
 
 # -------------------------------------------------------------------------- the happy path

@@ -33,7 +33,7 @@ from jobstrap.bootstrap import drain
 from jobstrap.bootstrap.app import run_app
 from jobstrap.bootstrap.options import Options, parse_args
 from jobstrap.bootstrap.quiet import configure_logging, logger, say, silence_for_shutdown
-from jobstrap.bootstrap.ranks import World, discover_world
+from jobstrap.bootstrap.ranks import World, discover_world, in_slurm_batch_script
 from jobstrap.bootstrap.roles import Role, check_world_size, expected_workers, role_of
 from jobstrap.errors import UserError
 from jobstrap.rundir import RunDir, SchedulerInfo, atomic_write_json
@@ -173,7 +173,9 @@ def _run_mpi(options: Options) -> int:
         if world.warning and world.rank == 0:
             say(world.warning)
         hint = None
-        if world.size == 1:
+        if world.size == 1 and in_slurm_batch_script(os.environ):
+            hint = "this runs in the batch script itself: launch it with srun --mpi=pmi2"
+        elif world.size == 1:
             hint = (
                 "if several tasks each printed this line, the launcher did not start MPI "
                 "(use srun --mpi=pmi2, or the mpiexec that matches mpi4py)"

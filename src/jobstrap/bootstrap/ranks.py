@@ -20,7 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ENV_RANK_SOURCES", "World", "discover_world", "env_rank", "launch_id"]
+__all__ = [
+    "ENV_RANK_SOURCES",
+    "World",
+    "discover_world",
+    "env_rank",
+    "in_slurm_batch_script",
+    "in_slurm_step",
+    "launch_id",
+]
 
 #: (rank variable, size variables, launcher) in the order they are trusted.
 ENV_RANK_SOURCES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -89,11 +97,26 @@ def env_rank(environ: Mapping[str, str]) -> tuple[int, int, str] | None:
         rank = _int(environ, rank_var)
         if rank is None:
             continue
+        if rank_var == "SLURM_PROCID" and not in_slurm_step(environ):
+            # The batch script itself also has SLURM_PROCID=0 and the job's
+            # SLURM_NTASKS; only a task started by srun is a rank of a launch.
+            continue
         for size_var in size_vars:
             size = _int(environ, size_var)
             if size is not None and size > rank:
                 return rank, size, rank_var
     return None
+
+
+def in_slurm_step(environ: Mapping[str, str]) -> bool:
+    """Whether this process is a task of an ``srun`` step (not the batch script)."""
+    step = environ.get("SLURM_STEP_ID") or environ.get("SLURM_STEPID")
+    return bool(step) and step not in {"batch", "extern"}
+
+
+def in_slurm_batch_script(environ: Mapping[str, str]) -> bool:
+    """Whether this process runs in a Slurm batch script itself, outside any srun."""
+    return bool(environ.get("SLURM_JOB_ID")) and not in_slurm_step(environ)
 
 
 def launch_id(environ: Mapping[str, str]) -> str | None:
