@@ -739,9 +739,12 @@ class Gateway:
                 missing.append(job_id)
             else:
                 records[job_id] = record
+        # Jobs that just ended still show in the live view (for MinJobAge) but without an
+        # exit code: the history has it, in the same call as the jobs that left.
+        ended = [j for j, r in records.items() if r.state.is_terminal and r.exit_code is None]
         history_checked = True
-        if missing:
-            history_checked = self._ask_history(missing, identities, records, foreign)
+        if missing or ended:
+            history_checked = self._ask_history(missing, identities, records, foreign, ended)
         return _Answer(records, foreign, history_checked)
 
     def _ask_history(
@@ -750,9 +753,14 @@ class Gateway:
         identities: Mapping[str, _Identity],
         records: dict[str, JobRecord],
         foreign: set[str],
+        ended: Sequence[str] = (),
     ) -> bool:
-        """Look ``missing`` up in the history; fill ``records``. False if it could not answer."""
-        argv = self.system.history_argv(missing) if self.history_available else None
+        """Look ``missing`` up in the history and add exit codes to ``ended``.
+
+        Fills ``records``; returns False if the history could not answer.
+        """
+        asked = [*missing, *ended]
+        argv = self.system.history_argv(asked) if self.history_available else None
         if argv is None:
             return True  # nothing more to ask: the live view is all there is
         try:
@@ -765,6 +773,18 @@ class Gateway:
             self.history_available = False
             return True
         past = self.system.parse_history(result.stdout)
+        for job_id in ended:
+            final = past.get(job_id) or _fold_components(job_id, past)
+            identity = identities.get(job_id)
+            if final is None or not final.state.is_terminal:
+                continue  # the accounting has not caught up yet
+            if identity is not None and identity.mismatch(final):
+                continue
+            records[job_id] = replace(
+                records[job_id],
+                exit_code=final.exit_code,
+                elapsed=final.elapsed or records[job_id].elapsed,
+            )
         for job_id in missing:
             record = past.get(job_id) or _fold_components(job_id, past)
             identity = identities.get(job_id)

@@ -615,3 +615,18 @@ def test_status_without_accounting_leaves_vanished_jobs_out(
 
     assert records == {}
     assert not gateway.history_available
+
+
+def test_a_job_that_just_ended_gets_its_exit_code_from_the_history(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    gateway = make_gateway()
+    submission = gateway.submit(make_spec(run_dir))
+    # Still listed by squeue (MinJobAge), which has no exit codes.
+    fake_slurm.set_job("100", state="FAILED", exit="2:0")
+
+    records = gateway.status(submission.job_ids)
+
+    assert records["100"].state.value == "FAILED"
+    assert records["100"].exit_code == 2
+    assert gateway.calls["sacct"] == 1

@@ -23,6 +23,8 @@ COMMANDS = (
     "jobstrap.cli.tunnel",
     "jobstrap.cli.doctor",
     "jobstrap.cli.run",
+    "jobstrap.cli.jobs",
+    "jobstrap.cli.submit",
 )
 
 

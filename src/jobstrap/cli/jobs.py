@@ -1,0 +1,187 @@
+"""``jobstrap status``, ``cancel`` and ``logs``: saved runs, found through the registry."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import click
+
+from .. import registry
+from ..errors import BatchCommandError, UserError
+from ..gateway import Gateway
+from ..registry import RunRecord
+from ..states import JobState
+from ..systems import JobRecord
+
+_COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED")
+
+
+def _ask(runs: Sequence[RunRecord]) -> tuple[dict[str, JobRecord], list[str]]:
+    """Every job of ``runs``: one status query per batch system. Returns records, errors."""
+    by_system: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        by_system[run.system].extend(run.job_ids)
+    found: dict[str, JobRecord] = {}
+    errors: list[str] = []
+    for system, ids in by_system.items():
+        try:
+            found.update(Gateway.for_system(system).status(ids))
+        except BatchCommandError as error:
+            errors.append(f"cannot ask {system}: {error}")
+            for job_id in ids:
+                found[job_id] = JobRecord(job_id, JobState.UNKNOWN, reason="no answer")
+    return found, errors
+
+
+def _is_ours(run: RunRecord, record: JobRecord) -> bool:
+    """Does the batch system's job behind this id still carry the run's tag?"""
+    return not record.name or any(record.name.endswith(tag) for tag in run.tags)
+
+
+def _row(run: RunRecord, job_id: str, record: JobRecord | None) -> tuple[str, ...]:
+    if record is None or not _is_ours(run, record):
+        # Gone from the controller and its history (or the id now serves another job).
+        state, nodes, reason, elapsed = "MISSING", "", "not known to the batch system", ""
+    else:
+        state, nodes, reason, elapsed = (
+            record.state.value, record.nodes, record.reason, record.elapsed
+        )  # fmt: skip
+        if record.exit_code and record.state.is_terminal:
+            reason = f"{reason} exit {record.exit_code}".strip()
+    return (run.run_id, run.kind, job_id, state, nodes, reason, elapsed)
+
+
+def _table(rows: Iterable[tuple[str, ...]]) -> str:
+    rows = [_COLUMNS, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@click.command()
+@click.argument("runs", nargs=-1)
+def status(runs: tuple[str, ...]) -> None:
+    """Show the jobs of RUNS (default: every saved run) with state, nodes, reason, elapsed."""
+    records = [registry.load(r) for r in runs] if runs else registry.list()
+    if not records:
+        click.echo(f"no runs saved in {registry.registry_dir()}")
+        return
+    found, errors = _ask(records)
+    for message in errors:
+        click.echo(f"warning: {message}", err=True)
+    rows = [_row(run, job_id, found.get(job_id)) for run in records for job_id in run.job_ids]
+    click.echo(_table(rows))
+    for run in records:
+        if run.status == "submitted" and run.job_ids and not errors:
+            states = [found.get(j) for j in run.job_ids]
+            if all(r is None or r.state.is_terminal for r in states):
+                registry.update(run.run_id, status="finished")
+
+
+@click.command()
+@click.argument("runs", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Cancel every saved run that is not over.")
+def cancel(runs: tuple[str, ...], everything: bool) -> None:
+    """Cancel every job of RUNS (or of all runs with --all), from any process."""
+    if everything == bool(runs):
+        raise click.UsageError("name the runs to cancel, or pass --all (not both)")
+    if everything:
+        records = [r for r in registry.list() if r.status == "submitted"]
+    else:
+        records = [registry.load(r) for r in runs]
+    if not records:
+        click.echo("nothing to cancel")
+        return
+    found, errors = _ask(records)
+    if errors:
+        raise UserError("; ".join(errors))
+    for run in records:
+        # Only ids that still carry the run's tag: after a controller restart an old id
+        # may belong to somebody else's job, which must never be cancelled.
+        live = [
+            job_id
+            for job_id in run.job_ids
+            if (rec := found.get(job_id)) is not None
+            and _is_ours(run, rec)
+            and not rec.state.is_terminal
+        ]
+        if live:
+            Gateway.for_system(run.system).cancel(live)
+        registry.update(
+            run.run_id, status="cancelled", extra={**run.extra, "cancelled": time.time()}
+        )
+        click.echo(f"{run.run_id}: cancelled {len(live)} job(s)")
+
+
+def _job_of(run: RunRecord, task: int) -> str:
+    if not run.job_ids:
+        raise UserError(f"run {run.run_id} has no jobs (its submission failed)")
+    if not 0 <= task < len(run.job_ids):
+        raise UserError(f"--task {task}: run {run.run_id} has tasks 0-{len(run.job_ids) - 1}")
+    return run.job_ids[task]
+
+
+def _tail(path: Path, lines: int) -> tuple[str, int]:
+    """The last ``lines`` lines of ``path`` and the file's size."""
+    data = path.read_bytes()
+    text = data.decode(errors="replace")
+    if lines >= 0:
+        text = "".join(text.splitlines(keepends=True)[-lines:]) if lines else ""
+    return text, len(data)
+
+
+def _job_over(run: RunRecord, job_id: str, interval: float) -> bool:
+    # The watcher backs off while the job runs quietly and never calls more than needed.
+    watcher = Gateway.for_system(run.system).watcher
+    if job_id not in watcher.tracked():
+        # Someone is reading along: never let the backoff hide the job's end for long.
+        watcher.configure(poll_interval=interval, max_interval=max(interval, 10.0))
+        watcher.track([job_id], started_by_us=False)
+    return watcher.state(job_id).is_terminal
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--task", type=int, default=0, show_default=True, help="Which job or array task.")
+@click.option("--tail", "tail", type=int, default=-1, metavar="K", help="Only the last K lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@click.option("--err", is_flag=True, help="Standard error instead of standard output.")
+@click.option("--interval", type=float, default=2.0, hidden=True)
+def logs(run_id: str, task: int, tail: int, follow: bool, err: bool, interval: float) -> None:
+    """Print a job's output (or --err) from the run directory."""
+    run = registry.load(run_id)
+    job_id = _job_of(run, task)
+    out_path, err_path = run.log_paths(job_id)
+    path = Path(err_path if err else out_path)
+    offset = 0
+    if path.exists():
+        text, offset = _tail(path, tail)
+        click.echo(text, nl=False)
+    elif not follow:
+        raise UserError(f"no log yet at {path} (is job {job_id} still pending?)")
+    while follow:
+        if path.exists() and os.path.getsize(path) > offset:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            click.echo(chunk.decode(errors="replace"), nl=False)
+            continue
+        if _job_over(run, job_id, interval):
+            # One last look: the job may have written its final lines just before ending.
+            if path.exists() and os.path.getsize(path) > offset:
+                continue
+            break
+        time.sleep(interval)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(status)
+    group.add_command(cancel)
+    group.add_command(logs)
