@@ -21,10 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import ETH0_ADDRESSES, TESTCLUSTER, TestCluster, new_shared_dir, wait_for
+from conftest import TESTCLUSTER, TestCluster, new_shared_dir, wait_for
 
 from jobstrap import registry
 from jobstrap.gateway import Gateway
+from jobstrap.network import list_interfaces
 from jobstrap.profile import load_profile
 from jobstrap.rundir import RunDir
 from jobstrap.security import create_tls
@@ -37,13 +38,18 @@ pytestmark = [
 
 LAPTOP = "node3"
 SCHEDULER_NODE = "node1"
-LOGIN_ADDRESS = ETH0_ADDRESSES["head"]
+
+
+def login_address() -> str:
+    """Head's Ethernet address as the kernel has it (this session runs on head)."""
+    return next(i.address for i in list_interfaces() if i.name == "eth0" and i.address)
 
 
 @dataclass
 class Login:
     """The sshd on head and the key the laptop uses."""
 
+    address: str
     port: int
     key: Path
     process: subprocess.Popen[bytes]
@@ -74,11 +80,11 @@ def ensure_sshd() -> str:
     return binary
 
 
-def free_port() -> int:
+def free_port(address: str) -> int:
     import socket
 
     with socket.socket() as sock:
-        sock.bind((LOGIN_ADDRESS, 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -93,12 +99,13 @@ def login(testcluster: TestCluster) -> Iterator[Login]:
         )
     shutil.copy(keys / "user_key.pub", keys / "authorized_keys")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    port = free_port()
+    address = login_address()
+    port = free_port(address)
     config = keys / "sshd_config"
     config.write_text(
         textwrap.dedent(f"""\
         Port {port}
-        ListenAddress {LOGIN_ADDRESS}
+        ListenAddress {address}
         HostKey {keys / "host_key"}
         AuthorizedKeysFile {keys / "authorized_keys"}
         UsePAM no
@@ -114,12 +121,12 @@ def login(testcluster: TestCluster) -> Iterator[Login]:
     process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     try:
         wait_for(
-            lambda: process.poll() is not None or port_open(LOGIN_ADDRESS, port),
+            lambda: process.poll() is not None or port_open(address, port),
             15,
-            f"sshd on {LOGIN_ADDRESS}:{port}",
+            f"sshd on {address}:{port}",
         )
         assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
-        yield Login(port, keys / "user_key", process)
+        yield Login(address, port, keys / "user_key", process)
     finally:
         process.terminate()
         process.wait(10)
@@ -225,7 +232,7 @@ def start_tunnel(
     login: Login, run: ScheduledRun, env: dict[str, str], log: Path, *extra: str
 ) -> Tunnel:
     jobstrap = str(Path(sys.executable).parent / "jobstrap")
-    argv = [jobstrap, "tunnel", run.run_id, "--via", f"root@{LOGIN_ADDRESS}",
+    argv = [jobstrap, "tunnel", run.run_id, "--via", f"root@{login.address}",
             *login.ssh_options(), *extra]  # fmt: skip
     return Tunnel(argv, log, env)
 
