@@ -843,7 +843,11 @@ def diagnose_job_failure(
 
 
 def diagnose_pending(record: JobRecord | None, waited: float) -> Check:
-    """The probe job never started within the deadline: say why, in the queue's words."""
+    """The probe job never started within the deadline: say why, in the queue's words.
+
+    A FAIL, because the nodes were not checked; the fix says whether a setting or
+    just a busy queue is to blame.
+    """
     reason = record.reason if record else ""
     where = f"job {record.job_id}" if record else "the probe job"
     detail = f"{where} still {record.state if record else 'PENDING'} after {waited:.0f} s"
@@ -861,7 +865,8 @@ def diagnose_pending(record: JobRecord | None, waited: float) -> Check:
             "the queue is busy (nothing wrong with the profile as far as seen): run the "
             "doctor again with a longer --timeout, or a queue meant for short tests"
         )
-    return warn("probe job", detail, fix)
+    # Not a verdict on the site, but nothing on the nodes was checked: say so loudly.
+    return fail("probe job", detail, fix)
 
 
 # ------------------------------------------------------------------------- driver

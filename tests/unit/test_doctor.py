@@ -380,7 +380,7 @@ def test_a_job_killed_for_memory_says_raise_memory() -> None:
 def test_a_job_pending_on_a_time_limit_says_lower_the_walltime() -> None:
     check = diagnose_pending(record(JobState.PENDING, reason="PartitionTimeLimit"), 300)
 
-    assert check.status is Status.WARN
+    assert check.status is Status.FAIL
     assert "walltime" in check.fix
 
 

@@ -62,9 +62,10 @@ def doctor(
     overrides = parse_assignments(assignments)
     flags = {"system": system, "nodes": nodes, "tasks_per_node": tasks_per_node}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    previous = None
+    previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        for caught in (signal.SIGTERM, signal.SIGHUP):
+            previous[caught] = signal.signal(caught, _terminate)
     try:
         report = run_doctor(
             profile_name,
@@ -76,8 +77,8 @@ def doctor(
             echo=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)),
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
