@@ -40,9 +40,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TLSFiles",
+    "TLSMaterial",
     "create_tls",
+    "generate_tls_material",
     "load_security",
+    "security_from_material",
     "tls_config",
+    "tls_config_from_material",
     "tls_env",
     "tls_files",
 ]
@@ -87,43 +91,32 @@ def tls_files(run_dir: str | os.PathLike[str]) -> TLSFiles:
     return TLSFiles(ca=tls / "ca.pem", cert=tls / "cert.pem", key=tls / "key.pem")
 
 
-def create_tls(
-    run_dir: str | os.PathLike[str],
-    *,
-    valid_days: int = 90,
-    common_name: str = _CERT_NAME,
-) -> TLSFiles:
-    """Create the run's CA and certificate in ``<run_dir>/tls/``.
+@dataclass(frozen=True)
+class TLSMaterial:
+    """One run's TLS material as PEM bytes (CA certificate, certificate, key)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def generate_tls_material(*, valid_days: int = 90, common_name: str = _CERT_NAME) -> TLSMaterial:
+    """Make a fresh CA and one certificate signed by it, in memory.
+
+    The CA's private key is discarded on return: nobody can sign another
+    certificate for this run.
 
     Parameters
     ----------
-    run_dir
-        The run directory (a path or :class:`jobstrap.rundir.RunDir`).
     valid_days
         Lifetime of the CA and the certificate.
     common_name
         Subject common name and DNS SAN of the certificate.
-
-    Returns
-    -------
-    TLSFiles
-        The paths written.
-
-    Raises
-    ------
-    FileExistsError
-        If the run already has TLS material: replacing it would lock out the
-        jobs that use the old one.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    files = tls_files(run_dir)
-    for path in (files.ca, files.cert, files.key):
-        if path.exists():
-            raise FileExistsError(f"{path} already exists; TLS material is created once per run")
 
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before = now - _CLOCK_SKEW
@@ -199,19 +192,92 @@ def create_tls(
         )
         .sign(ca_key, hashes.SHA256())
     )
-
-    ensure_private_dir(files.directory)
-    atomic_write_bytes(
-        files.key,
-        key.private_bytes(
+    return TLSMaterial(
+        ca=ca_cert.public_bytes(serialization.Encoding.PEM),
+        cert=cert.public_bytes(serialization.Encoding.PEM),
+        key=key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
     )
-    atomic_write_bytes(files.cert, cert.public_bytes(serialization.Encoding.PEM))
-    atomic_write_bytes(files.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def create_tls(
+    run_dir: str | os.PathLike[str],
+    *,
+    valid_days: int = 90,
+    common_name: str = _CERT_NAME,
+) -> TLSFiles:
+    """Create the run's CA and certificate in ``<run_dir>/tls/``.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory (a path or :class:`jobstrap.rundir.RunDir`).
+    valid_days
+        Lifetime of the CA and the certificate.
+    common_name
+        Subject common name and DNS SAN of the certificate.
+
+    Returns
+    -------
+    TLSFiles
+        The paths written.
+
+    Raises
+    ------
+    FileExistsError
+        If the run already has TLS material: replacing it would lock out the
+        jobs that use the old one.
+    """
+    files = tls_files(run_dir)
+    for path in (files.ca, files.cert, files.key):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; TLS material is created once per run")
+    material = generate_tls_material(valid_days=valid_days, common_name=common_name)
+    ensure_private_dir(files.directory)
+    atomic_write_bytes(files.key, material.key)
+    atomic_write_bytes(files.cert, material.cert)
+    atomic_write_bytes(files.ca, material.ca)
     return files
+
+
+def security_from_material(material: TLSMaterial) -> Security:
+    """A ``distributed.Security`` holding ``material`` in memory (no files).
+
+    For launches without a shared run directory (``jobstrap.mpi.initialize``),
+    where rank 0 generates the material and broadcasts it.
+    """
+    from distributed import Security
+
+    return Security(  # type: ignore[no-untyped-call]
+        require_encryption=True, **_material_fields(material)
+    )
+
+
+def tls_config_from_material(material: TLSMaterial) -> dict[str, Any]:
+    """:func:`tls_config` for in-memory material (PEM text as config values)."""
+    fields = _material_fields(material)
+    config: dict[str, Any] = {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.default-scheme": "tls",
+        "distributed.comm.tls.ca-file": fields["tls_ca_file"],
+    }
+    for role in ("scheduler", "worker", "client"):
+        config[f"distributed.comm.tls.{role}.cert"] = fields[f"tls_{role}_cert"]
+        config[f"distributed.comm.tls.{role}.key"] = fields[f"tls_{role}_key"]
+    return config
+
+
+def _material_fields(material: TLSMaterial) -> dict[str, str]:
+    # distributed treats a value containing a newline as PEM text, not a path.
+    ca, cert, key = (material.ca.decode(), material.cert.decode(), material.key.decode())
+    fields = {"tls_ca_file": ca}
+    for role in ("scheduler", "worker", "client"):
+        fields[f"tls_{role}_cert"] = cert
+        fields[f"tls_{role}_key"] = key
+    return fields
 
 
 def _require_files(run_dir: str | os.PathLike[str]) -> TLSFiles:

@@ -941,3 +941,60 @@ def test_workers_mode_joins_the_scheduler_from_info_json_and_ends_with_it(
     assert "names ['job7-0', 'job7-1']" in result.stdout
     assert workers.returncode == 0, w_err
     assert scheduler.returncode == 0, s_err
+
+
+# ------------------------------------------------------------- dask-mpi compatibility
+
+DASK_MPI_SCRIPT = """\
+import sys
+from jobstrap.mpi import initialize
+from distributed import Client
+import dask.array as da
+
+initialize(protocol=sys.argv[1], dashboard=False)
+client = Client()
+print("scheduler", client.scheduler.address, flush=True)
+print("workers", len(client.scheduler_info()["workers"]), flush=True)
+print("sum", int(da.arange(1_000_000, chunks=100_000).sum().compute()), flush=True)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "tls"])
+def test_a_dask_mpi_script_runs_unchanged_but_for_the_import(tmp_path: Path, protocol: str) -> None:
+    script = write_app(tmp_path, DASK_MPI_SCRIPT)
+
+    launch = mpiexec(4, [sys.executable, str(script), protocol, "0"])
+
+    assert launch.returncode == 0, launch.output
+    assert f"scheduler {protocol}://" in launch.stdout
+    assert "workers 2" in launch.stdout
+    assert f"sum {EXPECTED_SUM}" in launch.stdout
+    assert_quiet(launch)
+
+
+def test_a_dask_mpi_scripts_exit_code_is_the_launch_exit_code(tmp_path: Path) -> None:
+    script = write_app(tmp_path, DASK_MPI_SCRIPT)
+
+    launch = mpiexec(3, [sys.executable, str(script), "tcp", "3"])
+
+    assert launch.returncode == 3, launch.output
+    assert_quiet(launch)
+
+
+def test_initialize_in_a_world_too_small_raises_dask_mpis_exception(tmp_path: Path) -> None:
+    script = write_app(
+        tmp_path,
+        """\
+        from jobstrap.mpi import WorldTooSmallException, initialize
+        try:
+            initialize()
+        except WorldTooSmallException as error:
+            print("refused:", error, flush=True)
+        """,
+    )
+
+    launch = mpiexec(2, [sys.executable, str(script)])
+
+    assert launch.returncode == 0, launch.output
+    assert launch.stdout.count("refused: not enough MPI ranks: found 2, need at least 3") == 2

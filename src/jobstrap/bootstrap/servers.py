@@ -26,8 +26,8 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Nanny, Scheduler, Security, Worker
@@ -371,18 +371,29 @@ class WorkerOptions:
         Whether workers serve their HTTP endpoints.
     names
         One name per worker process.
+    nanny
+        Run each worker in its own process under a nanny (restarts, memory
+        limits); if false, workers run in this process.
+    worker_class
+        The worker class (default: jobstrap's, silenceable at shutdown and
+        headless without a dashboard).
+    extra
+        More keyword arguments for the worker (``worker_options``).
     """
 
     host: str
     security: Security
     processes: int = 1
     nthreads: int | None = None
-    memory_limit: str | int = "auto"
+    memory_limit: str | int | float = "auto"
     local_directory: str | None = None
     death_timeout: float = 60.0
     lifetime: float | None = None
     dashboard: bool = True
     names: Sequence[str] = ()
+    nanny: bool = True
+    worker_class: Any = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _nthreads(options: WorkerOptions) -> int:
@@ -407,25 +418,34 @@ async def serve_workers(
         0 when the scheduler closed the workers (normal end) or they retired on a
         drain request; 1 when the scheduler vanished or the workers could not start.
     """
-    worker_kwargs: dict[str, Any] = {}
+    worker_kwargs: dict[str, Any] = dict(options.extra)
     if options.lifetime:
         worker_kwargs["lifetime"] = f"{options.lifetime}s"
-    nanny_class: Any = BatchNanny
-    nannies: list[Any] = [
-        nanny_class(
-            scheduler_address,
-            host=options.host,
-            nthreads=_nthreads(options),
-            memory_limit=options.memory_limit,
-            local_directory=options.local_directory,
-            death_timeout=options.death_timeout,
-            security=options.security,
-            name=options.names[i] if i < len(options.names) else None,
-            worker_class=BatchWorker if options.dashboard else HeadlessWorker,
-            **worker_kwargs,
-        )
-        for i in range(options.processes)
-    ]
+    worker_class = options.worker_class or (BatchWorker if options.dashboard else HeadlessWorker)
+    common: dict[str, Any] = {
+        "host": options.host,
+        "nthreads": _nthreads(options),
+        "memory_limit": options.memory_limit,
+        "local_directory": options.local_directory,
+        "death_timeout": options.death_timeout,
+        "security": options.security,
+    }
+    nannies: list[Any] = []  # nannies, or the workers themselves without nannies
+    for i in range(options.processes):
+        name = options.names[i] if i < len(options.names) else None
+        if options.nanny:
+            nanny_class: Any = BatchNanny
+            nannies.append(
+                nanny_class(
+                    scheduler_address,
+                    name=name,
+                    worker_class=worker_class,
+                    **common,
+                    **worker_kwargs,
+                )
+            )
+        else:
+            nannies.append(worker_class(scheduler_address, name=name, **common, **worker_kwargs))
     try:
         await asyncio.gather(*(nanny.start() for nanny in nannies))
     except Exception as error:
@@ -437,7 +457,7 @@ async def serve_workers(
         )
         await asyncio.gather(*(n.close(reason="jobstrap: start failed") for n in nannies))
         return 1
-    addresses = [str(n.worker_address) for n in nannies]
+    addresses = [_worker_address(n) for n in nannies]
     logger.info("workers %s joined %s", ", ".join(addresses), scheduler_address)
     if on_started is not None:
         on_started(addresses)
@@ -496,8 +516,13 @@ async def serve_workers(
     return 1 if state["lost"] else 0
 
 
+def _worker_address(server: Any) -> str:
+    """The worker address of a nanny, or of a worker itself."""
+    return str(getattr(server, "worker_address", None) or server.address)
+
+
 async def _retire(nannies: Sequence[Any], scheduler_address: str, security: Security) -> None:
-    addresses = [n.worker_address for n in nannies if n.worker_address]
+    addresses = [_worker_address(n) for n in nannies]
     try:
         async with scheduler_rpc(scheduler_address, security) as scheduler:
             await scheduler.retire_workers(

@@ -1,0 +1,304 @@
+"""Batch mode on the real Slurm test cluster: one allocation, one Dask cluster.
+
+Each test writes a job script by hand (``srun --mpi=pmi2 python -m
+jobstrap.bootstrap ... -- app.py``), submits it with ``sbatch`` from the login
+node and reads the job log and ``sacct``. The hosts have ``eth0`` and ``ib0`` on
+two subnets, so which network Dask used is visible in its addresses.
+
+Run on the login node::
+
+    scripts/testcluster on head .venv/bin/pytest -m cluster \
+        tests/integration/test_bootstrap_cluster.py
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Job, TestCluster
+
+from jobstrap.rundir import RunDir
+from jobstrap.security import create_tls
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs the Slurm test cluster"),
+]
+
+JOB_TIMEOUT = 300
+THREE_NODES = ("--nodes=3", "--ntasks=4", "--cpus-per-task=1", "--mem-per-cpu=500M")
+
+REPORT_APP = """\
+import json, socket, sys
+import dask.array as da
+from distributed import Client
+
+with Client() as client:
+    info = client.scheduler_info()
+    x = da.arange(1_000_000, chunks=100_000)
+    total = int(x.sum().compute())
+    print("REPORT " + json.dumps({
+        "scheduler": info["address"],
+        "workers": {a: w["host"] for a, w in info["workers"].items()},
+        "client_host": socket.gethostname(),
+        "sum": total,
+    }), flush=True)
+sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+"""
+
+
+def submit_bootstrap(
+    cluster: TestCluster,
+    scratch: Path,
+    app_source: str,
+    *,
+    launcher: Sequence[str] = ("srun", "--mpi=pmi2"),
+    options: Sequence[str] = (),
+    app_args: Sequence[str] = (),
+    sbatch: Sequence[str] = THREE_NODES,
+    tls: bool = True,
+) -> tuple[Job, RunDir]:
+    """Write the app and a hand-written job script, submit it, return job and run dir."""
+    run = RunDir.create(scratch, "run")
+    if tls:
+        create_tls(run)
+    app = scratch / "app.py"
+    app.write_text(textwrap.dedent(app_source))
+    command = [
+        *launcher,
+        str(cluster.python),
+        "-m",
+        "jobstrap.bootstrap",
+        "--run-dir",
+        str(run),
+        "--death-timeout",
+        "30",
+        *options,
+        "--",
+        str(app),
+        *app_args,
+    ]
+    body = shlex.join(command) + "\n"
+    job = cluster.sbatch(body, scratch, "--time=00:05:00", *sbatch)
+    return job, run
+
+
+def finished(cluster: TestCluster, job: Job) -> tuple[dict[str, str], str]:
+    """Wait for the job; return its allocation row (State, ExitCode) and its log."""
+    rows = cluster.wait_job(job, JOB_TIMEOUT, "ExitCode")
+    return rows[0], job.read_output()
+
+
+def report_in(log: str) -> dict[str, Any]:
+    lines = [line for line in log.splitlines() if line.startswith("REPORT ")]
+    assert lines, log
+    report = json.loads(lines[-1].removeprefix("REPORT "))
+    assert isinstance(report, dict)
+    return report
+
+
+def host_of(address: str) -> str:
+    return address.split("://", 1)[-1].rsplit(":", 1)[0]
+
+
+def test_scheduler_and_workers_register_with_their_ib0_addresses(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(testcluster, shared_scratch, REPORT_APP)
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    ib0 = set(testcluster.ib0_addresses.values())
+    assert host_of(report["scheduler"]) in ib0
+    assert len(report["workers"]) == 2
+    assert {host_of(a) for a in report["workers"]} <= ib0
+    assert set(report["workers"].values()) <= ib0
+    # The two worker ranks are on two other nodes: the network was really crossed.
+    assert len({host_of(report["scheduler"]), *report["workers"].values()}) == 3
+    assert report["sum"] == sum(range(1_000_000))
+    assert "Traceback" not in log
+    assert "CommClosedError" not in log
+
+
+def test_interface_eth0_puts_scheduler_and_workers_on_eth0(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, run = submit_bootstrap(
+        testcluster, shared_scratch, REPORT_APP, options=("--interface", "eth0")
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    eth0 = set(testcluster.eth0_addresses.values())
+    assert host_of(report["scheduler"]) in eth0
+    assert {host_of(a) for a in report["workers"]} <= eth0
+    assert host_of(run.read_info().scheduler_address) in eth0
+
+
+def test_app_exit_code_3_is_the_jobs_exit_code_in_sacct(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, run = submit_bootstrap(testcluster, shared_scratch, REPORT_APP, app_args=("3",))
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "FAILED", log
+    assert row["ExitCode"] == "3:0", log
+    assert run.read_exit_code() == 3
+    assert "Traceback" not in log
+
+
+def test_missing_interface_is_named_in_the_job_log_with_the_nodes_interfaces(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(
+        testcluster, shared_scratch, REPORT_APP, options=("--interface", "ib7")
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "FAILED", log
+    assert row["ExitCode"] == "2:0", log
+    lines = [line for line in log.splitlines() if "requested interface ib7" in line]
+    assert len(lines) == 1, log
+    assert "'ib7' not found" in lines[0]
+    assert "eth0 10.77." in lines[0]
+    assert "ib0 10.78." in lines[0]
+    assert "REPORT" not in log
+
+
+def test_plain_srun_without_mpi_is_named_in_the_job_log(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(testcluster, shared_scratch, REPORT_APP, launcher=("srun",))
+
+    row, log = finished(testcluster, job)
+
+    warnings = [line for line in log.splitlines() if "MPI world of 1" in line]
+    assert len(warnings) == 1, log
+    assert "srun --mpi=pmi2" in warnings[0]
+    # Ranks fall back to SLURM_PROCID and the run directory, so the app still runs.
+    assert row["State"] == "COMPLETED", log
+    assert report_in(log)["sum"] == sum(range(1_000_000))
+
+
+def test_world_too_small_is_named_in_the_job_log(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(
+        testcluster,
+        shared_scratch,
+        REPORT_APP,
+        sbatch=("--nodes=2", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=500M"),
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["ExitCode"] == "2:0", log
+    lines = [line for line in log.splitlines() if "needs at least 3 ranks" in line]
+    assert len(lines) == 1, log
+    assert "--client-on-scheduler-rank" in lines[0]
+
+
+def test_bootstrap_run_in_the_batch_script_itself_names_srun(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(testcluster, shared_scratch, REPORT_APP, launcher=())
+
+    row, log = finished(testcluster, job)
+
+    assert row["ExitCode"] == "2:0", log
+    assert "launch it with srun --mpi=pmi2" in log
+
+
+def test_client_on_scheduler_rank_runs_on_two_ranks(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    job, _run = submit_bootstrap(
+        testcluster,
+        shared_scratch,
+        REPORT_APP,
+        options=("--client-on-scheduler-rank",),
+        sbatch=("--nodes=2", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=500M"),
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    assert len(report["workers"]) == 1
+
+
+def test_killing_a_worker_rank_mid_computation_does_not_abort_the_run(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    app = """\
+    import os, signal, time
+    from distributed import Client
+
+    def slow(i):
+        time.sleep(0.5)
+        return i
+
+    async def kill_my_rank():
+        os.kill(os.getppid(), signal.SIGKILL)  # the rank process (the nanny)
+
+    with Client() as client:
+        futures = client.map(slow, range(40))
+        while sum(f.done() for f in futures) < 4:
+            time.sleep(0.05)
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        try:
+            client.run(kill_my_rank, workers=[victim], wait=False)
+        except Exception:
+            pass
+        print("killed", victim, flush=True)
+        print("total", sum(client.gather(futures)), flush=True)
+    """
+    job, _run = submit_bootstrap(testcluster, shared_scratch, app)
+
+    row, log = finished(testcluster, job)
+
+    assert "killed" in log
+    assert f"total {sum(range(40))}" in log
+    assert "MPI_Abort" not in log
+    # srun reports the killed task, so the job is FAILED (9), but the app finished.
+    assert row["State"] in {"COMPLETED", "FAILED"}, log
+
+
+def test_a_dead_scheduler_rank_ends_the_job_within_the_death_timeout(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    app = """\
+    import os, signal, time
+    from distributed import Client
+
+    async def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with Client() as client:
+        try:
+            client.run_on_scheduler(die, wait=False)
+        except Exception:
+            pass
+        print("scheduler killed", flush=True)
+        time.sleep(600)  # only the bootstrap can end this
+    """
+    job, _run = submit_bootstrap(testcluster, shared_scratch, app)
+
+    row, log = finished(testcluster, job)
+
+    assert "scheduler killed" in log
+    assert "unreachable for 30 s" in log
+    assert row["State"] == "FAILED", log  # ended by the bootstrap, not by the walltime
