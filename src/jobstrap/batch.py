@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
 import pickle
@@ -139,11 +140,64 @@ def _work(obj: Any, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> di
     )
 
 
-def _serialise(work: Mapping[str, Any], limit: int) -> bytes:
+@functools.cache
+def _job_sys_path(python: str, cwd: str) -> tuple[str, ...]:
+    """``sys.path`` of a fresh ``python`` started in ``cwd``, as the job's will be.
+
+    It includes what a plain interpreter sees (site-packages, editable installs,
+    ``$PYTHONPATH``), but not what this process added at run time (a test runner's
+    folders, a notebook's ``sys.path.append``).
+    """
+    import json
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [python, "-c", "import json, sys; print(json.dumps(sys.path))"],
+            capture_output=True, text=True, timeout=60, cwd=cwd, check=True,
+        )  # fmt: skip
+        entries = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        entries = [p for p in sys.path if "site-packages" in p or p.startswith(sys.base_prefix)]
+    return tuple(os.path.realpath(os.path.join(cwd, p)) for p in ["", *entries])
+
+
+def _importable(name: str, path: str, roots: Sequence[str]) -> bool:
+    """Whether ``import name`` from one of ``roots`` finds the file at ``path``."""
+    for root in roots:
+        base = os.path.join(root, *name.split("."))
+        if path in (base + ".py", os.path.join(base, "__init__.py")) or path.startswith(base + "."):
+            return True
+    return False
+
+
+def _local_modules(work: Mapping[str, Any], python: str) -> list[Any]:
+    """Modules of the shipped function that the job could not import by name.
+
+    A function is pickled by reference (module and name), which works when the job
+    can import its module: installed packages and modules in the working directory
+    (the job starts there). A module found only through a ``sys.path`` entry of this
+    process (a notebook's sibling directory, a test folder) is shipped by value.
+    """
+    function = work.get("function")
+    name = getattr(function, "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    path = getattr(module, "__file__", None)
+    if module is None or not isinstance(name, str) or name == "__main__" or not path:
+        return []
+    if _importable(name, os.path.realpath(path), _job_sys_path(python, os.getcwd())):
+        return []
+    return [module]
+
+
+def _serialise(work: Mapping[str, Any], limit: int, python: str = sys.executable) -> bytes:
     import cloudpickle
 
     from .units import format_memory
 
+    by_value = _local_modules(work, python)
+    for module in by_value:
+        cloudpickle.register_pickle_by_value(module)
     try:
         body = cloudpickle.dumps(dict(work), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as error:
@@ -151,6 +205,9 @@ def _serialise(work: Mapping[str, Any], limit: int) -> bytes:
             f"cannot serialise the {work['kind']} for the job: {error} (everything the graph "
             "or function refers to must pickle; open files, locks and clients do not)"
         ) from error
+    finally:
+        for module in by_value:
+            cloudpickle.unregister_pickle_by_value(module)
     if len(body) > limit:
         raise UserError(
             f"the {work['kind']} serialises to {format_memory(len(body))}, more than "
@@ -420,7 +477,8 @@ class BatchClient:
             A setting is unknown or invalid.
         """
         work = _work(obj, args, kwargs)
-        envelope = _serialise(work, self.max_input_size)  # fails before anything exists
+        # Serialised first: a graph that is too big fails before anything exists.
+        envelope = _serialise(work, self.max_input_size, self.profile.python)
         if overrides:
             profile = self.profile.with_overrides(
                 {k: v for k, v in overrides.items() if v is not None}

@@ -1,0 +1,312 @@
+"""Graphs and functions as batch jobs on the local backend: real jobs, real Dask.
+
+Each test submits through ``jobstrap.submit`` with the default profile (``system:
+local``): the local queue starts the rendered job script, ``mpiexec`` starts the
+bootstrap's ranks and the graph runner computes on a real ``distributed`` cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import jobstrap
+from jobstrap.batch import JobFuture, RemoteError
+from jobstrap.errors import JobFailedError, UserError
+from jobstrap.states import JobState
+
+#: Seconds any one job may take here (startup is a few seconds; CI machines are slow).
+TIMEOUT = 240.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("batch")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JOBSTRAP_LOCAL_SPOOL", str(root / "spool"))
+        patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
+        patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
+        patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", "2")
+        patch.delenv("JOBSTRAP_PROFILE", raising=False)
+        yield root
+
+
+def wait_for_phase(future: JobFuture, phase: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        progress = future.progress()
+        if progress is not None and progress.phase == phase:
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"no phase {phase!r} after {timeout:g} s; last progress {future.progress()}, "
+        f"state {future.state}\n{future.logs(tail=20)}"
+    )
+
+
+def boom(n: int) -> None:
+    def inner() -> None:
+        raise ValueError(f"bad value {n}")
+
+    inner()
+
+
+def _rebuild_job_only(message: str) -> Exception:
+    # Stands for an exception whose module exists only where the job runs.
+    if "JOBSTRAP_RUN_DIR" not in os.environ:
+        raise ImportError("JobOnlyError can only be rebuilt inside a job")
+    return JobOnlyError(message)
+
+
+class JobOnlyError(Exception):
+    """An exception type that cannot be rebuilt on the submitting side."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _rebuild_job_only, (str(self),)
+
+
+def raise_job_only() -> None:
+    raise JobOnlyError("only in the job")
+
+
+def sum_of_squares_on_the_cluster(n: int) -> int:
+    from distributed import get_client
+
+    client = get_client()
+    return sum(client.gather(client.map(lambda x: x * x, range(n))))
+
+
+# ------------------------------------------------------------------------------- results
+
+
+def test_a_chunked_array_expression_computed_in_a_job_equals_the_local_result() -> None:
+    x = da.random.default_rng(1).random((2000, 2000), chunks=(500, 500))
+    expression = (x + x.T) - x.mean(axis=0)
+
+    remote = jobstrap.submit(expression, walltime="10m").result(timeout=TIMEOUT)
+
+    np.testing.assert_allclose(remote, expression.compute())
+
+
+def test_a_function_gets_its_positional_and_keyword_arguments() -> None:
+    future = jobstrap.submit(divmod, 17, 3, walltime="10m")
+    keyword = jobstrap.submit(int, "ff", kwargs={"base": 16}, walltime="10m")
+
+    assert (future.result(timeout=TIMEOUT), keyword.result(timeout=TIMEOUT)) == ((5, 2), 255)
+
+
+def test_a_function_can_use_the_whole_cluster_through_get_client() -> None:
+    future = jobstrap.submit(sum_of_squares_on_the_cluster, 10, walltime="10m")
+
+    assert future.result(timeout=TIMEOUT) == sum(i * i for i in range(10))
+
+
+def test_a_dict_of_collections_comes_back_with_the_same_shape() -> None:
+    x = da.arange(10, chunks=5)
+    graph = {"total": x.sum(), "parts": [x.max(), dask.delayed(len)("abc")]}
+
+    result = jobstrap.submit(graph, walltime="10m").result(timeout=TIMEOUT)
+
+    assert result == {"total": 45, "parts": [9, 3]}
+
+
+def test_awaiting_a_future_gives_its_result() -> None:
+    future = jobstrap.submit(da.ones(4, chunks=2).sum(), walltime="10m")
+
+    async def wait() -> Any:
+        return await asyncio.wait_for(future, TIMEOUT)
+
+    assert asyncio.run(wait()) == 4
+
+
+def test_progress_counts_every_task_once_the_graph_is_done() -> None:
+    future = jobstrap.submit(da.ones((100, 100), chunks=10).sum(), walltime="10m")
+    future.result(timeout=TIMEOUT)
+
+    progress = future.progress()
+
+    assert progress is not None
+    assert (progress.phase, progress.done == progress.total, progress.total > 100) == (
+        "done",
+        True,
+        True,
+    )
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+def test_a_remote_exception_is_raised_here_with_its_remote_traceback() -> None:
+    future = jobstrap.submit(boom, 7, walltime="10m")
+
+    with pytest.raises(ValueError, match="bad value 7") as caught:
+        future.result(timeout=TIMEOUT)
+
+    remote = caught.value.remote_traceback  # type: ignore[attr-defined]
+    assert ("in inner" in remote, "in inner" in str(caught.value.__cause__)) == (True, True)
+
+
+def test_an_exception_that_cannot_travel_arrives_as_a_remote_error() -> None:
+    future = jobstrap.submit(raise_job_only, walltime="10m")
+
+    with pytest.raises(RemoteError, match="JobOnlyError: only in the job") as caught:
+        future.result(timeout=TIMEOUT)
+
+    assert "raise_job_only" in caught.value.remote_traceback
+
+
+def test_exception_returns_the_remote_exception_without_raising() -> None:
+    error = jobstrap.submit(boom, 3, walltime="10m").exception(timeout=TIMEOUT)
+
+    assert isinstance(error, ValueError)
+    assert "bad value 3" in str(error)
+
+
+def test_a_cancelled_job_raises_naming_cancelled() -> None:
+    future = jobstrap.submit(time.sleep, 600, walltime="10m")
+    wait_for_phase(future, "computing")
+
+    assert future.cancel() is True
+    with pytest.raises(JobFailedError, match="CANCELLED") as caught:
+        future.result(timeout=TIMEOUT)
+
+    assert caught.value.state == "CANCELLED"
+
+
+def test_a_job_killed_at_its_walltime_raises_naming_timeout() -> None:
+    future = jobstrap.submit(time.sleep, 600, walltime=20)
+
+    with pytest.raises(JobFailedError, match="TIMEOUT") as caught:
+        future.result(timeout=TIMEOUT)
+
+    assert (caught.value.state, future.state) == ("TIMEOUT", JobState.TIMEOUT)
+
+
+def test_an_input_over_the_size_limit_fails_before_anything_is_created(local_env: Path) -> None:
+    embedded = da.from_array(np.ones(100_000), chunks=10_000)  # 800 kB inside the graph
+    runs_before = set((local_env / "runs").glob("*")) if (local_env / "runs").exists() else set()
+
+    with pytest.raises(UserError, match="read the data inside the graph"):
+        jobstrap.submit(embedded.sum(), max_input_size="100KiB")
+
+    runs_after = set((local_env / "runs").glob("*")) if (local_env / "runs").exists() else set()
+    assert runs_after == runs_before
+
+
+def test_arguments_with_a_collection_are_refused() -> None:
+    with pytest.raises(UserError, match="arguments are for functions"):
+        jobstrap.submit(da.ones(3, chunks=1).sum(), 1)
+
+
+def test_an_object_with_nothing_to_compute_is_refused() -> None:
+    with pytest.raises(UserError, match="nothing to compute"):
+        jobstrap.submit([1, 2, 3])
+
+
+# ---------------------------------------------------------------------- runs as records
+
+
+def test_another_process_reattaches_and_gets_the_result() -> None:
+    future = jobstrap.submit(da.arange(100, chunks=10).sum(), walltime="10m")
+
+    code = (
+        "import sys; from jobstrap.batch import JobFuture; "
+        f"print(JobFuture.attach({future.run_id!r}).result(timeout={TIMEOUT}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT + 30
+    )
+
+    assert (done.returncode, done.stdout.strip()) == (0, "4950"), done.stderr
+
+
+def test_a_truncated_result_file_is_never_returned() -> None:
+    future = jobstrap.submit(da.arange(1000, chunks=100), walltime="10m")
+    future.result(timeout=TIMEOUT)
+    result_file = future.run_dir / "result.pkl"
+    data = result_file.read_bytes()
+    result_file.write_bytes(data[: len(data) // 2])  # as if the writer died mid-copy
+
+    with pytest.raises(JobFailedError, match=r"result\.pkl is damaged"):
+        JobFuture.attach(future.run_id).result(timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def jobstrap_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobstrap", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT + 60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_jobstrap_run_runs_an_example_and_exits_with_its_code() -> None:
+    done = jobstrap_cli("run", "examples/squares.py", "50")
+
+    assert done.returncode == 0, done.stderr
+    assert "sum of squares 0..49 = 40425" in done.stdout
+
+
+def test_jobstrap_run_exits_with_the_apps_own_exit_code(tmp_path: Path) -> None:
+    app = tmp_path / "fails.py"
+    app.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+
+    done = jobstrap_cli("run", str(app))
+
+    assert (done.returncode, "about to fail" in done.stdout) == (3, True), done.stderr
+
+
+def test_jobstrap_run_works_without_mpi_through_the_local_launcher() -> None:
+    done = jobstrap_cli("run", "--set", "launcher=none", "examples/squares.py", "20")
+
+    assert done.returncode == 0, done.stderr
+    assert "sum of squares 0..19 = 2470" in done.stdout
+
+
+def test_jobstrap_result_prints_a_finished_runs_result(tmp_path: Path) -> None:
+    future = jobstrap.submit(da.arange(10, chunks=5).sum(), walltime="10m")
+    future.result(timeout=TIMEOUT)
+
+    printed = jobstrap_cli("result", future.run_id)
+    saved = jobstrap_cli("result", future.run_id, "--output", str(tmp_path / "r.json"))
+
+    assert (printed.returncode, printed.stdout.strip()) == (0, "np.int64(45)"), printed.stderr
+    assert (saved.returncode, (tmp_path / "r.json").read_text().strip()) == (0, "45")
+
+
+def test_jobstrap_result_of_a_failed_run_shows_the_remote_traceback() -> None:
+    future = jobstrap.submit(boom, 5, walltime="10m")
+    future.exception(timeout=TIMEOUT)
+
+    done = jobstrap_cli("result", future.run_id)
+
+    assert (done.returncode, "in inner" in done.stderr) == (1, True), done.stderr
+
+
+def test_run_directories_are_private(local_env: Path) -> None:
+    future = jobstrap.submit(divmod, 1, 1, walltime="10m")
+    future.result(timeout=TIMEOUT)
+
+    modes = {
+        p.name: oct(os.stat(p).st_mode & 0o777)
+        for p in (future.run_dir, future.run_dir / "input.pkl", future.run_dir / "result.pkl")
+    }
+
+    assert modes == {future.run_dir.name: "0o700", "input.pkl": "0o600", "result.pkl": "0o600"}
