@@ -998,3 +998,14 @@ def test_initialize_in_a_world_too_small_raises_dask_mpis_exception(tmp_path: Pa
 
     assert launch.returncode == 0, launch.output
     assert launch.stdout.count("refused: not enough MPI ranks: found 2, need at least 3") == 2
+
+
+def test_the_batch_app_example_runs_in_batch_mode(run: RunDir) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "batch_app.py"
+
+    launch = mpiexec(4, [*bootstrap_argv(run), "--", str(example), "400"])
+
+    assert launch.returncode == 0, launch.output
+    assert "2 workers:" in launch.stdout
+    assert "mean of diag(X X^T) for n=400" in launch.stdout
+    assert_quiet(launch)
