@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
 import subprocess
 import threading
 import time
@@ -637,7 +638,7 @@ class Gateway:
                     )
                 else:
                     # A definite "no": the controller rejected the job and created nothing.
-                    raise SubmitError(argv, result.returncode, result.stderr, result.stdout)
+                    raise _rejected(argv, result)
             if attempt >= policy.attempts or time.monotonic() - started >= policy.budget:
                 break
             self._sleep(policy.delay(attempt))
@@ -809,6 +810,27 @@ class Gateway:
             if record is not None and not identity.mismatch(record):
                 found = record
         return found
+
+
+def _rejected(argv: Sequence[str], result: CommandResult) -> SubmitError:
+    """The batch system's "no", with every line of its explanation.
+
+    sbatch often says why in one line and that it failed in the next (``Memory
+    specification can not be satisfied`` / ``Requested node configuration is not
+    available``): both belong in the one line the user sees.
+    """
+    error = SubmitError(argv, result.returncode, result.stderr, result.stdout)
+    words = []
+    for line in result.stderr.splitlines():
+        line = line.strip()
+        for prefix in (f"{os.path.basename(argv[0])}: error: ", f"{os.path.basename(argv[0])}: "):
+            line = line.removeprefix(prefix)
+        if line:
+            words.append(line)
+    if len(words) > 1:
+        code = f"exit {result.returncode}"
+        error.args = (f"{shlex.join(argv)} failed ({code}): {'; '.join(words)}",)
+    return error
 
 
 def _text(value: str | bytes | None) -> str:

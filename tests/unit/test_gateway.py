@@ -423,6 +423,22 @@ def test_a_rejected_submission_raises_submit_error_with_sbatch_s_words(
     assert fake_slurm.jobs() == {}
 
 
+def test_every_line_of_sbatch_s_explanation_reaches_the_one_line_message(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.plan("sbatch", "recorded:sbatch_bad_memory.txt")
+
+    with pytest.raises(SubmitError) as caught:
+        make_gateway().submit(make_spec(run_dir))
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith(
+        "failed (exit 1): Memory specification can not be satisfied; "
+        "Batch job submission failed: Requested node configuration is not available"
+    )
+
+
 def test_when_a_later_array_is_rejected_the_earlier_ones_are_cancelled(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:

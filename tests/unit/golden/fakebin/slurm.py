@@ -19,7 +19,9 @@ State lives in ``$FAKESLURM_DIR/state.json`` (guarded by an flock):
     ``ok``; ``transient`` (Socket timed out, exit 1); ``hang`` (sleep, create
     nothing); ``accept-hang`` (create the job, then sleep); ``accept-garbage``
     (create the job, print no id); ``accept-transient`` (create the job, then fail
-    transiently); ``reject:MESSAGE``; ``disabled`` (sacct: accounting is off).
+    transiently); ``reject:MESSAGE``; ``recorded:FILE`` (sbatch: print a rejection
+    recorded from the real sbatch, ``golden/slurm/FILE``, exit 1); ``disabled``
+    (sacct: accounting is off).
 ``max_array_size``
     What ``scontrol show config`` reports.
 
@@ -83,6 +85,12 @@ def sbatch(argv: list[str]) -> int:
     array = re.search(r"^#SBATCH --array=(\d+)-(\d+)", text, re.M)
     with Locked() as state:
         action = next_action(state, "sbatch")
+        if action.startswith("recorded:"):
+            # A rejection recorded from the real sbatch (golden/slurm/<file>).
+            golden = os.path.join(os.path.dirname(os.path.dirname(__file__)), "slurm", action[9:])
+            with open(golden, encoding="utf-8") as handle:
+                sys.stderr.write(handle.read())
+            return 1
         if action.startswith("reject:"):
             print(f"sbatch: error: Batch job submission failed: {action[7:]}", file=sys.stderr)
             return 1
