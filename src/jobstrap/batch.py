@@ -780,8 +780,8 @@ class JobFuture:
                     )
                 pause = delay if deadline is None else min(delay, deadline - time.monotonic())
                 time.sleep(max(0.0, pause))
-                # Files are cheap to look at; back off gently to a second between looks.
-                delay = min(1.0, delay * 1.5)
+                # Files are cheap to look at (a stat): back off gently to two looks a second.
+                delay = min(0.5, delay * 1.5)
         finally:
             if display is not None and progress is True:
                 display.close()
@@ -853,7 +853,7 @@ class JobFuture:
             if outcome is not None:
                 return self._resolve(outcome)
             await asyncio.sleep(delay)
-            delay = min(1.0, delay * 1.5)
+            delay = min(0.5, delay * 1.5)
 
     # -- control and inspection ----------------------------------------------------------
 

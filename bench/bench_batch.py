@@ -1,0 +1,267 @@
+"""Submit-to-result latency of a graph run as a batch job, three ways, same cluster, same run.
+
+* **jobstrap**: ``jobstrap.submit(graph, profile=..., nodes=2).result()``: the graph is
+  cloudpickled into a run directory, one job runs scheduler, runner and workers as MPI
+  ranks (``srun --mpi=pmi2``, TLS over ib0), the future reads ``result.pkl``;
+* **sbatch + dask-mpi**: what people write by hand: an sbatch script whose
+  ``srun --mpi=pmi2 python driver.py`` calls ``dask_mpi.initialize()`` and builds and
+  computes the same graph on the same ranks (plain TCP over ib0), writing the result
+  to a file that this side polls for as often as ``JobFuture`` does;
+* **submitit**: the same computation as a function (``submitit.AutoExecutor``), which
+  runs it in one process of a one-node job with dask's threaded scheduler: submitit
+  ships a function, not a cluster.
+
+Scenarios: a trivial graph (``sum([1, 2, 3])`` as a delayed) measures pure overhead;
+the chunked-array example (``(x + x.T) - x.mean(axis=0)`` on N x N, its sum as a
+checksum) adds real work. Runs are interleaved (one of each method per round), so
+the cluster's load affects all three alike.
+
+Run on the test cluster's login node; writes ``bench/results/batch.json``::
+
+    scripts/testcluster on head .venv/bin/python bench/bench_batch.py [--repeats 3] [--size 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "batch.json"
+PROFILE = "testcluster"
+NODES = 2
+TASKS_PER_NODE = 2  # what jobstrap's batch mode picks for 2 nodes: 4 ranks in all
+MEMORY = "1GiB"
+WALLTIME_MIN = 10
+POLL_START, POLL_MAX = 0.05, 0.5  # the same file polling as JobFuture
+
+SCENARIOS = {
+    "trivial": "import dask\ngraph = dask.delayed(sum)([1, 2, 3])\n",
+    "array_expression": (
+        "import dask.array as da\n"
+        "x = da.random.default_rng(42).random(({n}, {n}), chunks=({c}, {c}))\n"
+        "graph = ((x + x.T) - x.mean(axis=0)).sum()\n"
+    ),
+}
+
+DRIVER = """\
+import os, pickle, sys
+from dask_mpi import initialize
+
+initialize(interface="ib0", nthreads=1)
+
+from distributed import Client
+
+client = Client()
+{code}
+value = client.compute(graph).result()
+tmp = sys.argv[1] + ".tmp"
+with open(tmp, "wb") as handle:
+    pickle.dump(value, handle)
+os.replace(tmp, sys.argv[1])
+"""
+
+
+def build(code: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace["graph"]
+
+
+def compute_with_threads(code: str) -> Any:
+    """What the submitit job runs: the same graph, one process, dask's threads."""
+    import dask
+
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return dask.compute(namespace["graph"], scheduler="threads")[0]
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def run_jobstrap(code: str, workdir: Path) -> tuple[float, Any]:
+    import jobstrap
+
+    graph = build(code)  # built before the clock starts, as with the others
+    started = time.perf_counter()
+    future = jobstrap.submit(
+        graph, profile=PROFILE, nodes=NODES, memory=MEMORY, walltime=f"00:{WALLTIME_MIN:02d}:00"
+    )
+    value = future.result(timeout=900)
+    return time.perf_counter() - started, value
+
+
+def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any]:
+    job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
+    driver = job_dir / "driver.py"
+    driver.write_text(DRIVER.format(code=code))
+    result = job_dir / "result.pkl"
+    script = job_dir / "job.sh"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/bash
+            #SBATCH --job-name=bench-dask-mpi
+            #SBATCH --nodes={NODES}
+            #SBATCH --ntasks-per-node={TASKS_PER_NODE}
+            #SBATCH --cpus-per-task=1
+            #SBATCH --mem=1G
+            #SBATCH --time={WALLTIME_MIN}
+            #SBATCH --output={job_dir}/%j.out
+            srun --mpi=pmi2 {shlex.quote(sys.executable)} {shlex.quote(str(driver))} \\
+                {shlex.quote(str(result))}
+            """
+        )
+    )
+    started = time.perf_counter()
+    subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True)
+    delay = POLL_START
+    deadline = started + 900
+    while not result.exists():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"no result from the dask-mpi job in {job_dir}")
+        time.sleep(delay)
+        delay = min(POLL_MAX, delay * 1.5)
+    with open(result, "rb") as handle:
+        value = pickle.load(handle)
+    return time.perf_counter() - started, value
+
+
+def run_submitit(code: str, workdir: Path) -> tuple[float, Any]:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=workdir / "submitit" / "%j")
+    executor.update_parameters(
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=NODES * TASKS_PER_NODE,
+        timeout_min=WALLTIME_MIN,
+        slurm_partition="debug",
+        slurm_mem="1G",
+        name="bench-submitit",
+    )
+    started = time.perf_counter()
+    job = executor.submit(compute_with_threads, code)
+    value = job.result()
+    return time.perf_counter() - started, value
+
+
+METHODS: dict[str, Callable[[str, Path], tuple[float, Any]]] = {
+    "jobstrap": run_jobstrap,
+    "sbatch+dask-mpi": run_dask_mpi,
+    "submitit": run_submitit,
+}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("jobstrap", "dask", "distributed", "dask_mpi", "submitit", "mpi4py"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        found[name] = str(getattr(module, "__version__", "?"))
+    slurm = subprocess.run(["sinfo", "--version"], capture_output=True, text=True, check=False)
+    found["slurm"] = slurm.stdout.strip()
+    return found
+
+
+def _summary(seconds: list[float]) -> dict[str, Any]:
+    return {
+        "seconds": [round(s, 3) for s in seconds],
+        "median": round(statistics.median(seconds), 3),
+        "min": round(min(seconds), 3),
+        "max": round(max(seconds), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (one run of each)")
+    parser.add_argument("--size", type=int, default=10_000, help="N of the N x N array")
+    parser.add_argument("--chunk", type=int, default=1_000, help="chunk edge")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".testcluster" / "bench-batch")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Run directories and the registry on the shared file system, apart from the user's.
+    os.environ["JOBSTRAP_RUN_ROOT"] = str(workdir / "runs")
+    os.environ["JOBSTRAP_STATE_DIR"] = str(workdir / "state")
+    os.chdir(workdir)
+
+    scenarios = args.scenario or list(SCENARIOS)
+    raw: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
+    for round_number in range(args.repeats):
+        for scenario in scenarios:
+            code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
+            for method, run in METHODS.items():
+                seconds, value = run(code, workdir)
+                raw[scenario][method].append(seconds)
+                values[scenario][method] = float(value)
+                print(
+                    f"round {round_number + 1} {scenario:17} {method:16} {seconds:7.2f} s",
+                    flush=True,
+                )
+
+    results: dict[str, Any] = {}
+    for scenario in scenarios:
+        summary = {m: _summary(raw[scenario][m]) for m in METHODS}
+        ours = summary["jobstrap"]["median"]
+        checks = list(values[scenario].values())
+        results[scenario] = {
+            "methods": summary,
+            "ratio_of_medians": {
+                f"jobstrap/{m}": round(ours / summary[m]["median"], 3)
+                for m in METHODS
+                if m != "jobstrap"
+            },
+            "results_agree": all(
+                abs(v - checks[0]) <= 1e-6 * max(1.0, abs(checks[0])) for v in checks
+            ),
+            "result": checks[0],
+        }
+    ranks = f"{NODES} nodes x {TASKS_PER_NODE} ranks"
+    report = {
+        "benchmark": "submit-to-result latency of one graph as one batch job",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cluster": "scripts/testcluster: Slurm, 3 compute nodes as namespaces, one 2-core machine",
+        "layout": {
+            "jobstrap": f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0",
+            "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
+            "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",
+        },
+        "array": {"n": args.size, "chunk": args.chunk},
+        "repeats": args.repeats,
+        "versions": _versions(),
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
