@@ -17,9 +17,9 @@ Command line (used by ``scripts/testcluster``)::
 
     clusterdef.py render FILE|all [--into DIR] --variant netns|compose [--root DIR]
                   [--cgroup-plugin P] [--cgroup-memory] [--pmix] [--user U ...]
-    clusterdef.py hosts-table          # "name eth0-address ib0-address" lines
+    clusterdef.py hosts-table          # "name eth0/len ib0/len ib0-mtu" lines
     clusterdef.py qos-list             # QOS to create before loading accounting.cfg
-    clusterdef.py write-compose        # regenerate docker-compose-slurm/*.conf
+    clusterdef.py write-compose        # regenerate docker-compose-slurm/ files
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def _host(name: str, last_octet: int) -> Host:
 
 
 LOGIN_HOST = "head"
-HEAD = _host(LOGIN_HOST, 1)
+# Not .1: Docker gives a network's first address to its gateway, and the compose
+# cluster uses these very addresses.
+HEAD = _host(LOGIN_HOST, 10)
 COMPUTE = (_host("node1", 11), _host("node2", 12), _host("node3", 13))
 HOSTS = (HEAD, *COMPUTE)
 COMPUTE_NODES = tuple(h.name for h in COMPUTE)
@@ -93,7 +95,7 @@ CGROUP_PLUGINS = ("cgroup/v1", "cgroup/v2", "autodetect")
 VARIANTS = ("netns", "compose")
 FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "mpi.conf", "hosts", "accounting.cfg")
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "docker-compose-slurm"
-COMPOSE_FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "accounting.cfg")
+COMPOSE_FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "accounting.cfg", "hosts")
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,9 @@ def slurm_conf(opts: Options) -> str:
         The complete file text.
     """
     root = opts.root
-    netns = opts.variant == "netns"
-    # In namespaces name resolution comes from our own /etc/hosts; giving the
-    # address as well keeps slurmctld independent of it.  Compose has Docker's DNS.
-    ctld_host = f"{HEAD.name}({HEAD.eth0})" if netns else HEAD.name
+    # Addresses are given as well as names so the daemons do not depend on name
+    # resolution; both variants use the same addresses.
+    ctld_host = f"{HEAD.name}({HEAD.eth0})"
     if opts.cgroup_memory:
         proctrack, task = "proctrack/cgroup", "task/cgroup"
     else:
@@ -208,9 +209,8 @@ def slurm_conf(opts: Options) -> str:
         "",
     ]
     for host in COMPUTE:
-        addr = f" NodeAddr={host.eth0}" if netns else ""
         out.append(
-            f"NodeName={host.name}{addr} NodeHostname={host.name} CPUs={NODE_CPUS} "
+            f"NodeName={host.name} NodeAddr={host.eth0} NodeHostname={host.name} CPUs={NODE_CPUS} "
             f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN"
         )
     nodes = ",".join(COMPUTE_NODES)
@@ -371,9 +371,85 @@ RENDERERS = {
     "accounting.cfg": accounting_cfg,
 }
 
-# The compose cluster has the same layout and limits; only addressing (Docker DNS)
-# and the cgroup plugin (whatever the Docker host provides) differ.
+# The compose cluster has the same hosts, addresses, layout and limits; only the
+# cgroup plugin (whatever the Docker host provides) may differ.
 COMPOSE_OPTIONS = Options(variant="compose", root=DEFAULT_ROOT, cgroup_plugin="autodetect")
+# Inside the containers: where the generated files and the checkout are mounted.
+COMPOSE_CONFIG_MOUNT = "/etc/jobstrap-testcluster"
+COMPOSE_REPO_MOUNT = "/jobstrap"
+
+
+def compose_yaml(opts: Options = COMPOSE_OPTIONS) -> str:
+    """Render ``docker-compose.yml`` for the Docker variant of the test cluster.
+
+    Written as text, not through a YAML library, so this module needs nothing
+    outside the standard library; a unit test parses the result.
+
+    Parameters
+    ----------
+    opts : Options
+        Compose options (only the marker line depends on them).
+
+    Returns
+    -------
+    str
+        The complete file text.
+    """
+    # Name resolution comes from the generated hosts file (the entrypoint writes
+    # it to /etc/hosts), as in the namespace cluster, not from Docker's DNS.
+    eth_prefix = ETH_SUBNET.rsplit(".", 1)[0] + "."
+    ib_prefix = IB_SUBNET.rsplit(".", 1)[0] + "."
+    out = [
+        MARKER.replace("do not edit.", "do not edit; regenerate with"),
+        "#   scripts/testcluster.d/clusterdef.py write-compose",
+        "# The same cluster as `scripts/testcluster up`, in containers: see README.md.",
+        "name: jobstrap-testcluster",
+        "",
+        "x-host: &host",
+        "  build: .",
+        "  image: jobstrap-testcluster:bookworm",
+        "  # Renaming the IB network's interface to ib0 needs NET_ADMIN; slurmd needs",
+        "  # to manage cgroups.  A throwaway test cluster, so privileged it is.",
+        "  privileged: true",
+        "  environment:",
+        f'    JOBSTRAP_IB_PREFIX: "{ib_prefix}"',
+        f"    JOBSTRAP_TESTCLUSTER_ROOT: {opts.root}",
+        "  volumes:",
+        f"    - ./:{COMPOSE_CONFIG_MOUNT}:ro",
+        "    # The checkout at the same path on every host: the shared file system.",
+        f"    - ..:{COMPOSE_REPO_MOUNT}",
+        "",
+        "services:",
+    ]
+    for host in HOSTS:
+        role = "head" if host is HEAD else "node"
+        out += [
+            f"  {host.name}:",
+            "    <<: *host",
+            f"    hostname: {host.name}",
+            f"    command: [{role}]",
+        ]
+        if host is not HEAD:
+            out += ["    depends_on: [head]"]
+        out += [
+            "    networks:",
+            f"      eth: {{ipv4_address: {host.eth0}}}",
+            f"      ib: {{ipv4_address: {host.ib0}}}",
+        ]
+    out += [
+        "",
+        "networks:",
+        "  eth:",
+        "    ipam:",
+        f"      config: [{{subnet: {ETH_SUBNET}, gateway: {eth_prefix}1}}]",
+        "  ib:",
+        "    driver_opts:",
+        f'      com.docker.network.driver.mtu: "{IB_MTU}"',
+        "    ipam:",
+        f"      config: [{{subnet: {IB_SUBNET}, gateway: {ib_prefix}1}}]",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def render(name: str, opts: Options) -> str:
@@ -395,7 +471,9 @@ def render(name: str, opts: Options) -> str:
 
 
 def _hosts_table() -> str:
-    return "".join(f"{h.name} {h.eth0} {h.ib0}\n" for h in HOSTS)
+    eth_len = ETH_SUBNET.split("/")[1]
+    ib_len = IB_SUBNET.split("/")[1]
+    return "".join(f"{h.name} {h.eth0}/{eth_len} {h.ib0}/{ib_len} {IB_MTU}\n" for h in HOSTS)
 
 
 def write_compose(directory: Path = COMPOSE_DIR) -> list[Path]:
@@ -416,6 +494,9 @@ def write_compose(directory: Path = COMPOSE_DIR) -> list[Path]:
         path = directory / name
         path.write_text(render(name, COMPOSE_OPTIONS))
         written.append(path)
+    path = directory / "docker-compose.yml"
+    path.write_text(compose_yaml())
+    written.append(path)
     return written
 
 
@@ -432,9 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rend.add_argument("--cgroup-memory", action="store_true")
     rend.add_argument("--pmix", action="store_true")
     rend.add_argument("--user", action="append", dest="users", help="user to give accounts")
-    sub.add_parser("hosts-table", help="print 'name eth0 ib0' per host")
+    sub.add_parser("hosts-table", help="print 'name eth0/len ib0/len ib0-mtu' per host")
     sub.add_parser("qos-list", help="print the QOS to create before loading accounts")
-    sub.add_parser("write-compose", help="regenerate docker-compose-slurm/*.conf")
+    sub.add_parser("write-compose", help="regenerate docker-compose-slurm/ (configs + yml)")
     args = parser.parse_args(argv)
 
     if args.command == "render":
