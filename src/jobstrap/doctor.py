@@ -39,7 +39,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchCommandError, ConfigError, NetworkError
+from .errors import BatchCommandError, ConfigError, NetworkError, UserError
 from .probe import (
     CLIENT_TOKEN_FILE,
     MAX_REPORT_BYTES,
@@ -898,13 +898,20 @@ def _save_record(
     """Leave a registry record so `jobstrap status`/`cancel` know the probe job."""
     from . import registry
 
+    run_id = os.path.basename(run_dir)
+    try:
+        # A second probe of the same run adds its job to the record.
+        earlier = registry.load(run_id)
+        job_ids, tags = [*earlier.job_ids, *job_ids], [*earlier.tags, tag]
+    except UserError:
+        tags = [tag]
     record = registry.RunRecord(
-        run_id=os.path.basename(run_dir),
+        run_id=run_id,
         kind="probe",
         system=profile.system,
         run_dir=run_dir,
         job_ids=job_ids,
-        tags=[tag],
+        tags=tags,
         profile={"name": profile_name, "resolved": profile.to_dict()},
     )
     registry.save(record)
@@ -994,10 +1001,12 @@ def run_doctor(
             )
         )
         return report
-    report.run_dir = str(run.path)
     report.add(ok("run directory", f"created {run.path}"))
     if not probe or commands.status is Status.FAIL or address is None:
+        # The directory only proved that one can be made; nothing is in it.
+        shutil.rmtree(run.path, ignore_errors=True)
         return report
+    report.run_dir = str(run.path)
 
     prober = _Prober(gw, profile, name, run.path, address, versions, echo, timeout,
                      report_timeout)  # fmt: skip

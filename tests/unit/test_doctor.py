@@ -582,11 +582,12 @@ def test_the_doctor_cli_exits_1_and_prints_json_when_something_is_wrong(local_si
     assert json.loads(result.stdout)["ok"] is False
 
 
-def test_the_doctor_without_probe_submits_nothing(local_site: Path) -> None:
+def test_the_doctor_without_probe_submits_nothing_and_leaves_nothing(local_site: Path) -> None:
     report = run_doctor("default", LOOPBACK, probe=False)
 
     assert report.job_id is None
     assert "probe job" not in by_name(report)
+    assert list((local_site / "runs").iterdir()) == []
 
 
 def test_an_invalid_profile_fails_the_profile_check_and_stops(local_site: Path) -> None:
