@@ -738,9 +738,20 @@ class TunnelKeeper:
     def start(self) -> TunnelKeeper:
         """Run the keeper in a daemon thread; returns self."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self.run, name="jobstrap-tunnel", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run_in_thread, name="jobstrap-tunnel", daemon=True
+            )
             self._thread.start()
         return self
+
+    def _run_in_thread(self) -> None:
+        # A thread has nobody to raise to: the reason stays in ``error`` and the
+        # keeper counts as stopped (``wait_up`` returns False).
+        try:
+            self.run()
+        except UserError as error:
+            self.error = str(error)
+            self._report(f"tunnel given up: {error}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the keeper and its ssh; waits for the thread if one runs."""

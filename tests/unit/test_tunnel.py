@@ -466,6 +466,19 @@ def test_the_keeper_gives_up_when_ssh_refuses_the_key(sshd: Sshd, tmp_path: Path
     assert keeper.starts == 1
 
 
+def test_a_keeper_thread_that_gives_up_says_why_and_never_comes_up(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    stranger = keygen(tmp_path / "stranger")
+    plan = plan_for(dashboard_target(9), [sshd.destination], ssh_options=sshd.options(key=stranger))
+
+    with TunnelKeeper(plan, backoff=Backoff(initial=0.1)) as keeper:
+        assert not keeper.wait_up(20)
+
+    assert keeper.error is not None
+    assert "Permission denied" in keeper.error
+
+
 def test_the_cli_prints_the_command_without_running_it(tmp_path: Path) -> None:
     run = write_run(tmp_path)
 
