@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,13 +39,13 @@ HOST_AND_IB0 = """srun sh -c 'echo "$(hostname) $(ip -4 -o addr show dev ib0 | a
 
 
 @pytest.fixture(scope="module")
-def two_node_job(testcluster: TestCluster) -> Job:
+def two_node_job(testcluster: TestCluster) -> Iterator[Job]:
     # Module-scoped: several tests look at different aspects of one finished job.
-    job = testcluster.sbatch(
-        HOST_AND_IB0, new_shared_dir("two_node_job"), "--nodes=2", "--ntasks-per-node=1"
-    )
+    workdir = new_shared_dir("two_node_job")
+    job = testcluster.sbatch(HOST_AND_IB0, workdir, "--nodes=2", "--ntasks-per-node=1")
     testcluster.wait_job(job, timeout=120)
-    return job
+    yield job
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("host", HOSTS)
