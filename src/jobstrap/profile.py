@@ -294,6 +294,9 @@ class Profile:
     lifetime_stagger: int | None = _setting(
         None, _optional_walltime, "minimum gap between two job retirements (default: auto)"
     )
+    tunnel_via: str | None = _setting(
+        None, _optional_text, "login host(s) for SSH tunnels to dashboards: login or gw,login"
+    )
     max_failures: int = _setting(3, _integer(1), "consecutive failed jobs before giving up")
     poll_interval: int = _setting(5, _integer(1), "seconds between job-state polls")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
