@@ -288,6 +288,22 @@ def _fold_components(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord
     )
 
 
+def _find_record(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+    """The record that answers for ``job_id``, however the batch system spelled it.
+
+    Besides the id itself: a heterogeneous job's components (``123+0``), and for an
+    array task (``123_4``) the whole array's record (``123``), which is how Slurm
+    reports an array that was never split into tasks, e.g. one cancelled while all
+    its tasks were still pending.
+    """
+    record = records.get(job_id) or _fold_components(job_id, records)
+    if record is None and "_" in job_id:
+        whole = records.get(job_id.split("_", 1)[0])
+        if whole is not None:
+            record = replace(whole, job_id=job_id)
+    return record
+
+
 # --- the gateway --------------------------------------------------------------------------
 
 
@@ -382,6 +398,11 @@ class Gateway:
     def bucket(self) -> TokenBucket:
         """The rate limiter this gateway draws from."""
         return self._bucket or shared_bucket()
+
+    @property
+    def has_history(self) -> bool:
+        """Whether ended jobs can be looked up after the live view (sacct) here."""
+        return self.history_available and self.system.history_argv(["0"]) is not None
 
     @property
     def watcher(self) -> Watcher:
@@ -731,7 +752,7 @@ class Gateway:
         foreign: set[str] = set()
         missing: list[str] = []
         for job_id in ids:
-            record = live.get(job_id) or _fold_components(job_id, live)
+            record = _find_record(job_id, live)
             identity = identities.get(job_id)
             if record is not None and identity is not None and identity.mismatch(record):
                 foreign.add(job_id)
@@ -775,7 +796,7 @@ class Gateway:
             return True
         past = self.system.parse_history(result.stdout)
         for job_id in ended:
-            final = past.get(job_id) or _fold_components(job_id, past)
+            final = _find_record(job_id, past)
             identity = identities.get(job_id)
             if final is None or not final.state.is_terminal:
                 continue  # the accounting has not caught up yet
@@ -787,7 +808,7 @@ class Gateway:
                 elapsed=final.elapsed or records[job_id].elapsed,
             )
         for job_id in missing:
-            record = past.get(job_id) or _fold_components(job_id, past)
+            record = _find_record(job_id, past)
             identity = identities.get(job_id)
             if record is not None and identity is not None and identity.mismatch(record):
                 # --duplicates lists every job that held the id: find ours among them.
@@ -853,6 +874,7 @@ class _Entry:
     __slots__ = (
         "absent_since",
         "callbacks",
+        "ended_at",
         "identity",
         "record",
         "started_by_us",
@@ -865,6 +887,8 @@ class _Entry:
         self.started_by_us = started_by_us
         self.callbacks: list[ChangeCallback] = []
         self.absent_since: float | None = None
+        #: When the live view first showed the job ended (its exit code still to come).
+        self.ended_at: float | None = None
         self.tracked_since = time.monotonic()
 
 
@@ -882,6 +906,9 @@ class Watcher:
     missing_grace
         Seconds a job may be absent from the live view *and* the history before it is
         MISSING (covers accounting lag; with accounting off it is the only evidence).
+    exit_code_grace
+        Seconds an ended job's end is held back while the history (sacct) has not
+        recorded its exit code yet; after that it is reported without one.
     """
 
     def __init__(
@@ -891,8 +918,11 @@ class Watcher:
         poll_interval: float = 5.0,
         max_interval: float = 60.0,
         missing_grace: float = 60.0,
+        exit_code_grace: float = 30.0,
     ) -> None:
         self.gateway = gateway
+        self.exit_code_grace = exit_code_grace
+        self._holding = False
         self.poll_interval = poll_interval
         self.max_interval = max_interval
         self.missing_grace = missing_grace
@@ -916,6 +946,7 @@ class Watcher:
         poll_interval: float | None = None,
         max_interval: float | None = None,
         missing_grace: float | None = None,
+        exit_code_grace: float | None = None,
     ) -> None:
         """Change the timings (several users of one watcher: the shortest interval wins)."""
         with self._lock:
@@ -926,6 +957,8 @@ class Watcher:
                 self.max_interval = max_interval
             if missing_grace is not None:
                 self.missing_grace = missing_grace
+            if exit_code_grace is not None:
+                self.exit_code_grace = exit_code_grace
         self._wake.set()
 
     def track(
@@ -1074,8 +1107,10 @@ class Watcher:
                 log.exception("watcher poll failed")
                 changed = False
             with self._lock:
+                # An end held back for its exit code is a change about to happen.
+                brisk = changed or self._holding
                 self.interval = (
-                    self.poll_interval if changed else min(self.max_interval, self.interval * 2)
+                    self.poll_interval if brisk else min(self.max_interval, self.interval * 2)
                 )
                 interval = self.interval
             self._wake.wait(timeout=interval)
@@ -1100,6 +1135,7 @@ class Watcher:
         with self._lock:
             self.polls += 1
             self.last_error = None
+            self._holding = False
             for job_id in ids:
                 entry = self._entries.get(job_id)
                 if entry is None:
@@ -1111,7 +1147,6 @@ class Watcher:
                 entry.record = new
                 if new.state is not old.state:
                     changes.append((job_id, old.state, new, [*entry.callbacks]))
-            self._changed.notify_all()
         self._fire(changes)
         return bool(changes)
 
@@ -1132,6 +1167,8 @@ class Watcher:
             if not entry.identity.strict and not entry.identity.name and record.name:
                 # Remember the first name seen: later recycling shows as a change.
                 entry.identity = _Identity(name=record.name, submit_time=record.submit_time)
+            if self._awaits_exit_code(entry, record, now):
+                return None
             return record
         if job_id in answer.foreign:
             return JobRecord(
@@ -1151,6 +1188,23 @@ class Watcher:
                 last_state=restored.state,
             )
         return restored if restored is not current else None
+
+    def _awaits_exit_code(self, entry: _Entry, record: JobRecord, now: float) -> bool:
+        """Hold back an end the live view reports before the history has its exit code.
+
+        squeue shows a job ended before slurmdbd has recorded how; reporting the end at
+        once would leave every waiter without the exit code for good.
+        """
+        if not record.state.is_terminal or record.exit_code is not None:
+            return False
+        if not self.gateway.has_history or self.exit_code_grace <= 0:
+            return False
+        if entry.ended_at is None:
+            entry.ended_at = now
+        if now - entry.ended_at >= self.exit_code_grace:
+            return False
+        self._holding = True
+        return True
 
     @staticmethod
     def _restore(record: JobRecord) -> JobRecord:
@@ -1178,11 +1232,15 @@ class Watcher:
                     old, state=JobState.UNKNOWN, last_state=old.state, unknown_since=now
                 )
                 changes.append((job_id, old.state, entry.record, [*entry.callbacks]))
-            self._changed.notify_all()
         self._fire(changes)
         return bool(changes)
 
     def _fire(self, changes: list[tuple[str, JobState, JobRecord, list[ChangeCallback]]]) -> None:
+        """Run the callbacks (outside the lock), then wake the waiters.
+
+        Waiters wake last so that whatever a callback prints or records has happened
+        by the time :meth:`wait` returns.
+        """
         with self._lock:
             global_callbacks = list(self._global_callbacks)
         for job_id, old, new, callbacks in changes:
@@ -1191,6 +1249,8 @@ class Watcher:
                     callback(job_id, old, new)
                 except Exception:
                     log.exception("state-change callback %r failed for %s", callback, job_id)
+        with self._changed:
+            self._changed.notify_all()
 
 
 def describe(records: Mapping[str, JobRecord]) -> str:

@@ -396,3 +396,41 @@ def test_a_thousand_tracked_jobs_take_well_under_20_mb(
     assert len(watcher.tracked()) == 1000
     assert watcher.state("100_999") is JobState.RUNNING
     assert used < 20 * 2**20, f"{used / 2**20:.1f} MiB"
+
+
+def test_an_end_is_held_back_until_the_history_has_the_exit_code(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    fake_slurm.set_job("100", state="RUNNING")
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.poll()
+    # squeue already says FAILED; slurmdbd has not recorded the job's end yet.
+    fake_slurm.set_job("100", state="FAILED", exit="3:0", no_accounting=True)
+
+    watcher.poll()
+    held = watcher.state("100")
+    fake_slurm.set_job("100", no_accounting=False)
+    watcher.poll()
+
+    assert held is JobState.RUNNING
+    assert watcher.state("100") is JobState.FAILED
+    assert watcher.record("100").exit_code == 3
+
+
+def test_an_end_without_an_exit_code_is_reported_after_the_grace(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = gateway.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    watcher.configure(exit_code_grace=0)
+    fake_slurm.set_job("100", state="FAILED", exit="3:0", no_accounting=True)
+
+    watcher.poll()
+
+    assert watcher.state("100") is JobState.FAILED
+    assert watcher.record("100").exit_code is None

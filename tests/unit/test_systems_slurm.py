@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap.gateway import _fold_components
+from jobstrap.gateway import _find_record, _fold_components
 from jobstrap.states import JobState
 from jobstrap.systems.slurm import SYSTEM as SLURM
 from jobstrap.systems.slurm import expand_job_id, map_state, parse_exit_code
@@ -277,3 +277,32 @@ def test_the_site_s_max_array_size_is_read_from_scontrol() -> None:
 def test_cancel_and_signal_argv() -> None:
     assert SLURM.cancel_argv(["3_1", "4"]) == ["scancel", "3_1", "4"]
     assert SLURM.signal_argv(["4"], "USR1") == ["scancel", "--batch", "--signal=USR1", "4"]
+
+
+def test_an_array_cancelled_before_it_was_split_answers_for_its_tasks() -> None:
+    # All tasks still pending when cancelled: squeue and sacct name the array, not tasks.
+    live = SLURM.parse_status(golden("squeue_array_cancelled_unsplit.txt"))
+    past = SLURM.parse_history(golden("sacct_array_cancelled_unsplit.txt"))
+
+    for records in (live, past):
+        task = _find_record("130_2", records)
+        assert task is not None
+        assert task.job_id == "130_2"
+        assert task.state is JobState.CANCELLED
+
+
+def test_a_folded_cancelled_array_in_sacct_lists_every_task() -> None:
+    records = SLURM.parse_history(golden("sacct_array_cancelled_folded.txt"))
+
+    assert {j: r.state for j, r in records.items()} == {
+        f"105_{i}": JobState.CANCELLED for i in range(3)
+    }
+    assert records["105_0"].nodes == ""
+
+
+def test_a_rejection_for_memory_still_leaves_a_failed_record() -> None:
+    # Slurm 22.05 refuses the job yet keeps a FAILED record (BadConstraints) in squeue.
+    record = SLURM.parse_status(golden("squeue_rejected_memory_record.txt"))["97"]
+
+    assert record.state is JobState.FAILED
+    assert record.reason == "BadConstraints"
