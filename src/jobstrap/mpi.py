@@ -174,7 +174,10 @@ def initialize(
             host = choose_address(interface, peer=address, allow_loopback=single_host)
         except NetworkError as error:
             problem = str(error)
-    if any(comm.allgather(problem)):
+    failed = any(comm.allgather(problem))
+    if exit:
+        _release()
+    if failed:
         _stop(2, exit, problem)
 
     if rank == 1:
@@ -212,6 +215,15 @@ def send_close_signal() -> None:
 
 
 # ------------------------------------------------------------------------------ pieces
+
+
+def _release() -> None:
+    """Finalize MPI after the last collective (see ``World.release``): with exit=True no
+    rank needs MPI again, and a finalize at exit would hang every rank if one died."""
+    from mpi4py import MPI
+
+    if not MPI.Is_finalized():
+        MPI.Finalize()
 
 
 def _security(material: Any) -> Any:
@@ -277,7 +289,10 @@ def _scheduler(
         _stop(2, exit, error)
         return False
     logger.info("scheduler at %s", runner.address)
-    if any(comm.allgather(None)):
+    failed = any(comm.allgather(None))
+    if exit:
+        _release()
+    if failed:
         runner.finish(2, "a rank could not join (see above); stopping")
         code = runner.wait()
         if exit:

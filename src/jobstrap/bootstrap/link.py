@@ -95,7 +95,9 @@ class SchedulerLink:
         """Tell the scheduler the app ended with ``code``; return whether it answered."""
         self._stopping = True
         try:
-            return bool(self._call(self._send("jobstrap_done", code=code), timeout))
+            # Short: if the app shut the scheduler down itself, nobody will answer.
+            done = self._send("jobstrap_done", timeout=min(timeout, 5.0), code=code)
+            return bool(self._call(done, timeout))
         except Exception:
             return False
 
@@ -117,8 +119,8 @@ class SchedulerLink:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _send(self, op: str, **kwargs: Any) -> Any:
-        timeout = max(5.0, self.death_timeout / 2)
+    async def _send(self, op: str, timeout: float | None = None, **kwargs: Any) -> Any:
+        timeout = timeout or max(5.0, self.death_timeout / 2)
         async with scheduler_rpc(self.address, self.security, timeout) as scheduler:
             return await asyncio.wait_for(getattr(scheduler, op)(**kwargs), timeout)
 

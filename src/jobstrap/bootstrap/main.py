@@ -168,10 +168,12 @@ def _install_signal_handlers(handler: Callable[[int, FrameType | None], None]) -
 def _run_mpi(options: Options) -> int:
     world = discover_world(use_mpi=True)
     configure_logging(world.rank)
-    speaker = world.rank == 0 or not world.uses_mpi  # one copy of shared messages
+    if world.warning and world.rank == 0:
+        say(world.warning)
+    error: str | None = None
+    run: RunDir | None = None
+    security: Any = None
     try:
-        if world.warning and world.rank == 0:
-            say(world.warning)
         hint = None
         if world.size == 1 and in_slurm_batch_script(os.environ):
             hint = "this runs in the batch script itself: launch it with srun --mpi=pmi2"
@@ -189,10 +191,11 @@ def _run_mpi(options: Options) -> int:
             raise UserError("bootstrap: mpi mode needs an app: ... -- app.py [args] | -m module")
         run = _open_run(options)
         security = _security(options, run)
-    except UserError as error:
-        if speaker:
-            say(str(error))
+    except UserError as exc:
+        error = str(exc)
+    if _any_rank_failed(world, error, run):
         return 2
+    assert run is not None
 
     single_host = _single_host(world)
     role = role_of(world.rank, client_on_scheduler_rank=options.client_on_scheduler_rank)
@@ -200,6 +203,27 @@ def _run_mpi(options: Options) -> int:
     if role in (Role.SCHEDULER, Role.SCHEDULER_AND_CLIENT):
         return _scheduler_rank(options, world, run, security, single_host, role)
     return _other_rank(options, world, run, security, single_host, role)
+
+
+def _any_rank_failed(world: World, error: str | None, run: RunDir | None) -> bool:
+    """Agree on setup errors, so no rank waits in a collective for one that gave up.
+
+    Each distinct message is printed once: by rank 0, or by a rank whose problem
+    differs from rank 0's (e.g. a run directory missing on one node only).
+    """
+    if world.uses_mpi and world.size > 1:
+        errors = world.allgather(error)
+        if not any(errors):
+            return False
+        if error and (world.rank == 0 or error != errors[0]):
+            say(error)
+        return True
+    if error is None:
+        return False
+    say(error)
+    if world.rank == 0 and world.size > 1 and run is not None:
+        _publish_error(run, world, error)  # ranks coordinated by files stop waiting
+    return True
 
 
 def _scheduler_rank(
@@ -225,6 +249,9 @@ def _scheduler_rank(
         error = str(exc)
     except OSError as exc:
         error = f"the scheduler could not start: {exc}"
+    except Exception as exc:  # a bug must not leave the other ranks waiting for us
+        logger.exception("the scheduler could not start")
+        error = f"the scheduler could not start: {type(exc).__name__}: {exc}"
 
     if world.uses_mpi:
         world.bcast({"address": None if error else runner.address, "error": error})  # type: ignore[union-attr]
@@ -241,6 +268,7 @@ def _scheduler_rank(
 
     if world.uses_mpi:
         problems = [p for p in world.allgather(None) if p]
+        world.release()
         if problems:
             # Each failing rank printed its own reason; stop everything now rather
             # than run with a cluster that is missing pieces.
@@ -315,7 +343,9 @@ def _other_rank(
             problem = str(exc)
             say(problem)
     if world.uses_mpi:
-        if any(world.allgather(problem)):
+        failed = any(world.allgather(problem))
+        world.release()
+        if failed:
             return 2
     elif problem:
         return 2

@@ -82,6 +82,22 @@ class World:
         assert self.comm is not None
         return list(self.comm.allgather(value))
 
+    def release(self) -> None:
+        """Finalize MPI now that the bootstrap's collectives are done.
+
+        MPI_Finalize waits for every rank (MPICH does a PMI barrier). Left to
+        mpi4py's exit hook, it would make every surviving rank of a run that
+        lost one hang at exit until the walltime; called here, while all ranks
+        are alive and in step, it returns at once. The app cannot use MPI
+        afterwards; Dask does not need it.
+        """
+        if self.comm is None:
+            return
+        from mpi4py import MPI
+
+        if not MPI.Is_finalized():
+            MPI.Finalize()
+
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:
     value = environ.get(name, "").strip()
