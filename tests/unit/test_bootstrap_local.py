@@ -1009,3 +1009,39 @@ def test_the_batch_app_example_runs_in_batch_mode(run: RunDir) -> None:
     assert "2 workers:" in launch.stdout
     assert "mean of diag(X X^T) for n=400" in launch.stdout
     assert_quiet(launch)
+
+
+def test_ctrl_c_under_mpiexec_stops_the_run_in_order_with_130(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(
+        tmp_path,
+        """\
+        import time
+        from distributed import Client
+        with Client() as client:
+            print("running", flush=True)
+            time.sleep(600)
+        """,
+    )
+    proc = subprocess.Popen(
+        [str(MPIEXEC), "-n", "4", *bootstrap_argv(run), "--", str(app)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the app runs (or the launch died)
+        proc.send_signal(signal.SIGINT)  # mpiexec passes Ctrl-C to every process
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert first.strip() == "running", err
+    assert proc.returncode == 130, out + err
+    # The app's own KeyboardInterrupt, as `python app.py` would show it; nothing else.
+    assert err.count("Traceback") == 1, err
+    assert "KeyboardInterrupt" in err
+    assert "CommClosedError" not in err

@@ -157,8 +157,11 @@ def _publish_error(run: RunDir, world: World, message: str) -> None:
         )
 
 
-def _install_signal_handlers(handler: Callable[[int, FrameType | None], None]) -> None:
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+def _install_signal_handlers(
+    handler: Callable[[int, FrameType | None], None],
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR1),
+) -> None:
+    for signum in signals:
         signal.signal(signum, handler)
 
 
@@ -295,14 +298,16 @@ def _scheduler_rank(
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal terms
         name = signal.Signals(signum).name
-        if signum == signal.SIGTERM:
+        if signum in (signal.SIGTERM, signal.SIGINT):
             terms += 1
             if terms > 1:
                 runner.finish(128 + signum, f"{name} again: stopping the run")
                 return
         logger.info("%s: the app has been told to wind down", name)
 
-    _install_signal_handlers(on_signal)
+    # Ctrl-C under mpiexec reaches every rank: the app (rank 1) ends with 130 and
+    # the run stops in order; here SIGINT only counts like SIGTERM.
+    _install_signal_handlers(on_signal, (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
     return runner.wait()
 
 

@@ -70,10 +70,31 @@ class HeadlessScheduler(Scheduler):
         _no_http_server(self, routes)
 
 
+def _leave_signals_to_the_nanny() -> None:
+    """In a nanny's worker process, ignore the batch system's signals.
+
+    Slurm signals every process of a step and Ctrl-C under mpiexec reaches the
+    whole process group, so worker processes get SIGTERM/SIGINT/SIGUSR1 along
+    with their rank. Their nanny (the rank) drains or closes them in order; dying
+    on their own would print tracebacks and make the nanny restart them. The
+    nanny never relies on these signals itself: it stops a worker through its
+    control queue and, if need be, SIGKILL.
+    """
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return  # not a nanny's child: the rank's own handlers apply
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class BatchWorker(Worker):
     """A worker the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _leave_signals_to_the_nanny()
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
 
@@ -482,7 +503,9 @@ async def serve_workers(
             for nanny in nannies:
                 spawn(nanny.close(reason="jobstrap: signal"))
 
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    # SIGINT too: Ctrl-C under mpiexec reaches every rank, and a worker rank should
+    # leave in order rather than die with a KeyboardInterrupt traceback.
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             loop.add_signal_handler(signum, drain, signal.Signals(signum).name)
 
