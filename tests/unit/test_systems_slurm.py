@@ -69,6 +69,11 @@ def test_a_socket_timeout_is_worth_retrying() -> None:
     assert SLURM.is_transient_error(golden("squeue_socket_timeout.txt"))
 
 
+def test_a_stopped_controller_is_worth_retrying() -> None:
+    # Recorded while slurmctld was stopped on the test cluster.
+    assert SLURM.is_transient_error(golden("squeue_controller_down.txt"))
+
+
 def test_submit_argv_passes_the_profile_s_extra_arguments_before_the_script() -> None:
     from jobstrap.spec import JobSpec, Role
 
