@@ -582,6 +582,7 @@ class JobFuture:
         self._run = RunDir(self.run_dir)
         self._poll_interval = float(poll_interval or _profile_poll(record) or 5)
         self._terminal_since: float | None = None
+        self._terminal_damage = ""
         self._outcome: _Outcome | None = None
         self._last_poke = 0.0
         if self.job_ids:
@@ -708,7 +709,11 @@ class JobFuture:
         now = time.monotonic()
         if self._terminal_since is None:
             self._terminal_since = now
-        expected = record.state in (JobState.COMPLETED, JobState.FAILED)
+            self._terminal_damage = self._damaged()
+        # A file that is missing may only be invisible yet (NFS caches negative lookups
+        # for up to a minute); one that is there but damaged will not heal by waiting.
+        ended_normally = record.state in (JobState.COMPLETED, JobState.FAILED)
+        expected = ended_normally and not self._terminal_damage
         grace = _RESULT_GRACE.get(self.system, _DEFAULT_RESULT_GRACE) if expected else _SHORT_GRACE
         if now - self._terminal_since < grace:
             return None  # the result file may still be on its way through the file system
