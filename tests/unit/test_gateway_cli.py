@@ -367,3 +367,29 @@ def test_the_commands_are_documented() -> None:
         done = jobstrap(command, "--help")
         assert done.returncode == 0
         assert "Usage: jobstrap " + command in done.stdout
+
+
+def test_a_run_whose_submitter_died_mid_submit_is_found_by_its_tag(
+    home: Path, fake_slurm: FakeSlurm
+) -> None:
+    record = save_run("run-a", home, [])
+    registry.update("run-a", status="submitting", profile={"resolved": {"job_name": "jobstrap"}})
+    add_job(fake_slurm, "100", name=f"jobstrap-{record.tags[0]}", state="RUNNING")
+
+    done = jobstrap("status", "run-a")
+
+    assert done.stdout.splitlines()[1].split()[:4] == ["run-a", "app", "100", "RUNNING"]
+    assert registry.load("run-a").job_ids == ["100"]
+    assert registry.load("run-a").status == "submitted"
+
+
+def test_cancel_reaches_the_jobs_of_a_run_whose_submitter_died(
+    home: Path, fake_slurm: FakeSlurm
+) -> None:
+    record = save_run("run-a", home, [])
+    registry.update("run-a", status="submitting", profile={"resolved": {"job_name": "jobstrap"}})
+    add_job(fake_slurm, "100", name=f"jobstrap-{record.tags[0]}", state="RUNNING")
+
+    jobstrap("cancel", "--all")
+
+    assert fake_slurm.jobs()["100"]["state"] == "CANCELLED"

@@ -37,6 +37,33 @@ def _ask(runs: Sequence[RunRecord]) -> tuple[dict[str, JobRecord], list[str]]:
     return found, errors
 
 
+def _recover(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """Find the jobs of runs whose submitter died before it could save their ids.
+
+    Such a run is saved as ``submitting`` with its tag; the job name is
+    ``<job_name>-<tag>``, so the batch system can say which jobs are the run's.
+    """
+    recovered: list[RunRecord] = []
+    for run in runs:
+        job_name = (run.profile.get("resolved") or {}).get("job_name")
+        if run.status != "submitting" or run.job_ids or not run.tags or not job_name:
+            recovered.append(run)
+            continue
+        gateway = Gateway.for_system(run.system)
+        ids: list[str] = []
+        try:
+            for tag in run.tags:
+                argv = gateway.system.find_by_name_argv(f"{job_name}-{tag}")
+                ids += gateway.system.parse_find_by_name(gateway.run(argv).stdout)
+        except BatchCommandError:
+            recovered.append(run)  # cannot tell now; the next status asks again
+            continue
+        if ids:
+            run = registry.update(run.run_id, job_ids=ids, status="submitted")
+        recovered.append(run)
+    return recovered
+
+
 def _is_ours(run: RunRecord, record: JobRecord) -> bool:
     """Does the batch system's job behind this id still carry the run's tag?"""
     return not record.name or any(record.name.endswith(tag) for tag in run.tags)
@@ -72,6 +99,7 @@ def status(runs: tuple[str, ...]) -> None:
     if not records:
         click.echo(f"no runs saved in {registry.registry_dir()}")
         return
+    records = _recover(records)
     found, errors = _ask(records)
     for message in errors:
         click.echo(f"warning: {message}", err=True)
@@ -92,9 +120,10 @@ def cancel(runs: tuple[str, ...], everything: bool) -> None:
     if everything == bool(runs):
         raise click.UsageError("name the runs to cancel, or pass --all (not both)")
     if everything:
-        records = [r for r in registry.list() if r.status == "submitted"]
+        records = [r for r in registry.list() if r.status in ("submitted", "submitting")]
     else:
         records = [registry.load(r) for r in runs]
+    records = _recover(records)
     if not records:
         click.echo("nothing to cancel")
         return
