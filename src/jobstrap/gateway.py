@@ -660,23 +660,19 @@ class Gateway:
                 else:
                     # A definite "no": the controller rejected the job and created nothing.
                     raise _rejected(argv, result)
-            if attempt >= policy.attempts or time.monotonic() - started >= policy.budget:
-                break
-            self._sleep(policy.delay(attempt))
             # Ambiguous: the controller may have taken the job before failing to answer.
+            # Give it a moment to show the job, then look (after the last attempt too).
+            self._sleep(policy.delay(attempt))
             found = self._find_new(name, known, argv)
             if found:
                 log.info("%s was submitted despite %s: %s", name, last, found)
                 return found
+            if time.monotonic() - started >= policy.budget:
+                break
         assert last is not None
-        raise SubmitError(
-            argv,
-            last.returncode,
-            last.stderr,
-            last.stdout,
-            transient=True,
-            reason=f"gave up after {attempt} attempts: {last}",
-        )
+        gave_up = SubmitError(argv, last.returncode, last.stderr, last.stdout, transient=True)
+        gave_up.args = (f"{last} (gave up after {attempt} attempts; no job {name} was queued)",)
+        raise gave_up
 
     def _find_new(self, name: str, known: set[str], argv: list[str]) -> str | None:
         """The base id of a job named ``name`` not among ``known``, or None."""
@@ -685,14 +681,9 @@ class Gateway:
         except BatchCommandError as error:
             # Neither "submitted" nor "not submitted" can be told: resubmitting could
             # double the job, so stop here and say so.
-            raise SubmitError(
-                argv,
-                error.returncode,
-                error.stderr,
-                error.stdout,
-                transient=True,
-                reason=f"cannot tell whether {name} was submitted: {error}",
-            ) from None
+            unsure = SubmitError(argv, error.returncode, error.stderr, error.stdout, transient=True)
+            unsure.args = (f"cannot tell whether job {name} was queued: {error}",)
+            raise unsure from None
         bases = {base_job_id(j) for j in self.system.parse_find_by_name(result.stdout)}
         new = sorted(bases - known, key=_id_order)
         return new[0] if new else None
