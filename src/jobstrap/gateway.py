@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
-from .errors import BatchCommandError, SubmitError
+from .errors import BatchCommandError, JobFailedError, SubmitError
 from .rundir import atomic_write_text
 from .spec import ArraySpec, JobSpec
 from .states import JobState
@@ -939,7 +939,7 @@ class Watcher:
         missing_grace: float | None = None,
         exit_code_grace: float | None = None,
     ) -> None:
-        """Change the timings (several users of one watcher: the shortest interval wins)."""
+        """Change the timings; the last call sets them for every user of this watcher."""
         with self._lock:
             if poll_interval is not None:
                 self.poll_interval = poll_interval
@@ -1035,17 +1035,24 @@ class Watcher:
     ) -> dict[str, JobRecord]:
         """Block until ``until(record)`` holds for every one of ``job_ids``.
 
-        Untracked ids are tracked first. Returns their records.
+        Untracked ids are tracked first (and a closed watcher polls again while
+        someone waits). Returns their records.
 
         Raises
         ------
         TimeoutError
             After ``timeout`` seconds, naming the states last seen.
+        JobFailedError
+            A job ended without ``until`` holding for it: an ended job never changes
+            again, so waiting longer could not help.
         """
         ids = list(dict.fromkeys(job_ids))
-        missing = [j for j in ids if j not in self._entries]
+        with self._lock:
+            missing = [j for j in ids if j not in self._entries]
         if missing:
             self.track(missing, started_by_us=False)
+        with self._lock:
+            self._start()
         self.poke()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -1056,6 +1063,9 @@ class Watcher:
                     raise KeyError(f"stopped tracking {' '.join(gone)} while waiting")
                 if all(until(r) for r in records.values()):
                     return records
+                for job_id, record in records.items():
+                    if record.state.is_terminal and not until(record):
+                        raise JobFailedError(job_id, record.state.value, detail=record.reason)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     seen = ", ".join(f"{j}={r.state}" for j, r in records.items())

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_gateway import FakeSlurm, fake_slurm, make_gateway, make_spec, run_dir
 
+from jobstrap.errors import JobFailedError
 from jobstrap.gateway import Gateway, Watcher
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
@@ -434,3 +435,29 @@ def test_an_end_without_an_exit_code_is_reported_after_the_grace(
 
     assert watcher.state("100") is JobState.FAILED
     assert watcher.record("100").exit_code is None
+
+
+def test_waiting_for_a_state_a_job_ended_without_fails_at_once(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+    watcher.track(submission.job_ids, name=submission.name)
+    fake_slurm.set_job("100", state="FAILED", exit="1:0")
+
+    with pytest.raises(JobFailedError, match="job 100 ended FAILED"):
+        watcher.wait(submission.job_ids, until=lambda r: r.state is JobState.RUNNING, timeout=30)
+
+
+def test_waiting_on_a_closed_watcher_polls_again(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    fake_slurm.set_job("100", state="COMPLETED")
+
+    records = watcher.wait(submission.job_ids, timeout=30)
+
+    assert records["100"].state is JobState.COMPLETED
