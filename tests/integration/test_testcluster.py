@@ -283,6 +283,8 @@ def test_down_leaves_no_process_and_no_namespace_behind(testcluster: TestCluster
     ours = set(namespace_inodes().values())
     munged_file = STATE_ROOT / "run" / "munged.ours"
     munged = int(munged_file.read_text()) if munged_file.exists() else None
+    options_file = STATE_ROOT / "run" / "up-options"
+    options = options_file.read_text().split() if options_file.exists() else []
     spared = _self_and_ancestors()  # this session itself lives on head
 
     try:
@@ -290,23 +292,26 @@ def test_down_leaves_no_process_and_no_namespace_behind(testcluster: TestCluster
             [os.fspath(TESTCLUSTER), "down"], capture_output=True, text=True, timeout=120
         )
 
-        procs = {pid: p for pid, p in _running_processes().items() if pid not in spared}
-        in_our_namespaces = {pid: p for pid, p in procs.items() if p[2] in ours}
-        daemons = {
+        # Ours: anything inside the cluster's namespaces (daemons, slurmstepd, job
+        # processes, host keepers) plus the munged and MariaDB it started.  Other
+        # processes of the machine, including another cluster, are not.
+        leftovers = {
             pid: p
-            for pid, p in procs.items()
-            if p[0] in SLURM_DAEMONS
-            or (p[0] == "mariadbd" and str(STATE_ROOT) in p[1])
-            or pid == munged
-            or p[1].startswith("jobstrap-testcluster-")
+            for pid, p in _running_processes().items()
+            if pid not in spared
+            and (
+                p[2] in ours
+                or pid == munged
+                or (p[0] in {"mariadbd", *SLURM_DAEMONS} and str(STATE_ROOT) in p[1])
+                or p[1].split(" ")[0].endswith(f"@{STATE_ROOT}")
+            )
         }
         assert down.returncode == 0, down.stdout + down.stderr
         assert ours, "no namespaces were recorded before down"
-        assert in_our_namespaces == {}
-        assert daemons == {}
+        assert leftovers == {}
         assert not STATE_ROOT.exists()
         assert not Path("/etc/slurm/slurm.conf").exists()
     finally:
         # Leave the machine as we found it.  This session stays in the old head
         # namespace, which is why this test is ordered last.
-        subprocess.run([os.fspath(TESTCLUSTER), "up"], capture_output=True, timeout=300)
+        subprocess.run([os.fspath(TESTCLUSTER), "up", *options], capture_output=True, timeout=300)
