@@ -93,7 +93,7 @@ def compute_with_threads(code: str) -> Any:
 # --------------------------------------------------------------------------- methods
 
 
-def run_jobstrap(code: str, workdir: Path) -> tuple[float, Any]:
+def run_jobstrap(code: str, workdir: Path) -> tuple[float, Any, str]:
     import jobstrap
 
     graph = build(code)  # built before the clock starts, as with the others
@@ -102,10 +102,10 @@ def run_jobstrap(code: str, workdir: Path) -> tuple[float, Any]:
         graph, profile=PROFILE, nodes=NODES, memory=MEMORY, walltime=f"00:{WALLTIME_MIN:02d}:00"
     )
     value = future.result(timeout=900)
-    return time.perf_counter() - started, value
+    return time.perf_counter() - started, value, future.job_id
 
 
-def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any]:
+def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any, str]:
     job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
     driver = job_dir / "driver.py"
     driver.write_text(DRIVER.format(code=code))
@@ -128,7 +128,9 @@ def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any]:
         )
     )
     started = time.perf_counter()
-    subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True)
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True
+    )
     delay = POLL_START
     deadline = started + 900
     while not result.exists():
@@ -138,10 +140,10 @@ def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any]:
         delay = min(POLL_MAX, delay * 1.5)
     with open(result, "rb") as handle:
         value = pickle.load(handle)
-    return time.perf_counter() - started, value
+    return time.perf_counter() - started, value, submitted.stdout.strip().split(";")[0]
 
 
-def run_submitit(code: str, workdir: Path) -> tuple[float, Any]:
+def run_submitit(code: str, workdir: Path) -> tuple[float, Any, str]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=workdir / "submitit" / "%j")
@@ -157,14 +159,43 @@ def run_submitit(code: str, workdir: Path) -> tuple[float, Any]:
     started = time.perf_counter()
     job = executor.submit(compute_with_threads, code)
     value = job.result()
-    return time.perf_counter() - started, value
+    return time.perf_counter() - started, value, str(job.job_id)
 
 
-METHODS: dict[str, Callable[[str, Path], tuple[float, Any]]] = {
+METHODS: dict[str, Callable[[str, Path], tuple[float, Any, str]]] = {
     "jobstrap": run_jobstrap,
     "sbatch+dask-mpi": run_dask_mpi,
     "submitit": run_submitit,
 }
+
+
+def queue_wait(job_id: str, timeout: float = 60.0) -> float | None:
+    """Seconds the job waited in the queue (Slurm's Start - Submit, 1 s resolution).
+
+    The cluster is shared: other people's jobs can hold a run back. Subtracting the
+    wait leaves what each method itself costs.
+    """
+    from datetime import datetime
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "Submit,Start"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        line = done.stdout.strip().splitlines()[:1]
+        if line and "|" in line[0]:
+            submit, start = line[0].split("|", 1)
+            try:
+                return (
+                    datetime.fromisoformat(start) - datetime.fromisoformat(submit)
+                ).total_seconds()
+            except ValueError:
+                pass  # "Unknown" until slurmdbd has the start
+        time.sleep(1)
+    return None
 
 
 # ----------------------------------------------------------------------------- main
@@ -183,12 +214,16 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _summary(seconds: list[float]) -> dict[str, Any]:
+def _summary(seconds: list[float], waits: list[float | None]) -> dict[str, Any]:
+    net = [s - (w or 0.0) for s, w in zip(seconds, waits, strict=True)]
     return {
         "seconds": [round(s, 3) for s in seconds],
         "median": round(statistics.median(seconds), 3),
         "min": round(min(seconds), 3),
         "max": round(max(seconds), 3),
+        "queue_wait": waits,
+        "without_queue_wait": [round(n, 3) for n in net],
+        "median_without_queue_wait": round(statistics.median(net), 3),
     }
 
 
@@ -211,28 +246,40 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = args.scenario or list(SCENARIOS)
     raw: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    waits: dict[str, dict[str, list[float | None]]] = {
+        s: {m: [] for m in METHODS} for s in scenarios
+    }
     values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
     for round_number in range(args.repeats):
         for scenario in scenarios:
             code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
             for method, run in METHODS.items():
-                seconds, value = run(code, workdir)
+                seconds, value, job_id = run(code, workdir)
+                wait = queue_wait(job_id)
                 raw[scenario][method].append(seconds)
+                waits[scenario][method].append(wait)
                 values[scenario][method] = float(value)
                 print(
-                    f"round {round_number + 1} {scenario:17} {method:16} {seconds:7.2f} s",
+                    f"round {round_number + 1} {scenario:17} {method:16} {seconds:7.2f} s"
+                    f" (queued {wait} s)",
                     flush=True,
                 )
 
     results: dict[str, Any] = {}
     for scenario in scenarios:
-        summary = {m: _summary(raw[scenario][m]) for m in METHODS}
+        summary = {m: _summary(raw[scenario][m], waits[scenario][m]) for m in METHODS}
         ours = summary["jobstrap"]["median"]
+        ours_net = summary["jobstrap"]["median_without_queue_wait"]
         checks = list(values[scenario].values())
         results[scenario] = {
             "methods": summary,
             "ratio_of_medians": {
                 f"jobstrap/{m}": round(ours / summary[m]["median"], 3)
+                for m in METHODS
+                if m != "jobstrap"
+            },
+            "ratio_of_medians_without_queue_wait": {
+                f"jobstrap/{m}": round(ours_net / summary[m]["median_without_queue_wait"], 3)
                 for m in METHODS
                 if m != "jobstrap"
             },
