@@ -302,3 +302,29 @@ def test_a_dead_scheduler_rank_ends_the_job_within_the_death_timeout(
     assert "scheduler killed" in log
     assert "unreachable for 30 s" in log
     assert row["State"] == "FAILED", log  # ended by the bootstrap, not by the walltime
+
+
+def test_sigusr1_from_slurm_reaches_the_apps_drain_hook(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    app = """\
+    from distributed import Client
+    from jobstrap.bootstrap import drain_reason, on_drain, wait_for_drain
+
+    on_drain(lambda: print("drain callback ran", flush=True))
+    with Client() as client:
+        print("waiting for drain", flush=True)
+        heard = wait_for_drain(240)
+    print("drain heard", heard, drain_reason(), flush=True)
+    """
+    job, run = submit_bootstrap(testcluster, shared_scratch, app)
+    testcluster.wait_for(lambda: "waiting for drain" in job.read_output(), JOB_TIMEOUT, "the app")
+
+    testcluster.on(testcluster.login_host, ["scancel", "--signal=USR1", job.job_id], check=True)
+    row, log = finished(testcluster, job)
+
+    assert "drain heard True SIGUSR1" in log
+    assert "drain callback ran" in log
+    assert run.drain_file.read_text().startswith("SIGUSR1")
+    assert row["State"] == "COMPLETED", log
+    assert "Traceback" not in log

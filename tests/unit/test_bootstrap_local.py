@@ -1045,3 +1045,43 @@ def test_ctrl_c_under_mpiexec_stops_the_run_in_order_with_130(run: RunDir, tmp_p
     assert err.count("Traceback") == 1, err
     assert "KeyboardInterrupt" in err
     assert "CommClosedError" not in err
+
+
+def test_scheduler_mode_stops_by_itself_after_the_idle_timeout(run: RunDir) -> None:
+    result = subprocess.run(
+        bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard", "--idle-timeout", "2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert run.read_info().scheduler_address.startswith("tls://")
+    assert "Traceback" not in result.stderr
+
+
+def test_workers_mode_lifetime_retires_the_workers_and_ends_the_rank(run: RunDir) -> None:
+    scheduler = subprocess.Popen(
+        bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        workers = subprocess.run(
+            bootstrap_argv(run, "--mode", "workers", "--lifetime", "3"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+        )
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.communicate(timeout=60)
+
+    assert workers.returncode == 0, workers.stderr
+    assert "lifetime" in workers.stderr.lower()
+    assert "Traceback" not in workers.stderr
