@@ -528,5 +528,5 @@ def shared_scratch(request: pytest.FixtureRequest) -> Iterator[Path]:
     path = new_shared_dir(request.node.name)
     yield path
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.passed:
+    if report is not None and not report.failed:
         shutil.rmtree(path, ignore_errors=True)
