@@ -522,8 +522,8 @@ def new_shared_dir(name: str) -> Path:
 def shared_scratch(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A fresh shared directory (see :func:`new_shared_dir`) for one test.
 
-    Removed after a passing test, kept after a failure so job scripts and logs
-    can be read.
+    Removed after a test that passed or was skipped, kept after a failure so job
+    scripts and logs can be read.
     """
     path = new_shared_dir(request.node.name)
     yield path
