@@ -60,6 +60,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from dask.utils import format_bytes
 from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.adaptive import Adaptive as _Adaptive
@@ -88,6 +89,7 @@ from .rundir import RunDir, SchedulerInfo, default_run_root, new_run_id
 from .spec import JobSpec, new_tag, scheduler_job
 from .states import JobState
 from .systems import JobRecord, get_system
+from .units import format_walltime_slurm
 
 __all__ = [
     "BatchCluster",
@@ -297,6 +299,18 @@ def _cancel_orphans(system: str, active: set[str], lock: threading.Lock) -> None
         logger.error("could not cancel jobs %s: %s", " ".join(ids), error)
 
 
+def _weak_callback(cluster: BatchCluster) -> Callable[[str, JobState, JobRecord], None]:
+    """A watcher callback that does not keep the cluster alive (the watcher is global)."""
+    ref = weakref.ref(cluster)
+
+    def on_change(job_id: str, old: JobState, record: JobRecord) -> None:
+        target = ref()
+        if target is not None:
+            target._on_change(job_id, old, record)
+
+    return on_change
+
+
 _LIVE: weakref.WeakSet[BatchCluster] = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
@@ -408,6 +422,7 @@ class BatchCluster(SpecCluster):
         self._tasks: set[asyncio.Future[Any]] = set()
         self._active_ids: set[str] = set()
         self._active_lock = threading.Lock()
+        self._watch_callback = _weak_callback(self)
         self._finalizer = weakref.finalize(
             self, _cancel_orphans, self.profile.system, self._active_ids, self._active_lock
         )
@@ -849,7 +864,7 @@ class BatchCluster(SpecCluster):
         self._add_active(submission.job_ids)
         watcher = self._gateway.watcher
         watcher.configure(poll_interval=self.profile.poll_interval)
-        watcher.track(submission.job_ids, on_change=self._on_change, name=submission.name)
+        watcher.track(submission.job_ids, on_change=self._watch_callback, name=submission.name)
         self._register()
         return names, submission.job_ids
 
@@ -863,6 +878,7 @@ class BatchCluster(SpecCluster):
         except SubmitError as error:
             for name in provisional:
                 self.worker_spec.pop(name, None)
+            self._explain_refusal(error)
             self._submission_refused(error)
             raise
         orphans: list[str] = []
@@ -992,6 +1008,21 @@ class BatchCluster(SpecCluster):
                 f"{failure}\n(failure {self._consecutive_failures} of at most"
                 f" {self.profile.max_failures} in a row; submitting a replacement)"
             )
+
+    def _explain_refusal(self, error: SubmitError) -> None:
+        """Add what was asked for: the batch system's words rarely say which part it was."""
+        spec = self._worker_spec("js0")
+        asked = [f"{spec.nodes} node(s)", f"{spec.cpus_per_task} CPUs"]
+        if spec.memory is not None:
+            asked.append(f"memory {format_bytes(spec.memory)} per node")
+        asked.append(f"walltime {format_walltime_slurm(spec.walltime)}")
+        if spec.queue:
+            asked.append(f"queue {spec.queue}")
+        if spec.account:
+            asked.append(f"account {spec.account}")
+        add_note = getattr(error, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"each worker job asked for: {', '.join(asked)}")
 
     def _submission_refused(self, error: SubmitError) -> None:
         """A refused submission under adapt would repeat every interval: stop adapting."""

@@ -1,0 +1,138 @@
+"""Notebook clusters on the local backend: real jobs (process groups run by
+``jobstrap.localq``), a real scheduler and real workers, no batch system needed.
+
+These run anywhere (laptop, CI, the test cluster's head); each test's jobs live in
+a private spool directory so nothing is shared with other runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from jobstrap import LocalBatchCluster
+from jobstrap.cluster import ClusterFailedError
+from jobstrap.gateway import Gateway
+from jobstrap.states import JobState
+
+SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
+
+
+@pytest.fixture(autouse=True)
+def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool and run root of this test's own (also for subprocesses)."""
+    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
+        time.sleep(0.1)
+
+
+def live(job_ids: list[str]) -> dict[str, JobState]:
+    records = Gateway.for_system("local").status(job_ids)
+    return {j: r.state for j, r in records.items() if r.state.is_active}
+
+
+def test_local_jobs_scale_up_compute_and_scale_down() -> None:
+    with LocalBatchCluster(**SMALL) as cluster:
+        cluster.scale(jobs=2)
+        cluster.wait_for_workers(2, timeout=90)
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+
+        ids = list(cluster.jobs)
+        cluster.scale(jobs=1)
+
+        wait_until(lambda: len(live(ids)) == 1, 30, lambda: live(ids))
+        wait_until(lambda: len(cluster.scheduler_info["workers"]) == 1, 30, lambda: cluster.jobs)
+
+
+def test_a_job_of_two_worker_processes_brings_the_names_the_cluster_planned() -> None:
+    with LocalBatchCluster(cores=2, processes=2, memory="600MiB", poll_interval=1) as cluster:
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(2, timeout=90)
+
+        names = {w["name"] for w in cluster.scheduler_info["workers"].values()}
+        assert names == cluster.plan
+        (status,) = cluster.jobs.values()
+        assert set(status.workers) == names
+
+
+def test_a_bad_python_stops_the_cluster_with_the_reason() -> None:
+    with LocalBatchCluster(**SMALL, python="/nonexistent/python") as cluster:
+        cluster.scale(jobs=1)
+
+        with pytest.raises(ClusterFailedError, match="python not found"):
+            cluster.wait_for_workers(1, timeout=60)
+        assert cluster.failures[-1].state == "FAILED"
+        assert "/nonexistent/python" in cluster.failures[-1].stderr_tail
+
+
+def test_retire_job_with_replace_keeps_the_size_and_swaps_the_job() -> None:
+    with LocalBatchCluster(**SMALL) as cluster:
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(1, timeout=90)
+        (old,) = cluster.jobs
+
+        cluster.retire_job(old, replace=True)
+
+        wait_until(
+            lambda: len(cluster.jobs) == 1 and old not in cluster.jobs,
+            60,
+            lambda: cluster.jobs,
+        )
+        cluster.wait_for_workers(1, timeout=90)
+        wait_until(lambda: not live([old]), 30, lambda: live([old]))
+
+
+def test_job_callbacks_report_state_changes() -> None:
+    seen: list[tuple[str, JobState]] = []
+    with LocalBatchCluster(**SMALL) as cluster:
+        cluster.add_job_callback(lambda status: seen.append((status.job_id, status.state)))
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(1, timeout=90)
+
+        wait_until(lambda: any(s is JobState.RUNNING for _, s in seen), 30, lambda: seen)
+
+
+EXIT_WITHOUT_CLOSE = """
+from jobstrap import LocalBatchCluster
+cluster = LocalBatchCluster(cores=1, memory="300MiB", walltime="00:10:00", poll_interval=1)
+cluster.scale(jobs=2)
+cluster.wait_for_workers(2, timeout=90)
+print(" ".join(cluster.jobs), flush=True)
+# no close(): leaving the interpreter must cancel the jobs
+"""
+
+
+def test_leaving_the_interpreter_without_close_cancels_the_jobs(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(EXIT_WITHOUT_CLOSE))
+
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ),
+        check=False,
+    )
+
+    ids = done.stdout.split()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(ids) == 2
+    wait_until(lambda: not live(ids), 30, lambda: live(ids))
