@@ -93,24 +93,45 @@ def compute_with_threads(code: str) -> Any:
 # --------------------------------------------------------------------------- methods
 
 
-def run_jobstrap(code: str, workdir: Path) -> tuple[float, Any, str]:
+class RunFailedError(Exception):
+    """One run ended without a result; the message says how (kept in the report)."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+def run_jobstrap(code: str, workdir: Path, timeout: float) -> tuple[float, Any, str]:
     import jobstrap
+    from jobstrap.errors import JobFailedError
 
     graph = build(code)  # built before the clock starts, as with the others
     started = time.perf_counter()
     future = jobstrap.submit(
         graph, profile=PROFILE, nodes=NODES, memory=MEMORY, walltime=f"00:{WALLTIME_MIN:02d}:00"
     )
-    value = future.result(timeout=900)
+    try:
+        value = future.result(timeout=timeout)
+    except (JobFailedError, TimeoutError) as error:
+        future.cancel()
+        raise RunFailedError(str(error).splitlines()[0], future.job_id) from error
     return time.perf_counter() - started, value, future.job_id
 
 
-def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any, str]:
+def _in_queue(job_id: str) -> bool:
+    done = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+    # squeue fails for ids it has forgotten; only an answer without the job means "gone".
+    return done.returncode != 0 or bool(done.stdout.strip())
+
+
+def run_dask_mpi(code: str, workdir: Path, timeout: float) -> tuple[float, Any, str]:
     job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
     driver = job_dir / "driver.py"
     driver.write_text(DRIVER.format(code=code))
     result = job_dir / "result.pkl"
     script = job_dir / "job.sh"
+    # --kill-on-bad-exit: a rank that dies ends the step instead of leaving the
+    # others waiting for it until the walltime (what a careful hand would write).
     script.write_text(
         textwrap.dedent(
             f"""\
@@ -122,8 +143,8 @@ def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any, str]:
             #SBATCH --mem=1G
             #SBATCH --time={WALLTIME_MIN}
             #SBATCH --output={job_dir}/%j.out
-            srun --mpi=pmi2 {shlex.quote(sys.executable)} {shlex.quote(str(driver))} \\
-                {shlex.quote(str(result))}
+            srun --mpi=pmi2 --kill-on-bad-exit=1 {shlex.quote(sys.executable)} \\
+                {shlex.quote(str(driver))} {shlex.quote(str(result))}
             """
         )
     )
@@ -131,19 +152,27 @@ def run_dask_mpi(code: str, workdir: Path) -> tuple[float, Any, str]:
     submitted = subprocess.run(
         ["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True
     )
+    job_id = submitted.stdout.strip().split(";")[0]
     delay = POLL_START
-    deadline = started + 900
+    last_queue_check = started
     while not result.exists():
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"no result from the dask-mpi job in {job_dir}")
+        now = time.perf_counter()
+        if now - started > timeout:
+            subprocess.run(["scancel", job_id], check=False)
+            raise RunFailedError(f"no result after {timeout:g} s ({job_dir})", job_id)
+        if now - last_queue_check > 2.0:  # the same cadence as the testcluster profile's
+            last_queue_check = now
+            if not _in_queue(job_id) and not result.exists():
+                tail = (job_dir / f"{job_id}.out").read_text(errors="replace")[-300:]
+                raise RunFailedError(f"job ended without a result: ...{tail}", job_id)
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
     with open(result, "rb") as handle:
         value = pickle.load(handle)
-    return time.perf_counter() - started, value, submitted.stdout.strip().split(";")[0]
+    return time.perf_counter() - started, value, job_id
 
 
-def run_submitit(code: str, workdir: Path) -> tuple[float, Any, str]:
+def run_submitit(code: str, workdir: Path, timeout: float) -> tuple[float, Any, str]:
     import submitit
 
     executor = submitit.AutoExecutor(folder=workdir / "submitit" / "%j")
@@ -158,11 +187,20 @@ def run_submitit(code: str, workdir: Path) -> tuple[float, Any, str]:
     )
     started = time.perf_counter()
     job = executor.submit(compute_with_threads, code)
-    value = job.result()
+    # submitit's own wait: job.result() checks for the result file once a second.
+    while not job.done():
+        if time.perf_counter() - started > timeout:
+            job.cancel()
+            raise RunFailedError(f"no result after {timeout:g} s", str(job.job_id))
+        time.sleep(1)
+    try:
+        value = job.result()
+    except Exception as error:
+        raise RunFailedError(str(error).splitlines()[0], str(job.job_id)) from error
     return time.perf_counter() - started, value, str(job.job_id)
 
 
-METHODS: dict[str, Callable[[str, Path], tuple[float, Any, str]]] = {
+METHODS: dict[str, Callable[[str, Path, float], tuple[float, Any, str]]] = {
     "jobstrap": run_jobstrap,
     "sbatch+dask-mpi": run_dask_mpi,
     "submitit": run_submitit,
@@ -214,17 +252,35 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _summary(seconds: list[float], waits: list[float | None]) -> dict[str, Any]:
+def _summary(
+    seconds: list[float], waits: list[float | None], failures: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": len(seconds), "failures": failures}
+    if not seconds:
+        return out
     net = [s - (w or 0.0) for s, w in zip(seconds, waits, strict=True)]
-    return {
-        "seconds": [round(s, 3) for s in seconds],
-        "median": round(statistics.median(seconds), 3),
-        "min": round(min(seconds), 3),
-        "max": round(max(seconds), 3),
-        "queue_wait": waits,
-        "without_queue_wait": [round(n, 3) for n in net],
-        "median_without_queue_wait": round(statistics.median(net), 3),
-    }
+    out.update(
+        {
+            "seconds": [round(s, 3) for s in seconds],
+            "median": round(statistics.median(seconds), 3),
+            "min": round(min(seconds), 3),
+            "max": round(max(seconds), 3),
+            "queue_wait": waits,
+            "without_queue_wait": [round(n, 3) for n in net],
+            "median_without_queue_wait": round(statistics.median(net), 3),
+        }
+    )
+    return out
+
+
+def _ratios(summary: dict[str, dict[str, Any]], key: str) -> dict[str, float | None]:
+    ours = summary["jobstrap"].get(key)
+    ratios: dict[str, float | None] = {}
+    for method, data in summary.items():
+        if method != "jobstrap":
+            theirs = data.get(key)
+            ratios[f"jobstrap/{method}"] = round(ours / theirs, 3) if ours and theirs else None
+    return ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / ".testcluster" / "bench-batch")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=600.0,
+        help="seconds before one run counts as failed (and is cancelled)",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir.resolve()
@@ -249,12 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     waits: dict[str, dict[str, list[float | None]]] = {
         s: {m: [] for m in METHODS} for s in scenarios
     }
+    failures: dict[str, dict[str, list[str]]] = {s: {m: [] for m in METHODS} for s in scenarios}
     values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
     for round_number in range(args.repeats):
         for scenario in scenarios:
             code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
             for method, run in METHODS.items():
-                seconds, value, job_id = run(code, workdir)
+                try:
+                    seconds, value, job_id = run(code, workdir, args.run_timeout)
+                except RunFailedError as error:
+                    failures[scenario][method].append(f"job {error.job_id}: {error}")
+                    print(
+                        f"round {round_number + 1} {scenario:17} {method:16} FAILED: {error}",
+                        flush=True,
+                    )
+                    continue
                 wait = queue_wait(job_id)
                 raw[scenario][method].append(seconds)
                 waits[scenario][method].append(wait)
@@ -267,26 +338,19 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for scenario in scenarios:
-        summary = {m: _summary(raw[scenario][m], waits[scenario][m]) for m in METHODS}
-        ours = summary["jobstrap"]["median"]
-        ours_net = summary["jobstrap"]["median_without_queue_wait"]
+        summary = {
+            m: _summary(raw[scenario][m], waits[scenario][m], failures[scenario][m])
+            for m in METHODS
+        }
         checks = list(values[scenario].values())
         results[scenario] = {
             "methods": summary,
-            "ratio_of_medians": {
-                f"jobstrap/{m}": round(ours / summary[m]["median"], 3)
-                for m in METHODS
-                if m != "jobstrap"
-            },
-            "ratio_of_medians_without_queue_wait": {
-                f"jobstrap/{m}": round(ours_net / summary[m]["median_without_queue_wait"], 3)
-                for m in METHODS
-                if m != "jobstrap"
-            },
+            "ratio_of_medians": _ratios(summary, "median"),
+            "ratio_of_medians_without_queue_wait": _ratios(summary, "median_without_queue_wait"),
             "results_agree": all(
                 abs(v - checks[0]) <= 1e-6 * max(1.0, abs(checks[0])) for v in checks
             ),
-            "result": checks[0],
+            "result": checks[0] if checks else None,
         }
     ranks = f"{NODES} nodes x {TASKS_PER_NODE} ranks"
     report = {
