@@ -261,7 +261,8 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
 ) -> None:
     running = gateway.submit(job_spec(run_dir), count=2)
     watcher, _ = track(gateway, running)
-    watcher.wait(running.job_ids, until=lambda r: r.state is JobState.RUNNING, timeout=120)
+    # Queued or running, as the controller said (the cluster may be busy with others).
+    before = watcher.wait(running.job_ids, until=lambda r: bool(r.raw_state), timeout=60)
     late_spec = job_spec(run_dir, "sleep", "60")
     late: dict[str, Any] = {}
     # sbatch waits for a controller by itself; a short timeout kills it mid-call, which
@@ -289,7 +290,7 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
     _start_slurmctld()
     wait_until(
-        lambda: all(watcher.state(j) is JobState.RUNNING for j in running.job_ids),
+        lambda: all(watcher.state(j).is_active for j in running.job_ids),
         120,
         watcher.records,
     )
@@ -299,7 +300,7 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     assert impatient.calls["sbatch"] >= 2  # killed at least once during the outage
     assert outage_error is not None
     assert outage_error.transient
-    assert {r.last_state for r in unknown.values()} == {JobState.RUNNING}
+    assert {j: r.last_state for j, r in unknown.items()} == {j: r.state for j, r in before.items()}
     assert all(r.unknown_since is not None for r in unknown.values())
     assert "error" not in late, late.get("error")
     assert late["submission"].job_ids == jobs_named(late_spec.name + "-" + late_spec.tag)
