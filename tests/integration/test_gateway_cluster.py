@@ -262,7 +262,7 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     running = gateway.submit(job_spec(run_dir), count=2)
     watcher, _ = track(gateway, running)
     # Queued or running, as the controller said (the cluster may be busy with others).
-    before = watcher.wait(running.job_ids, until=lambda r: bool(r.raw_state), timeout=60)
+    watcher.wait(running.job_ids, until=lambda r: bool(r.raw_state), timeout=60)
     late_spec = job_spec(run_dir, "sleep", "60")
     late: dict[str, Any] = {}
     # sbatch waits for a controller by itself; a short timeout kills it mid-call, which
@@ -300,7 +300,8 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     assert impatient.calls["sbatch"] >= 2  # killed at least once during the outage
     assert outage_error is not None
     assert outage_error.transient
-    assert {j: r.last_state for j, r in unknown.items()} == {j: r.state for j, r in before.items()}
+    # The last state seen before the outage stays visible (queued or running).
+    assert all(r.last_state is not None and r.last_state.is_active for r in unknown.values())
     assert all(r.unknown_since is not None for r in unknown.values())
     assert "error" not in late, late.get("error")
     assert late["submission"].job_ids == jobs_named(late_spec.name + "-" + late_spec.tag)
