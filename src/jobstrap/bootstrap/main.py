@@ -418,6 +418,9 @@ def _client(
         env.update(tls_env(run))
     os.environ.update(env)
     dask.config.refresh()  # so a plain Client() in the app sees the address and TLS
+    # A drain file left by an earlier launch of this run (a requeued job) is stale.
+    with contextlib.suppress(FileNotFoundError):
+        run.drain_file.unlink()
 
     link = SchedulerLink(address, security, death_timeout=options.death_timeout)
     # Sharing the scheduler's process, the app cannot outlive it: no heartbeat needed.

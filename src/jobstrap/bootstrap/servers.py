@@ -98,6 +98,24 @@ class BatchWorker(Worker):
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
 
+    async def close(self, *args: Any, **kwargs: Any) -> Any:
+        """Close, saying why in one line, then without the echo of closing connections.
+
+        However it ends (told by the scheduler, lifetime, drain, lost scheduler),
+        a batch worker closes for good: a nanny restarts a *new* process. The
+        closing itself only produces noise, including a race in distributed's
+        worker process where a stop-queue thread logs a traceback at exit.
+        """
+        if self.status.name not in {"closing", "closed", "failed"}:
+            import logging
+
+            reason = kwargs.get("reason", "worker-close")
+            logging.getLogger("distributed.worker").info(
+                "Stopping worker at %s. Reason: %s", self.address_safe, reason
+            )
+            silence_for_shutdown()
+        return await super().close(*args, **kwargs)
+
 
 class BatchNanny(Nanny):
     """A nanny the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
@@ -123,6 +141,8 @@ class HeadlessWorker(BatchWorker):
 class _Outcome:
     code: int
     reason: str | None
+    #: The workers are unreachable: do not wait for them to say goodbye.
+    workers_lost: bool = False
 
 
 class SchedulerRunner:
@@ -168,6 +188,7 @@ class SchedulerRunner:
         self._finish: asyncio.Future[_Outcome] | None = None
         self.last_heartbeat: float | None = None
         self.client_checked_in = threading.Event()
+        self._last_worker_contact: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> str:
@@ -230,16 +251,23 @@ class SchedulerRunner:
             return outcome.code
 
     def watch_client(self, *, death_timeout: float, first_contact_timeout: float) -> None:
-        """Stop the run if the client rank never checks in or stops heart-beating."""
+        """Stop the run if the client rank never checks in or stops heart-beating.
+
+        Also stop it when every worker has been silent for ``death_timeout`` after
+        some had joined: in one allocation no worker comes back (each gives up on
+        its own after the same time), and a client with no workers would wait for
+        its results until the walltime (the scheduler's node cut off the network,
+        every worker rank killed).
+        """
         assert self.loop is not None
         asyncio.run_coroutine_threadsafe(
             self._watch_client(death_timeout, first_contact_timeout), self.loop
         )
 
     # ------------------------------------------------------------------- internals
-    def _set_finish(self, code: int, reason: str | None) -> None:
+    def _set_finish(self, code: int, reason: str | None, *, workers_lost: bool = False) -> None:
         if self._finish is not None and not self._finish.done():
-            self._finish.set_result(_Outcome(code, reason))
+            self._finish.set_result(_Outcome(code, reason, workers_lost))
 
     def _main(self) -> None:
         try:
@@ -284,7 +312,7 @@ class SchedulerRunner:
         await asyncio.wait([self._finish, finished], return_when=asyncio.FIRST_COMPLETED)
         # Not finished by us: closed from elsewhere (idle timeout, a client's shutdown()).
         outcome = self._finish.result() if self._finish.done() else _Outcome(0, None)
-        await shutdown_scheduler(scheduler)
+        await shutdown_scheduler(scheduler, timeout=0 if outcome.workers_lost else 30.0)
         return outcome
 
     def _heartbeat(self) -> str:
@@ -296,11 +324,41 @@ class SchedulerRunner:
         self._set_finish(int(code), None)
         return "ok"
 
+    def _workers_silent_for(self) -> float | None:
+        """Seconds since any worker was last heard from; None before the first joined.
+
+        A worker that left counts as silent since it left (``last_seen`` goes with
+        it), one that is still listed but unreachable since its last heartbeat.
+        """
+        from distributed.metrics import time as dask_time  # the clock last_seen is on
+
+        workers = list(self.scheduler.workers.values())
+        now = dask_time()
+        if workers:
+            self._last_worker_contact = max(ws.last_seen for ws in workers)
+        if self._last_worker_contact is None:
+            return None
+        return max(0.0, now - self._last_worker_contact)
+
     async def _watch_client(self, death_timeout: float, first_contact_timeout: float) -> None:
         started = time.monotonic()
         interval = max(0.2, min(2.0, death_timeout / 5))
+        checked = time.monotonic()
         while self._finish is not None and not self._finish.done():
             await asyncio.sleep(interval)
+            # After a stall of this event loop (a huge graph arriving), heartbeats wait
+            # unread in the sockets: judge the workers only once the loop is fluent.
+            fluent = time.monotonic() - checked < 2 * interval + 1
+            checked = time.monotonic()
+            silent = self._workers_silent_for()
+            if fluent and silent is not None and silent > death_timeout:
+                self._set_finish(
+                    1,
+                    f"no worker has been reachable for {silent:.0f} s (their ranks died or "
+                    "their nodes lost the network); stopping the run",
+                    workers_lost=True,
+                )
+                return
             now = time.monotonic()
             if self.last_heartbeat is None:
                 if now - started > first_contact_timeout:
@@ -322,10 +380,11 @@ async def shutdown_scheduler(scheduler: Any, timeout: float = 30.0) -> None:
 
     Workers that are told to close say goodbye and disconnect in order; closing
     the scheduler first instead makes every worker and client log a broken
-    connection. The noisy loggers are silenced first.
+    connection. The noisy loggers are silenced first. ``timeout=0`` skips the
+    goodbyes (the workers are unreachable: each attempt would only time out).
     """
     silence_for_shutdown()
-    if scheduler.status.name not in {"closing", "closed"}:
+    if scheduler.status.name not in {"closing", "closed"} and timeout > 0:
         # Workers and nannies run in other processes: ask them to be quiet too.
         quiet = {"op": "jobstrap_quiet"}
         with contextlib.suppress(Exception):
