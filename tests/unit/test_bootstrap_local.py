@@ -1099,3 +1099,50 @@ def test_a_drain_file_left_by_an_earlier_launch_is_not_a_drain(run: RunDir, tmp_
 
     assert launch.returncode == 0, launch.output
     assert "draining False" in launch.stdout
+
+
+def test_sigusr1_to_every_process_of_a_worker_rank_drains_it_without_tracebacks(
+    run: RunDir,
+) -> None:
+    # Slurm signals every process of a step: the rank, its worker processes and
+    # multiprocessing's helper processes alike.
+    scheduler = subprocess.Popen(
+        bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    workers = None
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        workers = subprocess.Popen(
+            bootstrap_argv(run, "--mode", "workers", "--worker-processes", "2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        import psutil
+
+        rank = psutil.Process(workers.pid)
+        wait_until(
+            lambda: len([c for c in rank.children() if "spawn_main" in " ".join(c.cmdline())]) >= 2,
+            120,
+            "the worker processes",
+        )
+        time.sleep(2)  # let the workers register
+        os.killpg(workers.pid, signal.SIGUSR1)
+        _, err = workers.communicate(timeout=120)
+    finally:
+        if workers is not None and workers.poll() is None:
+            os.killpg(workers.pid, signal.SIGKILL)
+            workers.communicate()
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.communicate(timeout=60)
+
+    assert workers.returncode == 0, err
+    assert "SIGUSR1: retiring" in err
+    assert "Traceback" not in err
+    assert "died unexpectedly" not in err

@@ -498,6 +498,41 @@ async def serve_workers(
         0 when the scheduler closed the workers (normal end) or they retired on a
         drain request; 1 when the scheduler vanished or the workers could not start.
     """
+    if options.nanny:
+        _start_resource_tracker_ignoring_sigusr1()
+    nannies: list[Any] = []  # nannies, or the workers themselves without nannies
+    # Handlers first: the batch system may signal while the workers still start.
+    loop = asyncio.get_running_loop()
+    state = {"lost": False, "drains": 0}
+    started = asyncio.Event()
+    tasks: set[asyncio.Future[Any]] = set()  # keep references until done
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def retire_once_started() -> None:
+        await started.wait()
+        await _retire(nannies, scheduler_address, options.security)
+
+    def drain(signame: str) -> None:
+        state["drains"] += 1
+        if state["drains"] == 1:
+            logger.info("%s: retiring this rank's workers gracefully", signame)
+            spawn(retire_once_started())
+        else:
+            logger.info("%s again: closing this rank's workers now", signame)
+            silence_for_shutdown()
+            for nanny in nannies:
+                spawn(nanny.close(reason="jobstrap: signal"))
+
+    # SIGINT too: Ctrl-C under mpiexec reaches every rank, and a worker rank should
+    # leave in order rather than die with a KeyboardInterrupt traceback.
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, drain, signal.Signals(signum).name)
+
     worker_kwargs: dict[str, Any] = dict(options.extra)
     if options.lifetime:
         worker_kwargs["lifetime"] = f"{options.lifetime}s"
@@ -510,7 +545,6 @@ async def serve_workers(
         "death_timeout": options.death_timeout,
         "security": options.security,
     }
-    nannies: list[Any] = []  # nannies, or the workers themselves without nannies
     for i in range(options.processes):
         name = options.names[i] if i < len(options.names) else None
         if options.nanny:
@@ -538,35 +572,10 @@ async def serve_workers(
         await asyncio.gather(*(n.close(reason="jobstrap: start failed") for n in nannies))
         return 1
     addresses = [_worker_address(n) for n in nannies]
+    started.set()
     logger.info("workers %s joined %s", ", ".join(addresses), scheduler_address)
     if on_started is not None:
         on_started(addresses)
-
-    loop = asyncio.get_running_loop()
-    state = {"lost": False, "drains": 0}
-    tasks: set[asyncio.Future[Any]] = set()  # keep references until done
-
-    def spawn(coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def drain(signame: str) -> None:
-        state["drains"] += 1
-        if state["drains"] == 1:
-            logger.info("%s: retiring this rank's workers gracefully", signame)
-            spawn(_retire(nannies, scheduler_address, options.security))
-        else:
-            logger.info("%s again: closing this rank's workers now", signame)
-            silence_for_shutdown()
-            for nanny in nannies:
-                spawn(nanny.close(reason="jobstrap: signal"))
-
-    # SIGINT too: Ctrl-C under mpiexec reaches every rank, and a worker rank should
-    # leave in order rather than die with a KeyboardInterrupt traceback.
-    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
-            loop.add_signal_handler(signum, drain, signal.Signals(signum).name)
 
     async def watchdog() -> None:
         interval = max(0.5, min(5.0, options.death_timeout / 4))
@@ -596,6 +605,26 @@ async def serve_workers(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     return 1 if state["lost"] else 0
+
+
+def _start_resource_tracker_ignoring_sigusr1() -> None:
+    """Start multiprocessing's resource tracker with SIGUSR1 ignored.
+
+    The first nanny starts the tracker, a helper process that ignores SIGINT and
+    SIGTERM but dies of SIGUSR1, which Slurm sends to every process of a step
+    (``--signal=USR1@...``, ``scancel --signal=USR1``). Relaunched, it prints a
+    KeyError traceback for every resource it never saw. An ignored disposition
+    survives exec, so starting it now, with SIGUSR1 ignored, keeps it alive.
+    """
+    from multiprocessing import resource_tracker
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _worker_address(server: Any) -> str:
