@@ -497,8 +497,7 @@ def test_missing_worker_interface_fails_every_rank_fast(run: RunDir, tmp_path: P
     )
 
     assert launch.returncode == 2
-    lines = [line for line in launch.stderr.splitlines() if "requested interface ib0" in line]
-    assert len(lines) == 2, launch.stderr  # one per worker rank
+    assert launch.stderr.count("requested interface ib0") == 2, launch.stderr  # per worker rank
     assert "workers" not in launch.stdout
 
 

@@ -60,7 +60,10 @@ def configure_logging(rank: int | None = None) -> None:
 
 def say(message: str) -> None:
     """Print one line to stderr, prefixed with this rank's identity, and flush."""
-    print(f"{_prefix}: {message}", file=sys.stderr, flush=True)
+    # One write of the whole line: ranks share the job log, and print() writes the
+    # text and the newline separately, so lines of different ranks could interleave.
+    sys.stderr.write(f"{_prefix}: {message}\n")
+    sys.stderr.flush()
 
 
 def silence_for_shutdown() -> None:
