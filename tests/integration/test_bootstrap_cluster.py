@@ -146,6 +146,24 @@ def test_interface_eth0_puts_scheduler_and_workers_on_eth0(
     assert host_of(run.read_info().scheduler_address) in eth0
 
 
+def test_workers_follow_a_scheduler_that_is_only_on_ethernet(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    # As with a scheduler on a login node without ib0: workers must listen where
+    # the scheduler can reach them, so "auto" picks the scheduler's network.
+    job, _run = submit_bootstrap(
+        testcluster, shared_scratch, REPORT_APP, options=("--scheduler-interface", "eth0")
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    eth0 = set(testcluster.eth0_addresses.values())
+    assert host_of(report["scheduler"]) in eth0
+    assert set(report["workers"].values()) <= eth0
+
+
 def test_app_exit_code_3_is_the_jobs_exit_code_in_sacct(
     testcluster: TestCluster, shared_scratch: Path
 ) -> None:

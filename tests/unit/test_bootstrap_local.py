@@ -872,6 +872,7 @@ def test_scheduler_mode_publishes_info_and_stops_on_sigterm(run: RunDir) -> None
     try:
         wait_until(run.info_file.exists, 120, "info.json")
         info = run.read_info()
+        proc.send_signal(signal.SIGUSR1)  # a walltime warning does not stop it
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
@@ -1145,3 +1146,41 @@ def test_sigusr1_to_every_process_of_a_worker_rank_drains_it_without_tracebacks(
     assert "SIGUSR1: retiring" in err
     assert "Traceback" not in err
     assert "died unexpectedly" not in err
+
+
+def test_workers_jobs_with_several_ranks_give_each_rank_its_own_names(run: RunDir) -> None:
+    scheduler = subprocess.Popen(
+        bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    ranks: list[subprocess.Popen[str]] = []
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        ranks = plain_ranks(2, bootstrap_argv(run, "--mode", "workers", "--name", "job7"))
+        address = run.read_info().scheduler_address
+        code = (
+            "import sys\n"
+            "from distributed import Client\n"
+            "from jobstrap.security import load_security\n"
+            "with Client(sys.argv[1], security=load_security(sys.argv[2])) as c:\n"
+            "    c.wait_for_workers(2, timeout=120)\n"
+            "    print(sorted(w['name'] for w in c.scheduler_info()['workers'].values()))\n"
+        )
+        names = subprocess.run(
+            [sys.executable, "-c", code, address, str(run)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=clean_env(),
+        )
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.communicate(timeout=60)
+        results = finish(ranks, timeout=120)
+
+    assert names.returncode == 0, names.stderr
+    assert names.stdout.strip() == "['job7-0', 'job7-1']"
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]

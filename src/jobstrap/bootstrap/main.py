@@ -520,7 +520,10 @@ def _run_workers_mode(options: Options) -> int:
         say(str(error))
         return 2
     # Names must be unique across the jobs of a cluster: job id (or host) and rank.
-    prefix = options.name or f"{_job_id() or world.hostname}-{world.rank}"
+    if options.name:
+        prefix = f"{options.name}-{world.rank}" if world.size > 1 else options.name
+    else:
+        prefix = f"{_job_id() or world.hostname}-{world.rank}"
     return _serve_workers(options, address, host, security, prefix)
 
 
@@ -558,6 +561,14 @@ def _run_scheduler_mode(options: Options) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         runner.finish(0, f"{signal.Signals(signum).name}: stopping the scheduler")
 
+    def on_warning(signum: int, _frame: FrameType | None) -> None:
+        # A walltime warning (--signal=USR1@...): the scheduler keeps serving until
+        # SIGTERM; its workers drain on their own signal.
+        logger.info(
+            "%s: the batch system warns of the end of this job", signal.Signals(signum).name
+        )
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_warning)
     return runner.wait()
