@@ -65,6 +65,7 @@ from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.adaptive import Adaptive as _Adaptive
 from distributed.deploy.spec import ProcessInterface, SpecCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler
 
@@ -283,6 +284,25 @@ class JobAdaptive(Adaptive):
         await self.cluster._scale_to(int(n))
 
 
+class _AdaptOnNewWork(SchedulerPlugin):
+    """Runs the adaptive loop as soon as work arrives instead of at its next tick.
+
+    Lives in the in-process scheduler; holds the cluster weakly. The first worker of
+    a burst is a whole adaptive interval sooner, and nothing else changes: the
+    loop's own decision (and its ``maximum``) still rules.
+    """
+
+    name = "jobstrap-adapt-on-new-work"
+
+    def __init__(self, cluster: BatchCluster) -> None:
+        self._cluster = weakref.ref(cluster)
+
+    def update_graph(self, scheduler: Any, **kwargs: Any) -> None:
+        cluster = self._cluster()
+        if cluster is not None:
+            cluster._adapt_soon()
+
+
 # --- orphan protection ------------------------------------------------------------------------
 
 
@@ -443,6 +463,9 @@ class BatchCluster(SpecCluster):
             )
         except BaseException:
             self._finalizer()
+            if not asynchronous:
+                with contextlib.suppress(Exception):
+                    self._loop_runner.stop()
             raise
         _LIVE.add(self)
 
@@ -524,6 +547,8 @@ class BatchCluster(SpecCluster):
         if self._placement == "job" and self.scheduler is None:
             self.scheduler = await self._start_scheduler_job()
         await super()._start()
+        if isinstance(self.scheduler, Scheduler):
+            self.scheduler.add_plugin(_AdaptOnNewWork(self))
         self._publish()
         initial = getattr(self, "_initial_jobs", 0)
         if initial:
@@ -1048,6 +1073,18 @@ class BatchCluster(SpecCluster):
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _adapt_soon(self) -> None:
+        """Run one round of the adaptive loop now (from the event loop's thread)."""
+        adaptive = self._adaptive
+        if adaptive is not None and getattr(adaptive, "state", None) == "running":
+            self._background(self._adapt_now(adaptive))
+
+    async def _adapt_now(self, adaptive: _Adaptive) -> None:
+        try:
+            await adaptive.adapt()
+        except Exception:  # the periodic round will try again; say why this one failed
+            logger.warning("adaptive scaling failed on new work", exc_info=True)
 
     def reset_failures(self) -> None:
         """Forget earlier failures so the cluster submits again (after fixing the cause)."""

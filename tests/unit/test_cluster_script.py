@@ -146,3 +146,13 @@ def test_bootstrap_worker_names_are_the_names_the_cluster_plans(nodes: int, proc
 
     assert named == worker_names(job, shape)
     assert {job_of_worker(n) for n in named} == {job}
+
+
+def test_workers_are_forked_by_their_nanny_unless_the_profile_says_otherwise() -> None:
+    default = script_of(name_jobs(spec_for(slurm_profile()), "c", 0)[0])
+    spawn = slurm_profile(env={"DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "spawn"})
+    chosen = script_of(name_jobs(spec_for(spawn), "c", 0)[0])
+
+    assert "export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork" in default
+    assert "MULTIPROCESSING_METHOD=fork" not in chosen
+    assert chosen.count("export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn") == 1

@@ -1,0 +1,297 @@
+"""Notebook clusters against dask-jobqueue 0.9.0: same Slurm cluster, same run.
+
+Run on the test cluster's login node::
+
+    scripts/testcluster on head .venv/bin/python bench/bench_cluster.py [--repeats 3]
+
+Measures, for jobstrap's ``SLURMCluster`` and dask-jobqueue's ``SLURMCluster`` with
+the same job shape (``cores=1``, ``memory=500MiB``: the test nodes are
+oversubscribed on purpose so a dozen workers fit):
+
+* **scale**: seconds from ``scale(jobs=N)`` to N connected workers, N = 2, 6, 12;
+* **adapt burst**: with ``adapt(minimum_jobs=0, maximum_jobs=3)`` and 60 one-second
+  tasks submitted at once: time to the first worker, time until every task is
+  done, and time from then until the cluster is back at its minimum (no workers,
+  no jobs);
+* **controller calls**: the batch commands each phase ran (``sbatch``, ``squeue``,
+  ``scancel``...), from jobstrap's gateway counter and a counting wrapper around
+  dask-jobqueue's command runner.
+
+The implementations alternate within every repeat (neither always goes first), the
+cluster is emptied between measurements, and medians are reported with the raw
+numbers in ``bench/results/cluster.json``. Timings are what they are on this
+machine (2 cores shared by three simulated nodes); the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cluster.json"
+SIZES = (2, 6, 12)
+BURST_TASKS = 60
+BURST_MAX_JOBS = 3
+JOB_SHAPE = {"cores": 1, "memory": "500MiB", "walltime": "00:20:00", "processes": 1}
+ADAPT = {"interval": "1s", "wait_count": 3}
+JOBSTRAP_NAME = "js-bench"
+JOBQUEUE_NAME = "jq-bench"
+
+_jobqueue_calls: Counter[str] = Counter()
+
+
+def _count_jobqueue_calls() -> None:
+    """Wrap dask-jobqueue's one command runner so its batch commands are counted."""
+    from dask_jobqueue.core import Job
+
+    original = Job._call
+
+    async def counted(cmd: list[str], **kwargs: Any) -> str:
+        _jobqueue_calls[cmd[0].rsplit("/", 1)[-1]] += 1
+        return await original(cmd, **kwargs)  # type: ignore[no-any-return]
+
+    Job._call = staticmethod(counted)  # type: ignore[assignment]
+
+
+class Contender:
+    """One implementation under test: its cluster and how to read its counters."""
+
+    def __init__(self, name: str, cluster: Any, calls: Callable[[], Counter[str]]) -> None:
+        self.name = name
+        self.cluster = cluster
+        self._calls = calls
+
+    def calls(self) -> Counter[str]:
+        return Counter(self._calls())
+
+    def workers(self) -> int:
+        return len(self.cluster.scheduler_info["workers"])
+
+    def plan(self) -> int:
+        return len(self.cluster.worker_spec)
+
+
+def make_jobstrap() -> Contender:
+    from jobstrap import SLURMCluster
+
+    cluster = SLURMCluster("testcluster", job_name=JOBSTRAP_NAME, **JOB_SHAPE)
+    return Contender("jobstrap", cluster, lambda: cluster.gateway.calls)
+
+
+def make_jobqueue(log_directory: Path) -> Contender:
+    from dask_jobqueue import SLURMCluster
+
+    _count_jobqueue_calls()
+    cluster = SLURMCluster(
+        queue="debug",
+        job_name=JOBQUEUE_NAME,
+        interface="ib0",
+        death_timeout=30,
+        python=sys.executable,
+        log_directory=str(log_directory),
+        **JOB_SHAPE,
+    )
+    return Contender("dask_jobqueue", cluster, lambda: _jobqueue_calls)
+
+
+def live_jobs(name: str) -> int:
+    """Jobs of ours Slurm still has (any state but ended), by job name prefix."""
+    out = subprocess.run(
+        ["squeue", "--noheader", "--array", "--format=%j"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return sum(1 for line in out.split() if line.startswith(name))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` every 20 ms; return when it held (``time.perf_counter``)."""
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def empty(contender: Contender, job_name: str) -> None:
+    """Scale to nothing and wait until no worker and no job is left."""
+    contender.cluster.scale(0)
+    wait_for(lambda: contender.workers() == 0, 120, f"{contender.name}: workers gone")
+    wait_for(lambda: live_jobs(job_name) == 0, 120, f"{contender.name}: jobs gone")
+
+
+def measure_scale(contender: Contender, job_name: str, jobs: int) -> dict[str, Any]:
+    empty(contender, job_name)
+    before = contender.calls()
+    start = time.perf_counter()
+    contender.cluster.scale(jobs=jobs)
+    submitted = time.perf_counter()
+    done = wait_for(lambda: contender.workers() >= jobs, 600, f"{contender.name}: {jobs} workers")
+    calls = contender.calls() - before
+    return {
+        "seconds": done - start,
+        "scale_call_seconds": submitted - start,
+        "calls": dict(calls),
+    }
+
+
+def measure_burst(contender: Contender, job_name: str) -> dict[str, Any]:
+    from distributed import Client
+
+    empty(contender, job_name)
+    cluster = contender.cluster
+    adaptive = cluster.adapt(minimum_jobs=0, maximum_jobs=BURST_MAX_JOBS, **ADAPT)
+    before = contender.calls()
+    peak = 0
+    try:
+        with Client(cluster) as client:
+            start = time.perf_counter()
+            futures = client.map(time.sleep, [1.0] * BURST_TASKS, pure=False)
+            first = wait_for(lambda: contender.workers() > 0, 600, "first worker")
+
+            def finished() -> bool:
+                nonlocal peak
+                peak = max(peak, contender.plan())
+                return all(f.done() for f in futures)
+
+            burst = wait_for(finished, 900, "burst done")
+            client.gather(futures)
+        back = wait_for(
+            lambda: contender.workers() == 0 and contender.plan() == 0,
+            300,
+            "back to the minimum",
+        )
+    finally:
+        adaptive.stop()
+    calls = contender.calls() - before
+    return {
+        "first_worker_seconds": first - start,
+        "burst_seconds": burst - start,
+        "back_to_minimum_seconds": back - burst,
+        "peak_jobs": peak,
+        "calls": dict(calls),
+    }
+
+
+@contextmanager
+def contenders(log_directory: Path) -> Iterator[list[Contender]]:
+    ours = make_jobstrap()
+    theirs = make_jobqueue(log_directory)
+    try:
+        yield [ours, theirs]
+    finally:
+        for contender in (ours, theirs):
+            try:
+                contender.cluster.close()
+            except Exception as error:  # report, keep closing the other one
+                print(f"closing {contender.name}: {error}", file=sys.stderr)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarise(raw: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]:
+    ours = median([r[key] for r in raw["jobstrap"]])
+    theirs = median([r[key] for r in raw["dask_jobqueue"]])
+    return {"jobstrap": ours, "dask_jobqueue": theirs, "ratio": ours / theirs if theirs else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import dask_jobqueue
+    import distributed
+
+    log_directory = Path.home() / ".jobstrap" / "bench-jobqueue-logs"
+    log_directory.mkdir(parents=True, exist_ok=True)
+    scale_raw: dict[int, dict[str, list[dict[str, Any]]]] = {
+        n: {"jobstrap": [], "dask_jobqueue": []} for n in SIZES
+    }
+    burst_raw: dict[str, list[dict[str, Any]]] = {"jobstrap": [], "dask_jobqueue": []}
+    names = {"jobstrap": JOBSTRAP_NAME, "dask_jobqueue": JOBQUEUE_NAME}
+
+    with contenders(log_directory) as pair:
+        for repeat in range(args.repeats):
+            order = pair if repeat % 2 == 0 else pair[::-1]
+            for jobs in SIZES:
+                for contender in order:
+                    result = measure_scale(contender, names[contender.name], jobs)
+                    scale_raw[jobs][contender.name].append(result)
+                    print(f"scale {jobs:2d} {contender.name:13s} {result}", flush=True)
+            for contender in order:
+                result = measure_burst(contender, names[contender.name])
+                burst_raw[contender.name].append(result)
+                print(f"burst    {contender.name:13s} {result}", flush=True)
+        for contender in pair:
+            empty(contender, names[contender.name])
+
+    scale = {str(n): {**summarise(scale_raw[n], "seconds"), "raw": scale_raw[n]} for n in SIZES}
+    burst = {
+        key: summarise(burst_raw, key)
+        for key in ("first_worker_seconds", "burst_seconds", "back_to_minimum_seconds")
+    }
+    burst["raw"] = burst_raw  # type: ignore[assignment]
+    sbatch_per_scale_up = {
+        str(n): [r["calls"].get("sbatch", 0) for r in scale_raw[n]["jobstrap"]] for n in SIZES
+    }
+    results = {
+        "benchmark": "notebook cluster: jobstrap SLURMCluster vs dask-jobqueue SLURMCluster",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": {
+            "python": platform.python_version(),
+            "distributed": distributed.__version__,
+            "dask_jobqueue": dask_jobqueue.__version__,
+            "machine": f"{platform.machine()}, {_cpus()} CPUs shared by the test cluster",
+            "job_shape": JOB_SHAPE,
+            "adapt": {**ADAPT, "minimum_jobs": 0, "maximum_jobs": BURST_MAX_JOBS},
+            "repeats": args.repeats,
+            "notes": (
+                "jobstrap: TLS with per-cluster certificates (its default); dask-jobqueue:"
+                " plain TCP (its default), interface ib0. jobstrap's calls include the"
+                " watcher's squeue polls; dask-jobqueue never asks for job states."
+            ),
+        },
+        "scale_to_workers_seconds": scale,
+        "adapt_burst": burst,
+        "jobstrap_sbatch_calls_per_scale_up": sbatch_per_scale_up,
+        "targets": {
+            "scale_12_ratio_at_most": 0.6,
+            "scale_12_ratio": scale["12"]["ratio"],
+            "first_worker_ratio_at_most": 0.7,
+            "first_worker_ratio": burst["first_worker_seconds"]["ratio"],
+            "one_sbatch_per_scale_up": all(
+                c == 1 for calls in sbatch_per_scale_up.values() for c in calls
+            ),
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["targets"], indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
