@@ -33,6 +33,7 @@ __all__ = [
     "JobStatus",
     "explain_failure",
     "is_fatal_failure",
+    "log_stems",
     "name_jobs",
     "parse_elapsed",
     "stderr_tail",
@@ -187,19 +188,34 @@ def parse_elapsed(text: str) -> float | None:
     return float(days * 86400 + seconds)
 
 
+def log_stems(job_id: str) -> list[str]:
+    """Log file names (without ``.out``/``.err``) a job's id may have.
+
+    Slurm and the local queue: the id itself (``123``, ``123_4``). PBS: the numeric
+    part, with an array index as ``_<index>`` (``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2``).
+    """
+    pbs = re.sub(r"\[(\d+)\]", r"_\1", job_id.split(".", 1)[0])
+    return list(dict.fromkeys([job_id, pbs]))
+
+
 def stderr_tail(log_directory: str, job_id: str, lines: int = 20, limit: int = 64_000) -> str:
     """The last ``lines`` lines of a job's stderr file, or ``""`` if there is none.
 
     Looks for ``<job id>.err`` (``123.err`` or ``123_4.err`` for array tasks, the
-    names the shipped templates give) and reads at most ``limit`` bytes from its end.
+    names the shipped templates give; PBS's ``7[2].server`` is ``7_2.err``) and reads
+    at most ``limit`` bytes from its end.
     """
-    path = Path(log_directory) / f"{job_id}.err"
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - limit))
-            data = handle.read()
-    except OSError:
+    data = b""
+    for stem in log_stems(job_id):
+        try:
+            with open(Path(log_directory) / f"{stem}.err", "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - limit))
+                data = handle.read()
+            break
+        except OSError:
+            continue
+    if not data:
         return ""
     text = data.decode("utf-8", errors="replace")
     kept = [line for line in text.splitlines() if line.strip()]

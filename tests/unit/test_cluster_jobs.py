@@ -92,6 +92,12 @@ def test_stderr_tail_keeps_the_last_non_empty_lines(tmp_path: Path) -> None:
     assert stderr_tail(str(tmp_path), "123_4", lines=3) == "line 47\nline 48\nline 49"
 
 
+def test_pbs_array_tasks_find_the_log_their_script_wrote(tmp_path: Path) -> None:
+    (tmp_path / "7_2.err").write_text("qsub said hello\n")
+
+    assert stderr_tail(str(tmp_path), "7[2].pbsserver") == "qsub said hello"
+
+
 def test_stderr_tail_of_a_job_without_a_log_is_empty(tmp_path: Path) -> None:
     assert stderr_tail(str(tmp_path), "999") == ""
 
