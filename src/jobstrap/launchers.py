@@ -14,6 +14,12 @@ def _srun(spec: JobSpec, argv: Sequence[str]) -> list[str]:
     # PMI-2 is what the mpich wheel and most MPIs speak under Slurm; without --mpi every
     # rank would be a singleton rank 0.
     head = ["srun", "--mpi=pmi2"] if spec.mpi else ["srun"]
+    if spec.mpi:
+        # One allocation is one program: once a rank gives up (the client rank whose
+        # scheduler froze, exit 1), end them all. Without this srun waits for every
+        # rank, and a frozen or hung one keeps the job until its walltime (mpiexec
+        # already tears the launch down this way).
+        head.append("--kill-on-bad-exit=1")
     head += [f"--nodes={spec.nodes}", f"--ntasks={spec.ntasks}"]
     head += [f"--ntasks-per-node={spec.tasks_per_node}", f"--cpus-per-task={spec.cpus_per_task}"]
     return [*head, *argv]
