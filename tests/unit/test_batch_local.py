@@ -24,6 +24,8 @@ import pytest
 import jobstrap
 from jobstrap.batch import JobFuture, RemoteError
 from jobstrap.errors import JobFailedError, UserError
+from jobstrap.graph_runner import CorruptRunFileError, frame, unframe
+from jobstrap.progress import Progress, render_text
 from jobstrap.states import JobState
 
 #: Seconds any one job may take here (startup is a few seconds; CI machines are slow).
@@ -86,6 +88,41 @@ def sum_of_squares_on_the_cluster(n: int) -> int:
 
     client = get_client()
     return sum(client.gather(client.map(lambda x: x * x, range(n))))
+
+
+# ------------------------------------------------------------------- run files (pure)
+
+
+def test_a_framed_payload_reads_back_unchanged() -> None:
+    assert unframe(frame(b"payload")) == b"payload"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[:-1], id="truncated"),
+        pytest.param(lambda data: data + b"x", id="padded"),
+        pytest.param(lambda data: data[:-1] + bytes([data[-1] ^ 1]), id="bit-flipped"),
+        pytest.param(lambda data: data[:10], id="header-cut"),
+        pytest.param(lambda data: b"\x80" + data[1:], id="not-framed"),
+    ],
+)
+def test_a_damaged_frame_is_refused(damage: Any) -> None:
+    with pytest.raises(CorruptRunFileError):
+        unframe(damage(frame(b"a result of some length")))
+
+
+def test_the_progress_line_shows_the_queue_wait_then_the_tasks() -> None:
+    pending = render_text(JobState.PENDING, None, reason="Priority", waited=75)
+    running = render_text(
+        JobState.RUNNING,
+        Progress(phase="computing", total=40, done=10, workers=2, started=1.0),
+        now=61.0,
+    )
+
+    assert pending == "PENDING 1m15s (Priority)"
+    assert running.startswith("RUNNING computing [")
+    assert "10/40 tasks" in running
 
 
 # ------------------------------------------------------------------------------- results
