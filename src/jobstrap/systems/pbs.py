@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Sequence
 
 from ..errors import ConfigError
-from ..spec import JobSpec
+from ..spec import JobSpec, Role
 from ..states import JobState
 from ..units import format_memory_pbs, format_walltime_pbs
 from .base import JobRecord, apply_extras, directive_value, is_transient
@@ -101,6 +101,9 @@ class PBS:
         # and PBS's own copies go to the log directory too.
         lines.append(f"-o {directive_value(spec.log_directory + os.sep)}")
         lines.append(f"-e {directive_value(spec.log_directory + os.sep)}")
+        if spec.role in (Role.WORKERS, Role.SCHEDULER):
+            # Not rerunnable: a notebook cluster replaces a lost job itself (see slurm.py).
+            lines.append("-r n")
         return apply_extras(
             lines, spec.extra_directives, spec.skip_directives, prefix="#PBS", names_of=_names
         )

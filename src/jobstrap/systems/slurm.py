@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from ..spec import JobSpec
+from ..spec import JobSpec, Role
 from ..states import JobState
 from ..units import format_memory_slurm, format_walltime_slurm
 from .base import JobRecord, apply_extras, directive_value, is_transient
@@ -145,6 +145,11 @@ class Slurm:
             # B: signal only the batch shell; the script forwards it to its job steps.
             lines.append(f"--signal=B:{signal}@{seconds}")
         lines.append(f"--comment=jobstrap:{spec.tag}")
+        if spec.role in (Role.WORKERS, Role.SCHEDULER):
+            # A notebook cluster replaces a lost job itself, at once and in plain sight
+            # (NODE_FAIL). Requeued by Slurm, the same job would look RUNNING or
+            # PENDING with no workers and come back minutes later under its old name.
+            lines.append("--no-requeue")
         return apply_extras(
             lines, spec.extra_directives, spec.skip_directives, prefix="#SBATCH", names_of=_names
         )

@@ -13,6 +13,7 @@
 #SBATCH --array=0-32
 #SBATCH --signal=B:USR1@120
 #SBATCH --comment=jobstrap:js0123456789
+#SBATCH --no-requeue
 # Rendered by jobstrap 0.1.0 for slurm: role workers, tag js0123456789.
 set -o pipefail
 export JOBSTRAP_JOB_ID="${SLURM_JOB_ID:-}"

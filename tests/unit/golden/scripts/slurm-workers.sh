@@ -10,6 +10,7 @@
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=8G
 #SBATCH --comment=jobstrap:js0123456789
+#SBATCH --no-requeue
 # Rendered by jobstrap 0.1.0 for slurm: role workers, tag js0123456789.
 set -o pipefail
 export JOBSTRAP_JOB_ID="${SLURM_JOB_ID:-}"
