@@ -68,6 +68,7 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler
+from tornado.ioloop import PeriodicCallback
 
 from . import network
 from .cluster_jobs import (
@@ -82,6 +83,7 @@ from .cluster_jobs import (
 )
 from .cluster_options import ClusterOptions, split_options
 from .cluster_scaling import JobShape, adapt_bounds, job_of_worker, jobs_for, worker_suffixes
+from .cluster_watchdog import HEARTBEAT_KEY, ManagerWatchdog
 from .errors import BatchCommandError, ConfigError, JobFailedError, SubmitError
 from .gateway import Gateway, tagged
 from .profile import Profile, load_profile
@@ -546,14 +548,30 @@ class BatchCluster(SpecCluster):
             return
         if self._placement == "job" and self.scheduler is None:
             self.scheduler = await self._start_scheduler_job()
+            self.periodic_callbacks["jobstrap-heartbeat"] = PeriodicCallback(self._beat, 1000)
         await super()._start()
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(_AdaptOnNewWork(self))
+        elif self._placement == "job":
+            await self._install_watchdog()
         self._publish()
         initial = getattr(self, "_initial_jobs", 0)
         if initial:
             self._initial_jobs = 0
             await self._scale_to(initial)
+
+    def _beat(self) -> None:
+        """Move the heartbeat the scheduler job's watchdog looks for (synced every second)."""
+        self._cluster_info[HEARTBEAT_KEY[1]] = time.time()
+
+    async def _install_watchdog(self) -> None:
+        """Make the scheduler job end itself if this process dies without closing it."""
+        self._beat()
+        watchdog = ManagerWatchdog(timeout=float(self.profile.death_timeout))
+        comm: Any = self.scheduler_comm
+        await comm.register_scheduler_plugin(
+            plugin=pickle.dumps(watchdog), name=ManagerWatchdog.name, idempotent=True
+        )
 
     async def _start_scheduler_job(self) -> SchedulerJob:
         """Submit the scheduler's own job and wait for it to publish its address."""
@@ -573,9 +591,9 @@ class BatchCluster(SpecCluster):
         try:
             while True:
                 with contextlib.suppress(FileNotFoundError, ValueError):
+                    # The run directory is new and private: any info.json is our scheduler's.
                     info = self.run_dir.read_info()
-                    if info.job_id in (None, "", job_id) or job_id.startswith(str(info.job_id)):
-                        return SchedulerJob(info.scheduler_address, job_id, self._gateway)
+                    return SchedulerJob(info.scheduler_address, job_id, self._gateway)
                 record = self._gateway.watcher.record(job_id)
                 if record.state.is_terminal:
                     tail = stderr_tail(spec.log_directory, job_id)

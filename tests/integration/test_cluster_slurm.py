@@ -283,34 +283,50 @@ CLIENT_SCRIPT = """
 import sys, time
 from jobstrap import SLURMCluster
 cluster = SLURMCluster("testcluster", cores=1, memory="500MiB", walltime="00:10:00",
-                       death_timeout=15)
+                       death_timeout=15, scheduler=sys.argv[1])
 cluster.scale(jobs=2)
 cluster.wait_for_workers(2, timeout=120)
-print(" ".join(cluster.jobs), flush=True)
+scheduler_job = getattr(cluster.scheduler, "job_id", None)
+print(" ".join([*cluster.jobs, *([scheduler_job] if scheduler_job else [])]), flush=True)
 time.sleep(600)
 """
 
 
-def test_a_killed_client_leaves_no_job_after_the_death_timeout(tmp_path: Path) -> None:
+def run_and_kill_client(tmp_path: Path, placement: str, expected_jobs: int, grace: float) -> None:
+    """Start a notebook-like client, SIGKILL it once its workers run, and wait for no job."""
     script = tmp_path / "client.py"
     script.write_text(textwrap.dedent(CLIENT_SCRIPT))
     process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+        [sys.executable, str(script), placement],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
     )
     try:
         assert process.stdout is not None
         ids = process.stdout.readline().split()
-        assert len(ids) == 2, ids
-        assert len(live_in_slurm(ids)) == 2
+        assert len(ids) == expected_jobs, ids
+        assert len(live_in_slurm(ids)) == expected_jobs
 
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
-        # death timeout (15 s) + Slurm's KillWait and bookkeeping: a generous margin.
-        wait_until(lambda: not live_in_slurm(ids), 15 + 60, lambda: live_in_slurm(ids), 1.0)
+        wait_until(lambda: not live_in_slurm(ids), grace, lambda: live_in_slurm(ids), 1.0)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_killed_client_leaves_no_job_after_the_death_timeout(tmp_path: Path) -> None:
+    # The scheduler dies with the client; the workers give up after the death
+    # timeout (15 s); then Slurm's KillWait and bookkeeping: a generous margin.
+    run_and_kill_client(tmp_path, "local", expected_jobs=2, grace=15 + 60)
+
+
+def test_a_killed_client_of_a_scheduler_job_leaves_no_job_either(tmp_path: Path) -> None:
+    # The scheduler job notices the missing heartbeat after the death timeout and
+    # closes; its workers give up after theirs.
+    run_and_kill_client(tmp_path, "job", expected_jobs=3, grace=2 * 15 + 60)
 
 
 def test_the_job_script_is_what_a_worker_job_runs(cluster: SLURMCluster) -> None:
