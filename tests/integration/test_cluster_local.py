@@ -8,6 +8,7 @@ a private spool directory so nothing is shared with other runs.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -136,3 +137,45 @@ def test_leaving_the_interpreter_without_close_cancels_the_jobs(tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(ids) == 2
     wait_until(lambda: not live(ids), 30, lambda: live(ids))
+
+
+KILLED_CLIENT = """
+import time
+from jobstrap import LocalBatchCluster
+cluster = LocalBatchCluster(cores=1, memory="300MiB", walltime="00:10:00", poll_interval=1,
+                            death_timeout=600)
+cluster.scale(jobs=2)
+cluster.wait_for_workers(2, timeout=90)
+print(cluster.run_id, " ".join(cluster.jobs), flush=True)
+time.sleep(600)
+"""
+
+
+def test_jobstrap_cancel_cleans_up_after_a_killed_client_through_the_registry(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(KILLED_CLIENT))
+    process = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert process.stdout is not None
+        run_id, *ids = process.stdout.readline().split()
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert len(live(ids)) == 2  # a long death timeout: the jobs would stay for now
+
+        cancelled = subprocess.run(
+            [sys.executable, "-m", "jobstrap", "cancel", run_id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert cancelled.returncode == 0, cancelled.stderr
+        wait_until(lambda: not live(ids), 30, lambda: live(ids))
+    finally:
+        if process.poll() is None:
+            process.kill()
