@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import functools
 import html
 import itertools
@@ -81,6 +82,7 @@ from .cluster_jobs import (
     stderr_tail,
     worker_job_spec,
 )
+from .cluster_lifetime import JobLifetime, LifetimeManager
 from .cluster_options import ClusterOptions, split_options
 from .cluster_scaling import JobShape, adapt_bounds, job_of_worker, jobs_for, worker_suffixes
 from .cluster_watchdog import HEARTBEAT_KEY, ManagerWatchdog
@@ -445,6 +447,8 @@ class BatchCluster(SpecCluster):
         self._active_ids: set[str] = set()
         self._active_lock = threading.Lock()
         self._watch_callback = _weak_callback(self)
+        self._lifetime = LifetimeManager(self)
+        self._job_callbacks.append(self._lifetime.on_job)
         self._finalizer = weakref.finalize(
             self, _cancel_orphans, self.profile.system, self._active_ids, self._active_lock
         )
@@ -549,6 +553,8 @@ class BatchCluster(SpecCluster):
         if self._placement == "job" and self.scheduler is None:
             self.scheduler = await self._start_scheduler_job()
             self.periodic_callbacks["jobstrap-heartbeat"] = PeriodicCallback(self._beat, 1000)
+        # Walltime-aware rotation: retire and replace jobs before their walltime.
+        self.periodic_callbacks["jobstrap-lifetime"] = PeriodicCallback(self._lifetime.tick, 1000)
         await super()._start()
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(_AdaptOnNewWork(self))
@@ -736,7 +742,8 @@ class BatchCluster(SpecCluster):
     async def _scale_to(self, target: int) -> None:
         if self.status in (Status.closing, Status.closed):
             target = 0
-        current = len(self.worker_spec)
+        # A job being replaced is not capacity: its successor already counts.
+        current = len(self.worker_spec) - len(self._lifetime.outgoing & set(self.worker_spec))
         if target > current and self._error is not None:
             raise self._error
         if target < current:
@@ -760,7 +767,8 @@ class BatchCluster(SpecCluster):
                 return (2, -info.submitted)
             return (3, -(info.started or info.submitted))
 
-        return sorted(self.worker_spec, key=cost)[:count]
+        candidates = [n for n in self.worker_spec if n not in self._lifetime.outgoing]
+        return sorted(candidates, key=cost)[:count]
 
     async def scale_down(self, workers: Iterable[Any]) -> None:
         """Close the jobs of these workers (worker or job names; whole jobs go)."""
@@ -820,7 +828,7 @@ class BatchCluster(SpecCluster):
     # -- the jobs as the adaptive loop sees them --------------------------------------------
 
     def _plan_jobs(self) -> set[str]:
-        return set(self.worker_spec)
+        return set(self.worker_spec) - self._lifetime.outgoing
 
     def _requested_jobs(self) -> set[str]:
         return {name for name, job in self.workers.items() if name in self.worker_spec}
@@ -850,7 +858,7 @@ class BatchCluster(SpecCluster):
 
     def _worker_spec(self, tag: str) -> JobSpec:
         """The worker job every scale-up submits (names are added per array)."""
-        return worker_job_spec(
+        spec = worker_job_spec(
             self.profile,
             str(self.run_dir),
             tag,
@@ -858,6 +866,13 @@ class BatchCluster(SpecCluster):
             job_cpu=self._options.job_cpu,
             job_mem=self._options.job_mem,
         )
+        if self.profile.system == "slurm":
+            # Backstop for the planned rotation: USR1 makes the job retire its workers.
+            spec = dataclasses.replace(spec, signal=("USR1", self._lifetime.signal_seconds))
+        return spec
+
+    def _provisional_name(self) -> str:
+        return f"{self._prefix}-new{next(self._provisional)}"
 
     def _with_names(self, spec: JobSpec, serial: int) -> tuple[JobSpec, list[str]]:
         return name_jobs(spec, self._prefix, serial)
@@ -1023,8 +1038,10 @@ class BatchCluster(SpecCluster):
         job._event_finished.set()
         if self.status != Status.running:
             return
-        if info.cancelled_by_us:
+        if info.cancelled_by_us or info.name in self._lifetime.outgoing:
+            # Ours to end, or already replaced (e.g. drained early on SIGUSR1).
             self.worker_spec.pop(info.name, None)
+            self._lifetime.forget(info.name)
             return
         if info.state in FAILED_STATES or (
             info.arrived is None and info.state is not JobState.CANCELLED
@@ -1188,6 +1205,15 @@ class BatchCluster(SpecCluster):
             }
 
     @property
+    def lifetimes(self) -> dict[str, JobLifetime]:
+        """Each running job's planned retirement, walltime left and phase, by job name.
+
+        The phase is ``"running"``, ``"replacing"`` (its successor was submitted) or
+        ``"draining"`` (its workers are handing their data over).
+        """
+        return self._lifetime.describe()
+
+    @property
     def job_history(self) -> dict[str, JobStatus]:
         """Every job this cluster submitted, ended ones included."""
         now = time.time()
@@ -1252,12 +1278,18 @@ class BatchCluster(SpecCluster):
         counts = self._job_counts()
         text: str = super().__repr__()
         jobs = f"jobs={counts['RUNNING']} running, {counts['PENDING']} pending"
+        if self._lifetime.outgoing:
+            jobs += f" ({self._lifetime.summary()})"
         return text[:-1] + f", {jobs})" if text.endswith(")") else text
 
     def _repr_html_(self, cluster_status: str | None = None) -> str:
         rows = []
+        lifetimes = self._lifetime.describe()
         for status in sorted(self.jobs.values(), key=lambda s: s.submitted):
             left = "" if status.remaining is None else f"{status.remaining / 60:.0f} min"
+            life = lifetimes.get(status.name)
+            if life is not None and life.phase != "running":
+                left += f" ({life.phase})"
             rows.append(
                 "<tr>"
                 + "".join(
