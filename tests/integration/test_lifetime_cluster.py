@@ -1,0 +1,180 @@
+"""Walltime-aware rotation on the real Slurm test cluster (run on its login node ``head``).
+
+A computation longer than any worker job's walltime finishes with the right answer,
+without recomputing what was held in memory, and the cluster never runs out of
+workers while its jobs are retired and replaced. A SIGUSR1 sent to a job's batch
+shell retires that job's workers gracefully and the job is replaced.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from distributed import Client, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from jobstrap import SLURMCluster
+from jobstrap.gateway import Gateway
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs the Slurm test cluster"),
+]
+
+PROFILE = "testcluster"
+
+
+def seed(i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return i + 1
+
+
+def step(left: int, right: int, level: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return (left * 3 + right + level) % 1_000_003
+
+
+# The workers cannot import this module. distributed pickles task specs with the
+# standard pickle (functions by reference) unless that names ``__main__``; then it
+# uses cloudpickle, which ships ``__main__`` functions by value.
+seed.__module__ = step.__module__ = "__main__"
+
+
+def expected_result(width: int, levels: int) -> list[int]:
+    """What the task graph computes, without the sleeps."""
+    row = [i + 1 for i in range(width)]
+    for level in range(1, levels):
+        row = [step(row[i], row[(i + 1) % width], level, 0.0) for i in range(width)]
+    return row
+
+
+def submit_graph(client: Client, width: int, levels: int, seconds: float) -> list[list[Any]]:
+    """A ``width`` x ``levels`` grid: each task consumes two results of the level below.
+
+    Every future is kept, so every result stays in the workers' memory to the end:
+    losing one to a retirement would show as a recomputation.
+    """
+    rows = [[client.submit(seed, i, seconds, pure=False) for i in range(width)]]
+    for level in range(1, levels):
+        below = rows[-1]
+        rows.append(
+            [
+                client.submit(step, below[i], below[(i + 1) % width], level, seconds, pure=False)
+                for i in range(width)
+            ]
+        )
+    return rows
+
+
+class CountStarts(SchedulerPlugin):
+    """Counts every start of a task on a worker (a transition into ``processing``)."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "processing":
+            self.starts += 1
+
+
+class WorkerSampler:
+    """Samples the scheduler's worker count every second in a thread."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._count = count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append((time.time(), self._count()))
+
+    def __enter__(self) -> WorkerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def minimum_after_first_worker(self) -> int | None:
+        counts = [n for _, n in self.samples]
+        first = next((i for i, n in enumerate(counts) if n > 0), None)
+        return None if first is None else min(counts[first:])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval=0.5
+) -> None:
+    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def rotating() -> Iterator[SLURMCluster]:
+    # Three jobs of one worker, each living 150 s (retired 30 s before the end).
+    with SLURMCluster(
+        PROFILE, cores=1, memory="500MiB", walltime="00:02:30", lifetime_margin=30
+    ) as cluster:
+        yield cluster
+
+
+def test_a_computation_longer_than_every_walltime_finishes_without_recomputing(
+    rotating: SLURMCluster,
+) -> None:
+    width, levels, seconds = 6, 80, 1.5
+    counter = CountStarts()
+    rotating.scheduler.add_plugin(counter, name="count-starts")
+    jobs_seen: set[str] = set()
+    with Client(rotating) as client, WorkerSampler(lambda: len(rotating.scheduler.workers)) as s:
+        rotating.scale(jobs=3)
+        rows = submit_graph(client, width, levels, seconds)
+
+        result = client.gather(rows[-1], errors="raise")
+        jobs_seen.update(rotating.job_history)
+
+    tasks = width * levels
+    assert result == expected_result(width, levels)
+    assert len(jobs_seen) > 3, f"no job was rotated: {sorted(jobs_seen)}"
+    assert counter.starts <= 1.05 * tasks, f"{counter.starts} starts for {tasks} tasks"
+    minimum = s.minimum_after_first_worker()
+    assert minimum is not None, "no worker ever arrived"
+    assert minimum > 0, f"the worker count dropped to zero; samples: {s.samples}"
+
+
+def test_sigusr1_to_a_job_drains_it_and_it_is_replaced() -> None:
+    with SLURMCluster(PROFILE, cores=1, memory="500MiB", walltime="00:10:00") as cluster:
+        counter = CountStarts()
+        cluster.scheduler.add_plugin(counter, name="count-starts")
+        with Client(cluster) as client:
+            cluster.scale(jobs=2)
+            cluster.wait_for_workers(2, timeout=120)
+            rows = submit_graph(client, 4, 5, 0.2)
+            wait(rows[-1])
+            before = set(cluster.jobs)
+            victim = sorted(before)[0]
+
+            Gateway.for_system("slurm").signal([victim], "USR1")
+
+            def replaced() -> bool:
+                now = set(cluster.jobs)
+                return victim not in now and len(now) == 2 and len(cluster.scheduler.workers) == 2
+
+            wait_until(replaced, 120, lambda: (cluster.jobs, cluster.scheduler_info["workers"]))
+            result = client.gather(rows[-1])
+            ended = cluster.job_history[victim]
+
+    assert result == expected_result(4, 5)
+    assert counter.starts == 4 * 5, f"{counter.starts} starts for 20 tasks: results were lost"
+    assert ended.state.value == "COMPLETED", f"the drained job ended {ended.state.value}"
