@@ -1048,8 +1048,7 @@ class BatchCluster(SpecCluster):
         ):
             self._job_failed(info)
         elif info.state is JobState.CANCELLED:
-            _warn(f"worker job {job_id} was cancelled outside the cluster; not replacing it")
-            self.worker_spec.pop(info.name, None)
+            self._job_cancelled_elsewhere(info)
         # Whatever is still in the spec (a normal end, a failure below the limit) is
         # replaced by the next correction.
         if self._error is None and info.name in self.worker_spec:
@@ -1067,6 +1066,26 @@ class BatchCluster(SpecCluster):
             _warn(
                 f"{failure}\n(failure {self._consecutive_failures} of at most"
                 f" {self.profile.max_failures} in a row; submitting a replacement)"
+            )
+
+    def _job_cancelled_elsewhere(self, info: JobInfo) -> None:
+        """A worker job cancelled by someone else (``scancel``, an admin): replace it.
+
+        The cluster keeps the size it was asked for (``scale``/``adapt`` is how to
+        change it). The cancellation counts with the failures in a row, so that
+        cancelling its jobs again and again (``scancel -u``) stops the cluster after
+        ``max_failures`` instead of starting a fight.
+        """
+        failure = JobFailedError(info.job_id, info.state.value, "", "cancelled outside the cluster")
+        self._failures.append(failure)
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self.profile.max_failures:
+            self._give_up(ClusterFailedError(failure, self._consecutive_failures))
+        else:
+            _warn(
+                f"worker job {info.job_id} was cancelled outside the cluster; submitting a"
+                f" replacement ({self._consecutive_failures} of at most"
+                f" {self.profile.max_failures} lost jobs in a row)"
             )
 
     def _explain_refusal(self, error: SubmitError) -> None:
