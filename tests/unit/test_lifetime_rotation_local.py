@@ -1,0 +1,80 @@
+"""Rotation on the local backend: real jobs, scheduler and workers, no batch system.
+
+A job whose walltime is short is replaced before it ends: the successor is submitted
+ahead of time, the old job's workers retire gracefully (their results move to the
+successor) and the cluster never runs out of workers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from jobstrap import LocalBatchCluster
+from jobstrap.states import JobState
+
+
+@pytest.fixture(autouse=True)
+def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool and run root of this test's own (also for subprocesses)."""
+    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
+        time.sleep(0.2)
+
+
+def test_a_job_is_replaced_before_its_walltime_and_its_results_survive() -> None:
+    # Walltime 45 s, margin 20 s: the job retires about 25 s after it started.
+    with LocalBatchCluster(
+        cores=1, memory="300MiB", walltime="00:00:45", lifetime_margin=20, poll_interval=1
+    ) as cluster:
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(1, timeout=90)
+        first = next(iter(cluster.jobs))
+        counts: list[int] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.5):
+                counts.append(len(cluster.scheduler.workers))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with Client(cluster) as client:
+            held = client.submit(sum, [1, 2, 3], pure=False)
+            assert held.result(timeout=30) == 6
+
+            def rotated() -> bool:
+                live = cluster.jobs
+                return first not in live and any(s.workers for s in live.values())
+
+            wait_until(rotated, 90, lambda: (cluster.jobs, cluster.lifetimes))
+            value = held.result(timeout=30)
+            stored = client.who_has(held)
+        stop.set()
+        sampler.join()
+        wait_until(
+            lambda: cluster.job_history[first].state.is_terminal,
+            30,
+            lambda: cluster.job_history[first],
+        )
+        ended = cluster.job_history[first]
+
+    assert value == 6
+    assert stored, "the held result is on no worker"
+    assert ended.state in (JobState.CANCELLED, JobState.COMPLETED), ended.state.value
+    assert ended.remaining is not None
+    assert ended.remaining > 0, "the old job ran into its walltime"
+    assert min(counts) > 0, f"the cluster ran out of workers: {counts}"
