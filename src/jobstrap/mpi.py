@@ -22,6 +22,13 @@ ends the run, and the end of the script closes workers and scheduler without a
 broadcast over MPI (kept in memory, never written to disk). The default, like
 dask-mpi's, is ``tcp``.
 
+Call ``initialize()`` at the top of the script, before importing ``distributed``
+or numpy, as dask-mpi's documentation shows: MPI is initialised inside it, and with
+the mpich wheel under ``srun --mpi=pmi2`` MPI initialisation after those imports has
+been seen to fail (corrupted PMI-2 messages, UCX "failed to unpack address") even
+with no jobstrap code involved. ``python -m jobstrap.bootstrap`` initialises MPI
+before anything heavy is imported.
+
 Exit codes: the client rank exits as the script does; the scheduler rank exits 1
 if the script raised, else 0 (a ``sys.exit(n)`` code is not visible to an
 ``atexit`` hook, but the launcher reports the highest exit code of all ranks, so

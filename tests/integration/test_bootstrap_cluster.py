@@ -346,3 +346,46 @@ def test_sigusr1_from_slurm_reaches_the_apps_drain_hook(
     assert run.drain_file.read_text().startswith("SIGUSR1")
     assert row["State"] == "COMPLETED", log
     assert "Traceback" not in log
+
+
+def test_a_dask_mpi_script_runs_with_jobstrap_mpi_over_ib0(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    script = shared_scratch / "dask_mpi_script.py"
+    script.write_text(
+        textwrap.dedent(
+            """\
+            from jobstrap.mpi import initialize   # was: from dask_mpi import initialize
+            initialize(protocol="tls")
+
+            # dask-mpi's documented layout: initialize() first, then the client code.
+            import json, sys
+            from distributed import Client
+            import dask.array as da
+
+            client = Client()
+            info = client.scheduler_info()
+            total = int(da.arange(1_000_000, chunks=100_000).sum().compute())
+            print("REPORT " + json.dumps({
+                "scheduler": info["address"],
+                "workers": {a: w["host"] for a, w in info["workers"].items()},
+                "sum": total,
+            }), flush=True)
+            sys.exit(3)
+            """
+        )
+    )
+    body = shlex.join(["srun", "--mpi=pmi2", str(testcluster.python), str(script)]) + "\n"
+    job = testcluster.sbatch(body, shared_scratch, "--time=00:05:00", *THREE_NODES)
+
+    row, log = finished(testcluster, job)
+
+    assert row["ExitCode"] == "3:0", log
+    report = report_in(log)
+    ib0 = set(testcluster.ib0_addresses.values())
+    assert report["scheduler"].startswith("tls://")
+    assert host_of(report["scheduler"]) in ib0
+    assert set(report["workers"].values()) <= ib0
+    assert report["sum"] == sum(range(1_000_000))
+    assert "Traceback" not in log
+    assert "CommClosedError" not in log
