@@ -142,6 +142,14 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> No
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (SigCgt)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
 def assert_quiet(launch: Launch) -> None:
     assert "Traceback" not in launch.stderr, launch.stderr
     assert "CommClosedError" not in launch.stderr, launch.stderr
@@ -1116,25 +1124,20 @@ def test_sigusr1_to_every_process_of_a_worker_rank_drains_it_without_tracebacks(
     workers = None
     try:
         wait_until(run.info_file.exists, 120, "info.json")
-        workers = subprocess.Popen(
-            bootstrap_argv(run, "--mode", "workers", "--worker-processes", "2"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-            start_new_session=True,
-        )
-        import psutil
-
-        rank = psutil.Process(workers.pid)
-        wait_until(
-            lambda: len([c for c in rank.children() if "spawn_main" in " ".join(c.cmdline())]) >= 2,
-            120,
-            "the worker processes",
-        )
-        time.sleep(2)  # let the workers register
+        log = run.path / "workers.err"
+        with log.open("w") as sink:
+            workers = subprocess.Popen(
+                bootstrap_argv(run, "--mode", "workers", "--worker-processes", "2"),
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                text=True,
+                env=clean_env(),
+                start_new_session=True,
+            )
+        wait_until(lambda: "joined" in log.read_text(), 120, "the workers to join")
         os.killpg(workers.pid, signal.SIGUSR1)
-        _, err = workers.communicate(timeout=120)
+        workers.communicate(timeout=120)
+        err = log.read_text()
     finally:
         if workers is not None and workers.poll() is None:
             os.killpg(workers.pid, signal.SIGKILL)
@@ -1184,3 +1187,34 @@ def test_workers_jobs_with_several_ranks_give_each_rank_its_own_names(run: RunDi
     assert names.returncode == 0, names.stderr
     assert names.stdout.strip() == "['job7-0', 'job7-1']"
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+
+
+def test_a_drain_signal_while_a_worker_rank_starts_ends_it_cleanly(run: RunDir) -> None:
+    scheduler = subprocess.Popen(
+        bootstrap_argv(run, "--mode", "scheduler", "--no-dashboard"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        wait_until(run.info_file.exists, 120, "info.json")
+        workers = subprocess.Popen(
+            bootstrap_argv(run, "--mode", "workers"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            start_new_session=True,
+        )
+        # As soon as the rank catches SIGUSR1 at all (long before its workers are up).
+        wait_until(lambda: catches(workers.pid, signal.SIGUSR1), 60, "a SIGUSR1 handler")
+        os.killpg(workers.pid, signal.SIGUSR1)
+        _, err = workers.communicate(timeout=120)
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.communicate(timeout=60)
+
+    assert workers.returncode == 0, err
+    assert "SIGUSR1" in err
+    assert "Traceback" not in err

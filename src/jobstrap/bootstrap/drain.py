@@ -146,3 +146,31 @@ def _reset_for_tests() -> None:
         _event.clear()
         _callbacks.clear()
         _reason = None
+
+
+# --------------------------------------------------------------- before the handlers
+
+_early: list[str] = []
+
+
+def catch_early_signals() -> None:
+    """Record SIGTERM/SIGUSR1 that arrive before the bootstrap's real handlers exist.
+
+    Their default action kills the process, and the batch system may signal a
+    rank while it is still importing ``distributed``. Called first thing by the
+    bootstrap; the real handlers replay what was caught (:func:`early_signals`).
+    """
+    import signal
+
+    def record(signum: int, _frame: object) -> None:
+        _early.append(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, record)
+
+
+def early_signals() -> list[str]:
+    """Names of the signals caught before the real handlers, oldest first (then forgotten)."""
+    caught = list(_early)
+    _early.clear()
+    return caught

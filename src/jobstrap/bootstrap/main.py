@@ -43,6 +43,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bootstrap; return the process exit code."""
+    drain.catch_early_signals()
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
     except UserError as error:
@@ -308,6 +309,8 @@ def _scheduler_rank(
     # Ctrl-C under mpiexec reaches every rank: the app (rank 1) ends with 130 and
     # the run stops in order; here SIGINT only counts like SIGTERM.
     _install_signal_handlers(on_signal, (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT))
+    for name in drain.early_signals():
+        on_signal(signal.Signals[name], None)
     return runner.wait()
 
 
@@ -467,6 +470,8 @@ def _run_app_with_signals(options: Options, link: Any) -> int:
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     _install_signal_handlers(on_signal)
+    for name in drain.early_signals():
+        on_signal(signal.Signals[name], None)
     try:
         code = run_app(options.app, interrupted=link.lost)
     except UserError as error:
@@ -571,4 +576,6 @@ def _run_scheduler_mode(options: Options) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_warning)
+    for name in drain.early_signals():
+        (on_signal if name == "SIGTERM" else on_warning)(signal.Signals[name], None)
     return runner.wait()

@@ -33,6 +33,7 @@ from typing import Any
 from distributed import Nanny, Scheduler, Security, Worker
 from distributed.core import rpc
 
+from jobstrap.bootstrap.drain import early_signals
 from jobstrap.bootstrap.quiet import logger, say, silence_for_shutdown
 
 __all__ = [
@@ -118,11 +119,82 @@ class BatchWorker(Worker):
 
 
 class BatchNanny(Nanny):
-    """A nanny the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
+    """A nanny the scheduler rank can silence before it closes it (``jobstrap_quiet``).
+
+    It also stops restarting a worker that the job's memory limit keeps killing: the
+    kernel's OOM killer (counted in the job's memory cgroup) ended it
+    :attr:`max_memory_kills` times, so the job is too small for its work. The nanny
+    then closes and the job ends, so that the batch system reports OUT_OF_MEMORY
+    and a notebook cluster counts a failure, instead of the worker being restarted
+    into the same wall until the walltime.
+    """
+
+    #: Worker deaths by the job's memory limit after which the job gives up.
+    max_memory_kills = 2
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
+        self.memory_kills = 0
+        self._oom_kills_seen = oom_kills()
+
+    async def _on_worker_exit(self, exitcode: int) -> None:
+        if exitcode == -signal.SIGKILL and self.status.name not in ("closing", "closed"):
+            seen = oom_kills()
+            if (
+                seen is not None
+                and self._oom_kills_seen is not None
+                and seen > self._oom_kills_seen
+            ):
+                self._oom_kills_seen = seen
+                self.memory_kills += 1
+                if self.memory_kills >= self.max_memory_kills:
+                    say(
+                        f"the job's memory limit killed the worker {self.memory_kills} times "
+                        "(the kernel's OOM killer); ending this job: its memory is too small "
+                        "for its work (raise memory= or lower processes=)"
+                    )
+                    await self.close(reason="jobstrap: out of memory")
+                    return
+                logger.warning("the job's memory limit killed the worker; restarting it")
+        await super()._on_worker_exit(exitcode)
+
+
+def oom_kills() -> int | None:
+    """Processes the kernel's OOM killer ended in this process's memory cgroup (or above).
+
+    Read from ``memory.oom_control`` (cgroup v1) or ``memory.events`` (v2) of the
+    cgroup and each parent up to the mount; the largest count wins. ``None`` when
+    there is no memory cgroup to read (then no death is blamed on memory).
+    """
+    from pathlib import Path
+
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            root, name = Path("/sys/fs/cgroup/memory"), "memory.oom_control"
+        elif controllers == "":
+            root, name = Path("/sys/fs/cgroup"), "memory.events"
+        else:
+            continue
+        counts = []
+        directory = root / path.lstrip("/")
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                for entry in (directory / name).read_text().splitlines():
+                    key, _, value = entry.partition(" ")
+                    if key == "oom_kill":
+                        counts.append(int(value))
+            if directory == root or root not in directory.parents:
+                break
+            directory = directory.parent
+        if counts:
+            return max(counts)
+    return None
 
 
 class HeadlessWorker(BatchWorker):
@@ -532,6 +604,8 @@ async def serve_workers(
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             loop.add_signal_handler(signum, drain, signal.Signals(signum).name)
+    for signame in early_signals():  # arrived while this rank was still importing
+        drain(signame)
 
     worker_kwargs: dict[str, Any] = dict(options.extra)
     if options.lifetime:
@@ -564,12 +638,19 @@ async def serve_workers(
         await asyncio.gather(*(nanny.start() for nanny in nannies))
     except Exception as error:
         silence_for_shutdown()
+        await asyncio.gather(
+            *(n.close(reason="jobstrap: start failed") for n in nannies), return_exceptions=True
+        )
+        if state["drains"]:
+            # Asked to go away while starting: a worker process signalled before it
+            # could ignore the signal may have died; either way this rank is done.
+            logger.info("drain requested while the workers started; leaving")
+            return 0
         say(
             f"workers on {options.host} could not join the scheduler at {scheduler_address} "
             f"within {options.death_timeout:.0f} s ({type(error).__name__}: {error}); "
             "check that this node can reach the scheduler's network (--interface)"
         )
-        await asyncio.gather(*(n.close(reason="jobstrap: start failed") for n in nannies))
         return 1
     addresses = [_worker_address(n) for n in nannies]
     started.set()
@@ -604,7 +685,10 @@ async def serve_workers(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-    return 1 if state["lost"] else 0
+    out_of_memory = any(
+        getattr(n, "memory_kills", 0) >= BatchNanny.max_memory_kills for n in nannies
+    )
+    return 1 if state["lost"] or out_of_memory else 0
 
 
 def _start_resource_tracker_ignoring_sigusr1() -> None:
