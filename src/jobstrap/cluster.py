@@ -281,6 +281,7 @@ class JobAdaptive(Adaptive):
         names = self.cluster._worker_names_of(jobs)
         if names:
             await self.scheduler.retire_workers(names=names, remove=True, close_workers=True)
+        self.cluster._retired.update(jobs)  # retired already: cancel without asking again
         await self.cluster._scale_down_jobs(jobs)
 
     async def scale_up(self, n: Any) -> None:
@@ -444,6 +445,7 @@ class BatchCluster(SpecCluster):
         self._scheduler_job_id: str | None = None
         self._registered = False
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._retired: set[str] = set()
         self._active_ids: set[str] = set()
         self._active_lock = threading.Lock()
         self._watch_callback = _weak_callback(self)
@@ -959,8 +961,9 @@ class BatchCluster(SpecCluster):
 
     async def _stop_jobs(self, names: list[str]) -> None:
         jobs = [self.workers.pop(name) for name in names if name in self.workers]
+        retired, self._retired = self._retired & set(names), self._retired - set(names)
         if self.status == Status.running and self.scheduler_comm is not None:
-            connected = self._worker_names_of(names)
+            connected = self._worker_names_of(n for n in names if n not in retired)
             if connected:
                 # Let the workers hand their data over before their jobs are cancelled.
                 with contextlib.suppress(Exception):
@@ -1376,6 +1379,7 @@ class BatchCluster(SpecCluster):
         workers = self._worker_names_of([name])
         if workers and self.scheduler_comm is not None:
             await self.scheduler_comm.retire_workers(names=workers, close_workers=True, remove=True)
+        self._retired.add(name)
         del self.worker_spec[name]
         await self._correct_state()
 
