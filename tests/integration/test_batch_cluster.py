@@ -10,6 +10,7 @@ node1..node3, talking TLS over ib0.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,15 +37,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shared_state(testcluster: TestCluster) -> Iterator[Path]:
+def shared_state(testcluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[Path]:
     # Run directories and the registry on the shared file system, apart from other tests.
     root = new_shared_dir("batch-cluster")
+    failed_before = request.session.testsfailed
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
         patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
         patch.delenv("JOBSTRAP_PROFILE", raising=False)
         patch.chdir(root)
         yield root
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)  # kept after a failure: scripts and logs
 
 
 def boom(n: int) -> None:
