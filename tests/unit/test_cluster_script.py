@@ -156,3 +156,16 @@ def test_workers_are_forked_by_their_nanny_unless_the_profile_says_otherwise() -
     assert "export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork" in default
     assert "MULTIPROCESSING_METHOD=fork" not in chosen
     assert chosen.count("export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn") == 1
+
+
+def test_a_pbs_scale_up_is_one_array_whose_tasks_name_their_workers() -> None:
+    profile = load_profile("pbspro", {"cores": 4, "memory": "8GiB", "processes": 2}, environ={})
+    spec, names = name_jobs(spec_for(profile).with_array(ArraySpec(0, 3)), "c", 2)
+
+    script = script_of(spec, "pbs")
+    argv = command_line(script)
+
+    assert "#PBS -J 0-3" in script
+    assert 'export JOBSTRAP_ARRAY_TASK_ID="${PBS_ARRAY_INDEX:-}"' in script
+    assert argv[argv.index("jobstrap.cluster_worker") + 1] == "c-2.{task}"
+    assert names == ["c-2.0", "c-2.1", "c-2.2", "c-2.3"]
