@@ -40,6 +40,9 @@ from jobstrap.rundir import RunDir, SchedulerInfo, atomic_write_json
 
 __all__ = ["main"]
 
+#: Worker deaths by the job's memory limit that end a worker job (workers mode).
+MEMORY_KILLS_PER_JOB = 2
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bootstrap; return the process exit code."""
@@ -379,7 +382,15 @@ def _worker(options: Options, world: World, address: str, host: str, security: A
     return _serve_workers(options, address, host, security, prefix)
 
 
-def _serve_workers(options: Options, address: str, host: str, security: Any, prefix: str) -> int:
+def _serve_workers(
+    options: Options,
+    address: str,
+    host: str,
+    security: Any,
+    prefix: str,
+    *,
+    max_memory_kills: int | None = None,
+) -> int:
     from jobstrap.bootstrap.servers import WorkerOptions, serve_workers
 
     worker_options = WorkerOptions(
@@ -393,6 +404,7 @@ def _serve_workers(options: Options, address: str, host: str, security: Any, pre
         lifetime=options.lifetime,
         dashboard=options.dashboard,
         names=_worker_names(prefix, options.worker_processes),
+        max_memory_kills=max_memory_kills,
     )
     return asyncio.run(serve_workers(address, worker_options))
 
@@ -529,7 +541,11 @@ def _run_workers_mode(options: Options) -> int:
         prefix = f"{options.name}-{world.rank}" if world.size > 1 else options.name
     else:
         prefix = f"{_job_id() or world.hostname}-{world.rank}"
-    return _serve_workers(options, address, host, security, prefix)
+    # A notebook cluster replaces a job whose memory is too small; restarting its
+    # worker into the same limit would only repeat until the walltime.
+    return _serve_workers(
+        options, address, host, security, prefix, max_memory_kills=MEMORY_KILLS_PER_JOB
+    )
 
 
 # ---------------------------------------------------------------------------- scheduler

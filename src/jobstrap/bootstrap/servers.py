@@ -121,16 +121,18 @@ class BatchWorker(Worker):
 class BatchNanny(Nanny):
     """A nanny the scheduler rank can silence before it closes it (``jobstrap_quiet``).
 
-    It also stops restarting a worker that the job's memory limit keeps killing: the
-    kernel's OOM killer (counted in the job's memory cgroup) ended it
-    :attr:`max_memory_kills` times, so the job is too small for its work. The nanny
-    then closes and the job ends, so that the batch system reports OUT_OF_MEMORY
-    and a notebook cluster counts a failure, instead of the worker being restarted
-    into the same wall until the walltime.
+    With :attr:`max_memory_kills` set (notebook clusters' worker jobs), it stops
+    restarting a worker that the job's memory limit keeps killing: once the kernel's
+    OOM killer (counted in the job's memory cgroup) has ended it that many times,
+    the job is too small for its work. The nanny then closes and the job ends, so
+    that the cluster sees the failure and replaces the job or gives up after
+    ``max_failures``, instead of the worker being restarted into the same wall until
+    the walltime. Unset (one allocation, where no job replaces it), the worker is
+    restarted as distributed does and the task fails with ``KilledWorker``.
     """
 
-    #: Worker deaths by the job's memory limit after which the job gives up.
-    max_memory_kills = 2
+    #: Worker deaths by the job's memory limit that end the job; None: restart always.
+    max_memory_kills: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,7 +141,8 @@ class BatchNanny(Nanny):
         self._oom_kills_seen = oom_kills()
 
     async def _on_worker_exit(self, exitcode: int) -> None:
-        if exitcode == -signal.SIGKILL and self.status.name not in ("closing", "closed"):
+        limit = self.max_memory_kills
+        if limit and exitcode == -signal.SIGKILL and self.status.name not in ("closing", "closed"):
             seen = oom_kills()
             if (
                 seen is not None
@@ -148,7 +151,7 @@ class BatchNanny(Nanny):
             ):
                 self._oom_kills_seen = seen
                 self.memory_kills += 1
-                if self.memory_kills >= self.max_memory_kills:
+                if self.memory_kills >= limit:
                     say(
                         f"the job's memory limit killed the worker {self.memory_kills} times "
                         "(the kernel's OOM killer); ending this job: its memory is too small "
@@ -531,6 +534,9 @@ class WorkerOptions:
         headless without a dashboard).
     extra
         More keyword arguments for the worker (``worker_options``).
+    max_memory_kills
+        End the rank once the job's memory limit has killed a worker this many times
+        (see :class:`BatchNanny`); None restarts it every time.
     """
 
     host: str
@@ -546,6 +552,7 @@ class WorkerOptions:
     nanny: bool = True
     worker_class: Any = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    max_memory_kills: int | None = None
 
 
 def _nthreads(options: WorkerOptions) -> int:
@@ -623,15 +630,15 @@ async def serve_workers(
         name = options.names[i] if i < len(options.names) else None
         if options.nanny:
             nanny_class: Any = BatchNanny
-            nannies.append(
-                nanny_class(
-                    scheduler_address,
-                    name=name,
-                    worker_class=worker_class,
-                    **common,
-                    **worker_kwargs,
-                )
+            nanny = nanny_class(
+                scheduler_address,
+                name=name,
+                worker_class=worker_class,
+                **common,
+                **worker_kwargs,
             )
+            nanny.max_memory_kills = options.max_memory_kills
+            nannies.append(nanny)
         else:
             nannies.append(worker_class(scheduler_address, name=name, **common, **worker_kwargs))
     try:
@@ -686,7 +693,8 @@ async def serve_workers(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     out_of_memory = any(
-        getattr(n, "memory_kills", 0) >= BatchNanny.max_memory_kills for n in nannies
+        options.max_memory_kills and getattr(n, "memory_kills", 0) >= options.max_memory_kills
+        for n in nannies
     )
     return 1 if state["lost"] or out_of_memory else 0
 
