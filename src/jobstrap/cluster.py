@@ -78,6 +78,7 @@ from .cluster_jobs import (
     JobStatus,
     explain_failure,
     is_fatal_failure,
+    killed_for_memory,
     name_jobs,
     stderr_tail,
     worker_job_spec,
@@ -1059,6 +1060,10 @@ class BatchCluster(SpecCluster):
 
     def _job_failed(self, info: JobInfo) -> None:
         tail = stderr_tail(self._log_directory(), info.job_id)
+        if info.state is JobState.FAILED and killed_for_memory(tail):
+            # Slurm says FAILED for the job when the memory limit killed a step of it.
+            with self._jobs_lock:
+                info.state = JobState.OUT_OF_MEMORY
         why = explain_failure(info.state, info.exit_code, info.nodes, tail, self.profile.python)
         failure = JobFailedError(info.job_id, info.state.value, tail, why)
         self._failures.append(failure)

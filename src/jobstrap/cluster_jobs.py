@@ -33,6 +33,7 @@ __all__ = [
     "JobStatus",
     "explain_failure",
     "is_fatal_failure",
+    "killed_for_memory",
     "log_stems",
     "name_jobs",
     "parse_elapsed",
@@ -48,6 +49,8 @@ FAILED_STATES = frozenset({JobState.FAILED, JobState.OUT_OF_MEMORY, JobState.MIS
 _NOT_FOUND = re.compile(r"(?P<path>[^\s:'\"]+): (?:No such file or directory|command not found)")
 _DENIED = re.compile(r"(?P<path>[^\s:'\"]+): Permission denied")
 _SRUN_NODE = re.compile(r"srun: error: (?P<node>[\w.-]+): task \d+")
+#: Slurm's words for a step the memory limit killed (srun's and slurmstepd's).
+_OOM = re.compile(r"tasks? [\d,-]+: Out Of Memory|Detected \d+ oom.kill event")
 _NO_MODULE = re.compile(r"No module named '?(?P<module>[\w.]+)'?")
 
 
@@ -269,13 +272,23 @@ def explain_failure(
         return f"{module['module']} is not installed for {python}{where}"
     if exit_code == 127:
         return f"a command was not found{where} (exit 127)"
-    if state is JobState.OUT_OF_MEMORY:
+    if state is JobState.OUT_OF_MEMORY or killed_for_memory(tail):
         return f"ran out of memory{where}; raise memory= or lower processes="
     if state is JobState.MISSING:
         return f"ended{where} without any worker reaching the scheduler"
     last = tail.strip().splitlines()[-1] if tail.strip() else ""
     code = f" (exit {exit_code})" if exit_code is not None else ""
     return f"failed{where}{code}" + (f": {last}" if last else "")
+
+
+def killed_for_memory(tail: str) -> bool:
+    """Whether a job's stderr says its memory limit killed it.
+
+    Slurm marks only the step whose processes the OOM killer hit as OUT_OF_MEMORY;
+    the job itself ends FAILED (its script exited non-zero), and ``squeue``/``sacct
+    -X`` say FAILED. The step's words in the job's stderr tell the truth.
+    """
+    return bool(_OOM.search(tail))
 
 
 def is_fatal_failure(explanation: str) -> bool:

@@ -10,6 +10,7 @@ from jobstrap.cluster_jobs import (
     JobInfo,
     explain_failure,
     is_fatal_failure,
+    killed_for_memory,
     parse_elapsed,
     stderr_tail,
 )
@@ -56,6 +57,26 @@ def test_out_of_memory_says_what_to_change() -> None:
 
     assert "memory=" in why
     assert "node3" in why
+
+
+# Recorded on the test cluster with `up --cgroup-memory`: the kernel killed the worker
+# twice, the rank gave up; Slurm ended the job FAILED and its step OUT_OF_MEMORY.
+SLURM_STEP_OOM = (
+    "jobstrap[node1]: the job's memory limit killed the worker 2 times"
+    " (the kernel's OOM killer)\n"
+    "slurmstepd-node1: error: Detected 2 oom-kill event(s) in StepId=99.0. Some of your"
+    " processes may have been killed by the cgroup out-of-memory handler.\n"
+    "srun: error: node1: task 0: Out Of Memory\n"
+)
+
+
+def test_a_step_killed_for_memory_is_out_of_memory_although_the_job_says_failed() -> None:
+    assert killed_for_memory(SLURM_STEP_OOM)
+    assert not killed_for_memory(SLURM_BAD_PYTHON)
+
+    why = explain_failure(JobState.FAILED, 1, "node1", SLURM_STEP_OOM, "python")
+
+    assert why == "ran out of memory on node1; raise memory= or lower processes="
 
 
 def test_other_failures_quote_the_last_stderr_line() -> None:
