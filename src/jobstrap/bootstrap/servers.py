@@ -22,16 +22,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Nanny, Scheduler, Security, Worker
 from distributed.core import rpc
+from distributed.spill import SpillBuffer
 
 from jobstrap.bootstrap.drain import early_signals
 from jobstrap.bootstrap.quiet import logger, say, silence_for_shutdown
@@ -91,13 +93,53 @@ def _leave_signals_to_the_nanny() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+class LocalDirectoryFullError(RuntimeError):
+    """A task's result could not be spilled: the worker's local directory is full."""
+
+
+class _SpillBuffer(SpillBuffer):
+    """distributed's SpillBuffer, except that a full disk fails the task it hits.
+
+    distributed keeps data in memory when spilling fails ("Spill to disk failed;
+    keeping data in memory"); the worker then pauses above its memory limit and,
+    with nothing left to spill to, never resumes: the computation hangs. Here the
+    task whose result could not be stored fails with :class:`LocalDirectoryFullError`
+    naming the directory, so the user gets an error instead of a hang.
+    """
+
+    directory = ""
+
+    @contextlib.contextmanager
+    def _handle_errors(self, key: Any) -> Iterator[None]:
+        with super()._handle_errors(key):
+            try:
+                yield
+            except OSError as error:
+                if error.errno != errno.ENOSPC or key is None or key not in self.fast:
+                    raise  # distributed's handling: logged, the data stays in memory
+                del self[key]
+                raise LocalDirectoryFullError(
+                    f"the worker's local directory {self.directory} is full ({error.strerror}):"
+                    f" the result of {key!r} cannot be spilled to disk; free space there,"
+                    " give the workers more memory, or choose another local_directory"
+                ) from None
+
+
 class BatchWorker(Worker):
-    """A worker the scheduler rank can silence before it closes it (``jobstrap_quiet``)."""
+    """A worker the scheduler rank can silence before it closes it (``jobstrap_quiet``).
+
+    A full local directory fails the task that needs it (see :class:`_SpillBuffer`).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _leave_signals_to_the_nanny()
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
+        data = self.memory_manager.data
+        if type(data) is SpillBuffer:  # not a user's own mapping
+            buffer: Any = data
+            buffer.__class__ = _SpillBuffer
+            buffer.directory = str(self.local_directory)
 
     async def close(self, *args: Any, **kwargs: Any) -> Any:
         """Close, saying why in one line, then without the echo of closing connections.
