@@ -570,7 +570,11 @@ def write_results(outcomes: Sequence[FaultOutcome], path: Path = RESULTS) -> Non
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    entries = {e["test"]: e for e in data.get("faults", []) if isinstance(e, dict) and "test" in e}
+    entries = {
+        e["test"]: e
+        for e in data.get("faults", [])
+        if isinstance(e, dict) and "test" in e and _still_exists(str(e["test"]))
+    }
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for outcome in outcomes:
         outcome.recorded = now
@@ -596,6 +600,16 @@ def write_results(outcomes: Sequence[FaultOutcome], path: Path = RESULTS) -> Non
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def _still_exists(test_id: str) -> bool:
+    """Whether the test an entry was written by still exists (renamed tests drop out)."""
+    path, _, name = test_id.partition("::")
+    try:
+        source = (REPO / path).read_text()
+    except OSError:
+        return False
+    return f"def {name.split('[')[0]}(" in source
 
 
 def _slurm_version() -> str:

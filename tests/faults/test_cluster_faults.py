@@ -349,44 +349,85 @@ def test_a_worker_node_whose_slurmd_dies_ends_its_job_node_fail_and_the_job_is_r
 # --- memory and disk ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
+NEEDS_CGROUP_MEMORY = pytest.mark.skipif(
     not cgroup_memory_enforced(),
     reason="memory limits are enforced only on a cluster brought up with "
     "`scripts/testcluster up --cgroup-memory`",
 )
-def test_a_worker_job_killed_for_memory_is_reported_and_not_resubmitted_forever(
+
+
+@NEEDS_CGROUP_MEMORY
+def test_jobs_too_small_for_their_worker_end_out_of_memory_and_the_cluster_gives_up(
     scratch: Path, faults: FaultInjector, fault_report: FaultOutcome, make_cluster: Any
 ) -> None:
     fault_report.describe(
-        "a worker job above its memory limit (cgroup OOM killer)",
+        "worker jobs whose memory limit (cgroup) kills their worker as it starts",
         "cluster",
-        "OUT_OF_MEMORY reported with the job id; after max_failures jobs the cluster "
-        "stops submitting (ClusterFailedError) instead of looping",
+        "each job ends and is reported OUT_OF_MEMORY with its id; after max_failures "
+        "such jobs the cluster stops submitting (ClusterFailedError) instead of looping",
     )
-    cluster = make_cluster(memory="600MiB", max_failures=2)
-    cluster.scale(jobs=1)
-    cluster.wait_for_workers(1, timeout=START_TIMEOUT)
-    client = Client(cluster)
+    # 48 MiB does not even hold a starting worker: every job of this cluster is
+    # doomed the same way, and resubmitting cannot help.
+    cluster = make_cluster(memory="48MiB", max_failures=2)
     started = time.monotonic()
-    client.submit(workloads.hog, 2000, pure=False)
+    cluster.scale(jobs=1)
 
     def gave_up() -> ClusterFailedError:
         if cluster.error is None:
             raise NotYetError(dict(cluster.job_history))
         return cluster.error
 
-    error = wait_for(gave_up, 300, "the cluster to give up")
+    error = wait_for(gave_up, START_TIMEOUT, "the cluster to give up")
     fault_report.recovery_seconds = elapsed_since(started)
-    fault_report.recovery = "task start to the cluster giving up"
-    client.close()
+    fault_report.recovery = "scale-up to the cluster giving up"
 
     assert error.state == "OUT_OF_MEMORY"
-    assert error.job_id in str(error)
-    assert "OUT_OF_MEMORY" in str(error)
+    assert f"job {error.job_id} ended OUT_OF_MEMORY" in str(error)
+    assert "ran out of memory" in str(error)
     history = cluster.job_history
     assert len(history) == 2  # max_failures jobs, no more
-    assert all(s.state is JobState.OUT_OF_MEMORY for s in history.values()), history
+    assert {s.state for s in history.values()} == {JobState.OUT_OF_MEMORY}, history
+    with pytest.raises(ClusterFailedError):
+        cluster.scale(jobs=2)
     fault_report.observed = f"ClusterFailedError: {str(error).splitlines()[0]}"
+    assert close_and_count(cluster, fault_report) == 0
+
+
+@NEEDS_CGROUP_MEMORY
+def test_a_task_above_the_jobs_memory_ends_its_job_out_of_memory_and_the_cluster_recovers(
+    scratch: Path, faults: FaultInjector, fault_report: FaultOutcome, make_cluster: Any
+) -> None:
+    fault_report.describe(
+        "a task needing more memory than its worker job has (cgroup OOM killer)",
+        "cluster",
+        "the killed job ends and is reported OUT_OF_MEMORY with its id and replaced; the "
+        "task fails with KilledWorker (no endless retry); other work still completes",
+    )
+    cluster = make_cluster(memory="600MiB")
+    cluster.scale(jobs=1)
+    cluster.wait_for_workers(1, timeout=START_TIMEOUT)
+    with Client(cluster) as client:
+        started = time.monotonic()
+        hog = client.submit(workloads.hog, 2000, pure=False)
+
+        error = hog.exception(timeout=START_TIMEOUT)
+        fault_report.recovery_seconds = elapsed_since(started)
+        assert type(error).__name__ == "KilledWorker", repr(error)
+        oom = [f for f in cluster.failures if f.state == "OUT_OF_MEMORY"]
+        assert oom, cluster.failures
+        assert f"job {oom[0].job_id} ended OUT_OF_MEMORY" in str(oom[0])
+        assert cluster.job_history[oom[0].job_id].state is JobState.OUT_OF_MEMORY
+        assert len(cluster.job_history) <= 3, cluster.job_history  # bounded, no loop
+        # The cluster is whole again: a replacement job's worker computes.
+        wait_for(lambda: check(running_workers(cluster), cluster.jobs), START_TIMEOUT, "a worker")
+        assert client.submit(sum, [1, 2, 3]).result(timeout=120) == 6
+
+    fault_report.recovery = "task start to KilledWorker"
+    fault_report.observed = (
+        f"{len(oom)} job(s) ended OUT_OF_MEMORY ({', '.join(f.job_id for f in oom)}) and were "
+        f"replaced; the task failed with KilledWorker after {fault_report.recovery_seconds} s; "
+        f"{len(cluster.job_history)} job(s) in all"
+    )
     assert close_and_count(cluster, fault_report) == 0
 
 
