@@ -36,9 +36,10 @@ def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[],
 
 
 def test_a_job_is_replaced_before_its_walltime_and_its_results_survive() -> None:
-    # Walltime 45 s, margin 20 s: the job retires about 25 s after it started.
+    # Walltime 75 s, margin 30 s: the job retires about 45 s after it started, which
+    # leaves a loaded 2-core machine time to drain and cancel it before its walltime.
     with LocalBatchCluster(
-        cores=1, memory="300MiB", walltime="00:00:45", lifetime_margin=20, poll_interval=1
+        cores=1, memory="300MiB", walltime="00:01:15", lifetime_margin=30, poll_interval=1
     ) as cluster:
         cluster.scale(jobs=1)
         cluster.wait_for_workers(1, timeout=90)
@@ -60,14 +61,14 @@ def test_a_job_is_replaced_before_its_walltime_and_its_results_survive() -> None
                 live = cluster.jobs
                 return first not in live and any(s.workers for s in live.values())
 
-            wait_until(rotated, 90, lambda: (cluster.jobs, cluster.lifetimes))
+            wait_until(rotated, 150, lambda: (cluster.jobs, cluster.lifetimes))
             value = held.result(timeout=30)
             stored = client.who_has(held)
         stop.set()
         sampler.join()
         wait_until(
             lambda: cluster.job_history[first].state.is_terminal,
-            30,
+            60,
             lambda: cluster.job_history[first],
         )
         ended = cluster.job_history[first]
