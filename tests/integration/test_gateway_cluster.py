@@ -202,7 +202,8 @@ def test_a_hundred_jobs_go_out_as_four_arrays_split_at_max_array_size(
 
     assert MAX_ARRAY_SIZE == 33
     assert gateway.calls["sbatch"] == 4
-    assert gateway.calls["scontrol"] == 1
+    # MaxArraySize is read once per process: zero calls if an earlier test already asked.
+    assert gateway.calls["scontrol"] <= 1
     assert len(submission.batch_ids) == 4
     assert len(submission.job_ids) == 100
     assert len(set(submission.job_ids)) == 100
