@@ -348,6 +348,19 @@ def _error_payload(error: BaseException) -> bytes:
     )
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` comes from the job ending rather than from the graph.
+
+    The batch system asked the job to wind down (SIGTERM on ``scancel``, the
+    walltime's warning), or the client lost its scheduler (the scheduler rank
+    stopped the run: its workers were gone). Either way distributed raises a
+    ``FutureCancelledError`` that says nothing about why.
+    """
+    from jobstrap.bootstrap import drain
+
+    return drain.draining() or getattr(error, "reason", None) == "scheduler-connection-lost"
+
+
 def run_graph(run_dir: str | os.PathLike[str]) -> int:
     """Compute ``input.pkl`` of ``run_dir``; write ``result.pkl`` or ``error.pkl``.
 
@@ -377,9 +390,12 @@ def run_graph(run_dir: str | os.PathLike[str]) -> int:
         # ending the job, the scheduler gone) leaves no file, so the submitting side
         # reports the job's real end (TIMEOUT, CANCELLED, ...) rather than a side effect.
         progress.stop()
-        write_framed(run.error_file, _error_payload(error))
+        interrupted = _interrupted(error)
+        if not interrupted:
+            write_framed(run.error_file, _error_payload(error))
         progress.set_phase("failed", error=f"{type(error).__name__}: {error}"[:500])
-        print(f"jobstrap: the graph failed: {type(error).__name__}: {error}", file=sys.stderr)
+        what = "was interrupted" if interrupted else "failed"
+        print(f"jobstrap: the graph {what}: {type(error).__name__}: {error}", file=sys.stderr)
         traceback.print_exception(type(error), error, error.__traceback__)
         return 1
     finally:
