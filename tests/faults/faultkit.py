@@ -72,9 +72,6 @@ DEATH_TIMEOUT = 10
 EXCLUSIVE = os.environ.get("JOBSTRAP_FAULTS_EXCLUSIVE", "1") != "0"
 #: Queue wait plus startup on a busy two-core machine, with exclusive nodes.
 START_TIMEOUT = 300.0
-FINAL = frozenset(
-    {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"}
-)
 
 
 def exclusive_directives() -> tuple[str, ...]:
