@@ -108,13 +108,24 @@ class QueueWaitEstimate:
         return self.initial if self.value is None else self.value
 
 
-def replacement_due(retire_at: float, queue_wait: float, startup: float = 10.0) -> float:
+def replacement_due(
+    retire_at: float, queue_wait: float, started: float | None = None, startup: float = 10.0
+) -> float:
     """When to submit the successor so it runs (and its workers joined) before ``retire_at``.
 
     Twice the expected wait, plus worker start-up, keeps a slow queue from eating the
     overlap; submitting a little early only costs a short overlap of two jobs.
+
+    A job is never replaced before it has lived half of its useful life
+    (``started`` to ``retire_at``): when the queue wait is as long as a job's life, a
+    successor replaced at once would itself be replaced at once, and the cluster
+    would submit a chain of jobs that each do nothing. With the floor, a slow queue
+    costs a shorter overlap (a gap in capacity at worst), never a runaway.
     """
-    return retire_at - 2 * queue_wait - startup
+    due = retire_at - 2 * queue_wait - startup
+    if started is None:
+        return due
+    return max(due, started + (retire_at - started) / 2)
 
 
 def next_retirement(plan: Mapping[str, float]) -> tuple[str, float] | None:

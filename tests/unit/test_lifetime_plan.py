@@ -73,3 +73,11 @@ def test_queue_wait_estimate_follows_observations() -> None:
 
 def test_replacement_is_submitted_before_retirement_by_twice_the_wait() -> None:
     assert replacement_due(100.0, queue_wait=5.0, startup=10.0) == 80.0
+
+
+def test_a_slow_queue_never_replaces_a_job_before_half_its_life() -> None:
+    # Queue wait as long as the job's life: without the floor the successor would be
+    # due at once, and so would its own successor (a runaway chain of jobs).
+    assert replacement_due(145.0, queue_wait=60.0, started=100.0, startup=10.0) == 122.5
+    # A fast queue is not held back by the floor.
+    assert replacement_due(1000.0, queue_wait=5.0, started=0.0, startup=10.0) == 980.0
