@@ -180,8 +180,7 @@ class LifetimeManager:
         for name, retire_at in self.plan.items():
             if name in self.outgoing:
                 continue
-            due = replacement_due(retire_at, self.queue_wait.expected, running[name][0])
-            if now >= due:
+            if now >= replacement_due(retire_at, self.queue_wait.expected, running[name][0]):
                 # The successor takes this job's place in the plan from now on.
                 cluster.worker_spec[cluster._provisional_name()] = dict(cluster.new_spec)
                 self.outgoing.add(name)
