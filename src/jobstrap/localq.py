@@ -731,13 +731,24 @@ def _select(spool: Path, ids: Sequence[str]) -> Iterator[tuple[str, str, dict[st
 
 
 def cmd_status(ids: Sequence[str]) -> list[str]:
-    """One ``ID|STATE|EXIT|REASON|NAME`` line per task; unknown ids print nothing."""
+    """One ``ID|STATE|EXIT|REASON|NAME|ELAPSED|LEFT`` line per task (times in seconds,
+    the last two empty until the task starts); unknown ids print nothing."""
     lines = []
+    now = time.time()
     for job_id, task, state in _select(spool_dir(), ids):
         record = state["tasks"][task]
         code = "" if record["exit_code"] is None else str(record["exit_code"])
         reason = str(record["reason"]).replace("|", "/").replace("\n", " ")
-        lines.append(f"{_task_key(job_id, task)}|{record['state']}|{code}|{reason}|{state['name']}")
+        elapsed = left = ""
+        if record.get("start") is not None:
+            ran = (record.get("end") or now) - record["start"]
+            elapsed = str(int(ran))
+            if record["state"] == "RUNNING":
+                left = str(max(0, int(float(state["walltime"]) - ran)))
+        lines.append(
+            f"{_task_key(job_id, task)}|{record['state']}|{code}|{reason}|{state['name']}"
+            f"|{elapsed}|{left}"
+        )
     return lines
 
 

@@ -201,9 +201,11 @@ def test_status_shows_every_run_s_jobs_in_one_query(home: Path, fake_slurm: Fake
 
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
-    assert rows[0] == ["RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED"]
-    assert rows[1] == ["run-a", "app", "100", "RUNNING", "node1", "0:05"]
+    assert rows[0] == ["RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT"]
+    assert rows[1] == ["run-a", "app", "100", "RUNNING", "node1", "0:05", "4:55"]
+    # A pending job's %L is its whole limit, not time left: not shown.
     assert rows[2][:4] == ["run-b", "app", "101", "PENDING"]
+    assert "4:55" not in rows[2]
     assert len(fake_slurm.calls("squeue")) == 1
 
 

@@ -470,3 +470,16 @@ class _Spec:
     """The one JobSpec attribute ``submit_argv`` reads."""
 
     submit_args: tuple[str, ...] = ()
+
+
+def test_status_shows_a_running_task_s_elapsed_and_time_left(spool: Path, tmp_path: Path) -> None:
+    job = submit(write_script(tmp_path / "job.sh", "sleep 30\n", "--time=100"))
+    line = wait_state(job, "RUNNING")
+    elapsed, left = int(line[5]), int(line[6])
+    assert 0 <= elapsed <= 30
+    assert elapsed + left in (99, 100)  # both truncated from the same instant
+    record = get_system("local").parse_status("|".join(line))[job]
+    assert record.time_left.count(":") == 2
+    localq("cancel", job)
+    ended = wait_state(job, "CANCELLED")
+    assert ended[6] == ""  # an ended task has no time left

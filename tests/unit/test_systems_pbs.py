@@ -59,6 +59,19 @@ def test_a_running_job_reports_its_hosts() -> None:
     assert record.submit_time == "Fri Nov 11 17:58:00 2016"
 
 
+def test_a_running_job_reports_its_walltime_used_and_left() -> None:
+    record = PBS.parse_status(golden("qstat_running.json"))["1235.pbs01"]
+
+    # Resource_List.walltime 02:00:00 minus resources_used.walltime 00:00:41.
+    assert record.elapsed == "00:00:41"
+    assert record.time_left == "01:59:19"
+
+
+def test_a_queued_job_has_no_time_left() -> None:
+    records = PBS.parse_status(golden("qstat_queued.json"))
+    assert all(record.time_left == "" for record in records.values())
+
+
 @pytest.mark.parametrize(
     ("job_id", "state", "exit_code"),
     [

@@ -168,7 +168,7 @@ def test_status_argv_asks_once_by_base_id_in_numeric_order() -> None:
     assert argv[:2] == ["squeue", "--noheader"]
     assert "--array" in argv
     assert "--states=all" in argv
-    assert "--format=%i|%T|%r|%N|%j|%V|%M" in argv
+    assert "--format=%i|%T|%r|%N|%j|%V|%M|%L" in argv
     assert argv[-1] == "--jobs=9,15,100"
 
 

@@ -17,7 +17,7 @@ from ..registry import RunRecord
 from ..states import JobState
 from ..systems import JobRecord
 
-_COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED")
+_COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT")
 
 
 def _ask(runs: Sequence[RunRecord]) -> tuple[dict[str, JobRecord], list[str]]:
@@ -72,14 +72,14 @@ def _is_ours(run: RunRecord, record: JobRecord) -> bool:
 def _row(run: RunRecord, job_id: str, record: JobRecord | None) -> tuple[str, ...]:
     if record is None or not _is_ours(run, record):
         # Gone from the controller and its history (or the id now serves another job).
-        state, nodes, reason, elapsed = "MISSING", "", "not known to the batch system", ""
+        state, nodes, reason, elapsed, left = "MISSING", "", "not known to the batch system", "", ""
     else:
-        state, nodes, reason, elapsed = (
-            record.state.value, record.nodes, record.reason, record.elapsed
+        state, nodes, reason, elapsed, left = (
+            record.state.value, record.nodes, record.reason, record.elapsed, record.time_left
         )  # fmt: skip
         if record.exit_code and record.state.is_terminal:
             reason = f"{reason} exit {record.exit_code}".strip()
-    return (run.run_id, run.kind, job_id, state, nodes, reason, elapsed)
+    return (run.run_id, run.kind, job_id, state, nodes, reason, elapsed, left)
 
 
 def _table(rows: Iterable[tuple[str, ...]]) -> str:
@@ -94,7 +94,7 @@ def _table(rows: Iterable[tuple[str, ...]]) -> str:
 @click.command()
 @click.argument("runs", nargs=-1)
 def status(runs: tuple[str, ...]) -> None:
-    """Show the jobs of RUNS (default: every saved run) with state, nodes, reason, elapsed."""
+    """Show the jobs of RUNS (default: every saved run): state, nodes, reason, times."""
     records = [registry.load(r) for r in runs] if runs else registry.list()
     if not records:
         click.echo(f"no runs saved in {registry.registry_dir()}")

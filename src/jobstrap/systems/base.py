@@ -34,6 +34,9 @@ class JobRecord:
     raw_state: str = ""
     #: Run time so far or in total, as the batch system prints it (``1-02:03:04``).
     elapsed: str = ""
+    #: Walltime left of a running job, in the batch system's format (``4:59``,
+    #: ``1-02:03:04``); empty when not running or unlimited.
+    time_left: str = ""
     #: Set by the watcher while the controller cannot be asked (state UNKNOWN): the
     #: state last seen before that, and since when (epoch seconds) it has been unknown.
     last_state: JobState | None = None

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ..spec import JobSpec
 from ..states import JobState
+from ..units import format_walltime_pbs
 from .base import JobRecord, apply_extras, directive_value
 
 PREFIX = "#JOBSTRAP"
@@ -27,6 +28,11 @@ def _names(directive: str) -> set[str]:
 def _localq(*args: str) -> list[str]:
     # The same interpreter that runs the toolkit runs the queue: no PATH lookups.
     return [sys.executable, "-m", "jobstrap.localq", *args]
+
+
+def _clock(seconds: str) -> str:
+    """localq's seconds as ``HH:MM:SS``; "" (not started, not running) stays."""
+    return format_walltime_pbs(int(seconds)) if seconds.isdigit() else ""
 
 
 class Local:
@@ -70,7 +76,7 @@ class Local:
         return _localq("status", *job_ids)
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:
-        """Lines of ``ID|STATE|EXIT|REASON|NAME``."""
+        """Lines of ``ID|STATE|EXIT|REASON|NAME|ELAPSED|LEFT`` (seconds)."""
         records: dict[str, JobRecord] = {}
         for line in stdout.splitlines():
             parts = line.strip().split("|")
@@ -85,6 +91,8 @@ class Local:
                 name=parts[4] if len(parts) > 4 else "",
                 nodes="localhost",
                 raw_state=parts[1],
+                elapsed=_clock(parts[5]) if len(parts) > 5 else "",
+                time_left=_clock(parts[6]) if len(parts) > 6 else "",
             )
         return records
 

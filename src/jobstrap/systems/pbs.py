@@ -15,11 +15,12 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ConfigError
 from ..spec import JobSpec, Role
 from ..states import JobState
-from ..units import format_memory_pbs, format_walltime_pbs
+from ..units import format_memory_pbs, format_walltime_pbs, parse_walltime
 from .base import JobRecord, apply_extras, directive_value, is_transient
 
 #: ``job_state`` letters of live jobs.
@@ -67,6 +68,25 @@ def finished_state(exit_status: int | None, comment: str) -> JobState:
     if exit_status in (256 + 15, 256 + 9, 128 + 15, 128 + 9) and "delete" in text:
         return JobState.CANCELLED
     return JobState.FAILED
+
+
+def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
+    """A running job's walltime left: ``Resource_List.walltime - resources_used.walltime``.
+
+    PBS reports both (``resources_used`` is refreshed by the MoM every poll cycle, so the
+    answer lags by up to a minute); it has no "time left" field of its own.
+    """
+    if state is not JobState.RUNNING:
+        return ""
+    limit = (attrs.get("Resource_List") or {}).get("walltime")
+    used = (attrs.get("resources_used") or {}).get("walltime", "0")
+    if not limit:
+        return ""
+    try:
+        left = parse_walltime(str(limit)) - parse_walltime(str(used))
+    except ConfigError:
+        return ""
+    return format_walltime_pbs(max(0, left))
 
 
 class PBS:
@@ -154,6 +174,7 @@ class PBS:
                 state = STATES.get(letter, JobState.UNKNOWN)
             if exit_code is not None and exit_code >= 256:
                 exit_code -= 128  # PBS: 256 + signal; report the shell's 128 + signal
+            used = attrs.get("resources_used") or {}
             records[job_id] = JobRecord(
                 job_id=job_id,
                 state=state,
@@ -163,6 +184,8 @@ class PBS:
                 name=str(attrs.get("Job_Name", "")),
                 submit_time=str(attrs.get("ctime", "")),
                 raw_state=letter,
+                elapsed=str(used.get("walltime", "")),
+                time_left=_time_left(state, attrs),
             )
         return records
 

@@ -56,7 +56,7 @@ SHORT_STATES: dict[str, str] = {
 }  # fmt: skip
 
 _SEP = "|"
-_SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V|%M"
+_SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V|%M|%L"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit,Elapsed"
 _ARRAY_RE = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[^\]]+)\]$")
 _JOB_ID_RE = re.compile(r"^\d+(?:_\d+|\+\d+)?$")
@@ -192,16 +192,22 @@ class Slurm:
             name = parts[4] if len(parts) > 4 else ""
             submit = parts[5] if len(parts) > 5 else ""
             elapsed = parts[6] if len(parts) > 6 else ""
+            state = map_state(raw_state)
+            # %L: the time left (for a pending job its whole limit, so running only).
+            left = parts[7] if len(parts) > 7 and state is JobState.RUNNING else ""
+            if left in ("UNLIMITED", "NOT_SET", "INVALID"):
+                left = ""
             for one in expand_job_id(job_id):
                 records[one] = JobRecord(
                     job_id=one,
-                    state=map_state(raw_state),
+                    state=state,
                     reason="" if reason in ("None", "(null)") else reason,
                     nodes="" if nodes in ("(null)",) else nodes,
                     name=name,
                     submit_time=submit,
                     raw_state=raw_state,
                     elapsed=elapsed,
+                    time_left=left,
                 )
         return records
 
