@@ -74,7 +74,6 @@ def test_a_job_is_replaced_before_its_walltime_and_its_results_survive() -> None
         ended = cluster.job_history[first]
         submitted = len(cluster.job_history)
 
-
     assert value == 6
     assert stored, "the held result is on no worker"
     assert ended.state in (JobState.CANCELLED, JobState.COMPLETED), ended.state.value

@@ -154,7 +154,9 @@ def squeue(argv: list[str]) -> int:
         for one, job_state in task_lines(job_id, job):
             node = "node1" if job_state != "PENDING" else ""
             reason = "None" if job_state != "PENDING" else "Priority"
-            lines.append(f"{one}|{job_state}|{reason}|{node}|{job['name']}|{job['submit']}|0:05|4:55")
+            lines.append(
+                f"{one}|{job_state}|{reason}|{node}|{job['name']}|{job['submit']}|0:05|4:55"
+            )
     if not lines:
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
         return 1
