@@ -299,6 +299,7 @@ def _submit_run(
     *,
     prepare: Callable[[RunDir], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    start_after_workers: int | None = None,
 ) -> JobFuture:
     """Create the run directory, TLS and inputs; render; save; submit; return the future."""
     from . import registry
@@ -317,7 +318,9 @@ def _submit_run(
     if prepare is not None:
         prepare(run)
     tag = new_tag()
-    spec = app_job(profile, str(run.path), tag, app_argv(run))
+    spec = app_job(
+        profile, str(run.path), tag, app_argv(run), start_after_workers=start_after_workers
+    )
     spec = tagged(local_launch(spec, profile))
     script = render_script(spec, get_system(profile.system), template=profile.template)
     record = RunRecord(
@@ -490,8 +493,16 @@ class BatchClient:
             write_framed(run.input_file, envelope)
 
         extra = {"object": _describe(obj), "input_bytes": len(envelope)}
+        # A graph starts on the first worker (the scheduler spreads it as the others
+        # join); an app (submit_app) may count its workers, so it waits for all.
         return _submit_run(
-            profile, self.profile_name, "graph", _graph_argv, prepare=prepare, extra=extra
+            profile,
+            self.profile_name,
+            "graph",
+            _graph_argv,
+            prepare=prepare,
+            extra=extra,
+            start_after_workers=1,
         )
 
 

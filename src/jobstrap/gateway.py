@@ -975,9 +975,20 @@ class Watcher:
             The job name they were submitted with (``<job_name>-<tag>``): an id that
             shows up under another name has been recycled and ours is gone.
         """
+        stale: list[tuple[str, JobState, JobRecord, list[ChangeCallback]]] = []
         with self._lock:
             for job_id in job_ids:
                 entry = self._entries.get(job_id)
+                if entry is not None and started_by_us and name and entry.identity.name != name:
+                    # The batch system gave our new job an id we still track: ids are
+                    # reused only once the old job is over and forgotten (a controller
+                    # restart, a local queue's new spool). The old job is MISSING to
+                    # whoever tracked it; the new one starts afresh.
+                    old = entry.record
+                    gone = replace(old, state=JobState.MISSING, reason="job id reused")
+                    if not old.state.is_terminal:
+                        stale.append((job_id, old.state, gone, [*entry.callbacks]))
+                    entry = None
                 if entry is None:
                     identity = _Identity(name=name, strict=bool(name))
                     # Our own fresh submission is queued; anyone else's is unknown until asked.
@@ -988,6 +999,12 @@ class Watcher:
                     entry.callbacks.append(on_change)
             self.interval = self.poll_interval
             self._start()
+        for job_id, before, gone, callbacks in stale:
+            for callback in callbacks:
+                try:
+                    callback(job_id, before, gone)
+                except Exception:
+                    log.exception("state-change callback %r failed for %s", callback, job_id)
         self._wake.set()
 
     def untrack(self, job_ids: Iterable[str]) -> None:
@@ -1123,8 +1140,9 @@ class Watcher:
         The polling thread calls this; tests and tools may call it directly.
         """
         with self._lock:
-            ids = [j for j, e in self._entries.items() if not e.record.state.is_terminal]
-            identities = {j: self._identity(self._entries[j]) for j in ids}
+            asked = {j: e for j, e in self._entries.items() if not e.record.state.is_terminal}
+            ids = list(asked)
+            identities = {j: self._identity(e) for j, e in asked.items()}
         if not ids:
             return False
         try:
@@ -1139,8 +1157,8 @@ class Watcher:
             self._holding = False
             for job_id in ids:
                 entry = self._entries.get(job_id)
-                if entry is None:
-                    continue
+                if entry is None or entry is not asked[job_id]:
+                    continue  # untracked, or re-tracked for a new job while we asked
                 new = self._next_record(entry, answer, now_mono)
                 if new is None:
                     continue

@@ -197,11 +197,17 @@ def app_job(
     *,
     name: str | None = None,
     client_on_scheduler_rank: bool = False,
+    start_after_workers: int | None = None,
 ) -> JobSpec:
-    """A whole application in one allocation: scheduler, client and workers as MPI ranks."""
+    """A whole application in one allocation: scheduler, client and workers as MPI ranks.
+
+    ``start_after_workers`` starts the app once that many workers joined (default: all).
+    """
     argv = _bootstrap_argv(profile, run_dir, "mpi")
     if client_on_scheduler_rank:
         argv.append("--client-on-scheduler-rank")
+    if start_after_workers is not None:
+        argv += ["--start-after-workers", str(start_after_workers)]
     argv += ["--", *app_argv]
     ranks = profile.ranks_per_node
     return JobSpec(

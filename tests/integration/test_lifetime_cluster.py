@@ -133,7 +133,8 @@ def rotating() -> Iterator[SLURMCluster]:
 def test_a_computation_longer_than_every_walltime_finishes_without_recomputing(
     rotating: SLURMCluster,
 ) -> None:
-    width, levels, seconds = 6, 80, 1.5
+    # 6 x 120 tasks of 1.5 s on 3 workers: about 6 minutes, every job rotated at least once.
+    width, levels, seconds = 6, 120, 1.5
     counter = CountStarts()
     rotating.scheduler.add_plugin(counter, name="count-starts")
     jobs_seen: set[str] = set()
@@ -151,6 +152,47 @@ def test_a_computation_longer_than_every_walltime_finishes_without_recomputing(
     minimum = s.minimum_after_first_worker()
     assert minimum is not None, "no worker ever arrived"
     assert minimum > 0, f"the worker count dropped to zero; samples: {s.samples}"
+
+
+def test_rotation_under_adapt_keeps_the_bounds_and_wastes_no_job() -> None:
+    # adapt() wants a worker per ready task (6) but may have 3 jobs: it is at its
+    # maximum all along, so the rotation's successors are the only extra jobs. The
+    # loop must not count an outgoing job as capacity (it would scale up past the
+    # maximum) nor retire a successor as surplus (a wasted job, and no overlap).
+    width, levels, seconds, maximum = 6, 70, 1.5, 3
+    counter = CountStarts()
+    ever_had_workers: set[str] = set()
+    overshoot: list[tuple[int, int]] = []
+
+    def sample(cluster: SLURMCluster) -> int:
+        jobs = cluster.jobs
+        ever_had_workers.update(job_id for job_id, job in jobs.items() if job.workers)
+        outgoing = sum(1 for life in cluster.lifetimes.values() if life.phase != "running")
+        if len(jobs) - outgoing > maximum:
+            overshoot.append((len(jobs), outgoing))
+        return len(cluster.scheduler.workers)
+
+    with SLURMCluster(
+        PROFILE, cores=1, memory="500MiB", walltime="00:02:30", lifetime_margin=30
+    ) as cluster:
+        cluster.scheduler.add_plugin(counter, name="count-starts")
+        cluster.adapt(minimum_jobs=1, maximum_jobs=maximum, interval="1s")
+        with Client(cluster) as client, WorkerSampler(lambda: sample(cluster)) as s:
+            rows = submit_graph(client, width, levels, seconds)
+            result = client.gather(rows[-1], errors="raise")
+            history = cluster.job_history
+
+    tasks = width * levels
+    assert result == expected_result(width, levels)
+    assert len(history) > maximum, f"no job was rotated: {sorted(history)}"
+    assert counter.starts <= 1.05 * tasks, f"{counter.starts} starts for {tasks} tasks"
+    assert not overshoot, f"more than {maximum} jobs counted as capacity: {overshoot}"
+    ended = {job_id for job_id, job in history.items() if job.state.is_terminal}
+    wasted = ended - ever_had_workers
+    assert not wasted, f"jobs ended without ever running a worker: {sorted(wasted)}"
+    minimum = s.minimum_after_first_worker()
+    assert minimum is not None, "no worker ever arrived"
+    assert minimum > 0, f"the worker count hit zero: {s.samples}"
 
 
 def test_sigusr1_to_a_job_drains_it_and_it_is_replaced() -> None:

@@ -259,6 +259,36 @@ def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
     assert "another job" in record.reason
 
 
+def test_our_new_job_under_a_tracked_id_replaces_the_old_entry(
+    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    # An id still tracked from an earlier job comes back for a new submission of ours
+    # (a controller restart, a fresh local spool): the old job is gone, the new one
+    # starts as PENDING, and each one's callbacks hear only of their own job.
+    old_seen: list[tuple[JobState, JobState]] = []
+    new_seen: list[tuple[JobState, JobState]] = []
+    submission = gateway.submit(make_spec(run_dir))
+    watcher = quick(gateway.watcher)
+    watcher.track(
+        submission.job_ids,
+        name=submission.name,
+        on_change=lambda j, o, n: old_seen.append((o, n.state)),
+    )
+    fake_slurm.set_job("100", state="RUNNING")
+    wait_for(lambda: watcher.state("100") is JobState.RUNNING, lambda: watcher.records())
+
+    fake_slurm.set_job("100", name="jobstrap-new", state="PENDING")
+    watcher.track(
+        ["100"], name="jobstrap-new", on_change=lambda j, o, n: new_seen.append((o, n.state))
+    )
+    assert watcher.state("100") is JobState.PENDING
+    fake_slurm.set_job("100", name="jobstrap-new", state="CANCELLED")
+    watcher.wait(["100"], timeout=10)
+
+    assert old_seen == [(JobState.PENDING, JobState.RUNNING), (JobState.RUNNING, JobState.MISSING)]
+    assert new_seen == [(JobState.PENDING, JobState.CANCELLED)]
+
+
 def test_a_recycled_id_finds_our_own_end_in_the_history(
     gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:

@@ -441,7 +441,13 @@ def _client(
     # Sharing the scheduler's process, the app cannot outlive it: no heartbeat needed.
     link.start(heartbeat=runner is None)
     try:
-        count = link.wait_for_workers(expected, timeout=options.death_timeout)
+        # A graph needs one worker to start: the scheduler queues its root tasks
+        # and hands them to the others as they join, so waiting for all of them
+        # only delays the start. An app may count its workers: it waits for all.
+        wanted = expected
+        if options.start_after_workers is not None:
+            wanted = min(expected, options.start_after_workers)
+        count = link.wait_for_workers(wanted, timeout=options.death_timeout)
         if count == 0 and expected > 0:
             say(
                 f"no worker joined the scheduler at {address} within "
@@ -451,8 +457,8 @@ def _client(
             )
             code = 1
         else:
-            if count < expected:
-                logger.warning("%d of %d workers joined; starting the app anyway", count, expected)
+            if count < wanted:
+                logger.warning("%d of %d workers joined; starting the app anyway", count, wanted)
             code = _run_app_with_signals(options, link)
         _close_leftover_clients()
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
-       [--idle-timeout S] -- app.py [args] | -m module [args]"""
+       [--idle-timeout S] [--start-after-workers N] -- app.py [args] | -m module [args]"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Options:
     scheduler_address: str | None = None
     name: str | None = None
     idle_timeout: float | None = None
+    #: Start the app once this many workers joined (default: all of them).
+    start_after_workers: int | None = None
     app: AppSpec | None = None
 
     @property
@@ -119,6 +121,10 @@ def _parser() -> _Parser:
     p.add_argument("--scheduler-address", default=None)
     p.add_argument("--name", default=None, help="worker name prefix")
     p.add_argument("--idle-timeout", type=_seconds, default=None)
+    p.add_argument(
+        "--start-after-workers", type=_positive_int, default=None,
+        help="start the app once N workers joined (default: all)",
+    )  # fmt: skip
     return p
 
 
