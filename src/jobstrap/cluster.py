@@ -72,6 +72,7 @@ from distributed.scheduler import Scheduler
 from tornado.ioloop import PeriodicCallback
 
 from . import network
+from .bootstrap.quiet import quiet_closed_comm_tracebacks
 from .cluster_jobs import (
     FAILED_STATES,
     JobInfo,
@@ -458,6 +459,9 @@ class BatchCluster(SpecCluster):
         _register_atexit()
 
         scheduler_spec = None if self._placement == "job" else self._scheduler_spec(security)
+        # Rotations and scale-downs retire workers on purpose; the scheduler in this
+        # process would log each one's closed stream with a traceback.
+        quiet_closed_comm_tracebacks()
         template = {"cls": BatchJob, "options": {}, "group": worker_suffixes(self._shape)}
         try:
             super().__init__(

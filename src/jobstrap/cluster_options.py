@@ -24,7 +24,6 @@ __all__ = ["ClusterOptions", "split_options"]
 _IGNORED = {
     "shared_temp_directory": "certificates live in the cluster's private run directory",
     "config_name": "jobstrap reads profiles (profile=...), not jobqueue.yaml sections",
-    "nanny": "jobstrap always runs workers under a nanny",
 }
 
 #: dask-jobqueue keywords with no equivalent: using them would change behaviour.
@@ -126,8 +125,6 @@ def split_options(
             raise ConfigError(key, given[key], "not supported", _REJECTED[key])
         if key in _IGNORED:
             value = given.pop(key)
-            if key == "nanny" and value:
-                continue  # what we do anyway: nothing to say
             warnings.warn(f"{key}={value!r} is ignored: {_IGNORED[key]}", UserWarning, stacklevel=3)
 
     if "scheduler_options" in given:

@@ -283,6 +283,9 @@ class Profile:
         None, _optional_integer(1), "cap on tasks per job array (default: the site's)"
     )
     dashboard: bool = _setting(True, _boolean, "start the scheduler dashboard")
+    nanny: bool = _setting(
+        True, _boolean, "run workers under a nanny (restarts after memory kills; costs a process)"
+    )
     dashboard_port: int = _setting(0, _integer(0), "dashboard port (0: a free port)")
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"

@@ -139,6 +139,8 @@ def _bootstrap_argv(profile: Profile, run_dir: str, mode: str) -> list[str]:
         argv += ["--memory-limit", str(profile.memory_per_worker)]
     if profile.local_directory:
         argv += ["--local-directory", profile.local_directory]
+    if not profile.nanny:
+        argv.append("--no-nanny")
     if profile.dashboard:
         # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
         argv += ["--dashboard-port", str(profile.dashboard_port)]

@@ -9,7 +9,9 @@ variables, which is also how plain ``srun`` without ``--mpi`` starts them.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -288,6 +290,14 @@ def test_options_accept_durations_with_units() -> None:
     assert options.lifetime == 90
 
 
+def test_options_for_nannies_and_the_app_start() -> None:
+    assert parse_args(["--run-dir", "/r"]).nanny is True
+    assert parse_args(["--run-dir", "/r"]).start_after_workers is None
+    options = parse_args(["--run-dir", "/r", "--no-nanny", "--start-after-workers", "1"])
+    assert options.nanny is False
+    assert options.start_after_workers == 1
+
+
 def test_options_scheduler_interface_defaults_to_interface() -> None:
     options = parse_args(["--run-dir", "/r", "--interface", "ib0,eth0"])
 
@@ -449,6 +459,39 @@ def test_several_worker_processes_per_rank_all_join(run: RunDir, tmp_path: Path)
 
     assert launch.returncode == 0, launch.output
     assert f"workers 2 sum {EXPECTED_SUM}" in launch.stdout
+
+
+def test_without_nannies_the_workers_live_in_the_rank_processes(
+    run: RunDir, tmp_path: Path
+) -> None:
+    parents = (
+        "    parents = client.run(lambda: psutil.Process().parent().name())\n"
+        "    print('parents', sorted(set(parents.values())))\n"
+    )
+    app = write_app(
+        tmp_path,
+        COMPUTE_APP.replace("    x = da.arange", parents + "    x = da.arange").replace(
+            "import sys", "import sys\nimport psutil"
+        ),
+    )
+
+    launch = mpiexec(4, [*bootstrap_argv(run, "--no-nanny"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert f"workers 2 sum {EXPECTED_SUM}" in launch.stdout
+    # Each worker is its rank: its parent is the MPI launcher's proxy, not a nanny.
+    line = next(x for x in launch.stdout.splitlines() if x.startswith("parents"))
+    assert "python" not in line, line
+    assert_quiet(launch)
+
+
+def test_an_app_can_start_after_the_first_worker(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(4, [*bootstrap_argv(run, "--start-after-workers", "1"), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert f"sum {EXPECTED_SUM}" in launch.stdout
 
 
 # --------------------------------------------------------------------- clear failures
@@ -1218,3 +1261,29 @@ def test_a_drain_signal_while_a_worker_rank_starts_ends_it_cleanly(run: RunDir) 
     assert workers.returncode == 0, err
     assert "SIGUSR1" in err
     assert "Traceback" not in err
+
+
+def test_a_closed_comm_is_logged_as_one_line_without_its_traceback() -> None:
+    from distributed.comm.core import CommClosedError
+
+    from jobstrap.bootstrap.quiet import quiet_closed_comm_tracebacks
+
+    quiet_closed_comm_tracebacks()
+    quiet_closed_comm_tracebacks()  # idempotent: one filter
+    batched = logging.getLogger("distributed.batched")
+    assert len(batched.filters) == 1
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    batched.addHandler(handler)
+    try:
+        for error in (CommClosedError("gone"), ValueError("real")):
+            try:
+                raise error
+            except Exception:
+                batched.info("Batched Comm Closed <TLS>", exc_info=True)
+    finally:
+        batched.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.count("Batched Comm Closed") == 2
+    assert "CommClosedError" not in text  # the line stays, its traceback goes
+    assert "ValueError: real" in text  # any other error keeps its traceback

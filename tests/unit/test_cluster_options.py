@@ -134,10 +134,11 @@ def test_meaningless_jobqueue_keywords_are_ignored_with_a_warning() -> None:
     assert overrides == {}
 
 
-def test_nanny_true_is_accepted_silently() -> None:
-    overrides, _ = split_options({"nanny": True})
+def test_nanny_is_the_profile_setting_of_the_same_name() -> None:
+    overrides, _ = split_options({"nanny": False})
 
-    assert overrides == {}
+    assert overrides == {"nanny": False}
+    assert resolved(nanny=False).nanny is False
 
 
 def test_an_unknown_keyword_is_left_for_the_profile_to_reject_by_name() -> None:

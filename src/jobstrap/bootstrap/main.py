@@ -403,6 +403,7 @@ def _serve_workers(
         death_timeout=options.death_timeout,
         lifetime=options.lifetime,
         dashboard=options.dashboard,
+        nanny=options.nanny,
         names=_worker_names(prefix, options.worker_processes),
         max_memory_kills=max_memory_kills,
     )

@@ -20,7 +20,8 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
-       [--idle-timeout S] [--start-after-workers N] -- app.py [args] | -m module [args]"""
+       [--idle-timeout S] [--start-after-workers N] [--no-nanny]
+       -- app.py [args] | -m module [args]"""
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Options:
     local_directory: str | None = None
     death_timeout: float = 60.0
     dashboard: bool = True
+    #: Workers in processes of their own under a nanny (restarts after memory kills).
+    nanny: bool = True
     dashboard_port: int = 8787
     client_on_scheduler_rank: bool = False
     lifetime: float | None = None
@@ -115,6 +118,10 @@ def _parser() -> _Parser:
     p.add_argument("--local-directory", default=None)
     p.add_argument("--death-timeout", type=_seconds, default=60.0)
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false")
+    p.add_argument(
+        "--no-nanny", dest="nanny", action="store_false",
+        help="workers in the rank's own process (no restarts after memory kills)",
+    )  # fmt: skip
     p.add_argument("--dashboard-port", type=_port, default=8787)
     p.add_argument("--client-on-scheduler-rank", action="store_true")
     p.add_argument("--lifetime", type=_seconds, default=None)
@@ -161,11 +168,13 @@ def parse_args(argv: Sequence[str]) -> Options:
         local_directory=ns.local_directory,
         death_timeout=ns.death_timeout,
         dashboard=ns.dashboard,
+        nanny=ns.nanny,
         dashboard_port=ns.dashboard_port,
         client_on_scheduler_rank=ns.client_on_scheduler_rank,
         lifetime=ns.lifetime,
         scheduler_address=ns.scheduler_address,
         name=ns.name,
         idle_timeout=ns.idle_timeout,
+        start_after_workers=ns.start_after_workers,
         app=app,
     )

@@ -14,7 +14,14 @@ import os
 import socket
 import sys
 
-__all__ = ["NOISY_LOGGERS", "configure_logging", "logger", "say", "silence_for_shutdown"]
+__all__ = [
+    "NOISY_LOGGERS",
+    "configure_logging",
+    "logger",
+    "quiet_closed_comm_tracebacks",
+    "say",
+    "silence_for_shutdown",
+]
 
 #: Loggers whose output at shutdown is only the echo of connections closing.
 NOISY_LOGGERS: tuple[str, ...] = (
@@ -39,9 +46,40 @@ logger = logging.getLogger("jobstrap.bootstrap")
 _prefix = "jobstrap"
 
 
+class _NoClosedCommTraceback(logging.Filter):
+    """Keep the line, drop the traceback of a ``CommClosedError``.
+
+    ``distributed.batched`` logs "Batched Comm Closed" with the full traceback of
+    the ``CommClosedError`` whenever the other end of a stream went away first: a
+    worker retiring on a drain while the scheduler still sends to it, or any rank
+    leaving at the end of a run. The line says all there is to say (the scheduler
+    logs the worker's removal too); the traceback reads like a crash, and arrives
+    before :func:`silence_for_shutdown` can run when every rank gets the signal at
+    once (Ctrl-C under mpiexec, a walltime SIGTERM).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and type(error).__name__ == "CommClosedError":
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_closed_comm_filter = _NoClosedCommTraceback()
+
+
+def quiet_closed_comm_tracebacks() -> None:
+    """Install the filter on ``distributed.batched`` (idempotent; call in every process)."""
+    batched = logging.getLogger("distributed.batched")
+    if _closed_comm_filter not in batched.filters:
+        batched.addFilter(_closed_comm_filter)
+
+
 def configure_logging(rank: int | None = None) -> None:
     """Send ``jobstrap.*`` log records to stderr, tagged with rank and host."""
     global _prefix
+    quiet_closed_comm_tracebacks()
     host = socket.gethostname()
     _prefix = f"jobstrap[{host}" + (f" rank {rank}]" if rank is not None else "]")
     root = logging.getLogger("jobstrap")

@@ -36,7 +36,12 @@ from distributed.core import rpc
 from distributed.spill import SpillBuffer
 
 from jobstrap.bootstrap.drain import early_signals
-from jobstrap.bootstrap.quiet import logger, say, silence_for_shutdown
+from jobstrap.bootstrap.quiet import (
+    logger,
+    quiet_closed_comm_tracebacks,
+    say,
+    silence_for_shutdown,
+)
 
 __all__ = [
     "BatchNanny",
@@ -133,6 +138,7 @@ class BatchWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _leave_signals_to_the_nanny()
+        quiet_closed_comm_tracebacks()  # also in a nanny's worker process
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
         data = self.memory_manager.data

@@ -1,0 +1,337 @@
+"""Batch mode start-up against dask-mpi: N MPI ranks in one allocation, same cluster, same run.
+
+Both sides run the same app on ranks laid out the same way (rank 0 the scheduler,
+rank 1 the client, the others one single-threaded worker each, over ib0):
+
+* **jobstrap**: ``jobstrap.submit_app(["app.py", ...])``: the rendered script runs
+  ``srun --mpi=pmi2 python -m jobstrap.bootstrap -- app.py`` (TLS with per-run
+  certificates, workers under nannies: the defaults);
+* **jobstrap (no nanny)**: the same with ``nanny: false`` (each worker is its rank,
+  as in dask-mpi);
+* **dask-mpi**: an sbatch script whose ``srun --mpi=pmi2 python driver.py`` calls
+  ``dask_mpi.initialize(interface="ib0", nthreads=1)`` and then runs the app (plain
+  TCP, no nannies: dask-mpi's defaults).
+
+Measured per run:
+
+* **launch to ready**: from the line before the launcher in the batch script (a
+  timestamp written by the script) to the client seeing every worker;
+* **submit to done**: from the submit call to the app's output file appearing here,
+  polled the same way for all;
+* **peak memory per worker rank**: ``ru_maxrss`` of each worker process, plus its
+  nanny's when there is one (a rank is both processes then).
+
+Sizes 4, 8, 16 and 32 ranks over two nodes (more tasks than CPUs use
+``--overcommit``, the same for all), then 64 ranks on one node with ``mpiexec``
+(oversubscribed). Runs are interleaved (one of each method per round) so the
+machine's load affects all alike.
+
+Run on the test cluster's login node; writes ``bench/results/bootstrap.json``::
+
+    scripts/testcluster on head .venv/bin/python bench/bench_bootstrap.py [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "bootstrap.json"
+PROFILE = "testcluster"
+NODES = 2
+CPUS_PER_NODE = 8  # the test cluster's nodes (scripts/testcluster.d/clusterdef.py)
+WALLTIME_MIN = 15
+POLL_START, POLL_MAX = 0.05, 0.5  # the same file polling as JobFuture
+
+#: The app both sides run on the client rank: wait for every worker, touch each one
+#: with a little work, report times and peak memory, write the report atomically.
+APP = """\
+import json, os, resource, sys, time
+from distributed import Client
+
+out, expected = sys.argv[1], int(sys.argv[2])
+
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+with Client() as client:
+    client.wait_for_workers(expected, timeout=600)
+    ready = time.time()
+    total = sum(client.gather(client.map(pow, range(4 * expected), [2] * (4 * expected))))
+    workers = client.run(peak)
+    try:
+        nannies = client.run(peak, nanny=True)
+    except Exception:
+        nannies = {}
+report = {
+    "ready": ready,
+    "total": total,
+    "workers": len(workers),
+    "worker_peak": list(workers.values()),
+    "nanny_peak": list(nannies.values()),
+}
+with open(out + ".tmp", "w") as handle:
+    json.dump(report, handle)
+os.replace(out + ".tmp", out)
+"""
+
+DASK_MPI_DRIVER = """\
+import runpy, sys
+from dask_mpi import initialize
+
+initialize(interface="ib0", nthreads=1)
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+class RunFailedError(Exception):
+    """One run ended without a report; the message says how (kept in the results)."""
+
+
+def _launch_stamp(path: Path) -> str:
+    return f"date +%s.%N > {shlex.quote(str(path))}"
+
+
+def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> float:
+    """Poll for ``report`` like JobFuture polls for a result; the seconds it took."""
+    delay = POLL_START
+    last_check = started
+    while not report.exists():
+        now = time.perf_counter()
+        if now - started > timeout:
+            subprocess.run(["scancel", job_id], check=False)
+            raise RunFailedError(f"no report after {timeout:g} s (job {job_id})")
+        if now - last_check > 2.0:
+            last_check = now
+            queue = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+            if queue.returncode == 0 and not queue.stdout.strip() and not report.exists():
+                raise RunFailedError(f"job {job_id} ended without a report")
+        time.sleep(delay)
+        delay = min(POLL_MAX, delay * 1.5)
+    return time.perf_counter() - started
+
+
+def _layout(ranks: int, one_node: bool) -> tuple[int, int, list[str]]:
+    nodes = 1 if one_node else NODES
+    per_node = ranks // nodes
+    extra = ["--overcommit"] if per_node > CPUS_PER_NODE else []
+    return nodes, per_node, extra
+
+
+def run_jobstrap(
+    ranks: int, workdir: Path, timeout: float, *, one_node: bool = False, nanny: bool = True
+) -> dict[str, Any]:
+    from jobstrap.batch import submit_app
+
+    job_dir = Path(tempfile.mkdtemp(prefix="jobstrap-", dir=workdir))
+    app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
+    app.write_text(APP)
+    nodes, per_node, extra = _layout(ranks, one_node)
+    started = time.perf_counter()
+    future = submit_app(
+        [str(app), str(report), str(ranks - 2)],
+        profile=PROFILE,
+        nodes=nodes,
+        tasks_per_node=per_node,
+        cores=min(per_node, CPUS_PER_NODE),
+        memory="6GiB" if one_node else "3GiB",
+        walltime=f"00:{WALLTIME_MIN:02d}:00",
+        launcher="mpiexec" if one_node else "srun",
+        nanny=nanny,
+        prologue=[_launch_stamp(launch)],
+        extra_directives=extra,
+    )
+    job_id = future.job_id
+    try:
+        done = _wait_for(report, job_id, started, timeout)
+    except RunFailedError:
+        future.cancel()
+        raise
+    future.wait(timeout=120)  # let the job end before the next one starts
+    return _finish(report, launch, done, job_id)
+
+
+def run_dask_mpi(
+    ranks: int, workdir: Path, timeout: float, *, one_node: bool = False
+) -> dict[str, Any]:
+    job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
+    app, driver = job_dir / "app.py", job_dir / "driver.py"
+    report, launch = job_dir / "report.json", job_dir / "launch"
+    app.write_text(APP)
+    driver.write_text(DASK_MPI_DRIVER)
+    nodes, per_node, extra = _layout(ranks, one_node)
+    python = shlex.quote(sys.executable)
+    argv = (
+        f"{shlex.quote(str(driver))} {shlex.quote(str(app))} {shlex.quote(str(report))} {ranks - 2}"
+    )
+    if one_node:
+        launcher = f"mpiexec -n {ranks} {python} {argv}"
+    else:
+        # --kill-on-bad-exit: a rank that dies ends the step (what a careful hand writes).
+        launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {python} {argv}"
+    directives = "\n".join(f"#SBATCH {d}" for d in extra)
+    script = job_dir / "job.sh"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/bash
+            #SBATCH --job-name=bench-dask-mpi
+            #SBATCH --nodes={nodes}
+            #SBATCH --ntasks-per-node={per_node}
+            #SBATCH --cpus-per-task=1
+            #SBATCH --mem={"6G" if one_node else "3G"}
+            #SBATCH --time={WALLTIME_MIN}
+            #SBATCH --output={job_dir}/%j.out
+            """
+        )
+        + (directives + "\n" if directives else "")
+        + f"{_launch_stamp(launch)}\n{launcher}\n"
+    )
+    started = time.perf_counter()
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    done = _wait_for(report, job_id, started, timeout)
+    _wait_gone(job_id, 120)
+    return _finish(report, launch, done, job_id)
+
+
+def _wait_gone(job_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+        if queue.returncode != 0 or not queue.stdout.strip():
+            return
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id], check=False)
+
+
+def _finish(report: Path, launch: Path, done: float, job_id: str) -> dict[str, Any]:
+    data = json.loads(report.read_text())
+    launched = float(launch.read_text().strip())
+    workers = [int(w) for w in data["worker_peak"]]
+    nannies = [int(n) for n in data["nanny_peak"]]
+    per_rank = statistics.mean(workers) + (statistics.mean(nannies) if nannies else 0.0)
+    return {
+        "job_id": job_id,
+        "launch_to_ready_s": round(data["ready"] - launched, 3),
+        "submit_to_done_s": round(done, 3),
+        "workers": data["workers"],
+        "peak_rss_per_worker_rank_mib": round(per_rank / 2**20, 1),
+        "peak_rss_worker_process_mib": round(statistics.mean(workers) / 2**20, 1),
+        "peak_rss_nanny_mib": round(statistics.mean(nannies) / 2**20, 1) if nannies else None,
+    }
+
+
+METHODS: dict[str, Callable[..., dict[str, Any]]] = {
+    "jobstrap": run_jobstrap,
+    "jobstrap_no_nanny": lambda *a, **k: run_jobstrap(*a, nanny=False, **k),
+    "dask_mpi": run_dask_mpi,
+}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("jobstrap", "distributed", "dask-mpi", "mpi4py", "mpich"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    summary: dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(ok)}
+    for key in ("launch_to_ready_s", "submit_to_done_s", "peak_rss_per_worker_rank_mib"):
+        values = [r[key] for r in ok]
+        summary[key] = round(statistics.median(values), 3) if values else None
+    return summary
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--oversubscribed", type=int, default=64, help="0 to skip")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    workdir = Path(os.environ.get("JOBSTRAP_BENCH_DIR", str(REPO / ".bench-work")))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    cases: list[tuple[str, int, bool]] = [(f"{n}_ranks", n, False) for n in args.ranks]
+    if args.oversubscribed:
+        n = args.oversubscribed
+        cases.append((f"{n}_ranks_one_node_mpiexec", n, True))
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for case, ranks, one_node in cases:
+        raw[case] = {m: [] for m in args.methods}
+        for repeat in range(args.repeats):
+            for method in args.methods:
+                try:
+                    run = METHODS[method](ranks, workdir, args.timeout, one_node=one_node)
+                except Exception as error:  # kept in the report: a failure is a result
+                    run = {"error": f"{type(error).__name__}: {error}"}
+                raw[case][method].append(run)
+                print(case, repeat, method, json.dumps(run), flush=True)
+
+    results: dict[str, Any] = {}
+    for case, by_method in raw.items():
+        summary = {m: summarise(runs) for m, runs in by_method.items()}
+        anchor = summary.get("dask_mpi", {})
+        for method, values in summary.items():
+            if method == "dask_mpi":
+                continue
+            for key in ("launch_to_ready_s", "submit_to_done_s", "peak_rss_per_worker_rank_mib"):
+                values[f"{key}_vs_dask_mpi"] = ratio(values.get(key), anchor.get(key))
+        results[case] = {"summary": summary, "runs": by_method}
+
+    args.output.write_text(
+        json.dumps(
+            {
+                "settings": {
+                    "ranks": args.ranks,
+                    "oversubscribed": args.oversubscribed,
+                    "repeats": args.repeats,
+                    "nodes": NODES,
+                    "machine_cpus": os.cpu_count(),
+                },
+                "versions": _versions(),
+                "results": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    for case, data in results.items():
+        print(case, json.dumps(data["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
