@@ -112,6 +112,16 @@ def test_squeue_records_carry_name_submit_time_and_elapsed() -> None:
     assert record.reason == ""  # "None" means no reason
 
 
+def test_a_running_job_carries_its_time_left_and_a_pending_one_none() -> None:
+    # Recorded with %L: a pending job's %L is its whole limit (3:00), not time left.
+    records = SLURM.parse_status(golden("squeue_time_left.txt"))
+
+    assert records["2031"].time_left == "2:54"
+    assert records["2032_0"].time_left == "2:54"
+    assert records["2032_1"].time_left == ""
+    assert records["2031"].elapsed == "0:06"
+
+
 def test_a_pending_job_has_no_nodes() -> None:
     assert SLURM.parse_status(golden("squeue_mixed.txt"))["5_4"].nodes == ""
 
