@@ -90,7 +90,12 @@ with open(out + ".tmp", "w") as handle:
 os.replace(out + ".tmp", out)
 """
 
+# MPI first: importing dask_mpi imports distributed (and numpy), and with the mpich
+# wheel under srun --mpi=pmi2, MPI_Init after those imports fails more often than not
+# here (corrupted PMI-2 requests, UCX address errors). jobstrap's bootstrap
+# initialises MPI before anything heavy for the same reason; the anchor gets the same.
 DASK_MPI_DRIVER = """\
+from mpi4py import MPI  # noqa: F401
 import runpy, sys
 from dask_mpi import initialize
 
