@@ -18,8 +18,12 @@ Measured per run:
   timestamp written by the script) to the client seeing every worker;
 * **submit to done**: from the submit call to the app's output file appearing here,
   polled the same way for all;
-* **peak memory per worker rank**: ``ru_maxrss`` of each worker process, plus its
-  nanny's when there is one (a rank is both processes then).
+* **memory per worker rank**: the proportional set size (PSS) of each worker
+  process plus its nanny's when there is one (a rank is both processes then; a
+  forked worker shares pages with its nanny, which PSS splits fairly), and the
+  sum of their peak RSS (``ru_maxrss``), which counts shared pages twice;
+* **CPU seconds** of each worker process and of the scheduler by the time the
+  app reports: with more ranks than cores, start-up is CPU-bound.
 
 Sizes 4, 8, 16 and 32 ranks over two nodes (more tasks than CPUs use
 ``--overcommit``, the same for all), then 64 ranks on one node with ``mpiexec``
@@ -69,21 +73,40 @@ def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def pss():
+    import psutil
+
+    return psutil.Process().memory_full_info().pss
+
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 with Client() as client:
     client.wait_for_workers(expected, timeout=600)
     ready = time.time()
     total = sum(client.gather(client.map(pow, range(4 * expected), [2] * (4 * expected))))
     workers = client.run(peak)
+    worker_cpu = client.run(cpu)
+    scheduler_cpu = client.run_on_scheduler(cpu)
+    worker_pss = client.run(pss)
     try:
         nannies = client.run(peak, nanny=True)
+        nanny_pss = client.run(pss, nanny=True)
     except Exception:
-        nannies = {}
+        nannies = nanny_pss = {}
 report = {
     "ready": ready,
     "total": total,
     "workers": len(workers),
     "worker_peak": list(workers.values()),
     "nanny_peak": list(nannies.values()),
+    "worker_pss": list(worker_pss.values()),
+    "nanny_pss": list(nanny_pss.values()),
+    "worker_cpu": list(worker_cpu.values()),
+    "scheduler_cpu": scheduler_cpu,
 }
 with open(out + ".tmp", "w") as handle:
     json.dump(report, handle)
@@ -234,16 +257,32 @@ def _finish(report: Path, launch: Path, done: float, job_id: str) -> dict[str, A
     workers = [int(w) for w in data["worker_peak"]]
     nannies = [int(n) for n in data["nanny_peak"]]
     per_rank = statistics.mean(workers) + (statistics.mean(nannies) if nannies else 0.0)
+    # PSS splits pages a forked worker shares with its nanny between the two; the sum
+    # of peak RSS counts them twice. Both are reported; PSS is the rank's real share.
+    pss = [int(p) for p in data["worker_pss"]] + [int(p) for p in data["nanny_pss"]]
+    pss_per_rank = sum(pss) / len(data["worker_pss"])
     return {
         "job_id": job_id,
         "launch_to_ready_s": round(data["ready"] - launched, 3),
         "submit_to_done_s": round(done, 3),
         "workers": data["workers"],
+        "pss_per_worker_rank_mib": round(pss_per_rank / 2**20, 1),
         "peak_rss_per_worker_rank_mib": round(per_rank / 2**20, 1),
         "peak_rss_worker_process_mib": round(statistics.mean(workers) / 2**20, 1),
         "peak_rss_nanny_mib": round(statistics.mean(nannies) / 2**20, 1) if nannies else None,
+        # CPU seconds spent by then: on a machine with fewer cores than ranks, start-up
+        # is CPU-bound and this is where the time goes.
+        "cpu_s_per_worker_process": round(statistics.mean(data["worker_cpu"]), 3),
+        "cpu_s_scheduler": round(data["scheduler_cpu"], 3),
     }
 
+
+SUMMARY_KEYS = (
+    "launch_to_ready_s",
+    "submit_to_done_s",
+    "pss_per_worker_rank_mib",
+    "peak_rss_per_worker_rank_mib",
+)
 
 METHODS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobstrap": run_jobstrap,
@@ -267,7 +306,7 @@ def _versions() -> dict[str, str]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if "error" not in r]
     summary: dict[str, Any] = {"runs": len(runs), "failed": len(runs) - len(ok)}
-    for key in ("launch_to_ready_s", "submit_to_done_s", "peak_rss_per_worker_rank_mib"):
+    for key in SUMMARY_KEYS:
         values = [r[key] for r in ok]
         summary[key] = round(statistics.median(values), 3) if values else None
     return summary
@@ -312,7 +351,7 @@ def main() -> int:
         for method, values in summary.items():
             if method == "dask_mpi":
                 continue
-            for key in ("launch_to_ready_s", "submit_to_done_s", "peak_rss_per_worker_rank_mib"):
+            for key in SUMMARY_KEYS:
                 values[f"{key}_vs_dask_mpi"] = ratio(values.get(key), anchor.get(key))
         results[case] = {"summary": summary, "runs": by_method}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .profile import Profile
-from .spec import JobSpec, worker_job
+from .spec import NANNY_ENVIRONMENT, JobSpec, worker_job
 from .states import JobState
 from .systems.base import JobRecord
 from .units import format_duration
@@ -304,15 +304,8 @@ def is_fatal_failure(explanation: str) -> bool:
 # --- the worker job ----------------------------------------------------------------------------
 
 
-#: Environment of worker jobs unless the profile's ``env`` sets the same variables.
-#: The nanny forks its worker process instead of spawning a fresh interpreter that
-#: imports everything again: on a busy node that is most of a worker's start-up time.
-#: Fork inherits the environment, so the memory-trim setting distributed would apply
-#: before spawning is set for the whole job instead (see ``distributed.nanny``).
-WORKER_ENVIRONMENT = {
-    "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "fork",
-    "MALLOC_TRIM_THRESHOLD_": "65536",
-}
+#: Kept under its old name; the one definition is :data:`jobstrap.spec.NANNY_ENVIRONMENT`.
+WORKER_ENVIRONMENT = NANNY_ENVIRONMENT
 
 
 def worker_job_spec(
@@ -344,10 +337,6 @@ def worker_job_spec(
         profile, run_dir, tag, scheduler_address=scheduler_address, name=profile.job_name
     )
     changes: dict[str, Any] = {}
-    given = {name for name, _ in spec.env}
-    defaults = tuple((k, v) for k, v in WORKER_ENVIRONMENT.items() if k not in given)
-    if defaults:
-        changes["env"] = (*defaults, *spec.env)
     if job_cpu is not None:
         changes["cpus_per_task"] = job_cpu
     if job_mem is not None:

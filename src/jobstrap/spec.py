@@ -100,8 +100,25 @@ def resolve_launcher(profile: Profile) -> str:
     return {"slurm": "srun", "pbs": "mpiexec", "local": "mpiexec"}[profile.system]
 
 
-def _common(profile: Profile, run_dir: str, tag: str) -> dict[str, object]:
-    env = dict(profile.env)
+#: Environment of jobs that start workers under nannies, unless the profile's ``env``
+#: sets the same variables. The nanny forks its worker process instead of spawning a
+#: fresh interpreter that imports everything again: on a busy node that is most of a
+#: worker's start-up time (and of its CPU: with more ranks than cores, start-up is
+#: CPU-bound). Fork inherits the environment, so the memory-trim setting distributed
+#: would apply before spawning is set for the whole job instead (see
+#: ``distributed.nanny``). An MPI rank forks only after ``MPI_Finalize``
+#: (:meth:`jobstrap.bootstrap.ranks.World.release`), so no MPI state is shared.
+NANNY_ENVIRONMENT = {
+    "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "fork",
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+}
+
+
+def _common(
+    profile: Profile, run_dir: str, tag: str, *, workers: bool = False
+) -> dict[str, object]:
+    env = dict(NANNY_ENVIRONMENT) if workers and profile.nanny else {}
+    env.update(profile.env)
     env["JOBSTRAP_RUN_DIR"] = run_dir
     env["JOBSTRAP_TAG"] = tag
     return {
@@ -187,7 +204,7 @@ def worker_job(
         memory=profile.memory,
         launcher=launcher,
         mpi=False,
-        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
+        **_common(profile, run_dir, tag, workers=True),  # type: ignore[arg-type]
     )
 
 
@@ -222,7 +239,7 @@ def app_job(
         memory=profile.memory,
         launcher=resolve_launcher(profile),
         mpi=True,
-        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
+        **_common(profile, run_dir, tag, workers=True),  # type: ignore[arg-type]
     )
 
 

@@ -169,3 +169,14 @@ def test_a_pbs_scale_up_is_one_array_whose_tasks_name_their_workers() -> None:
     assert 'export JOBSTRAP_ARRAY_TASK_ID="${PBS_ARRAY_INDEX:-}"' in script
     assert argv[argv.index("jobstrap.cluster_worker") + 1] == "c-2.{task}"
     assert names == ["c-2.0", "c-2.1", "c-2.2", "c-2.3"]
+
+
+def test_batch_jobs_fork_their_workers_too_unless_there_is_no_nanny() -> None:
+    from jobstrap.spec import app_job
+
+    forked = dict(app_job(slurm_profile(), "/runs/r", "t1", ["app.py"]).env)
+    lone = app_job(slurm_profile(nanny=False), "/runs/r", "t1", ["app.py"])
+
+    assert forked["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] == "fork"
+    assert "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in dict(lone.env)
+    assert "--no-nanny" in lone.command
