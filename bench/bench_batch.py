@@ -57,7 +57,11 @@ SCENARIOS = {
     ),
 }
 
+# MPI first: importing dask_mpi imports distributed and numpy, and with the mpich wheel
+# under srun --mpi=pmi2, MPI_Init after those imports failed in most runs here
+# (corrupted PMI-2 requests, UCX address errors); jobstrap initialises MPI first too.
 DRIVER = """\
+from mpi4py import MPI  # noqa: F401
 import os, pickle, sys
 from dask_mpi import initialize
 

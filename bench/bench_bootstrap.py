@@ -25,9 +25,9 @@ Measured per run:
 * **CPU seconds** of each worker process and of the scheduler by the time the
   app reports: with more ranks than cores, start-up is CPU-bound.
 
-Sizes 4, 8, 16 and 32 ranks over two nodes (more tasks than CPUs use
-``--overcommit``, the same for all), then 64 ranks on one node with ``mpiexec``
-(oversubscribed). Runs are interleaved (one of each method per round) so the
+Sizes 4, 8, 16 and 32 ranks over two nodes of the test cluster (16 declared CPUs
+each), then 64 ranks on this host with a plain ``mpiexec -n 64`` (oversubscribed:
+the machine has a few cores). Runs are interleaved (one of each method per round) so the
 machine's load affects all alike.
 
 Run on the test cluster's login node; writes ``bench/results/bootstrap.json``::
@@ -56,7 +56,6 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "bootstrap.json"
 PROFILE = "testcluster"
 NODES = 2
-CPUS_PER_NODE = 8  # the test cluster's nodes (scripts/testcluster.d/clusterdef.py)
 WALLTIME_MIN = 15
 POLL_START, POLL_MAX = 0.05, 0.5  # the same file polling as JobFuture
 
@@ -155,35 +154,76 @@ def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> floa
     return time.perf_counter() - started
 
 
-def _layout(ranks: int, one_node: bool) -> tuple[int, int, list[str]]:
-    nodes = 1 if one_node else NODES
-    per_node = ranks // nodes
-    extra = ["--overcommit"] if per_node > CPUS_PER_NODE else []
-    return nodes, per_node, extra
+def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> dict[str, Any]:
+    """``mpiexec -n ranks`` on this host, no batch system: the oversubscribed case.
+
+    jobstrap's side runs ``python -m jobstrap.bootstrap`` with a run directory and TLS
+    made as ``jobstrap submit`` would (nannies forking their workers unless
+    ``method`` says no nanny); dask-mpi's side runs the same driver as under Slurm.
+    "Submit to done" is launch to report here.
+    """
+    from jobstrap.rundir import RunDir
+    from jobstrap.security import create_tls
+    from jobstrap.spec import NANNY_ENVIRONMENT
+
+    job_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=workdir))
+    app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
+    app.write_text(APP)
+    env = dict(os.environ)
+    for name in [n for n in env if n.startswith(("SLURM_", "PMI_"))]:
+        del env[name]  # a plain mpiexec, not a step of the bench's own job
+    args = [str(app), str(report), str(ranks - 2)]
+    if method == "dask_mpi":
+        driver = job_dir / "driver.py"
+        driver.write_text(DASK_MPI_DRIVER)
+        argv = [sys.executable, str(driver), *args]
+    else:
+        run = RunDir.create(job_dir, "run")
+        create_tls(run.path)
+        argv = [sys.executable, "-m", "jobstrap.bootstrap", "--run-dir", str(run.path)]
+        argv += ["--nthreads", "1", "--no-dashboard"]
+        if method == "jobstrap_no_nanny":
+            argv.append("--no-nanny")
+        else:
+            env.update(NANNY_ENVIRONMENT)
+        argv += ["--", *args]
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    launched = time.time()
+    launch.write_text(f"{launched}\n")
+    done = subprocess.run(
+        [mpiexec, "-n", str(ranks), *argv], env=env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+    (job_dir / "stderr.txt").write_text(done.stderr)
+    if done.returncode != 0 or not report.exists():
+        raise RunFailedError(f"mpiexec exited {done.returncode}; see {job_dir}/stderr.txt")
+    return _finish(report, launch, time.time() - launched, "mpiexec")
+
+
+def _layout(ranks: int) -> tuple[int, int]:
+    return NODES, ranks // NODES
 
 
 def run_jobstrap(
-    ranks: int, workdir: Path, timeout: float, *, one_node: bool = False, nanny: bool = True
+    ranks: int, workdir: Path, timeout: float, *, nanny: bool = True
 ) -> dict[str, Any]:
     from jobstrap.batch import submit_app
 
     job_dir = Path(tempfile.mkdtemp(prefix="jobstrap-", dir=workdir))
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
     app.write_text(APP)
-    nodes, per_node, extra = _layout(ranks, one_node)
+    nodes, per_node = _layout(ranks)
     started = time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],
         profile=PROFILE,
         nodes=nodes,
         tasks_per_node=per_node,
-        cores=min(per_node, CPUS_PER_NODE),
-        memory="6GiB" if one_node else "3GiB",
+        cores=per_node,
+        memory="3GiB",
         walltime=f"00:{WALLTIME_MIN:02d}:00",
-        launcher="mpiexec" if one_node else "srun",
         nanny=nanny,
         prologue=[_launch_stamp(launch)],
-        extra_directives=extra,
     )
     job_id = future.job_id
     try:
@@ -195,25 +235,17 @@ def run_jobstrap(
     return _finish(report, launch, done, job_id)
 
 
-def run_dask_mpi(
-    ranks: int, workdir: Path, timeout: float, *, one_node: bool = False
-) -> dict[str, Any]:
+def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
     job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
     app, driver = job_dir / "app.py", job_dir / "driver.py"
     report, launch = job_dir / "report.json", job_dir / "launch"
     app.write_text(APP)
     driver.write_text(DASK_MPI_DRIVER)
-    nodes, per_node, extra = _layout(ranks, one_node)
+    nodes, per_node = _layout(ranks)
     python = shlex.quote(sys.executable)
-    argv = (
-        f"{shlex.quote(str(driver))} {shlex.quote(str(app))} {shlex.quote(str(report))} {ranks - 2}"
-    )
-    if one_node:
-        launcher = f"mpiexec -n {ranks} {python} {argv}"
-    else:
-        # --kill-on-bad-exit: a rank that dies ends the step (what a careful hand writes).
-        launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {python} {argv}"
-    directives = "\n".join(f"#SBATCH {d}" for d in extra)
+    argv = " ".join(shlex.quote(str(word)) for word in (driver, app, report, ranks - 2))
+    # --kill-on-bad-exit: a rank that dies ends the step (what a careful hand writes).
+    launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {python} {argv}"
     script = job_dir / "job.sh"
     script.write_text(
         textwrap.dedent(
@@ -223,12 +255,11 @@ def run_dask_mpi(
             #SBATCH --nodes={nodes}
             #SBATCH --ntasks-per-node={per_node}
             #SBATCH --cpus-per-task=1
-            #SBATCH --mem={"6G" if one_node else "3G"}
+            #SBATCH --mem=3G
             #SBATCH --time={WALLTIME_MIN}
             #SBATCH --output={job_dir}/%j.out
             """
         )
-        + (directives + "\n" if directives else "")
         + f"{_launch_stamp(launch)}\n{launcher}\n"
     )
     started = time.perf_counter()
@@ -286,7 +317,7 @@ SUMMARY_KEYS = (
 
 METHODS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobstrap": run_jobstrap,
-    "jobstrap_no_nanny": lambda *a, **k: run_jobstrap(*a, nanny=False, **k),
+    "jobstrap_no_nanny": lambda *a: run_jobstrap(*a, nanny=False),
     "dask_mpi": run_dask_mpi,
 }
 
@@ -318,14 +349,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16, 32])
+    parser.add_argument("--ranks", type=int, nargs="*", default=[4, 8, 16, 32])
     parser.add_argument("--oversubscribed", type=int, default=64, help="0 to skip")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    workdir = Path(os.environ.get("JOBSTRAP_BENCH_DIR", str(REPO / ".bench-work")))
+    workdir = Path(
+        os.environ.get("JOBSTRAP_BENCH_DIR", str(REPO / ".testcluster" / "bench-bootstrap"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
 
     cases: list[tuple[str, int, bool]] = [(f"{n}_ranks", n, False) for n in args.ranks]
@@ -338,7 +371,10 @@ def main() -> int:
         for repeat in range(args.repeats):
             for method in args.methods:
                 try:
-                    run = METHODS[method](ranks, workdir, args.timeout, one_node=one_node)
+                    if one_node:
+                        run = run_mpiexec(ranks, workdir, args.timeout, method=method)
+                    else:
+                        run = METHODS[method](ranks, workdir, args.timeout)
                 except Exception as error:  # kept in the report: a failure is a result
                     run = {"error": f"{type(error).__name__}: {error}"}
                 raw[case][method].append(run)

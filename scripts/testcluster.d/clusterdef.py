@@ -76,7 +76,7 @@ COMPUTE_NODES = tuple(h.name for h in COMPUTE)
 
 # Declared, not real: the machine has two cores, but notebook-cluster tests need
 # room for a dozen small workers, so nodes are oversubscribed on purpose.
-NODE_CPUS = 8
+NODE_CPUS = 16
 NODE_MEMORY_MB = 8000
 DEF_MEM_PER_CPU_MB = 500
 

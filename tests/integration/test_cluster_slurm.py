@@ -35,7 +35,7 @@ pytestmark = [
 ]
 
 PROFILE = "testcluster"
-#: Small workers so a dozen fit on the test nodes (8 declared CPUs, 8000 MB each).
+#: Small workers so a dozen fit on the test nodes (16 declared CPUs, 8000 MB each).
 SMALL = {"cores": 1, "memory": "500MiB", "walltime": "00:10:00"}
 
 

@@ -48,9 +48,9 @@ __all__ = [
     "BatchWorker",
     "HeadlessScheduler",
     "HeadlessWorker",
+    "SchedulerPinger",
     "SchedulerRunner",
     "WorkerOptions",
-    "ping_scheduler",
     "serve_workers",
 ]
 
@@ -533,16 +533,38 @@ def scheduler_rpc(address: str, security: Any, timeout: float | None = None) -> 
     return make(address, connection_args=security.get_connection_args("client"), timeout=timeout)
 
 
-async def ping_scheduler(address: str, security: Security, timeout: float) -> bool:
-    """Whether the scheduler at ``address`` answers an ``identity`` call in time."""
-    try:
-        async with scheduler_rpc(address, security, timeout) as scheduler:
-            await asyncio.wait_for(scheduler.identity(), timeout)
-        return True
-    except (OSError, asyncio.TimeoutError):
-        return False
-    except Exception:
-        return False
+class SchedulerPinger:
+    """Asks the scheduler whether it is alive, over one connection kept open.
+
+    A rank's watchdog pings every few seconds. A new TLS connection per ping made a
+    large launch attack its own scheduler: with 64 ranks on a loaded node the
+    scheduler's event loop spent its time in handshakes, pings timed out, and ranks
+    gave up on a scheduler that was only busy. One kept connection makes a ping a
+    single small message (``identity`` without the worker list); a frozen scheduler
+    still fails it, since nobody answers.
+    """
+
+    def __init__(self, address: str, security: Security, timeout: float) -> None:
+        self._rpc = scheduler_rpc(address, security, timeout)
+        self._small = True  # identity(n_workers=0) until the scheduler refuses it
+
+    async def ping(self, timeout: float) -> bool:
+        """Whether the scheduler answered within ``timeout`` seconds."""
+        try:
+            if self._small:
+                try:
+                    await asyncio.wait_for(self._rpc.identity(n_workers=0), timeout)
+                    return True
+                except TypeError:
+                    self._small = False  # an older scheduler: the whole identity
+            await asyncio.wait_for(self._rpc.identity(), timeout)
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._rpc.close_rpc()
 
 
 # ------------------------------------------------------------------------------ workers
@@ -715,10 +737,17 @@ async def serve_workers(
 
     async def watchdog() -> None:
         interval = max(0.5, min(5.0, options.death_timeout / 4))
+        pinger = SchedulerPinger(scheduler_address, options.security, interval * 2)
+        try:
+            await _watch(pinger, interval)
+        finally:
+            await pinger.close()
+
+    async def _watch(pinger: SchedulerPinger, interval: float) -> None:
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            if await ping_scheduler(scheduler_address, options.security, interval * 2):
+            if await pinger.ping(interval * 2):
                 last_ok = time.monotonic()
             elif time.monotonic() - last_ok > options.death_timeout:
                 state["lost"] = True
