@@ -16,8 +16,8 @@ Measured per run:
 
 * **launch to ready**: from the line before the launcher in the batch script (a
   timestamp written by the script) to the client seeing every worker;
-* **submit to done**: from the submit call to the app's output file appearing here,
-  polled the same way for all;
+* **submit to done**: from the submit call to the app's work being done (the
+  measurements that follow it, e.g. asking each nanny, are not counted);
 * **memory per worker rank**: the proportional set size (PSS) of each worker
   process plus its nanny's when there is one (a rank is both processes then; a
   forked worker shares pages with its nanny, which PSS splits fairly), and the
@@ -87,6 +87,7 @@ with Client() as client:
     client.wait_for_workers(expected, timeout=600)
     ready = time.time()
     total = sum(client.gather(client.map(pow, range(4 * expected), [2] * (4 * expected))))
+    worked = time.time()  # the app's work is done; what follows only measures
     workers = client.run(peak)
     worker_cpu = client.run(cpu)
     scheduler_cpu = client.run_on_scheduler(cpu)
@@ -98,6 +99,7 @@ with Client() as client:
         nannies = nanny_pss = {}
 report = {
     "ready": ready,
+    "worked": worked,
     "total": total,
     "workers": len(workers),
     "worker_peak": list(workers.values()),
@@ -135,8 +137,8 @@ def _launch_stamp(path: Path) -> str:
     return f"date +%s.%N > {shlex.quote(str(path))}"
 
 
-def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> float:
-    """Poll for ``report`` like JobFuture polls for a result; the seconds it took."""
+def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> None:
+    """Poll for ``report`` like JobFuture polls for a result (or give up)."""
     delay = POLL_START
     last_check = started
     while not report.exists():
@@ -151,7 +153,6 @@ def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> floa
                 raise RunFailedError(f"job {job_id} ended without a report")
         time.sleep(delay)
         delay = min(POLL_MAX, delay * 1.5)
-    return time.perf_counter() - started
 
 
 def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> dict[str, Any]:
@@ -197,7 +198,7 @@ def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> di
     (job_dir / "stderr.txt").write_text(done.stderr)
     if done.returncode != 0 or not report.exists():
         raise RunFailedError(f"mpiexec exited {done.returncode}; see {job_dir}/stderr.txt")
-    return _finish(report, launch, time.time() - launched, "mpiexec")
+    return _finish(report, launch, launched, "mpiexec")
 
 
 def _layout(ranks: int) -> tuple[int, int]:
@@ -213,7 +214,7 @@ def run_jobstrap(
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
     app.write_text(APP)
     nodes, per_node = _layout(ranks)
-    started = time.perf_counter()
+    submitted, started = time.time(), time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],
         profile=PROFILE,
@@ -227,12 +228,12 @@ def run_jobstrap(
     )
     job_id = future.job_id
     try:
-        done = _wait_for(report, job_id, started, timeout)
+        _wait_for(report, job_id, started, timeout)
     except RunFailedError:
         future.cancel()
         raise
     future.wait(timeout=120)  # let the job end before the next one starts
-    return _finish(report, launch, done, job_id)
+    return _finish(report, launch, submitted, job_id)
 
 
 def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
@@ -262,14 +263,14 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
         )
         + f"{_launch_stamp(launch)}\n{launcher}\n"
     )
-    started = time.perf_counter()
-    submitted = subprocess.run(
+    submitted, started = time.time(), time.perf_counter()
+    sbatch = subprocess.run(
         ["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True
     )
-    job_id = submitted.stdout.strip().split(";")[0]
-    done = _wait_for(report, job_id, started, timeout)
+    job_id = sbatch.stdout.strip().split(";")[0]
+    _wait_for(report, job_id, started, timeout)
     _wait_gone(job_id, 120)
-    return _finish(report, launch, done, job_id)
+    return _finish(report, launch, submitted, job_id)
 
 
 def _wait_gone(job_id: str, timeout: float) -> None:
@@ -282,7 +283,7 @@ def _wait_gone(job_id: str, timeout: float) -> None:
     subprocess.run(["scancel", job_id], check=False)
 
 
-def _finish(report: Path, launch: Path, done: float, job_id: str) -> dict[str, Any]:
+def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[str, Any]:
     data = json.loads(report.read_text())
     launched = float(launch.read_text().strip())
     workers = [int(w) for w in data["worker_peak"]]
@@ -295,7 +296,7 @@ def _finish(report: Path, launch: Path, done: float, job_id: str) -> dict[str, A
     return {
         "job_id": job_id,
         "launch_to_ready_s": round(data["ready"] - launched, 3),
-        "submit_to_done_s": round(done, 3),
+        "submit_to_done_s": round(data["worked"] - submitted, 3),
         "workers": data["workers"],
         "pss_per_worker_rank_mib": round(pss_per_rank / 2**20, 1),
         "peak_rss_per_worker_rank_mib": round(per_rank / 2**20, 1),
