@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .profile import Profile
-from .spec import NANNY_ENVIRONMENT, JobSpec, worker_job
+from .spec import JobSpec, worker_job
 from .states import JobState
 from .systems.base import JobRecord
 from .units import format_duration
 
 __all__ = [
     "FAILED_STATES",
-    "WORKER_ENVIRONMENT",
     "JobInfo",
     "JobStatus",
     "explain_failure",
@@ -302,10 +301,6 @@ def is_fatal_failure(explanation: str) -> bool:
 
 
 # --- the worker job ----------------------------------------------------------------------------
-
-
-#: Kept under its old name; the one definition is :data:`jobstrap.spec.NANNY_ENVIRONMENT`.
-WORKER_ENVIRONMENT = NANNY_ENVIRONMENT
 
 
 def worker_job_spec(
