@@ -55,6 +55,7 @@ __all__ = [
     "BatchClient",
     "JobFuture",
     "RemoteError",
+    "result_poll_delays",
     "submit",
     "submit_app",
 ]
@@ -67,6 +68,25 @@ _DEFAULT_RESULT_GRACE = 30.0
 #: Seconds, for jobs that ended early (TIMEOUT, CANCELLED, ...): a result is unlikely.
 _SHORT_GRACE = 2.0
 _STDERR_TAIL = 20
+
+
+def result_poll_delays(
+    first: float = 0.05, fast: float = 0.1, slow: float = 0.5, fast_for: float = 30.0
+) -> Generator[float, None, None]:
+    """Pauses between looks for a run's result file, while someone waits for it.
+
+    A look is a stat or two on the run directory, cheap even on a parallel file
+    system, and a short job's result should be seen when it lands, not up to half
+    a second later: ``fast`` apart for the first ``fast_for`` seconds of a wait,
+    then backing off by half each time to ``slow``. The controller is never asked
+    more often for this (job states come from the shared watcher).
+    """
+    started = time.monotonic()
+    delay = first
+    while True:
+        yield delay
+        cap = fast if time.monotonic() - started < fast_for else slow
+        delay = min(cap, delay * 1.5)
 
 
 class RemoteError(JobstrapError):
@@ -779,7 +799,7 @@ class JobFuture:
         display = progress if isinstance(progress, ProgressDisplay) else None
         if progress is True:
             display = ProgressDisplay(self.run_id)
-        delay = 0.05
+        delays = result_poll_delays()
         try:
             while True:
                 outcome = self._poll()
@@ -794,10 +814,9 @@ class JobFuture:
                         f"run {self.run_id} (job {self.job_id}) has no result after "
                         f"{timeout:g} s; last state {seen}"
                     )
+                delay = next(delays)
                 pause = delay if deadline is None else min(delay, deadline - time.monotonic())
                 time.sleep(max(0.0, pause))
-                # Files are cheap to look at (a stat): back off gently to two looks a second.
-                delay = min(0.5, delay * 1.5)
         finally:
             if display is not None and progress is True:
                 display.close()
@@ -863,13 +882,12 @@ class JobFuture:
         return self._async_result().__await__()
 
     async def _async_result(self) -> Any:
-        delay = 0.05
-        while True:
+        for delay in result_poll_delays():
             outcome = self._poll()
             if outcome is not None:
                 return self._resolve(outcome)
             await asyncio.sleep(delay)
-            delay = min(0.5, delay * 1.5)
+        raise AssertionError("unreachable: the delays never end")
 
     # -- control and inspection ----------------------------------------------------------
 

@@ -380,11 +380,12 @@ def run_graph(run_dir: str | os.PathLike[str]) -> int:
         progress.start(client)
         progress.set_phase("computing")
         value = _compute(client, work)
-        progress.stop()
         progress.set_phase("saving")
         import cloudpickle
 
         write_framed(run.result_file, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        # The result first, the final task counts after: someone may be waiting for it.
+        progress.stop()
     except Exception as error:
         # Only the graph's own failures become error.pkl. An interrupt (the batch system
         # ending the job, the scheduler gone) leaves no file, so the submitting side

@@ -128,14 +128,19 @@ class SchedulerLink:
         deadline = time.monotonic() + timeout
         count = 0
         while True:
+            # The scheduler answers when the workers are there (or after a few
+            # seconds, so a lost link is noticed): no polling from this side.
+            wait = max(0.0, min(5.0, deadline - time.monotonic()))
             try:
-                info = await self._send("identity")
-                count = len(info.get("workers", {}))
+                count = int(
+                    await self._send(
+                        "jobstrap_wait_workers", timeout=wait + 10.0, n=expected, wait=wait
+                    )
+                )
             except Exception:
-                pass
+                await asyncio.sleep(0.2)  # not answering yet; the deadline decides
             if count >= expected or time.monotonic() >= deadline or self.lost.is_set():
                 return count
-            await asyncio.sleep(0.2)
 
     async def _beat(self) -> None:
         interval = max(0.2, min(5.0, self.death_timeout / 5))

@@ -5,10 +5,10 @@ listen, *when* they stop and *how quietly*:
 
 * :class:`SchedulerRunner` runs a scheduler on its own thread and event loop, so
   the rank's main thread stays free for MPI calls, signal handlers and (with
-  ``--client-on-scheduler-rank``) the app. It adds two handlers that the client
-  rank calls (``jobstrap_heartbeat``, ``jobstrap_done``) and stops the run when
-  the client is done or has vanished: workers first, scheduler last, with the
-  noisy loggers silenced.
+  ``--client-on-scheduler-rank``) the app. It adds the handlers that the client
+  rank calls (``jobstrap_heartbeat``, ``jobstrap_done``, ``jobstrap_wait_workers``)
+  and stops the run when the client is done or has vanished: workers first,
+  scheduler last, with the noisy loggers silenced.
 * :func:`serve_workers` runs one or more nannies on a rank until the scheduler
   closes them, the scheduler disappears (``death_timeout``) or the batch system
   asks the rank to drain (SIGTERM/SIGUSR1: retire gracefully, data moves away).
@@ -429,6 +429,7 @@ class SchedulerRunner:
         self.scheduler = scheduler
         scheduler.handlers["jobstrap_heartbeat"] = self._heartbeat
         scheduler.handlers["jobstrap_done"] = self._client_done
+        scheduler.handlers["jobstrap_wait_workers"] = self._wait_workers
         self._started.set_result(scheduler.address)
 
         finished = asyncio.ensure_future(scheduler.finished())
@@ -446,6 +447,18 @@ class SchedulerRunner:
     def _client_done(self, code: int = 0) -> str:
         self._set_finish(int(code), None)
         return "ok"
+
+    async def _wait_workers(self, n: int = 1, wait: float = 0.0) -> int:
+        """Answer once ``n`` workers are connected or ``wait`` seconds passed: the count.
+
+        The client rank starts the app the moment its workers are there; asking
+        here, next to the worker list, costs one call instead of a new connection
+        every fraction of a second, and is late by at most one short tick.
+        """
+        deadline = time.monotonic() + float(wait)
+        while len(self.scheduler.workers) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return len(self.scheduler.workers)
 
     def _workers_silent_for(self) -> float | None:
         """Seconds since any worker was last heard from; None before the first joined.
