@@ -82,8 +82,13 @@ DEF_MEM_PER_CPU_MB = 500
 
 DEFAULT_PARTITION = "debug"
 SHORT_PARTITION = "short"
-PARTITION_MAX_TIME = {DEFAULT_PARTITION: "02:00:00", SHORT_PARTITION: "5"}
+# A higher priority tier on the same nodes: its jobs preempt those of the others
+# (cancelled after a grace time, as sites do with "urgent"/"scavenger" setups).
+URGENT_PARTITION = "urgent"
+PARTITION_MAX_TIME = {DEFAULT_PARTITION: "02:00:00", SHORT_PARTITION: "5", URGENT_PARTITION: "30"}
 SHORT_MAX_TIME_MINUTES = 5
+# Seconds between a preempted job's SIGTERM and its SIGKILL.
+PREEMPT_GRACE_SECONDS = 30
 # Slurm accepts array indices 0 .. MaxArraySize-1, so 33 allows "0-32".
 MAX_ARRAY_SIZE = 33
 
@@ -204,6 +209,11 @@ def slurm_conf(opts: Options) -> str:
                 ("AccountingStorageHost", HEAD.name),
                 ("AccountingStoragePort", 6819),
                 ("AccountingStorageEnforce", "associations,qos"),
+                # Preemption by partition tier: a job of the urgent partition takes
+                # the resources of running jobs of the others, which get SIGTERM,
+                # then SIGKILL after their partition's GraceTime.
+                ("PreemptType", "preempt/partition_prio"),
+                ("PreemptMode", "CANCEL"),
             ]
         ),
         "",
@@ -214,11 +224,17 @@ def slurm_conf(opts: Options) -> str:
             f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN"
         )
     nodes = ",".join(COMPUTE_NODES)
+    preemptible = f"PriorityTier=1 GraceTime={PREEMPT_GRACE_SECONDS}"
     out += [
         f"PartitionName={DEFAULT_PARTITION} Nodes={nodes} Default=YES "
-        f"MaxTime={PARTITION_MAX_TIME[DEFAULT_PARTITION]} State=UP OverSubscribe=NO",
+        f"MaxTime={PARTITION_MAX_TIME[DEFAULT_PARTITION]} State=UP OverSubscribe=NO "
+        f"{preemptible}",
         f"PartitionName={SHORT_PARTITION} Nodes={nodes} Default=NO "
-        f"MaxTime={PARTITION_MAX_TIME[SHORT_PARTITION]} State=UP OverSubscribe=NO",
+        f"MaxTime={PARTITION_MAX_TIME[SHORT_PARTITION]} State=UP OverSubscribe=NO "
+        f"{preemptible}",
+        f"PartitionName={URGENT_PARTITION} Nodes={nodes} Default=NO "
+        f"MaxTime={PARTITION_MAX_TIME[URGENT_PARTITION]} State=UP OverSubscribe=NO "
+        "PriorityTier=10 PreemptMode=OFF",
         "",
     ]
     return "\n".join(out)

@@ -1051,12 +1051,18 @@ class BatchCluster(SpecCluster):
             self.worker_spec.pop(info.name, None)
             self._lifetime.forget(info.name)
             return
+        # A job that ended before its workers arrived failed, unless someone ended it:
+        # a cancellation, or the site taking the nodes back (preemption is no fault
+        # of the job, and must not count towards giving up).
         if info.state in FAILED_STATES or (
-            info.arrived is None and info.state is not JobState.CANCELLED
+            info.arrived is None
+            and info.state not in (JobState.CANCELLED, JobState.PREEMPTED)
         ):
             self._job_failed(info)
         elif info.state is JobState.CANCELLED:
             self._job_cancelled_elsewhere(info)
+        elif info.state is JobState.PREEMPTED:
+            logger.info("worker job %s was preempted; submitting a replacement", info.job_id)
         # Whatever is still in the spec (a normal end, a failure below the limit) is
         # replaced by the next correction.
         if self._error is None and info.name in self.worker_spec:
@@ -1202,7 +1208,8 @@ class BatchCluster(SpecCluster):
             return
         with self._jobs_lock:
             info.workers.add(worker)
-            if info.state is JobState.PENDING:
+            first_news = info.state is JobState.PENDING
+            if first_news:
                 info.state = JobState.RUNNING  # a worker is proof; the watcher may lag
             if info.arrived is None:
                 info.arrived = now
@@ -1211,6 +1218,10 @@ class BatchCluster(SpecCluster):
         # A job that got a worker to the scheduler is a success: failures must be
         # consecutive to stop the cluster.
         self._consecutive_failures = 0
+        if first_news:
+            # The watcher backs off while nothing changes, so it may learn of the start
+            # (node, start time) a minute late; the state did change: ask now.
+            self._gateway.watcher.poke()
 
     def _worker_left(self, worker: str) -> None:
         info = self._info_of(job_of_worker(worker))

@@ -3,18 +3,21 @@
 A computation longer than any worker job's walltime finishes with the right answer,
 without recomputing what was held in memory, and the cluster never runs out of
 workers while its jobs are retired and replaced. A SIGUSR1 sent to a job's batch
-shell retires that job's workers gracefully and the job is replaced.
+shell retires that job's workers gracefully and the job is replaced; so does a job
+that Slurm preempts (its SIGTERM, then its partition's grace time).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import COMPUTE_NODES, PREEMPT_GRACE_SECONDS, URGENT_PARTITION
 from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -220,3 +223,65 @@ def test_sigusr1_to_a_job_drains_it_and_it_is_replaced() -> None:
     assert result == expected_result(4, 5)
     assert counter.starts == 4 * 5, f"{counter.starts} starts for 20 tasks: results were lost"
     assert ended.state.value == "COMPLETED", f"the drained job ended {ended.state.value}"
+
+
+def test_a_preempted_job_drains_in_its_grace_time_and_is_replaced() -> None:
+    # job_cpu=9 of a node's 16: the two worker jobs cannot share a node, so taking
+    # one node back preempts exactly one of them.
+    with SLURMCluster(PROFILE, cores=1, job_cpu=9, memory="500MiB", walltime="00:10:00") as cluster:
+        counter = CountStarts()
+        cluster.scheduler.add_plugin(counter, name="count-starts")
+        urgent: list[str] = []
+        try:
+            with Client(cluster) as client:
+                cluster.scale(jobs=2)
+                cluster.wait_for_workers(2, timeout=120)
+                rows = submit_graph(client, 4, 5, 0.2)
+                wait(rows[-1])
+                victim = sorted(cluster.jobs)[0]
+                node = cluster.jobs[victim].node
+                assert node in COMPUTE_NODES, f"one node expected: {cluster.jobs}"
+
+                # The site needs the node: a job of the urgent partition (a higher
+                # priority tier) takes all of it; Slurm sends the worker job SIGTERM
+                # and kills it after the partition's GraceTime.
+                submitted = subprocess.run(
+                    ["sbatch", "--parsable", f"--partition={URGENT_PARTITION}",
+                     f"--nodelist={node}", "--exclusive", "--time=5",
+                     "--job-name=urgent", "--output=/dev/null", "--wrap=sleep 600"],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                urgent.append(submitted.stdout.strip().split(";")[0])
+
+                def replaced() -> bool:
+                    now = set(cluster.jobs)
+                    return (
+                        victim not in now and len(now) == 2 and len(cluster.scheduler.workers) == 2
+                    )
+
+                # The drain must beat the grace time; the replacement then waits for
+                # a node the urgent job does not hold.
+                wait_until(
+                    replaced,
+                    PREEMPT_GRACE_SECONDS + 90,
+                    lambda: (cluster.jobs, cluster.scheduler_info["workers"]),
+                )
+                result = client.gather(rows[-1])
+                ended = cluster.job_history[victim]
+                failures = list(cluster.failures)
+                # The urgent job got the node: the preemption really happened.
+                urgent_state = subprocess.run(
+                    ["squeue", "--noheader", f"--jobs={urgent[0]}", "--format=%T|%N"],
+                    capture_output=True, text=True, check=False,
+                ).stdout.strip()  # fmt: skip
+        finally:
+            if urgent:
+                subprocess.run(["scancel", *urgent], check=False)
+
+    assert result == expected_result(4, 5)
+    assert counter.starts == 4 * 5, f"{counter.starts} starts for 20 tasks: results were lost"
+    assert urgent_state == f"RUNNING|{node}", f"the urgent job: {urgent_state!r}"
+    # Drained within the grace time, the job ends by itself: Slurm records COMPLETED
+    # (PREEMPTED when the grace time's SIGKILL ends it).
+    assert ended.state.value in ("COMPLETED", "PREEMPTED"), f"it ended {ended.state.value}"
+    assert not failures, f"a preemption counted as a failure: {failures}"
