@@ -8,6 +8,9 @@ rank 1 the client, the others one single-threaded worker each, over ib0):
   certificates, workers under nannies: the defaults);
 * **jobstrap (no nanny)**: the same with ``nanny: false`` (each worker is its rank,
   as in dask-mpi);
+* **jobstrap (forked)**: the same workers from 4 ranks: two worker ranks each fork
+  half of them (profile ``workers_per_rank``), so distributed is imported by 4
+  processes instead of one per worker;
 * **dask-mpi**: an sbatch script whose ``srun --mpi=pmi2 python driver.py`` calls
   ``dask_mpi.initialize(interface="ib0", nthreads=1)`` and then runs the app (plain
   TCP, no nannies: dask-mpi's defaults).
@@ -57,7 +60,6 @@ RESULTS = REPO / "bench" / "results" / "bootstrap.json"
 PROFILE = "testcluster"
 NODES = 2
 WALLTIME_MIN = 15
-POLL_START, POLL_MAX = 0.05, 0.5  # the same file polling as JobFuture
 
 #: The app both sides run on the client rank: wait for every worker, touch each one
 #: with a little work, report times and peak memory, write the report atomically.
@@ -92,9 +94,9 @@ with Client() as client:
     worker_cpu = client.run(cpu)
     scheduler_cpu = client.run_on_scheduler(cpu)
     worker_pss = client.run(pss)
-    try:
-        nannies = client.run(peak, nanny=True)
-        nanny_pss = client.run(pss, nanny=True)
+    try:  # by process: with several workers per rank, their nannies share one
+        nannies = {p: v for p, v in client.run(lambda: (os.getpid(), peak()), nanny=True).values()}
+        nanny_pss = {p: v for p, v in client.run(lambda: (os.getpid(), pss()), nanny=True).values()}
     except Exception:
         nannies = nanny_pss = {}
 report = {
@@ -139,7 +141,9 @@ def _launch_stamp(path: Path) -> str:
 
 def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> None:
     """Poll for ``report`` like JobFuture polls for a result (or give up)."""
-    delay = POLL_START
+    from jobstrap.batch import result_poll_delays
+
+    delays = result_poll_delays()
     last_check = started
     while not report.exists():
         now = time.perf_counter()
@@ -151,8 +155,7 @@ def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> None
             queue = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
             if queue.returncode == 0 and not queue.stdout.strip() and not report.exists():
                 raise RunFailedError(f"job {job_id} ended without a report")
-        time.sleep(delay)
-        delay = min(POLL_MAX, delay * 1.5)
+        time.sleep(next(delays))
 
 
 def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> dict[str, Any]:
@@ -187,12 +190,15 @@ def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> di
             argv.append("--no-nanny")
         else:
             env.update(NANNY_ENVIRONMENT)
+        if method == "jobstrap_forked":
+            argv += ["--worker-processes", str(_forked(ranks))]
         argv += ["--", *args]
+    launched_ranks = 4 if method == "jobstrap_forked" else ranks
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     launched = time.time()
     launch.write_text(f"{launched}\n")
     done = subprocess.run(
-        [mpiexec, "-n", str(ranks), *argv], env=env, capture_output=True, text=True,
+        [mpiexec, "-n", str(launched_ranks), *argv], env=env, capture_output=True, text=True,
         timeout=timeout, check=False,
     )  # fmt: skip
     (job_dir / "stderr.txt").write_text(done.stderr)
@@ -205,8 +211,18 @@ def _layout(ranks: int) -> tuple[int, int]:
     return NODES, ranks // NODES
 
 
+def _forked(ranks: int) -> int:
+    """Workers each worker rank forks in the forked layout of a ``ranks`` case.
+
+    The forked layout runs 4 ranks (2 per node under Slurm): the scheduler and the
+    client, and two worker ranks each forking half of the ``ranks - 2`` workers that
+    the other layouts run one per rank (profile ``workers_per_rank``).
+    """
+    return max(1, (ranks - 2) // 2)
+
+
 def run_jobstrap(
-    ranks: int, workdir: Path, timeout: float, *, nanny: bool = True
+    ranks: int, workdir: Path, timeout: float, *, nanny: bool = True, forked: bool = False
 ) -> dict[str, Any]:
     from jobstrap.batch import submit_app
 
@@ -214,17 +230,21 @@ def run_jobstrap(
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
     app.write_text(APP)
     nodes, per_node = _layout(ranks)
+    layout: dict[str, Any] = {"tasks_per_node": per_node}
+    if forked:
+        layout = {"tasks_per_node": 2, "workers_per_rank": _forked(ranks)}
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],
         profile=PROFILE,
         nodes=nodes,
-        tasks_per_node=per_node,
         cores=per_node,
+        threads=1,  # single-threaded workers, as dask-mpi's side (nthreads=1)
         memory="3GiB",
         walltime=f"00:{WALLTIME_MIN:02d}:00",
         nanny=nanny,
         prologue=[_launch_stamp(launch)],
+        **layout,
     )
     job_id = future.job_id
     try:
@@ -287,19 +307,21 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
     data = json.loads(report.read_text())
     launched = float(launch.read_text().strip())
     workers = [int(w) for w in data["worker_peak"]]
-    nannies = [int(n) for n in data["nanny_peak"]]
-    per_rank = statistics.mean(workers) + (statistics.mean(nannies) if nannies else 0.0)
+    nannies = [int(n) for n in data["nanny_peak"]]  # one per nanny process
+    # A worker's share: its own process plus its part of its nanny's process (one
+    # nanny process per worker rank, however many workers the rank forked).
+    per_worker = (sum(workers) + sum(nannies)) / len(workers)
     # PSS splits pages a forked worker shares with its nanny between the two; the sum
-    # of peak RSS counts them twice. Both are reported; PSS is the rank's real share.
+    # of peak RSS counts them twice. Both are reported; PSS is the real share.
     pss = [int(p) for p in data["worker_pss"]] + [int(p) for p in data["nanny_pss"]]
-    pss_per_rank = sum(pss) / len(data["worker_pss"])
+    pss_per_worker = sum(pss) / len(data["worker_pss"])
     return {
         "job_id": job_id,
         "launch_to_ready_s": round(data["ready"] - launched, 3),
         "submit_to_done_s": round(data["worked"] - submitted, 3),
         "workers": data["workers"],
-        "pss_per_worker_rank_mib": round(pss_per_rank / 2**20, 1),
-        "peak_rss_per_worker_rank_mib": round(per_rank / 2**20, 1),
+        "pss_per_worker_mib": round(pss_per_worker / 2**20, 1),
+        "peak_rss_per_worker_mib": round(per_worker / 2**20, 1),
         "peak_rss_worker_process_mib": round(statistics.mean(workers) / 2**20, 1),
         "peak_rss_nanny_mib": round(statistics.mean(nannies) / 2**20, 1) if nannies else None,
         # CPU seconds spent by then: on a machine with fewer cores than ranks, start-up
@@ -312,13 +334,14 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
 SUMMARY_KEYS = (
     "launch_to_ready_s",
     "submit_to_done_s",
-    "pss_per_worker_rank_mib",
-    "peak_rss_per_worker_rank_mib",
+    "pss_per_worker_mib",
+    "peak_rss_per_worker_mib",
 )
 
 METHODS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobstrap": run_jobstrap,
     "jobstrap_no_nanny": lambda *a: run_jobstrap(*a, nanny=False),
+    "jobstrap_forked": lambda *a: run_jobstrap(*a, forked=True),
     "dask_mpi": run_dask_mpi,
 }
 

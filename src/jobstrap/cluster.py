@@ -1055,8 +1055,7 @@ class BatchCluster(SpecCluster):
         # a cancellation, or the site taking the nodes back (preemption is no fault
         # of the job, and must not count towards giving up).
         if info.state in FAILED_STATES or (
-            info.arrived is None
-            and info.state not in (JobState.CANCELLED, JobState.PREEMPTED)
+            info.arrived is None and info.state not in (JobState.CANCELLED, JobState.PREEMPTED)
         ):
             self._job_failed(info)
         elif info.state is JobState.CANCELLED:

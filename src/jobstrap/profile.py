@@ -286,6 +286,9 @@ class Profile:
     nanny: bool = _setting(
         True, _boolean, "run workers under a nanny (restarts after memory kills; costs a process)"
     )
+    workers_per_rank: int = _setting(
+        1, _integer(1), "batch mode: workers each worker rank forks (one import per rank)"
+    )
     dashboard_port: int = _setting(0, _integer(0), "dashboard port (0: a free port)")
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"
@@ -406,6 +409,13 @@ def _check_consistency(profile: Profile) -> None:
             profile.processes,
             f"{profile.processes} workers per node need at least as many cores"
             f" (cores={profile.cores}); raise cores or set threads",
+        )
+    if profile.workers_per_rank > 1 and not profile.nanny:
+        raise ConfigError(
+            "workers_per_rank",
+            profile.workers_per_rank,
+            "several workers per rank need nannies (each nanny forks its worker); "
+            "set nanny: true or workers_per_rank: 1",
         )
     if profile.memory is not None and profile.memory < profile.processes * 2**20:
         raise ConfigError(

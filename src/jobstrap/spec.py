@@ -223,6 +223,11 @@ def app_job(
     ``start_after_workers`` starts the app once that many workers joined (default: all).
     """
     argv = _bootstrap_argv(profile, run_dir, "mpi")
+    if profile.workers_per_rank > 1:
+        # One interpreter per worker rank, its workers forked by their nannies: a
+        # node imports distributed once per rank instead of once per worker, which is
+        # most of a large launch's start-up on busy nodes.
+        argv += ["--worker-processes", str(profile.workers_per_rank)]
     if client_on_scheduler_rank:
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:

@@ -317,6 +317,34 @@ def test_jobstrap_run_works_without_mpi_through_the_local_launcher() -> None:
     assert "sum of squares 0..19 = 2470" in done.stdout
 
 
+def test_a_worker_rank_can_fork_several_workers(tmp_path: Path) -> None:
+    app = tmp_path / "count.py"
+    app.write_text(
+        "import os\n"
+        "from distributed import Client\n"
+        "with Client() as client:\n"
+        "    workers = client.scheduler_info()['workers'].values()\n"
+        "    pids = client.run(os.getppid)\n"
+        "    print('workers', len(workers), 'nanny processes', len(set(pids.values())))\n"
+    )
+
+    done = jobstrap_cli("run", "--set", "workers_per_rank=3", str(app))
+
+    # One worker rank (a one-node job: scheduler, client, one worker rank), three
+    # workers, each forked by its own nanny, the three nannies in that rank's process.
+    assert done.returncode == 0, done.stderr
+    assert "workers 3 nanny processes 1" in done.stdout
+
+
+def test_several_workers_per_rank_need_nannies() -> None:
+    done = jobstrap_cli("render", "--role", "app", "--set", "workers_per_rank=2", "--set",
+                        "nanny=false", "app.py")  # fmt: skip
+
+    assert done.returncode != 0
+    assert "workers_per_rank" in done.stderr
+    assert "nanny" in done.stderr
+
+
 def test_jobstrap_result_prints_a_finished_runs_result(tmp_path: Path) -> None:
     future = jobstrap.submit(da.arange(10, chunks=5).sum(), walltime="10m")
     future.result(timeout=TIMEOUT)
