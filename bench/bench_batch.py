@@ -7,6 +7,8 @@
   ``srun --mpi=pmi2 python driver.py`` calls ``dask_mpi.initialize()`` and builds and
   computes the same graph on the same ranks (plain TCP over ib0), writing the result
   to a file that this side polls for as often as ``JobFuture`` does;
+* **jobstrap (tcp, no nanny)**: the same with dask-mpi's settings (``protocol: tcp``,
+  ``nanny: false``), to show what TLS and nannies cost;
 * **submitit**: the same computation as a function (``submitit.AutoExecutor``), which
   runs it in one process of a one-node job with dask's threaded scheduler: submitit
   ships a function, not a cluster.
@@ -14,10 +16,12 @@
 Scenarios: a trivial graph (``sum([1, 2, 3])`` as a delayed) measures pure overhead;
 the chunked-array example (``(x + x.T) - x.mean(axis=0)`` on N x N, its sum as a
 checksum) adds real work. Runs are interleaved (one of each method per round), so
-the cluster's load affects all three alike. Each run is also split at the batch
-script's launch (from slurmd's log, to the millisecond): Slurm starts a job when
-its scheduler next looks, 0.4 to 2 s here, a wait that says nothing about the
-method and that only many rounds average out.
+the cluster's load affects all alike; each round starts with the next method, and
+each run starts once the previous run's job has left the queue and every node is
+idle again (a node still completing a job delays the next start). Each run is
+also split at the batch script's launch (from slurmd's log, to the millisecond):
+Slurm starts a job when its scheduler next looks, 0.4 to 2 s here, a wait that
+says nothing about the method and that only many rounds average out.
 
 Run on the test cluster's login node; writes ``bench/results/batch.json``::
 
@@ -119,14 +123,19 @@ class RunFailedError(Exception):
         self.job_id = job_id
 
 
-def run_jobstrap(code: str, workdir: Path, timeout: float) -> Run:
+def run_jobstrap(code: str, workdir: Path, timeout: float, **settings: Any) -> Run:
     import jobstrap
     from jobstrap.errors import JobFailedError
 
     graph = build(code)  # built before the clock starts, as with the others
     wall, started = time.time(), time.perf_counter()
     future = jobstrap.submit(
-        graph, profile=PROFILE, nodes=NODES, memory=MEMORY, walltime=f"00:{WALLTIME_MIN:02d}:00"
+        graph,
+        profile=PROFILE,
+        nodes=NODES,
+        memory=MEMORY,
+        walltime=f"00:{WALLTIME_MIN:02d}:00",
+        **settings,
     )
     try:
         value = future.result(timeout=timeout)
@@ -140,6 +149,25 @@ def _in_queue(job_id: str) -> bool:
     done = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
     # squeue fails for ids it has forgotten; only an answer without the job means "gone".
     return done.returncode != 0 or bool(done.stdout.strip())
+
+
+def _wait_settled(job_id: str, timeout: float = 120.0) -> None:
+    """Wait until the job has left the queue and every node is idle again.
+
+    A node still completing the last job makes the next submission miss Slurm's
+    schedule-on-submit and wait for the next scheduling pass (up to 2 s here): the
+    method that happened to run next would pay for the one before it.
+    """
+    deadline = time.monotonic() + timeout
+    while _in_queue(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while time.monotonic() < deadline:
+        states = subprocess.run(
+            ["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if states and all(state == "idle" for state in states):
+            return
+        time.sleep(0.2)
 
 
 def run_dask_mpi(code: str, workdir: Path, timeout: float) -> Run:
@@ -221,6 +249,8 @@ def run_submitit(code: str, workdir: Path, timeout: float) -> Run:
 
 METHODS: dict[str, Callable[[str, Path, float], Run]] = {
     "jobstrap": run_jobstrap,
+    # dask-mpi's own settings (plain TCP, no nannies): what TLS and nannies cost.
+    "jobstrap(tcp,no-nanny)": lambda *a: run_jobstrap(*a, protocol="tcp", nanny=False),
     "sbatch+dask-mpi": run_dask_mpi,
     "submitit": run_submitit,
 }
@@ -305,12 +335,18 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def _ratios(summary: dict[str, dict[str, Any]], key: str) -> dict[str, float | None]:
-    ours = summary["jobstrap"].get(key)
+    """Each jobstrap variant against each anchor: ``"jobstrap/submitit": 0.9``."""
     ratios: dict[str, float | None] = {}
-    for method, data in summary.items():
-        if method != "jobstrap":
-            theirs = data.get(key)
-            ratios[f"jobstrap/{method}"] = round(ours / theirs, 3) if ours and theirs else None
+    for ours_name, ours_data in summary.items():
+        if not ours_name.startswith("jobstrap"):
+            continue
+        ours = ours_data.get(key)
+        for method, data in summary.items():
+            if not method.startswith("jobstrap"):
+                theirs = data.get(key)
+                ratios[f"{ours_name}/{method}"] = (
+                    round(ours / theirs, 3) if ours and theirs else None
+                )
     return ratios
 
 
@@ -347,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     for round_number in range(args.repeats):
         for scenario in scenarios:
             code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
-            for method, run in METHODS.items():
+            # Each round starts with the next method, so none always follows the same one.
+            names = list(METHODS)
+            shift = round_number % len(names)
+            for method in names[shift:] + names[:shift]:
+                run = METHODS[method]
                 try:
                     done = run(code, workdir, args.run_timeout)
                 except RunFailedError as error:
@@ -357,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                     continue
+                # The next run starts on an empty cluster: a job that is still
+                # winding down would hold its nodes and delay the next one's start.
+                _wait_settled(done.job_id)
                 wait = queue_wait(done)
                 raw[scenario][method].append(done.seconds)
                 waits[scenario][method].append(wait)
@@ -391,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "cluster": "scripts/testcluster: Slurm, 3 compute nodes as namespaces, one 2-core machine",
         "layout": {
             "jobstrap": f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0",
+            "jobstrap(tcp,no-nanny)": "the same with plain TCP and no nannies (dask-mpi's)",
             "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
             "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",
         },

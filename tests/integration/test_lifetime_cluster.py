@@ -168,9 +168,15 @@ def test_rotation_under_adapt_keeps_the_bounds_and_wastes_no_job() -> None:
     overshoot: list[tuple[int, int]] = []
 
     def sample(cluster: SLURMCluster) -> int:
-        jobs = cluster.jobs
+        async def snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
+            # Both read on the cluster's event loop, where they change: read one after
+            # the other from this thread, a retirement finishing in between made a job
+            # count as capacity that the other read no longer called outgoing.
+            return cluster.jobs, cluster.lifetimes
+
+        jobs, lifetimes = cluster.sync(snapshot)
         ever_had_workers.update(job_id for job_id, job in jobs.items() if job.workers)
-        outgoing = sum(1 for life in cluster.lifetimes.values() if life.phase != "running")
+        outgoing = sum(1 for life in lifetimes.values() if life.phase != "running")
         if len(jobs) - outgoing > maximum:
             overshoot.append((len(jobs), outgoing))
         return len(cluster.scheduler.workers)
