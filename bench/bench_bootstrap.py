@@ -5,12 +5,13 @@ rank 1 the client, the others one single-threaded worker each, over ib0):
 
 * **jobstrap**: ``jobstrap.submit_app(["app.py", ...])``: the rendered script runs
   ``srun --mpi=pmi2 python -m jobstrap.bootstrap -- app.py`` (TLS with per-run
-  certificates, workers under nannies: the defaults);
+  certificates, workers under nannies, the ``node`` worker layout: the defaults).
+  On each node the first worker rank forks the workers of every worker rank there,
+  which stand by without importing Dask;
+* **jobstrap (rank layout)**: the same with ``worker_layout: rank``: every worker
+  rank imports Dask and runs its own worker under its own nanny;
 * **jobstrap (no nanny)**: the same with ``nanny: false`` (each worker is its rank,
   as in dask-mpi);
-* **jobstrap (forked)**: the same workers from 4 ranks: two worker ranks each fork
-  half of them (profile ``workers_per_rank``), so distributed is imported by 4
-  processes instead of one per worker;
 * **dask-mpi**: an sbatch script whose ``srun --mpi=pmi2 python driver.py`` calls
   ``dask_mpi.initialize(interface="ib0", nthreads=1)`` and then runs the app (plain
   TCP, no nannies: dask-mpi's defaults).
@@ -21,9 +22,9 @@ Measured per run:
   timestamp written by the script) to the client seeing every worker;
 * **submit to done**: from the submit call to the app's work being done (the
   measurements that follow it, e.g. asking each nanny, are not counted);
-* **memory per worker rank**: the proportional set size (PSS) of each worker
-  process plus its nanny's when there is one (a rank is both processes then; a
-  forked worker shares pages with its nanny, which PSS splits fairly), and the
+* **memory per worker rank**: the proportional set size (PSS) of the worker
+  processes, their nannies' and the standing-by ranks' (a forked worker shares
+  pages with its nanny, which PSS splits fairly), divided by the workers; and the
   sum of their peak RSS (``ru_maxrss``), which counts shared pages twice;
 * **CPU seconds** of each worker process and of the scheduler by the time the
   app reports: with more ranks than cores, start-up is CPU-bound.
@@ -85,6 +86,20 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+def launch_siblings(nanny_pids):
+    import psutil
+
+    me = psutil.Process()
+    rank = me.parent() if me.ppid() in nanny_pids else me  # the rank: the nanny, or the worker
+    found = {}
+    for other in rank.parent().children():
+        try:
+            found[other.pid] = other.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return found
+
+
 with Client() as client:
     client.wait_for_workers(expected, timeout=600)
     ready = time.time()
@@ -99,6 +114,14 @@ with Client() as client:
         nanny_pss = {p: v for p, v in client.run(lambda: (os.getpid(), pss()), nanny=True).values()}
     except Exception:
         nannies = nanny_pss = {}
+    # Ranks that hold no worker (standing by for their node's first worker rank):
+    # every other process of the launch on a worker's node, minus the known ones.
+    known = {*client.run(os.getpid).values(), *nannies, client.run_on_scheduler(os.getpid),
+             os.getpid()}
+    siblings = {}
+    for found in client.run(launch_siblings, list(nannies)).values():
+        siblings.update({int(p): v for p, v in found.items()})
+    standing_pss = [v for p, v in siblings.items() if p not in known]
 report = {
     "ready": ready,
     "worked": worked,
@@ -108,6 +131,7 @@ report = {
     "nanny_peak": list(nannies.values()),
     "worker_pss": list(worker_pss.values()),
     "nanny_pss": list(nanny_pss.values()),
+    "standing_pss": standing_pss,
     "worker_cpu": list(worker_cpu.values()),
     "scheduler_cpu": scheduler_cpu,
 }
@@ -190,10 +214,10 @@ def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> di
             argv.append("--no-nanny")
         else:
             env.update(NANNY_ENVIRONMENT)
-        if method == "jobstrap_forked":
-            argv += ["--worker-processes", str(_forked(ranks))]
+        if method == "jobstrap_rank_layout":
+            argv += ["--worker-layout", "rank"]
         argv += ["--", *args]
-    launched_ranks = 4 if method == "jobstrap_forked" else ranks
+    launched_ranks = ranks
     mpiexec = str(Path(sys.executable).parent / "mpiexec")
     launched = time.time()
     launch.write_text(f"{launched}\n")
@@ -211,18 +235,8 @@ def _layout(ranks: int) -> tuple[int, int]:
     return NODES, ranks // NODES
 
 
-def _forked(ranks: int) -> int:
-    """Workers each worker rank forks in the forked layout of a ``ranks`` case.
-
-    The forked layout runs 4 ranks (2 per node under Slurm): the scheduler and the
-    client, and two worker ranks each forking half of the ``ranks - 2`` workers that
-    the other layouts run one per rank (profile ``workers_per_rank``).
-    """
-    return max(1, (ranks - 2) // 2)
-
-
 def run_jobstrap(
-    ranks: int, workdir: Path, timeout: float, *, nanny: bool = True, forked: bool = False
+    ranks: int, workdir: Path, timeout: float, *, nanny: bool = True, worker_layout: str = "node"
 ) -> dict[str, Any]:
     from jobstrap.batch import submit_app
 
@@ -230,9 +244,7 @@ def run_jobstrap(
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
     app.write_text(APP)
     nodes, per_node = _layout(ranks)
-    layout: dict[str, Any] = {"tasks_per_node": per_node}
-    if forked:
-        layout = {"tasks_per_node": 2, "workers_per_rank": _forked(ranks)}
+    layout: dict[str, Any] = {"tasks_per_node": per_node, "worker_layout": worker_layout}
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],
@@ -314,6 +326,7 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
     # PSS splits pages a forked worker shares with its nanny between the two; the sum
     # of peak RSS counts them twice. Both are reported; PSS is the real share.
     pss = [int(p) for p in data["worker_pss"]] + [int(p) for p in data["nanny_pss"]]
+    pss += [int(p) for p in data["standing_pss"]]
     pss_per_worker = sum(pss) / len(data["worker_pss"])
     return {
         "job_id": job_id,
@@ -324,6 +337,7 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
         "peak_rss_per_worker_mib": round(per_worker / 2**20, 1),
         "peak_rss_worker_process_mib": round(statistics.mean(workers) / 2**20, 1),
         "peak_rss_nanny_mib": round(statistics.mean(nannies) / 2**20, 1) if nannies else None,
+        "standing_ranks": len(data["standing_pss"]),
         # CPU seconds spent by then: on a machine with fewer cores than ranks, start-up
         # is CPU-bound and this is where the time goes.
         "cpu_s_per_worker_process": round(statistics.mean(data["worker_cpu"]), 3),
@@ -341,7 +355,7 @@ SUMMARY_KEYS = (
 METHODS: dict[str, Callable[..., dict[str, Any]]] = {
     "jobstrap": run_jobstrap,
     "jobstrap_no_nanny": lambda *a: run_jobstrap(*a, nanny=False),
-    "jobstrap_forked": lambda *a: run_jobstrap(*a, forked=True),
+    "jobstrap_rank_layout": lambda *a: run_jobstrap(*a, worker_layout="rank"),
     "dask_mpi": run_dask_mpi,
 }
 

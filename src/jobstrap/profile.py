@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from . import resources
+from .bootstrap.roles import WORKER_LAYOUTS
 from .errors import ConfigError
 from .units import format_memory, format_walltime_slurm, parse_memory, parse_walltime
 
@@ -288,6 +289,12 @@ class Profile:
     )
     workers_per_rank: int = _setting(
         1, _integer(1), "batch mode: workers each worker rank forks (one import per rank)"
+    )
+    worker_layout: str = _setting(
+        "node",
+        _choice(WORKER_LAYOUTS),
+        "batch mode: node (one process per node forks the workers of its worker ranks) "
+        "or rank (each worker rank runs its own)",
     )
     dashboard_port: int = _setting(0, _integer(0), "dashboard port (0: a free port)")
     scheduler: str = _setting(

@@ -228,6 +228,8 @@ def app_job(
         # node imports distributed once per rank instead of once per worker, which is
         # most of a large launch's start-up on busy nodes.
         argv += ["--worker-processes", str(profile.workers_per_rank)]
+    if profile.worker_layout != "node":
+        argv += ["--worker-layout", profile.worker_layout]
     if client_on_scheduler_rank:
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:

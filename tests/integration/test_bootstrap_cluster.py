@@ -129,6 +129,61 @@ def test_scheduler_and_workers_register_with_their_ib0_addresses(
     assert "CommClosedError" not in log
 
 
+NODE_LAYOUT_APP = """\
+import json, socket
+import psutil
+from distributed import Client
+
+def placement():
+    rank = psutil.Process().parent()  # the nanny's process: a rank of the step
+    step = rank.parent()  # slurmstepd
+    standing = {}
+    for other in step.children():
+        if other.pid != rank.pid:
+            with open(f"/proc/{other.pid}/maps") as maps:
+                standing[other.pid] = "msgpack" in maps.read()
+    return {"host": socket.gethostname(), "nanny": rank.pid, "others_with_dask": standing}
+
+with Client() as client:
+    placed = client.run(placement)
+    names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
+    print("REPORT " + json.dumps({
+        "workers": {a: {**p, "name": names[a]} for a, p in placed.items()},
+        "sum": int(client.submit(sum, range(100)).result()),
+    }), flush=True)
+"""
+
+
+def test_the_node_layout_runs_one_process_of_workers_per_node(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    # Ranks 0 to 2 on the first node (scheduler, client, a worker), 3 to 5 on the second.
+    job, _run = submit_bootstrap(
+        testcluster,
+        shared_scratch,
+        NODE_LAYOUT_APP,
+        sbatch=("--nodes=2", "--ntasks-per-node=3", "--cpus-per-task=1", "--mem-per-cpu=300M"),
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    workers = report["workers"]
+    assert sorted(w["name"] for w in workers.values()) == ["2", "3", "4", "5"], log
+    assert {host_of(a) for a in workers} <= set(testcluster.ib0_addresses.values())
+    by_host: dict[str, set[int]] = {}
+    for worker in workers.values():
+        by_host.setdefault(worker["host"], set()).add(worker["nanny"])
+    # One nanny process per node, whatever the number of worker ranks there.
+    assert sorted(len(nannies) for nannies in by_host.values()) == [1, 1], report
+    second = next(w for w in workers.values() if w["name"] == "4")
+    # On the second node, the two other ranks stand by without importing Dask.
+    assert list(second["others_with_dask"].values()) == [False, False], report
+    assert report["sum"] == sum(range(100))
+    assert "Traceback" not in log
+
+
 def test_interface_eth0_puts_scheduler_and_workers_on_eth0(
     testcluster: TestCluster, shared_scratch: Path
 ) -> None:

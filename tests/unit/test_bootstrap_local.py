@@ -28,7 +28,13 @@ import pytest
 from jobstrap.bootstrap.app import exit_code_of
 from jobstrap.bootstrap.options import parse_args
 from jobstrap.bootstrap.ranks import discover_world, env_rank, in_slurm_batch_script, launch_id
-from jobstrap.bootstrap.roles import Role, check_world_size, expected_workers, role_of
+from jobstrap.bootstrap.roles import (
+    Role,
+    check_world_size,
+    expected_workers,
+    node_groups,
+    role_of,
+)
 from jobstrap.errors import UserError
 from jobstrap.rundir import RunDir
 from jobstrap.security import create_tls
@@ -86,9 +92,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def mpiexec(n: int, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Launch:
+def mpiexec(
+    n: int, argv: Sequence[str], *, env: dict[str, str] | None = None, binding: str | None = None
+) -> Launch:
+    bind = ["-bind-to", binding] if binding else []
     result = subprocess.run(
-        [str(MPIEXEC), "-n", str(n), *argv],
+        [str(MPIEXEC), *bind, "-n", str(n), *argv],
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT,
@@ -186,6 +195,18 @@ def test_client_on_scheduler_rank_makes_every_other_rank_a_worker() -> None:
     roles = [role_of(r, client_on_scheduler_rank=True) for r in range(3)]
 
     assert roles == [Role.SCHEDULER_AND_CLIENT, Role.WORKER, Role.WORKER]
+
+
+def test_node_groups_give_each_host_s_worker_ranks_to_its_first_worker_rank() -> None:
+    hosts = ["n1", "n1", "n1", "n2", "n2", "n2", "n1", "n3"]
+
+    assert node_groups(hosts) == {2: (2, 6), 3: (3, 4, 5), 7: (7,)}
+    assert node_groups(hosts, client_on_scheduler_rank=True) == {
+        1: (1, 2, 6),
+        3: (3, 4, 5),
+        7: (7,),
+    }
+    assert node_groups(["n1", "n1"]) == {}
 
 
 @pytest.mark.parametrize(
@@ -461,6 +482,82 @@ def test_several_worker_processes_per_rank_all_join(run: RunDir, tmp_path: Path)
     assert f"workers 2 sum {EXPECTED_SUM}" in launch.stdout
 
 
+LAYOUT_APP = """\
+import json, os, sys
+import psutil
+from distributed import Client
+
+def where():
+    return {"nanny": psutil.Process().ppid(), "cpus": sorted(os.sched_getaffinity(0))}
+
+with Client() as client:
+    placed = client.run(where)
+    names = {w["name"]: w["id"] for w in client.scheduler_info()["workers"].values()}
+    me = psutil.Process()
+    scheduler = client.run_on_scheduler(os.getpid)
+    ranks = [p for p in psutil.Process(me.ppid()).children() if p.pid not in (me.pid, scheduler)]
+    maps = {}
+    for rank in ranks:
+        with open(f"/proc/{rank.pid}/maps") as f:
+            maps[rank.pid] = "msgpack" in f.read()
+    print("LAYOUT " + json.dumps({
+        "names": sorted(str(n) for n in names),
+        "nannies": sorted({p["nanny"] for p in placed.values()}),
+        "worker_cpus": [p["cpus"] for p in placed.values()],
+        "ranks": sorted(r.pid for r in ranks),
+        "rank_cpus": sorted({c for r in ranks for c in r.cpu_affinity()}),
+        "dask_loaded": maps,
+    }), flush=True)
+"""
+
+
+def layout_of(launch: Launch) -> dict[str, Any]:
+    lines = [line for line in launch.stdout.splitlines() if line.startswith("LAYOUT ")]
+    assert lines, launch.output
+    layout: dict[str, Any] = json.loads(lines[-1].removeprefix("LAYOUT "))
+    return layout
+
+
+def test_the_node_layout_forks_every_local_worker_rank_s_worker_from_one_rank(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, LAYOUT_APP)
+
+    # Each rank bound to a core of its own, round robin, as a site's launcher may.
+    launch = mpiexec(6, [*bootstrap_argv(run, "--nthreads", "1"), "--", str(app)], binding="core")
+
+    assert launch.returncode == 0, launch.output
+    assert_quiet(launch)
+    layout = layout_of(launch)
+    # Named after the ranks they stand for, as in the rank layout.
+    assert layout["names"] == ["2", "3", "4", "5"]
+    # One nanny process (rank 2) for all four workers; it and the workers import
+    # Dask, ranks 3 to 5 stand by without it.
+    assert len(layout["nannies"]) == 1
+    nanny = layout["nannies"][0]
+    assert nanny in layout["ranks"]
+    loaded = {int(pid): flag for pid, flag in layout["dask_loaded"].items()}
+    assert [pid for pid in layout["ranks"] if loaded[pid]] == [nanny], layout
+    # The workers may use the CPUs of every rank they stand for, not just rank 2's.
+    assert all(cpus == layout["rank_cpus"] for cpus in layout["worker_cpus"]), layout
+    assert len(layout["rank_cpus"]) == min(4, len(os.sched_getaffinity(0))), layout
+
+
+def test_the_rank_layout_runs_each_worker_under_its_own_rank(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, LAYOUT_APP)
+
+    launch = mpiexec(
+        5, [*bootstrap_argv(run, "--nthreads", "1", "--worker-layout", "rank"), "--", str(app)]
+    )
+
+    assert launch.returncode == 0, launch.output
+    layout = layout_of(launch)
+    assert layout["names"] == ["2", "3", "4"]
+    assert len(layout["nannies"]) == 3
+    assert set(layout["nannies"]) <= set(layout["ranks"])
+    assert all(layout["dask_loaded"].values())
+
+
 def test_without_nannies_the_workers_live_in_the_rank_processes(
     run: RunDir, tmp_path: Path
 ) -> None:
@@ -548,7 +645,8 @@ def test_missing_worker_interface_fails_every_rank_fast(run: RunDir, tmp_path: P
     )
 
     assert launch.returncode == 2
-    assert launch.stderr.count("requested interface ib0") == 2, launch.stderr  # per worker rank
+    # Once per node: the node's other worker rank stands by and never looks.
+    assert launch.stderr.count("requested interface ib0") == 1, launch.stderr
     assert "workers" not in launch.stdout
 
 
@@ -899,7 +997,9 @@ def test_sigterm_tells_the_app_and_retires_a_worker_gracefully(run: RunDir, tmp_
         """,
     )
 
-    launch = mpiexec(4, [*bootstrap_argv(run), "--", str(app)])
+    # One worker rank drains while another on this host keeps the data: a process
+    # per worker rank (in the node layout the node's workers drain together).
+    launch = mpiexec(4, [*bootstrap_argv(run, "--worker-layout", "rank"), "--", str(app)])
 
     assert launch.returncode == 0, launch.output
     assert "retired True" in launch.stdout

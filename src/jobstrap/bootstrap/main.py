@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -34,7 +35,13 @@ from jobstrap.bootstrap.app import run_app
 from jobstrap.bootstrap.options import Options, parse_args
 from jobstrap.bootstrap.quiet import configure_logging, logger, say, silence_for_shutdown
 from jobstrap.bootstrap.ranks import World, discover_world, in_slurm_batch_script
-from jobstrap.bootstrap.roles import Role, check_world_size, expected_workers, role_of
+from jobstrap.bootstrap.roles import (
+    Role,
+    check_world_size,
+    expected_workers,
+    node_groups,
+    role_of,
+)
 from jobstrap.errors import UserError
 from jobstrap.rundir import RunDir, SchedulerInfo, atomic_write_json
 
@@ -71,6 +78,76 @@ def _security(options: Options, run: RunDir) -> Any:
     return load_security(run, require=True)
 
 
+def _check_tls(options: Options, run: RunDir) -> None:
+    """Fail like :func:`_security` would, without importing ``distributed``.
+
+    A rank that stands by for its node's worker rank never needs Dask: keeping
+    it from importing Dask is the point of the ``node`` layout.
+    """
+    from jobstrap.security import tls_files
+
+    if options.protocol == "tls" and not tls_files(run).exist():
+        _security(options, run)  # raises the one message for missing TLS material
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """What every rank tells the others before the roles start."""
+
+    host: str
+    pid: int
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where this rank's workers run (worker ranks only).
+
+    ``ranks`` are the worker ranks whose workers this process runs: its own in the
+    ``rank`` layout; in the ``node`` layout, every worker rank of the node for the
+    node's first worker rank and none for the others, which stand by for
+    ``leader``. ``cpus`` is the CPU set the workers may use (the union of their
+    ranks' bindings), ``None`` to leave the binding alone.
+    """
+
+    ranks: tuple[int, ...]
+    leader: _Peer | None = None
+    cpus: frozenset[int] | None = None
+
+
+def _cpus() -> tuple[int, ...]:
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return ()
+
+
+def _gather_peers(world: World) -> list[_Peer]:
+    """Every rank's host, pid and CPU binding (one allgather; just this rank without MPI)."""
+    me = _Peer(world.hostname, os.getpid(), _cpus())
+    return list(world.allgather(me)) if world.uses_mpi else [me]
+
+
+def _placement(options: Options, world: World, peers: Sequence[_Peer]) -> _Placement:
+    """Decide which workers this worker rank runs (see :class:`_Placement`)."""
+    own = _Placement((world.rank,))
+    # Without MPI the ranks cannot agree on a node's first rank; without nannies
+    # one process's workers would share one interpreter (and its GIL).
+    if options.worker_layout != "node" or not options.nanny or len(peers) != world.size:
+        return own
+    groups = node_groups(
+        [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
+    )
+    for first, ranks in groups.items():
+        if world.rank not in ranks:
+            continue
+        if first != world.rank:
+            return _Placement((), leader=peers[first])
+        cpus = frozenset(c for r in ranks for c in peers[r].cpus)
+        return _Placement(ranks, cpus=cpus or None)
+    return own
+
+
 def _open_run(options: Options) -> RunDir:
     try:
         return RunDir.open(options.run_dir)
@@ -80,10 +157,10 @@ def _open_run(options: Options) -> RunDir:
         ) from None
 
 
-def _single_host(world: World) -> bool:
+def _single_host(world: World, peers: Sequence[_Peer]) -> bool:
     """Whether every rank runs on this host (then loopback is allowed)."""
     if world.uses_mpi:
-        return len(set(world.allgather(world.hostname))) == 1
+        return len({p.host for p in peers}) == 1
     if world.size == 1:
         return True
     for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
@@ -179,7 +256,6 @@ def _run_mpi(options: Options) -> int:
         say(world.warning)
     error: str | None = None
     run: RunDir | None = None
-    security: Any = None
     try:
         hint = None
         if world.size == 1 and in_slurm_batch_script(os.environ):
@@ -197,19 +273,21 @@ def _run_mpi(options: Options) -> int:
         if options.app is None:
             raise UserError("bootstrap: mpi mode needs an app: ... -- app.py [args] | -m module")
         run = _open_run(options)
-        security = _security(options, run)
+        _check_tls(options, run)
     except UserError as exc:
         error = str(exc)
     if _any_rank_failed(world, error, run):
         return 2
     assert run is not None
 
-    single_host = _single_host(world)
+    peers = _gather_peers(world)
+    single_host = _single_host(world, peers)
     role = role_of(world.rank, client_on_scheduler_rank=options.client_on_scheduler_rank)
     logger.debug("rank %d of %d (%s): %s", world.rank, world.size, world.source, role.value)
     if role in (Role.SCHEDULER, Role.SCHEDULER_AND_CLIENT):
-        return _scheduler_rank(options, world, run, security, single_host, role)
-    return _other_rank(options, world, run, security, single_host, role)
+        return _scheduler_rank(options, world, run, single_host, role)
+    placement = _placement(options, world, peers) if role is Role.WORKER else None
+    return _other_rank(options, world, run, single_host, role, placement)
 
 
 def _any_rank_failed(world: World, error: str | None, run: RunDir | None) -> bool:
@@ -234,14 +312,16 @@ def _any_rank_failed(world: World, error: str | None, run: RunDir | None) -> boo
 
 
 def _scheduler_rank(
-    options: Options, world: World, run: RunDir, security: Any, single_host: bool, role: Role
+    options: Options, world: World, run: RunDir, single_host: bool, role: Role
 ) -> int:
     from jobstrap.bootstrap.servers import SchedulerRunner
     from jobstrap.network import choose_address
 
     runner: SchedulerRunner | None = None
     error: str | None = None
+    security: Any = None
     try:
+        security = _security(options, run)
         host = choose_address(options.effective_scheduler_interface, allow_loopback=single_host)
         runner = SchedulerRunner(
             host=host,
@@ -318,7 +398,12 @@ def _scheduler_rank(
 
 
 def _other_rank(
-    options: Options, world: World, run: RunDir, security: Any, single_host: bool, role: Role
+    options: Options,
+    world: World,
+    run: RunDir,
+    single_host: bool,
+    role: Role,
+    placement: _Placement | None,
 ) -> int:
     from jobstrap.errors import NetworkError
     from jobstrap.network import choose_address
@@ -347,7 +432,8 @@ def _other_rank(
 
     problem: str | None = None
     host = ""
-    if role is Role.WORKER:
+    standing_by = placement is not None and not placement.ranks
+    if role is Role.WORKER and not standing_by:
         try:
             host = choose_address(options.interface, peer=address, allow_loopback=single_host)
         except NetworkError as exc:
@@ -361,6 +447,9 @@ def _other_rank(
     elif problem:
         return 2
 
+    if placement is not None and placement.leader is not None:
+        return _stand_by(placement.leader)
+    security = _security(options, run)
     if role is Role.CLIENT:
         expected = expected_workers(
             world.size,
@@ -368,7 +457,8 @@ def _other_rank(
             client_on_scheduler_rank=options.client_on_scheduler_rank,
         )
         return _client(options, run, address, security, expected)
-    return _worker(options, world, address, host, security)
+    assert placement is not None
+    return _worker(options, address, host, security, placement)
 
 
 def _worker_names(prefix: str, processes: int) -> list[str]:
@@ -377,9 +467,60 @@ def _worker_names(prefix: str, processes: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(processes)]
 
 
-def _worker(options: Options, world: World, address: str, host: str, security: Any) -> int:
-    prefix = f"{options.name}-{world.rank}" if options.name else str(world.rank)
-    return _serve_workers(options, address, host, security, prefix)
+def _worker(options: Options, address: str, host: str, security: Any, placement: _Placement) -> int:
+    if placement.cpus is not None:
+        # The workers of the node's other worker ranks are forked from here: let them
+        # use those ranks' CPUs (the step's cpuset allows it; a binding finer than
+        # the step's, if any, stays the launcher's).
+        try:
+            os.sched_setaffinity(0, placement.cpus)
+        except (AttributeError, OSError) as error:
+            logger.debug("could not widen the CPU binding to %s: %s", sorted(placement.cpus), error)
+    names = [
+        name
+        for rank in placement.ranks
+        for name in _worker_names(
+            f"{options.name}-{rank}" if options.name else str(rank), options.worker_processes
+        )
+    ]
+    return _serve_workers(options, address, host, security, names)
+
+
+def _stand_by(leader: _Peer) -> int:
+    """Keep this rank's place in the launch while its node's first worker rank runs.
+
+    The rank stays (a launcher may end a step whose first task exits, e.g. Slurm's
+    ``WaitTime``) but holds no work, so it ignores the batch system's signals: the
+    rank running the workers drains them. It ends when that rank ends.
+    """
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    logger.debug("workers run in pid %d on this node; standing by", leader.pid)
+    _wait_for_exit(leader.pid)
+    return 0
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until process ``pid`` (not a child) has ended."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # before Linux 5.3: look once a second
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
 
 
 def _serve_workers(
@@ -387,16 +528,18 @@ def _serve_workers(
     address: str,
     host: str,
     security: Any,
-    prefix: str,
+    names: Sequence[str],
     *,
     max_memory_kills: int | None = None,
 ) -> int:
     from jobstrap.bootstrap.servers import WorkerOptions, serve_workers
 
+    if options.nanny:
+        _prefer_fork()
     worker_options = WorkerOptions(
         host=host,
         security=security,
-        processes=options.worker_processes,
+        processes=len(names),
         nthreads=options.nthreads,
         memory_limit=options.memory_limit,
         local_directory=options.local_directory,
@@ -404,10 +547,28 @@ def _serve_workers(
         lifetime=options.lifetime,
         dashboard=options.dashboard,
         nanny=options.nanny,
-        names=_worker_names(prefix, options.worker_processes),
+        names=list(names),
         max_memory_kills=max_memory_kills,
     )
     return asyncio.run(serve_workers(address, worker_options))
+
+
+#: The environment variable that chooses how nannies start their workers.
+START_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+
+
+def _prefer_fork() -> None:
+    """Let nannies fork their workers unless the environment chose otherwise.
+
+    A spawned worker imports everything again, which on a busy node is most of its
+    start-up (jobs rendered by jobstrap export the same choice). MPI is finalized
+    before any worker starts, so no MPI state is shared with a forked worker.
+    """
+    if START_METHOD_ENV in os.environ:
+        return
+    import dask
+
+    dask.config.set({"distributed.worker.multiprocessing-method": "fork"})
 
 
 def _client(
@@ -551,7 +712,12 @@ def _run_workers_mode(options: Options) -> int:
     # A notebook cluster replaces a job whose memory is too small; restarting its
     # worker into the same limit would only repeat until the walltime.
     return _serve_workers(
-        options, address, host, security, prefix, max_memory_kills=MEMORY_KILLS_PER_JOB
+        options,
+        address,
+        host,
+        security,
+        _worker_names(prefix, options.worker_processes),
+        max_memory_kills=MEMORY_KILLS_PER_JOB,
     )
 
 

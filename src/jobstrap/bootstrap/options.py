@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from jobstrap.bootstrap.app import AppSpec, parse_app
+from jobstrap.bootstrap.roles import WORKER_LAYOUTS
 from jobstrap.errors import UserError
 
 __all__ = ["MODES", "Options", "parse_args"]
@@ -20,7 +21,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
-       [--idle-timeout S] [--start-after-workers N] [--no-nanny]
+       [--idle-timeout S] [--start-after-workers N] [--no-nanny] [--worker-layout node|rank]
        -- app.py [args] | -m module [args]"""
 
 
@@ -49,6 +50,9 @@ class Options:
     idle_timeout: float | None = None
     #: Start the app once this many workers joined (default: all of them).
     start_after_workers: int | None = None
+    #: ``node``: one process per node imports Dask and forks the workers of every
+    #: worker rank there (the others stand by); ``rank``: each rank runs its own.
+    worker_layout: str = "node"
     app: AppSpec | None = None
 
     @property
@@ -132,6 +136,11 @@ def _parser() -> _Parser:
         "--start-after-workers", type=_positive_int, default=None,
         help="start the app once N workers joined (default: all)",
     )  # fmt: skip
+    p.add_argument(
+        "--worker-layout", choices=WORKER_LAYOUTS, default="node",
+        help="node: one process per node forks every local worker rank's workers; "
+        "rank: each worker rank runs its own",
+    )  # fmt: skip
     return p
 
 
@@ -176,5 +185,6 @@ def parse_args(argv: Sequence[str]) -> Options:
         name=ns.name,
         idle_timeout=ns.idle_timeout,
         start_after_workers=ns.start_after_workers,
+        worker_layout=ns.worker_layout,
         app=app,
     )

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 from jobstrap.errors import UserError
 
 __all__ = [
+    "WORKER_LAYOUTS",
     "Role",
     "check_world_size",
     "expected_workers",
     "minimum_world_size",
+    "node_groups",
     "role_of",
 ]
+
+#: Worker layouts of batch mode: one process per node forks the workers of every
+#: worker rank there, or each worker rank runs its own.
+WORKER_LAYOUTS = ("node", "rank")
 
 
 class Role(str, Enum):
@@ -50,6 +57,32 @@ def expected_workers(
     """Number of Dask workers a world of ``size`` ranks starts."""
     worker_ranks = size - (1 if client_on_scheduler_rank else 2)
     return max(0, worker_ranks) * worker_processes
+
+
+def node_groups(
+    hosts: Sequence[str], *, client_on_scheduler_rank: bool = False
+) -> dict[int, tuple[int, ...]]:
+    """Group the worker ranks by host, for the ``node`` worker layout.
+
+    Parameters
+    ----------
+    hosts
+        The host of every rank, indexed by rank.
+    client_on_scheduler_rank
+        Whether rank 1 is a worker too.
+
+    Returns
+    -------
+    dict
+        For each host with worker ranks, its first worker rank mapped to all the
+        worker ranks there (ascending). The first rank runs the workers of them all;
+        the others stand by.
+    """
+    groups: dict[str, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        if role_of(rank, client_on_scheduler_rank=client_on_scheduler_rank) is Role.WORKER:
+            groups.setdefault(host, []).append(rank)
+    return {ranks[0]: tuple(ranks) for ranks in groups.values()}
 
 
 def check_world_size(

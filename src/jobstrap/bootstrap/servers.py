@@ -23,7 +23,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import os
 import signal
+import socket
+import stat
 import threading
 import time
 import warnings
@@ -96,6 +99,50 @@ def _leave_signals_to_the_nanny() -> None:
         return
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+    _release_inherited_sockets()
+
+
+def _release_inherited_sockets() -> None:
+    """In a forked worker process, let go of the network sockets it inherited.
+
+    A worker forked by its nanny starts with a copy of every descriptor of the
+    process it was forked from: its nanny's listener and connections, those of
+    the sibling nannies of the same rank, and what the MPI library left open
+    (MPICH keeps a listener on 0.0.0.0 after ``MPI_Finalize``). Kept, they hold
+    ports open after their owners close them (a peer connecting to a nanny that
+    has gone would wait instead of being refused) and a closed connection
+    half-alive. Each network socket is replaced by ``/dev/null`` under the same
+    number, so the inherited Python objects that still name it close
+    ``/dev/null``, never a socket of the worker's own. Called before the worker
+    opens any socket; a spawned worker has none to release.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in names:
+            fd = int(name)
+            if fd == devnull or not _is_network_socket(fd):
+                continue
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _is_network_socket(fd: int) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return probe.family in (socket.AF_INET, socket.AF_INET6)
+    finally:
+        probe.close()  # the duplicate only
 
 
 class LocalDirectoryFullError(RuntimeError):
