@@ -101,15 +101,11 @@ def resolve_launcher(profile: Profile) -> str:
 
 
 #: Environment of jobs that start workers under nannies, unless the profile's ``env``
-#: sets the same variables. The nanny forks its worker process instead of spawning a
-#: fresh interpreter that imports everything again: on a busy node that is most of a
-#: worker's start-up time (and of its CPU: with more ranks than cores, start-up is
-#: CPU-bound). Fork inherits the environment, so the memory-trim setting distributed
-#: would apply before spawning is set for the whole job instead (see
-#: ``distributed.nanny``). An MPI rank forks only after ``MPI_Finalize``
-#: (:meth:`jobstrap.bootstrap.ranks.World.release`), so no MPI state is shared.
+#: sets the same variables. Nannies fork their workers (see the bootstrap's
+#: ``_choose_start_method``), which inherit the environment, so the memory-trim
+#: setting distributed would apply before spawning is set for the whole job instead
+#: (see ``distributed.nanny``).
 NANNY_ENVIRONMENT = {
-    "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "fork",
     "MALLOC_TRIM_THRESHOLD_": "65536",
 }
 

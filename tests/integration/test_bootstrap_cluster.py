@@ -130,12 +130,12 @@ def test_scheduler_and_workers_register_with_their_ib0_addresses(
 
 
 NODE_LAYOUT_APP = """\
-import json, socket
+import json, os, socket
 import psutil
 from distributed import Client
 
-def placement():
-    rank = psutil.Process().parent()  # the nanny's process: a rank of the step
+def placement(nanny):
+    rank = psutil.Process(nanny)  # the nanny's process: a rank of the step
     step = rank.parent()  # slurmstepd
     standing = {}
     for other in step.children():
@@ -145,7 +145,8 @@ def placement():
     return {"host": socket.gethostname(), "nanny": rank.pid, "others_with_dask": standing}
 
 with Client() as client:
-    placed = client.run(placement)
+    nannies = client.run(os.getpid, nanny=True)
+    placed = {a: client.run(placement, pid, workers=[a])[a] for a, pid in nannies.items()}
     names = {a: str(w["name"]) for a, w in client.scheduler_info()["workers"].items()}
     print("REPORT " + json.dumps({
         "workers": {a: {**p, "name": names[a]} for a, p in placed.items()},

@@ -488,10 +488,12 @@ import psutil
 from distributed import Client
 
 def where():
-    return {"nanny": psutil.Process().ppid(), "cpus": sorted(os.sched_getaffinity(0))}
+    return {"cpus": sorted(os.sched_getaffinity(0))}
 
 with Client() as client:
     placed = client.run(where)
+    for address, pid in client.run(os.getpid, nanny=True).items():
+        placed[address]["nanny"] = pid
     names = {w["name"]: w["id"] for w in client.scheduler_info()["workers"].values()}
     me = psutil.Process()
     scheduler = client.run_on_scheduler(os.getpid)

@@ -148,13 +148,13 @@ def test_bootstrap_worker_names_are_the_names_the_cluster_plans(nodes: int, proc
     assert {job_of_worker(n) for n in named} == {job}
 
 
-def test_workers_are_forked_by_their_nanny_unless_the_profile_says_otherwise() -> None:
+def test_the_start_method_is_the_bootstrap_s_unless_the_profile_says_otherwise() -> None:
     default = script_of(name_jobs(spec_for(slurm_profile()), "c", 0)[0])
     spawn = slurm_profile(env={"DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "spawn"})
     chosen = script_of(name_jobs(spec_for(spawn), "c", 0)[0])
 
-    assert "export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=fork" in default
-    assert "MULTIPROCESSING_METHOD=fork" not in chosen
+    assert "MULTIPROCESSING_METHOD" not in default
+    assert "export MALLOC_TRIM_THRESHOLD_=65536" in default
     assert chosen.count("export DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn") == 1
 
 
@@ -171,12 +171,12 @@ def test_a_pbs_scale_up_is_one_array_whose_tasks_name_their_workers() -> None:
     assert names == ["c-2.0", "c-2.1", "c-2.2", "c-2.3"]
 
 
-def test_batch_jobs_fork_their_workers_too_unless_there_is_no_nanny() -> None:
+def test_batch_jobs_trim_memory_like_spawned_workers_unless_there_is_no_nanny() -> None:
     from jobstrap.spec import app_job
 
     forked = dict(app_job(slurm_profile(), "/runs/r", "t1", ["app.py"]).env)
     lone = app_job(slurm_profile(nanny=False), "/runs/r", "t1", ["app.py"])
 
-    assert forked["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] == "fork"
-    assert "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in dict(lone.env)
+    assert forked["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert "MALLOC_TRIM_THRESHOLD_" not in dict(lone.env)
     assert "--no-nanny" in lone.command

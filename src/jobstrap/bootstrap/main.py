@@ -535,7 +535,7 @@ def _serve_workers(
     from jobstrap.bootstrap.servers import WorkerOptions, serve_workers
 
     if options.nanny:
-        _prefer_fork()
+        _choose_start_method(len(names))
     worker_options = WorkerOptions(
         host=host,
         security=security,
@@ -557,18 +557,26 @@ def _serve_workers(
 START_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 
 
-def _prefer_fork() -> None:
-    """Let nannies fork their workers unless the environment chose otherwise.
+def _choose_start_method(nannies: int) -> None:
+    """Choose how this process's nannies start their workers, unless the environment did.
 
     A spawned worker imports everything again, which on a busy node is most of its
-    start-up (jobs rendered by jobstrap export the same choice). MPI is finalized
-    before any worker starts, so no MPI state is shared with a forked worker.
+    start-up. One nanny forks its worker: the process is still quiet then (MPI is
+    finalized, nothing else runs). Several nannies in one process start together,
+    each with threads of its own, and a fork taken while another thread holds a
+    lock can leave the worker hung on it; their workers come from multiprocessing's
+    fork server instead, a single-threaded process that imported Dask once.
     """
     if START_METHOD_ENV in os.environ:
         return
     import dask
 
-    dask.config.set({"distributed.worker.multiprocessing-method": "fork"})
+    method = "fork" if nannies == 1 else "forkserver"
+    dask.config.set({"distributed.worker.multiprocessing-method": method})
+    if method == "forkserver":
+        from jobstrap.bootstrap.servers import start_fork_server
+
+        start_fork_server()
 
 
 def _client(

@@ -836,6 +836,37 @@ async def serve_workers(
     return 1 if state["lost"] or out_of_memory else 0
 
 
+def start_fork_server() -> None:
+    """Start multiprocessing's fork server with Dask imported and signals left to the nanny.
+
+    Its preload is this module (``distributed`` and the worker classes), not the
+    list distributed would choose (every optional package it finds, pandas
+    included), which would cost each node seconds of CPU for nothing the workers
+    need at start. Like the resource tracker, the server is one of the rank's
+    helper processes: the batch system's SIGTERM/SIGUSR1/SIGINT reach it too, and
+    it must outlive them (its nannies drain their workers, and a nanny restarting a
+    worker needs it); it ends by itself when this process ends. Ignored
+    dispositions survive exec, so it starts with them ignored.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    import distributed.utils
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signals}
+    try:
+        forkserver.ensure_running()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _start_resource_tracker_ignoring_sigusr1() -> None:
     """Start multiprocessing's resource tracker with SIGUSR1 ignored.
 
