@@ -327,6 +327,18 @@ class Profile:
         return None if self.memory is None else self.memory // self.processes
 
     @property
+    def memory_per_rank_worker(self) -> int | None:
+        """Memory limit of each worker in batch mode (bytes), or None when memory is unset.
+
+        The node's memory over every rank's workers there (on the first node the
+        scheduler and the app take the share of a rank each), so that Dask spills
+        and pauses before the job's memory limit kills a process.
+        """
+        if self.memory is None:
+            return None
+        return self.memory // (self.ranks_per_node * self.workers_per_rank)
+
+    @property
     def ranks_per_node(self) -> int:
         """MPI ranks per node in batch mode."""
         return self.tasks_per_node or self.processes

@@ -137,7 +137,9 @@ def _common(
     }
 
 
-def _bootstrap_argv(profile: Profile, run_dir: str, mode: str) -> list[str]:
+def _bootstrap_argv(
+    profile: Profile, run_dir: str, mode: str, *, memory_limit: int | None
+) -> list[str]:
     argv = [
         profile.python, "-m", "jobstrap.bootstrap",
         "--run-dir", run_dir,
@@ -148,8 +150,8 @@ def _bootstrap_argv(profile: Profile, run_dir: str, mode: str) -> list[str]:
         "--nthreads", str(profile.threads_per_worker),
         "--death-timeout", str(profile.death_timeout),
     ]  # fmt: skip
-    if profile.memory_per_worker is not None:
-        argv += ["--memory-limit", str(profile.memory_per_worker)]
+    if memory_limit is not None:
+        argv += ["--memory-limit", str(memory_limit)]
     if profile.local_directory:
         argv += ["--local-directory", profile.local_directory]
     if not profile.nanny:
@@ -176,7 +178,7 @@ def worker_job(
     Each node runs one bootstrap process that starts ``profile.processes`` workers, so a
     job is one unit for scaling whatever its size.
     """
-    argv = _bootstrap_argv(profile, run_dir, "workers")
+    argv = _bootstrap_argv(profile, run_dir, "workers", memory_limit=profile.memory_per_worker)
     argv += ["--worker-processes", str(profile.processes)]
     if scheduler_address:
         argv += ["--scheduler-address", scheduler_address]
@@ -218,7 +220,7 @@ def app_job(
 
     ``start_after_workers`` starts the app once that many workers joined (default: all).
     """
-    argv = _bootstrap_argv(profile, run_dir, "mpi")
+    argv = _bootstrap_argv(profile, run_dir, "mpi", memory_limit=profile.memory_per_rank_worker)
     if profile.workers_per_rank > 1:
         # One interpreter per worker rank, its workers forked by their nannies: a
         # node imports distributed once per rank instead of once per worker, which is
@@ -248,7 +250,7 @@ def app_job(
 
 def scheduler_job(profile: Profile, run_dir: str, tag: str, *, name: str | None = None) -> JobSpec:
     """A scheduler in its own job, for login nodes that kill long processes or block ports."""
-    argv = _bootstrap_argv(profile, run_dir, "scheduler")
+    argv = _bootstrap_argv(profile, run_dir, "scheduler", memory_limit=None)
     return JobSpec(
         name=name or f"{profile.job_name}-scheduler",
         role=Role.SCHEDULER,

@@ -180,3 +180,17 @@ def test_batch_jobs_trim_memory_like_spawned_workers_unless_there_is_no_nanny() 
     assert forked["MALLOC_TRIM_THRESHOLD_"] == "65536"
     assert "MALLOC_TRIM_THRESHOLD_" not in dict(lone.env)
     assert "--no-nanny" in lone.command
+
+
+def test_a_batch_job_s_workers_share_their_node_s_memory() -> None:
+    from jobstrap.bootstrap.options import parse_args
+    from jobstrap.spec import app_job
+
+    def limit(**settings: object) -> object:
+        spec = app_job(slurm_profile(memory="8GiB", **settings), "/runs/r", "t1", ["app.py"])
+        argv = list(spec.command)
+        return parse_args(argv[argv.index("jobstrap.bootstrap") + 1 :]).memory_limit
+
+    assert limit(tasks_per_node=4) == 2 * 2**30
+    assert limit(tasks_per_node=2, workers_per_rank=4) == 2**30
+    assert limit(processes=2, cores=2) == 4 * 2**30

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 from distributed import Nanny, Scheduler, Security, Worker
 from distributed.core import rpc
 from distributed.spill import SpillBuffer
@@ -707,7 +708,9 @@ async def serve_workers(
         0 when the scheduler closed the workers (normal end) or they retired on a
         drain request; 1 when the scheduler vanished or the workers could not start.
     """
-    if options.nanny:
+    if options.nanny and dask.config.get("distributed.worker.multiprocessing-method") != "fork":
+        # Forked workers share unnamed semaphores, which need no tracker (nor its
+        # process); spawned and fork-server workers use named ones, tracked.
         _start_resource_tracker_ignoring_sigusr1()
     nannies: list[Any] = []  # nannies, or the workers themselves without nannies
     # Handlers first: the batch system may signal while the workers still start.
