@@ -128,6 +128,12 @@ def _gather_peers(world: World) -> list[_Peer]:
     return list(world.allgather(me)) if world.uses_mpi else [me]
 
 
+#: Fewest worker ranks on a node for the ``node`` layout to group them. The group's
+#: workers come from a fork server, itself an interpreter that imports Dask: with two
+#: ranks that is as many imports as each rank running its own, plus a standing rank.
+NODE_LAYOUT_MIN_RANKS = 3
+
+
 def _placement(options: Options, world: World, peers: Sequence[_Peer]) -> _Placement:
     """Decide which workers this worker rank runs (see :class:`_Placement`)."""
     own = _Placement((world.rank,))
@@ -139,7 +145,7 @@ def _placement(options: Options, world: World, peers: Sequence[_Peer]) -> _Place
         [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
     )
     for first, ranks in groups.items():
-        if world.rank not in ranks:
+        if world.rank not in ranks or len(ranks) < NODE_LAYOUT_MIN_RANKS:
             continue
         if first != world.rank:
             return _Placement((), leader=peers[first])
