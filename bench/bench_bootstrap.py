@@ -22,10 +22,11 @@ Measured per run:
   timestamp written by the script) to the client seeing every worker;
 * **submit to done**: from the submit call to the app's work being done (the
   measurements that follow it, e.g. asking each nanny, are not counted);
-* **memory per worker rank**: the proportional set size (PSS) of the worker
-  processes, their nannies' and the standing-by ranks' (a forked worker shares
-  pages with its nanny, which PSS splits fairly), divided by the workers; and the
-  sum of their peak RSS (``ru_maxrss``), which counts shared pages twice;
+* **memory per worker**: the proportional set size (PSS) of every process of the
+  launch on the workers' nodes but the scheduler's and the app's (workers, nannies,
+  ranks standing by, fork servers: PSS splits shared pages fairly), divided by the
+  workers; and the sum of the workers' and nannies' peak RSS (``ru_maxrss``), which
+  counts shared pages twice;
 * **CPU seconds** of each worker process and of the scheduler by the time the
   app reports: with more ranks than cores, start-up is CPU-bound.
 
@@ -86,17 +87,20 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def launch_siblings(nanny_pids):
+def node_processes(exclude):
+    # PSS of every process of the launch on this node but those in exclude. Run in
+    # a rank (a nanny's process, or a worker that is its rank): its parent is the
+    # launcher (slurmstepd, hydra's proxy), whose descendants are every rank of the
+    # node and what they started (workers, fork servers, trackers).
     import psutil
 
-    me = psutil.Process()
-    rank = me.parent() if me.ppid() in nanny_pids else me  # the rank: the nanny, or the worker
     found = {}
-    for other in rank.parent().children():
-        try:
-            found[other.pid] = other.memory_full_info().pss
-        except psutil.Error:
-            pass
+    for proc in psutil.Process().parent().children(recursive=True):
+        if proc.pid not in exclude:
+            try:
+                found[proc.pid] = proc.memory_full_info().pss
+            except psutil.Error:
+                pass
     return found
 
 
@@ -114,14 +118,17 @@ with Client() as client:
         nanny_pss = {p: v for p, v in client.run(lambda: (os.getpid(), pss()), nanny=True).values()}
     except Exception:
         nannies = nanny_pss = {}
-    # Ranks that hold no worker (standing by for their node's first worker rank):
-    # every other process of the launch on a worker's node, minus the known ones.
-    known = {*client.run(os.getpid).values(), *nannies, client.run_on_scheduler(os.getpid),
-             os.getpid()}
-    siblings = {}
-    for found in client.run(launch_siblings, list(nannies)).values():
-        siblings.update({int(p): v for p, v in found.items()})
-    standing_pss = [v for p, v in siblings.items() if p not in known]
+    # Everything the workers cost, whatever the layout: every process of the launch
+    # on the workers' nodes (ranks standing by, fork servers, trackers included) but
+    # the scheduler's and this app's.
+    exclude = [client.run_on_scheduler(os.getpid), os.getpid()]
+    try:
+        per_node = client.run(node_processes, exclude, nanny=True)
+    except Exception:  # no nannies: each worker is its rank
+        per_node = client.run(node_processes, exclude)
+    launch_pss = {}
+    for found in per_node.values():
+        launch_pss.update({int(p): v for p, v in found.items()})
 report = {
     "ready": ready,
     "worked": worked,
@@ -131,7 +138,7 @@ report = {
     "nanny_peak": list(nannies.values()),
     "worker_pss": list(worker_pss.values()),
     "nanny_pss": list(nanny_pss.values()),
-    "standing_pss": standing_pss,
+    "launch_pss": list(launch_pss.values()),
     "worker_cpu": list(worker_cpu.values()),
     "scheduler_cpu": scheduler_cpu,
 }
@@ -325,9 +332,7 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
     per_worker = (sum(workers) + sum(nannies)) / len(workers)
     # PSS splits pages a forked worker shares with its nanny between the two; the sum
     # of peak RSS counts them twice. Both are reported; PSS is the real share.
-    pss = [int(p) for p in data["worker_pss"]] + [int(p) for p in data["nanny_pss"]]
-    pss += [int(p) for p in data["standing_pss"]]
-    pss_per_worker = sum(pss) / len(data["worker_pss"])
+    pss_per_worker = sum(int(p) for p in data["launch_pss"]) / len(data["worker_pss"])
     return {
         "job_id": job_id,
         "launch_to_ready_s": round(data["ready"] - launched, 3),
@@ -337,7 +342,7 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
         "peak_rss_per_worker_mib": round(per_worker / 2**20, 1),
         "peak_rss_worker_process_mib": round(statistics.mean(workers) / 2**20, 1),
         "peak_rss_nanny_mib": round(statistics.mean(nannies) / 2**20, 1) if nannies else None,
-        "standing_ranks": len(data["standing_pss"]),
+        "processes_on_worker_nodes": len(data["launch_pss"]),
         # CPU seconds spent by then: on a machine with fewer cores than ranks, start-up
         # is CPU-bound and this is where the time goes.
         "cpu_s_per_worker_process": round(statistics.mean(data["worker_cpu"]), 3),

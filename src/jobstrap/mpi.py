@@ -46,6 +46,7 @@ import sys
 from types import FrameType, TracebackType
 from typing import Any
 
+from jobstrap.bootstrap.ranks import bcast
 from jobstrap.errors import UserError
 
 __all__ = ["WorldTooSmallException", "initialize", "send_close_signal"]
@@ -150,7 +151,7 @@ def initialize(
     if protocol == "tls":
         from jobstrap.security import generate_tls_material
 
-        material = comm.bcast(generate_tls_material() if rank == 0 else None, root=0)
+        material = bcast(comm, generate_tls_material() if rank == 0 else None)
     security = _security(material)
 
     if rank == 0:
@@ -166,7 +167,7 @@ def initialize(
             exit=exit,
         )
 
-    published = comm.bcast(None, root=0)
+    published = bcast(comm, None)
     if published["error"]:
         _stop(2, exit, published["error"])
     address = str(published["address"])
@@ -291,7 +292,7 @@ def _scheduler(
         error = str(exc)
     except OSError as exc:
         error = f"the scheduler could not start: {exc}"
-    comm.bcast({"address": None if error else runner.address, "error": error}, root=0)  # type: ignore[union-attr]
+    bcast(comm, {"address": None if error else runner.address, "error": error})  # type: ignore[union-attr]
     if error or runner is None:
         _stop(2, exit, error)
         return False

@@ -652,6 +652,22 @@ def test_missing_worker_interface_fails_every_rank_fast(run: RunDir, tmp_path: P
     assert "workers" not in launch.stdout
 
 
+def test_missing_worker_interface_is_reported_once_per_node_in_the_node_layout(
+    run: RunDir, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, COMPUTE_APP)
+
+    launch = mpiexec(
+        5,
+        [*bootstrap_argv(run, "--interface", "ib0", "--scheduler-interface", "lo"), "--", str(app)],
+    )
+
+    assert launch.returncode == 2
+    # Three worker ranks on this host: the first looks, the others stand by.
+    assert launch.stderr.count("requested interface ib0") == 1, launch.stderr
+    assert "workers" not in launch.stdout
+
+
 def test_missing_tls_material_names_the_opt_out(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "runs", "no-tls")
     app = write_app(tmp_path, COMPUTE_APP)

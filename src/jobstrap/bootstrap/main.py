@@ -438,8 +438,8 @@ def _other_rank(
 
     problem: str | None = None
     host = ""
-    standing_by = placement is not None and not placement.ranks
-    if role is Role.WORKER and not standing_by:
+    leader = placement.leader if placement is not None else None  # set: stand by for it
+    if role is Role.WORKER and leader is None:
         try:
             host = choose_address(options.interface, peer=address, allow_loopback=single_host)
         except NetworkError as exc:
@@ -453,8 +453,8 @@ def _other_rank(
     elif problem:
         return 2
 
-    if placement is not None and placement.leader is not None:
-        return _stand_by(placement.leader)
+    if leader is not None:
+        return _stand_by(leader)
     security = _security(options, run)
     if role is Role.CLIENT:
         expected = expected_workers(
@@ -475,9 +475,9 @@ def _worker_names(prefix: str, processes: int) -> list[str]:
 
 def _worker(options: Options, address: str, host: str, security: Any, placement: _Placement) -> int:
     if placement.cpus is not None:
-        # The workers of the node's other worker ranks are forked from here: let them
-        # use those ranks' CPUs (the step's cpuset allows it; a binding finer than
-        # the step's, if any, stays the launcher's).
+        # This process starts the workers of the node's other worker ranks too (their
+        # fork server inherits the binding): let them use those ranks' CPUs. The
+        # step's cpuset allows it; a binding finer than the step's stays as it was.
         try:
             os.sched_setaffinity(0, placement.cpus)
         except (AttributeError, OSError) as error:

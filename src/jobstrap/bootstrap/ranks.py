@@ -15,7 +15,10 @@ fix (``srun --mpi=pmi2``), and carry on with Slurm's ranks.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 __all__ = [
     "ENV_RANK_SOURCES",
     "World",
+    "bcast",
     "discover_world",
     "env_rank",
     "in_slurm_batch_script",
@@ -73,9 +77,9 @@ class World:
         return self.comm is not None
 
     def bcast(self, value: Any, root: int = 0) -> Any:
-        """MPI broadcast (MPI worlds only)."""
+        """MPI broadcast that sleeps while it waits (MPI worlds only; see :func:`bcast`)."""
         assert self.comm is not None
-        return self.comm.bcast(value, root=root)
+        return bcast(self.comm, value, root)
 
     def allgather(self, value: Any) -> list[Any]:
         """MPI allgather (MPI worlds only)."""
@@ -97,6 +101,30 @@ class World:
 
         if not MPI.Is_finalized():
             MPI.Finalize()
+
+
+def bcast(comm: Any, value: Any, root: int = 0, *, poll: float = 0.005) -> Any:
+    """Broadcast ``value`` from ``root`` over ``comm``, sleeping while it waits.
+
+    The other ranks wait in this broadcast while rank 0 starts the scheduler (a
+    second or more). MPICH's blocking collectives spin a core each meanwhile, which
+    on a node with more ranks than cores takes the CPU from the ranks doing the
+    work; a non-blocking broadcast tested every ``poll`` seconds costs nothing.
+    """
+    from mpi4py import MPI
+
+    mine = comm.Get_rank() == root
+    data = pickle.dumps(value) if mine else b""
+    size = bytearray(struct.pack("!q", len(data)))
+    _wait(comm.Ibcast([size, MPI.BYTE], root=root), poll)
+    buffer = bytearray(data) if mine else bytearray(struct.unpack("!q", size)[0])
+    _wait(comm.Ibcast([buffer, MPI.BYTE], root=root), poll)
+    return value if mine else pickle.loads(buffer)
+
+
+def _wait(request: Any, poll: float) -> None:
+    while not request.Test():
+        time.sleep(poll)
 
 
 def _int(environ: Mapping[str, str], name: str) -> int | None:
