@@ -122,10 +122,8 @@ with Client() as client:
     # on the workers' nodes (ranks standing by, fork servers, trackers included) but
     # the scheduler's and this app's.
     exclude = [client.run_on_scheduler(os.getpid), os.getpid()]
-    try:
-        per_node = client.run(node_processes, exclude, nanny=True)
-    except Exception:  # no nannies: each worker is its rank
-        per_node = client.run(node_processes, exclude)
+    # In a nanny's process (a rank), or in the worker when there is no nanny (its rank).
+    per_node = client.run(node_processes, exclude, nanny=bool(nannies))
     launch_pss = {}
     for found in per_node.values():
         launch_pss.update({int(p): v for p, v in found.items()})
