@@ -414,6 +414,17 @@ def _other_rank(
     from jobstrap.errors import NetworkError
     from jobstrap.network import choose_address
 
+    leader = placement.leader if placement is not None else None  # set: stand by for it
+    # Load the TLS material (importing Dask) while rank 0 starts the scheduler rather
+    # than after: it is most of this rank's start-up. Standing ranks never need it.
+    security: Any = None
+    problem: str | None = None
+    if leader is None:
+        try:
+            security = _security(options, run)
+        except UserError as exc:  # told to every rank below, not left in a collective
+            problem = str(exc)
+            say(problem)
     if world.uses_mpi:
         published = world.bcast(None)
         if published["error"]:
@@ -436,10 +447,8 @@ def _other_rank(
             return 2
         address = info.scheduler_address
 
-    problem: str | None = None
     host = ""
-    leader = placement.leader if placement is not None else None  # set: stand by for it
-    if role is Role.WORKER and leader is None:
+    if role is Role.WORKER and leader is None and problem is None:
         try:
             host = choose_address(options.interface, peer=address, allow_loopback=single_host)
         except NetworkError as exc:
@@ -455,7 +464,6 @@ def _other_rank(
 
     if leader is not None:
         return _stand_by(leader)
-    security = _security(options, run)
     if role is Role.CLIENT:
         expected = expected_workers(
             world.size,
