@@ -222,7 +222,10 @@ def run_dask_mpi(code: str, workdir: Path, timeout: float) -> Run:
 def run_submitit(code: str, workdir: Path, timeout: float) -> Run:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=workdir / "submitit" / "%j")
+    # A fresh folder per run: the test cluster's job ids restart with the cluster, and
+    # submitit would take an earlier run's result file for this job's.
+    folder = Path(tempfile.mkdtemp(prefix="submitit-", dir=workdir))
+    executor = submitit.AutoExecutor(folder=folder / "%j")
     executor.update_parameters(
         nodes=1,
         tasks_per_node=1,
