@@ -345,6 +345,16 @@ def test_several_workers_per_rank_need_nannies() -> None:
     assert "nanny" in done.stderr
 
 
+def test_render_shows_the_app_script_submit_would_send() -> None:
+    done = jobstrap_cli("render", "--role", "app", "app.py", "3")
+
+    assert done.returncode == 0, done.stderr
+    launch = next(line for line in done.stdout.splitlines() if "jobstrap.bootstrap" in line)
+    # Scheduler, client and a worker (a one-node job), and the app run by the job's Python.
+    assert "-n 3 " in launch, launch
+    assert launch.split(" -- ", 1)[1].startswith("app.py 3"), launch
+
+
 def test_jobstrap_result_prints_a_finished_runs_result(tmp_path: Path) -> None:
     future = jobstrap.submit(da.arange(10, chunks=5).sum(), walltime="10m")
     future.result(timeout=TIMEOUT)

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ..batch import batch_profile
 from ..render import render_script
 from ..spec import app_job, new_tag, scheduler_job, worker_job
 from ..systems import get_system
@@ -30,7 +31,8 @@ def render(role: str, app: tuple[str, ...], **options: object) -> None:
     if role == "app":
         if not app:
             raise click.UsageError("--role app needs the application: render --role app app.py")
-        spec = app_job(profile, run_dir, tag, [profile.python, *app])
+        # What `jobstrap submit` would send: batch mode's ranks, the app after "--".
+        spec = app_job(batch_profile(profile), run_dir, tag, list(app))
     elif role == "scheduler":
         spec = scheduler_job(profile, run_dir, tag)
     else:
