@@ -513,8 +513,10 @@ class BatchClient:
             write_framed(run.input_file, envelope)
 
         extra = {"object": _describe(obj), "input_bytes": len(envelope)}
-        # A graph starts on the first worker (the scheduler spreads it as the others
-        # join); an app (submit_app) may count its workers, so it waits for all.
+        # A graph is handed to the scheduler at once: it waits there for its first
+        # worker and spreads out as the others join, so the client rank connects and
+        # submits while the workers start. An app (submit_app) may count its
+        # workers, so it waits for all.
         return _submit_run(
             profile,
             self.profile_name,
@@ -522,7 +524,7 @@ class BatchClient:
             _graph_argv,
             prepare=prepare,
             extra=extra,
-            start_after_workers=1,
+            start_after_workers=0,
         )
 
 

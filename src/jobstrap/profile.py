@@ -63,7 +63,9 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            "JOB_ID", "ARRAY_JOB_ID", "ARRAY_TASK_ID", "NTASKS", "SUBMIT_DIR",
                            "RANK", "WORLD_SIZE", "LOCALQ_JOB", "LOCALQ_SPOOL",
                            # settings of the local queue and of batch.submit, not profiles
-                           "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE"})  # fmt: skip
+                           "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE",
+                           # the bootstrap's log level, passed to jobs like the rest
+                           "LOG_LEVEL"})  # fmt: skip
 
 _JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -7,6 +7,7 @@ from ``systems/``; this module only puts the pieces in their place.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Iterable
@@ -32,8 +33,17 @@ def quote_argv(values: Iterable[object]) -> str:
 
 
 def environment(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> jinja2.Environment:
-    """The template environment: user directories first, then the shipped templates."""
-    search = [str(d) for d in extra_dirs] + [str(resources.templates_dir())]
+    """The template environment: user directories first, then the shipped templates.
+
+    One environment per search path, kept: it caches the compiled templates (checking
+    their files' modification times), so a submission does not parse them again.
+    """
+    return _environment(tuple(str(d) for d in extra_dirs))
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(extra_dirs: tuple[str, ...]) -> jinja2.Environment:
+    search = [*extra_dirs, str(resources.templates_dir())]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(search),
         undefined=jinja2.StrictUndefined,

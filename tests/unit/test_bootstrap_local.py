@@ -285,6 +285,30 @@ def test_discover_world_without_a_launcher_is_a_world_of_one() -> None:
     assert world.warning is None
 
 
+def test_dask_is_imported_without_collections_and_then_frozen() -> None:
+    # Every rank imports Dask on start-up: no collection may run during it, the GC
+    # must be back on afterwards, and what the import made must be frozen.
+    probe = textwrap.dedent(
+        """
+        import gc, sys
+        from jobstrap.bootstrap.main import _load_dask
+        assert "distributed" not in sys.modules
+        collections = []
+        gc.callbacks.append(lambda phase, info: collections.append(phase))
+        _load_dask()
+        print(len(collections), gc.isenabled(), gc.get_freeze_count(), "distributed" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    collections, enabled, frozen, imported = out
+    assert collections == "0"
+    assert enabled == "True"
+    assert imported == "True"
+    assert int(frozen) > 10_000
+
+
 def test_options_split_the_app_after_the_double_dash() -> None:
     options = parse_args(["--run-dir", "/r", "--nthreads", "2", "--", "app.py", "--nthreads", "9"])
 
@@ -582,6 +606,52 @@ def test_without_nannies_the_workers_live_in_the_rank_processes(
     line = next(x for x in launch.stdout.splitlines() if x.startswith("parents"))
     assert "python" not in line, line
     assert_quiet(launch)
+
+
+def test_an_app_can_start_at_once_and_outlive_the_wait_for_a_worker(
+    run: RunDir, tmp_path: Path
+) -> None:
+    # Started before any worker, the app must not be stopped once the death timeout
+    # has passed: a worker did join, late or not.
+    late_exit = "import time; time.sleep(4); sys.exit("
+    app = write_app(tmp_path, COMPUTE_APP.replace("sys.exit(", late_exit))
+    argv = bootstrap_argv(run, "--death-timeout", "3", "--start-after-workers", "0")
+
+    launch = mpiexec(3, [*argv, "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    assert f"sum {EXPECTED_SUM}" in launch.stdout
+    assert "no worker joined" not in launch.output
+
+
+def test_an_app_started_at_once_is_stopped_when_no_worker_joins() -> None:
+    # In a process of its own: a scheduler's shutdown quiets loggers for good.
+    probe = textwrap.dedent(
+        """
+        from distributed import Security
+        from jobstrap.bootstrap.link import SchedulerLink
+        from jobstrap.bootstrap.servers import SchedulerRunner
+
+        runner = SchedulerRunner(
+            host="127.0.0.1", protocol="tcp", security=Security(), dashboard=False
+        )
+        runner.start()
+        said = []
+        link = SchedulerLink(runner.address, Security(), death_timeout=30, on_lost=said.append)
+        link.start(heartbeat=False)
+        link.expect_a_worker(1.0, "no worker joined (test)")
+        print(link.lost.wait(30), said, link.lost_message)
+        link.stop()
+        runner.finish(0)
+        runner.wait(30)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True ['no worker joined (test)'] no worker joined (test)"
 
 
 def test_an_app_can_start_after_the_first_worker(run: RunDir, tmp_path: Path) -> None:

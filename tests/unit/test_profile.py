@@ -86,7 +86,9 @@ def test_near_miss_environment_variable_is_an_error(user_dir: Path) -> None:
 
 
 def test_internal_environment_variables_are_not_settings(user_dir: Path) -> None:
-    profile = load_profile(environ=env_for(user_dir, JOBSTRAP_RUN_DIR="/x", JOBSTRAP_TAG="t"))
+    # LOG_LEVEL is a near miss of log_directory: it must still not be read as a typo.
+    env = env_for(user_dir, JOBSTRAP_RUN_DIR="/x", JOBSTRAP_TAG="t", JOBSTRAP_LOG_LEVEL="DEBUG")
+    profile = load_profile(environ=env)
     assert profile.system == "local"
 
 

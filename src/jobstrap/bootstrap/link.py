@@ -6,8 +6,9 @@ A background thread with its own event loop:
   client must not leave scheduler and workers idling until walltime);
 * notices when the scheduler is gone for ``death_timeout`` and stops the app, so
   no rank outlives its scheduler by more than that;
-* waits for the workers before the app starts, and reports a network mismatch as
-  one line instead of a silent hang;
+* waits for the workers before the app starts (or, for an app started at once,
+  stops it if no worker ever joins), and reports a network mismatch as one line
+  instead of a silent hang;
 * tells the scheduler the app's exit code at the end.
 """
 
@@ -64,6 +65,7 @@ class SchedulerLink:
         self.address = address
         self.security = security
         self.death_timeout = death_timeout
+        #: Set when the link stopped the app: its scheduler is gone, or no worker came.
         self.lost = threading.Event()
         self.lost_message: str | None = None
         self._on_lost = on_lost or self._interrupt_main
@@ -72,6 +74,7 @@ class SchedulerLink:
             target=self._loop.run_forever, name="jobstrap-link", daemon=True
         )
         self._heartbeat: concurrent.futures.Future[None] | None = None
+        self._watch: concurrent.futures.Future[None] | None = None
         self._stopping = False
 
     # ---------------------------------------------------------------- public API
@@ -91,6 +94,22 @@ class SchedulerLink:
         """
         return self._call(self._wait_for_workers(expected, timeout), timeout + 30)
 
+    def expect_a_worker(self, timeout: float, message: str) -> None:
+        """Without waiting, see that a worker joins within ``timeout``.
+
+        If none does, the app is stopped as for a lost scheduler (:attr:`lost` is
+        set and ``on_lost`` gets ``message``).
+        """
+
+        async def watch() -> None:
+            count = await self._wait_for_workers(1, timeout)
+            if count == 0 and not self._stopping and not self.lost.is_set():
+                self.lost_message = message
+                self.lost.set()
+                self._on_lost(message)
+
+        self._watch = asyncio.run_coroutine_threadsafe(watch(), self._loop)
+
     def done(self, code: int, timeout: float = 30.0) -> bool:
         """Tell the scheduler the app ended with ``code``; return whether it answered."""
         self._stopping = True
@@ -104,8 +123,9 @@ class SchedulerLink:
     def stop(self) -> None:
         """Stop heartbeats and the thread."""
         self._stopping = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._watch):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

@@ -91,6 +91,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -133,8 +143,9 @@ def _parser() -> _Parser:
     p.add_argument("--name", default=None, help="worker name prefix")
     p.add_argument("--idle-timeout", type=_seconds, default=None)
     p.add_argument(
-        "--start-after-workers", type=_positive_int, default=None,
-        help="start the app once N workers joined (default: all)",
+        "--start-after-workers", type=_count, default=None,
+        help="start the app once N workers joined (default: all; 0: at once, failing "
+        "if none joins within the death timeout)",
     )  # fmt: skip
     p.add_argument(
         "--worker-layout", choices=WORKER_LAYOUTS, default="node",
