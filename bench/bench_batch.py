@@ -18,7 +18,9 @@ the chunked-array example (``(x + x.T) - x.mean(axis=0)`` on N x N, its sum as a
 checksum) adds real work. Runs are interleaved (one of each method per round), so
 the cluster's load affects all alike; each round starts with the next method, and
 each run starts once the previous run's job has left the queue and every node is
-idle again (a node still completing a job delays the next start). Each run is
+idle again (a node still completing a job delays the next start), after a pause of
+a random part of Slurm's scheduling interval (``slurm_phase.py``: without it, the
+wait for Slurm's next pass is locked to the previous method's duration). Each run is
 also split at the batch script's launch (from slurmd's log, to the millisecond):
 Slurm starts a job when its scheduler next looks, 0.4 to 2 s here, a wait that
 says nothing about the method and that only many rounds average out.
@@ -36,6 +38,7 @@ import json
 import os
 import pickle
 import platform
+import random
 import shlex
 import statistics
 import subprocess
@@ -47,6 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from slurm_phase import pause_at_random_phase, sched_interval
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "batch.json"
@@ -356,6 +361,7 @@ def _ratios(summary: dict[str, dict[str, Any]], key: str) -> dict[str, float | N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds (one run of each)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random start phases")
     parser.add_argument("--size", type=int, default=10_000, help="N of the N x N array")
     parser.add_argument("--chunk", type=int, default=1_000, help="chunk edge")
     parser.add_argument("--workdir", type=Path, default=REPO / ".testcluster" / "bench-batch")
@@ -383,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     failures: dict[str, dict[str, list[str]]] = {s: {m: [] for m in METHODS} for s in scenarios}
     values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
+    rng = random.Random(args.seed)
+    interval = sched_interval()
     for round_number in range(args.repeats):
         for scenario in scenarios:
             code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
@@ -391,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             shift = round_number % len(names)
             for method in names[shift:] + names[:shift]:
                 run = METHODS[method]
+                pause_at_random_phase(rng, interval)
                 try:
                     done = run(code, workdir, args.run_timeout)
                 except RunFailedError as error:
@@ -443,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "array": {"n": args.size, "chunk": args.chunk},
         "repeats": args.repeats,
+        "start_phase": f"uniform over Slurm's {interval:g} s sched_interval, seed {args.seed}",
         "versions": _versions(),
         "results": results,
     }

@@ -24,8 +24,9 @@ oversubscribed on purpose so a dozen workers fit):
   dask-jobqueue's command runner.
 
 The implementations alternate within every repeat (neither always goes first), the
-cluster is emptied between measurements, and medians are reported with the raw
-numbers in ``bench/results/cluster.json``. Timings are what they are on this
+cluster is emptied between measurements, each measurement starts after a pause of a
+random part of Slurm's scheduling interval (``slurm_phase.py``), and medians are
+reported with the raw numbers in ``bench/results/cluster.json``. Timings are what they are on this
 machine (2 cores shared by three simulated nodes); the ratios are the point.
 """
 
@@ -36,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -45,6 +47,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from slurm_phase import pause_at_random_phase, sched_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster.json"
 SIZES = (2, 6, 12)
@@ -274,6 +278,7 @@ def summarise(raw: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random start phases")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -288,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     burst_raw: dict[str, list[dict[str, Any]]] = {"jobstrap": [], "dask_jobqueue": []}
     names = {"jobstrap": JOBSTRAP_NAME, "dask_jobqueue": JOBQUEUE_NAME}
 
+    rng = random.Random(args.seed)
+    interval = sched_interval()
     with contenders(log_directory) as pair:
         for repeat in range(args.repeats):
             order = pair if repeat % 2 == 0 else pair[::-1]
@@ -298,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                     for each in pair:
                         empty(each, names[each.name])
                     settle()
+                    pause_at_random_phase(rng, interval)
                     result = measure_scale(contender, names[contender.name], jobs)
                     scale_raw[jobs][contender.name].append(result)
                     print(f"scale {jobs:2d} {contender.name:13s} {result}", flush=True)
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 for each in pair:
                     empty(each, names[each.name])
                 settle()
+                pause_at_random_phase(rng, interval)
                 result = measure_burst(contender, names[contender.name])
                 burst_raw[contender.name].append(result)
                 print(f"burst    {contender.name:13s} {result}", flush=True)
@@ -338,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             "job_shape": JOB_SHAPE,
             "adapt": {**ADAPT, "minimum_jobs": 0, "maximum_jobs": BURST_MAX_JOBS},
             "repeats": args.repeats,
+            "start_phase": f"uniform over Slurm's {interval:g} s sched_interval, seed {args.seed}",
             "notes": (
                 "jobstrap: TLS with per-cluster certificates (its default); dask-jobqueue:"
                 " plain TCP (its default), interface ib0. jobstrap's calls include the"
