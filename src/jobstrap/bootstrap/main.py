@@ -665,7 +665,7 @@ def _client(
         )
         if wanted == 0 and expected > 0:
             # The app starts while the workers do (a graph waits in the scheduler for
-            # them); the link stops it if none joins, as it would if none had.
+            # them); the link stops it, with the same message, if none joins in time.
             link.expect_a_worker(options.death_timeout, no_workers)
             code = _run_app_with_signals(options, link)
         else:
