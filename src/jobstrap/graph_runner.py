@@ -383,18 +383,21 @@ def run_graph(run_dir: str | os.PathLike[str]) -> int:
         progress.set_phase("saving")
         import cloudpickle
 
-        write_framed(run.result_file, cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        # The result first, the final task counts after: someone may be waiting for it.
+        payload = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        # The final counts and phase go on disk before the result appears: whoever sees
+        # the result must also see a finished progress (one scheduler round trip more).
         progress.stop()
+        progress.set_phase("done")
+        write_framed(run.result_file, payload)
     except Exception as error:
         # Only the graph's own failures become error.pkl. An interrupt (the batch system
         # ending the job, the scheduler gone) leaves no file, so the submitting side
         # reports the job's real end (TIMEOUT, CANCELLED, ...) rather than a side effect.
         progress.stop()
+        progress.set_phase("failed", error=f"{type(error).__name__}: {error}"[:500])
         interrupted = _interrupted(error)
         if not interrupted:
             write_framed(run.error_file, _error_payload(error))
-        progress.set_phase("failed", error=f"{type(error).__name__}: {error}"[:500])
         what = "was interrupted" if interrupted else "failed"
         print(f"jobstrap: the graph {what}: {type(error).__name__}: {error}", file=sys.stderr)
         traceback.print_exception(type(error), error, error.__traceback__)
@@ -403,7 +406,6 @@ def run_graph(run_dir: str | os.PathLike[str]) -> int:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close(timeout=10)
-    progress.set_phase("done")
     return 0
 
 
