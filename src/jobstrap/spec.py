@@ -100,20 +100,24 @@ def resolve_launcher(profile: Profile) -> str:
     return {"slurm": "srun", "pbs": "mpiexec", "local": "mpiexec"}[profile.system]
 
 
-#: Environment of jobs that start workers under nannies, unless the profile's ``env``
-#: sets the same variables. Nannies fork their workers (see the bootstrap's
-#: ``_choose_start_method``), which inherit the environment, so the memory-trim
-#: setting distributed would apply before spawning is set for the whole job instead
-#: (see ``distributed.nanny``).
-NANNY_ENVIRONMENT = {
-    "MALLOC_TRIM_THRESHOLD_": "65536",
-}
+#: Environment of jobs that run workers, unless the profile's ``env`` sets the same
+#: variables. Both act only when an interpreter starts, and a nanny here forks its
+#: worker (see the bootstrap's ``_choose_start_method``) instead of starting one, so
+#: what distributed would set for a worker it spawns is set for the whole job (see
+#: ``distributed.nanny``): one string-hash seed, without which workers hash strings
+#: differently from job to job (dask/dask#6640; the nanny-less workers of an app job
+#: need the same agreement), and, under nannies, the memory-trim threshold. The
+#: bootstrap applies the rest of distributed's pre-spawn environment (thread counts).
+WORKER_ENVIRONMENT = {"PYTHONHASHSEED": "6640"}
+NANNY_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def _common(
     profile: Profile, run_dir: str, tag: str, *, workers: bool = False
 ) -> dict[str, object]:
-    env = dict(NANNY_ENVIRONMENT) if workers and profile.nanny else {}
+    env = dict(WORKER_ENVIRONMENT) if workers else {}
+    if workers and profile.nanny:
+        env.update(NANNY_ENVIRONMENT)
     env.update(profile.env)
     env["JOBSTRAP_RUN_DIR"] = run_dir
     env["JOBSTRAP_TAG"] = tag

@@ -336,3 +336,34 @@ def test_the_job_script_is_what_a_worker_job_runs(cluster: SLURMCluster) -> None
     assert "#SBATCH --partition=debug" in script
     assert "jobstrap.cluster_worker" in script
     assert cluster.scheduler_address in script
+
+
+def test_workers_of_different_jobs_hash_alike_and_keep_blas_to_one_thread(
+    cluster: SLURMCluster,
+) -> None:
+    # jobstrap's nannies fork their workers; what distributed's nanny sets up for a
+    # worker it spawns must hold all the same: one string-hash seed in every job
+    # (dask/dask#6640) and single-threaded BLAS in every worker thread.
+    def probe() -> tuple[int, int | None]:
+        import ctypes
+
+        import numpy  # noqa: F401  (loads OpenBLAS if the worker has not yet)
+
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+        threads = None
+        for path in paths:
+            library = ctypes.CDLL(path)
+            for symbol in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
+                if hasattr(library, symbol):
+                    threads = int(getattr(library, symbol)())
+        return hash("jobstrap"), threads
+
+    cluster.scale(jobs=2)
+    cluster.wait_for_workers(2, timeout=120)
+    with Client(cluster) as client:
+        seen = client.run(probe)  # a nested function: pickled by value
+
+    assert len(seen) == 2
+    assert len({digest for digest, _ in seen.values()}) == 1, seen
+    assert {threads for _, threads in seen.values()} == {1}, seen

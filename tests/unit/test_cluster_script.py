@@ -182,6 +182,28 @@ def test_batch_jobs_trim_memory_like_spawned_workers_unless_there_is_no_nanny() 
     assert "--no-nanny" in lone.command
 
 
+def test_every_job_with_workers_fixes_the_string_hash_seed_unless_the_profile_does() -> None:
+    # Forked workers keep the hash seed their job's interpreter drew at random, so
+    # without a fixed seed workers in different jobs hash strings differently (what
+    # distributed's nanny sets PYTHONHASHSEED for, dask/dask#6640).
+    from jobstrap.spec import app_job, scheduler_job
+
+    jobs = {
+        "workers": spec_for(slurm_profile()),
+        "workers without nanny": spec_for(slurm_profile(nanny=False)),
+        "app": app_job(slurm_profile(), "/runs/r", "t1", ["app.py"]),
+        "app without nanny": app_job(slurm_profile(nanny=False), "/runs/r", "t1", ["app.py"]),
+    }
+    own = spec_for(slurm_profile(env={"PYTHONHASHSEED": "7"}))
+
+    assert {
+        kind: dict(job.env).get("PYTHONHASHSEED") for kind, job in jobs.items()
+    } == dict.fromkeys(jobs, "6640")
+    assert "export PYTHONHASHSEED=6640" in script_of(jobs["workers"])
+    assert dict(own.env)["PYTHONHASHSEED"] == "7"
+    assert "PYTHONHASHSEED" not in dict(scheduler_job(slurm_profile(), "/runs/r", "t1").env)
+
+
 def test_a_batch_job_s_workers_share_their_node_s_memory() -> None:
     from jobstrap.bootstrap.options import parse_args
     from jobstrap.spec import app_job

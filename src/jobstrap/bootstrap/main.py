@@ -71,7 +71,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _load_dask() -> None:
+#: ``distributed.nanny.pre-spawn-environ`` as distributed ships it (a unit test keeps
+#: the two equal). The nanny applies it to ``os.environ`` just before it starts a
+#: worker, which is too late for a *forked* worker: numpy, loaded with Dask, has
+#: already read the thread counts (and started its BLAS threads). So a rank that
+#: forks its workers applies it before importing Dask.
+PRE_SPAWN_ENVIRON: dict[str, object] = {
+    "MALLOC_TRIM_THRESHOLD_": 65536,
+    "OMP_NUM_THREADS": 1,
+    "MKL_NUM_THREADS": 1,
+    "OPENBLAS_NUM_THREADS": 1,
+}
+
+
+def _apply_pre_spawn_environ() -> None:
+    """Set what distributed sets for a nanny's worker, before numpy reads it.
+
+    Without it a forked worker runs every BLAS call on all the node's CPUs, in each
+    of its threads (the oversubscription distributed's setting exists to prevent),
+    and each worker rank starts a BLAS thread pool whose threads spin for work
+    through the busiest part of a job's start. The user's own Dask configuration of
+    ``distributed.nanny.pre-spawn-environ`` wins, as it does in distributed;
+    ``MALLOC_TRIM_THRESHOLD_`` only acts at process start, so the job script sets it.
+    """
+    import dask.config  # dask alone: its configuration, not yet numpy
+
+    configured = dask.config.get("distributed.nanny.pre-spawn-environ", default=None)
+    environ = {**PRE_SPAWN_ENVIRON, **(configured or {})}
+    os.environ.update({key: str(value) for key, value in environ.items()})
+
+
+def _load_dask(*, forks_workers: bool = False) -> None:
     """Import Dask (with this package's server code) with the cyclic GC paused.
 
     Importing ``distributed`` makes some 60 000 objects, none of them garbage, and
@@ -80,12 +110,17 @@ def _load_dask() -> None:
     once, a tenth of a worker's start-up. Freezing what the import made then keeps
     it out of every later collection, and a forked worker from writing to (so
     copying) those pages when a collection would have touched them.
+
+    ``forks_workers``: this rank's nannies fork its workers, so distributed's
+    pre-spawn environment is applied first (:func:`_apply_pre_spawn_environ`).
     """
     if "jobstrap.bootstrap.servers" in sys.modules:
         return
     enabled = gc.isenabled()
     gc.disable()
     try:
+        if forks_workers:
+            _apply_pre_spawn_environ()
         import jobstrap.bootstrap.servers  # noqa: F401  (imports dask and distributed)
     finally:
         if enabled:
@@ -447,6 +482,7 @@ def _other_rank(
     problem: str | None = None
     if leader is None:
         try:
+            _load_dask(forks_workers=role is Role.WORKER and options.nanny)
             security = _security(options, run)
         except UserError as exc:  # told to every rank below, not left in a collective
             problem = str(exc)
@@ -747,6 +783,7 @@ def _run_workers_mode(options: Options) -> int:
     configure_logging(world.rank if world.size > 1 else None)
     try:
         run = _open_run(options)
+        _load_dask(forks_workers=options.nanny)
         security = _security(options, run)
         address = options.scheduler_address
         if not address:
