@@ -555,7 +555,9 @@ class _Supervisor:
             if record["state"] != "PENDING":
                 return  # cancelled while it waited
             # Claimed under the lock: from now on cancel signals it instead of dropping it.
-            record.update(state="RUNNING", reason="Starting")
+            # A start time goes with the claim so that no reader sees a RUNNING task
+            # without its elapsed and remaining time (the launch below refines it).
+            record.update(state="RUNNING", reason="Starting", start=time.time())
         key = _task_key(self.job_id, task)
         env = dict(os.environ)
         env.update(

@@ -484,3 +484,21 @@ def test_status_shows_a_running_task_s_elapsed_and_time_left(spool: Path, tmp_pa
     localq("cancel", job)
     ended = wait_state(job, "CANCELLED")
     assert ended[6] == ""  # an ended task has no time left
+
+
+def test_a_task_claimed_but_not_yet_launched_already_shows_its_times(
+    spool: Path, tmp_path: Path
+) -> None:
+    # The supervisor marks a task RUNNING before it opens the output and starts the
+    # script. An output file that is a FIFO holds it in that window (opening a FIFO
+    # for writing waits for a reader), so the window can be looked at, not raced.
+    fifo = tmp_path / "held.out"
+    os.mkfifo(fifo)
+    job = submit(write_script(tmp_path / "job.sh", "true\n", "--time=100", f"--output={fifo}"))
+    line = wait_state(job, "RUNNING")
+    assert line[3] == "Starting"
+    assert (line[5].isdigit(), line[6].isdigit()) == (True, True)
+    assert int(line[5]) + int(line[6]) in (99, 100)
+    with open(fifo, "rb") as reader:  # let the launch go on
+        wait_state(job, "COMPLETED")
+        reader.read()
