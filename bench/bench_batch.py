@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from slurm_phase import pause_at_random_phase, sched_interval
+from stats import STATISTICS, paired_ratio
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "batch.json"
@@ -358,6 +359,36 @@ def _ratios(summary: dict[str, dict[str, Any]], key: str) -> dict[str, float | N
     return ratios
 
 
+def _intervals(
+    seconds: dict[str, list[float]],
+    waits: dict[str, list[float | None]],
+    rounds: dict[str, list[int]],
+) -> dict[str, Any]:
+    """Each jobstrap variant against dask-mpi: the ratios of medians and of means, with
+    95 % paired-bootstrap intervals, submit-to-result and start-to-result."""
+    per_round: dict[str, dict[str, dict[int, float]]] = {
+        "submit_to_result": {},
+        "start_to_result": {},
+    }
+    for method in seconds:
+        per_round["submit_to_result"][method] = dict(
+            zip(rounds[method], seconds[method], strict=True)
+        )
+        per_round["start_to_result"][method] = {
+            r: s - w
+            for r, s, w in zip(rounds[method], seconds[method], waits[method], strict=True)
+            if w is not None
+        }
+    out: dict[str, Any] = {}
+    for span, runs in per_round.items():
+        for ours in (m for m in seconds if m.startswith("jobstrap")):
+            for name, statistic in STATISTICS.items():
+                out[f"{span}/{name}/{ours}/sbatch+dask-mpi"] = paired_ratio(
+                    runs[ours], runs["sbatch+dask-mpi"], statistic
+                )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds (one run of each)")
@@ -388,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         s: {m: [] for m in METHODS} for s in scenarios
     }
     failures: dict[str, dict[str, list[str]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    # Which round each kept run came from: the intervals pair runs by round.
+    rounds_of: dict[str, dict[str, list[int]]] = {s: {m: [] for m in METHODS} for s in scenarios}
     values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
     rng = random.Random(args.seed)
     interval = sched_interval()
@@ -415,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait = queue_wait(done)
                 raw[scenario][method].append(done.seconds)
                 waits[scenario][method].append(wait)
+                rounds_of[scenario][method].append(round_number)
                 values[scenario][method] = float(done.value)
                 print(
                     f"round {round_number + 1} {scenario:17} {method:16} {done.seconds:7.2f} s"
@@ -434,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_of_medians": _ratios(summary, "median"),
             "ratio_of_medians_submit_to_start": _ratios(summary, "median_submit_to_start"),
             "ratio_of_medians_start_to_result": _ratios(summary, "median_start_to_result"),
+            "intervals": _intervals(raw[scenario], waits[scenario], rounds_of[scenario]),
             "results_agree": all(
                 abs(v - checks[0]) <= 1e-6 * max(1.0, abs(checks[0])) for v in checks
             ),

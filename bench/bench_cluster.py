@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from slurm_phase import pause_at_random_phase, sched_interval
+from stats import STATISTICS, paired_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cluster.json"
 SIZES = (2, 6, 12)
@@ -267,10 +268,20 @@ def summarise(raw: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]:
     """Medians of the runs that finished, their ratio, and how many timed out."""
     ours = median([r[key] for r in raw["jobstrap"] if r.get(key) is not None])
     theirs = median([r[key] for r in raw["dask_jobqueue"] if r.get(key) is not None])
+    # Both contenders run once per repeat, so the i-th runs of each are a pair.
+    paired = {
+        name: {i: r[key] for i, r in enumerate(runs) if r.get(key) is not None}
+        for name, runs in raw.items()
+    }
     return {
         "jobstrap": ours,
         "dask_jobqueue": theirs,
         "ratio": ours / theirs if theirs else None,
+        # 95 % paired-bootstrap intervals of the ratio (of medians, of means).
+        "interval": {
+            name: paired_ratio(paired["jobstrap"], paired["dask_jobqueue"], statistic)
+            for name, statistic in STATISTICS.items()
+        },
         "timed_out": {n: sum(1 for r in runs if r.get("timed_out")) for n, runs in raw.items()},
     }
 
