@@ -55,7 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "cluster.json"
 SIZES = (2, 6, 12)
 BURST_TASKS = 60
 BURST_MAX_JOBS = 3
-JOB_SHAPE = {"cores": 1, "memory": "500MiB", "walltime": "00:20:00", "processes": 1}
+JOB_SHAPE: dict[str, Any] = {"cores": 1, "memory": "500MiB", "walltime": "00:20:00", "processes": 1}
 ADAPT = {"interval": "1s", "wait_count": 3}
 JOBSTRAP_NAME = "js-bench"
 JOBQUEUE_NAME = "jq-bench"
@@ -73,7 +73,7 @@ def _count_jobqueue_calls() -> None:
         _jobqueue_calls[cmd[0].rsplit("/", 1)[-1]] += 1
         return await original(cmd, **kwargs)  # type: ignore[no-any-return]
 
-    Job._call = staticmethod(counted)  # type: ignore[assignment]
+    Job._call = staticmethod(counted)
 
 
 class Contender:
@@ -217,7 +217,7 @@ def measure_burst(contender: Contender, job_name: str) -> dict[str, Any]:
     peak = 0
     result: dict[str, Any] = {}
     try:
-        with Client(cluster) as client:
+        with Client(cluster) as client:  # type: ignore[no-untyped-call]
             start = time.perf_counter()
             futures = client.map(time.sleep, [1.0] * BURST_TASKS, pure=False)
             first = wait_for(lambda: contender.workers() > 0, 300, "first worker")
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         key: summarise(burst_raw, key)
         for key in ("first_worker_seconds", "burst_seconds", "back_to_minimum_seconds")
     }
-    burst["raw"] = burst_raw  # type: ignore[assignment]
+    burst["raw"] = burst_raw
     sbatch_per_scale_up = {
         str(n): [r["calls"].get("sbatch", 0) for r in scale_raw[n]["jobstrap"]] for n in SIZES
     }
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": {
             "python": platform.python_version(),
-            "distributed": distributed.__version__,
+            "distributed": getattr(distributed, "__version__", "?"),
             "dask_jobqueue": dask_jobqueue.__version__,
             "machine": f"{platform.machine()}, {_cpus()} CPUs shared by the test cluster",
             "job_shape": JOB_SHAPE,

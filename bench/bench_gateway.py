@@ -134,11 +134,11 @@ def counting_jobqueue_calls() -> Iterator[Counter[str]]:
         result: str = await original(cmd, **kwargs)
         return result
 
-    Job._call = staticmethod(counted)  # type: ignore[method-assign,assignment]
+    Job._call = staticmethod(counted)
     try:
         yield counts
     finally:
-        Job._call = original  # type: ignore[method-assign]
+        Job._call = original
 
 
 def jobqueue_cluster(log_dir: Path, walltime: str) -> Any:

@@ -39,7 +39,7 @@ from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHAPE = {"cores": 1, "memory": "500MiB", "processes": 1}
+SHAPE: dict[str, Any] = {"cores": 1, "memory": "500MiB", "processes": 1}
 
 
 def seed(i: int, seconds: float) -> int:
@@ -76,12 +76,16 @@ class CountStarts(SchedulerPlugin):
             self.starts += 1
 
 
-def sample(count: Callable[[], int], samples: list[tuple[float, int]], stop: threading.Event):
+def sample(
+    count: Callable[[], int], samples: list[tuple[float, int]], stop: threading.Event
+) -> None:
     while not stop.wait(1.0):
         samples.append((time.time(), count()))
 
 
-def run(name: str, cluster: Any, start: Callable[[], None], args: argparse.Namespace) -> dict:
+def run(
+    name: str, cluster: Any, start: Callable[[], None], args: argparse.Namespace
+) -> dict[str, Any]:
     counter = CountStarts()
     cluster.scheduler.add_plugin(counter, name="count-starts")
     samples: list[tuple[float, int]] = []
@@ -93,7 +97,7 @@ def run(name: str, cluster: Any, start: Callable[[], None], args: argparse.Names
     thread.start()
     finished: float | None = None
     correct = False
-    with Client(cluster) as client:
+    with Client(cluster) as client:  # type: ignore[no-untyped-call]
         start()
         rows = [[client.submit(seed, i, args.seconds, pure=False) for i in range(args.width)]]
         for level in range(1, args.levels):
@@ -109,7 +113,7 @@ def run(name: str, cluster: Any, start: Callable[[], None], args: argparse.Names
         try:
             # distributed's wait raises at its timeout (it does not return the
             # unfinished set): a contender that never finishes is a result, not a crash.
-            done = wait(rows[-1], timeout=args.timeout, return_when="ALL_COMPLETED")
+            done = wait(rows[-1], timeout=args.timeout, return_when="ALL_COMPLETED")  # type: ignore[no-untyped-call]
         except TimeoutError:
             done = None
         if done is not None and not done.not_done:
@@ -216,7 +220,7 @@ def main() -> None:
         "settings": vars(args),
         "versions": {
             "python": platform.python_version(),
-            "distributed": distributed.__version__,
+            "distributed": getattr(distributed, "__version__", "?"),
             "dask_jobqueue": dask_jobqueue.__version__,
         },
         "results": results,
