@@ -1,0 +1,133 @@
+"""What TLS costs a Dask comm per MiB moved, against plain TCP (one process, both ends).
+
+Both ends of one ``distributed`` comm run in this process, so the CPU time measured
+is what sender and receiver spend together per MiB: the figure that decides how much
+slower a shuffle-heavy graph runs with TLS on a CPU-bound node. ``--batched-reads``
+repeats the TLS run with tornado's SSL stream reading as many TLS records per call
+as are available (instead of one 16 KB record per event-loop pass), to show whether
+the Python-level read loop is where the time goes.
+
+Writes ``bench/results/tls.json``::
+
+    .venv/bin/python bench/bench_tls.py [--messages 40] [--mib 8] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import ssl
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tls.json"
+
+
+def batch_ssl_reads() -> None:
+    """Make tornado's SSL stream read every record that is ready in one call."""
+    from tornado.iostream import SSLIOStream
+
+    def read_from_fd(self: Any, buf: bytearray | memoryview) -> int | None:
+        if self._ssl_accepting:
+            return None
+        view = memoryview(buf)
+        total = 0
+        while total < len(view):
+            try:
+                got = self.socket.recv_into(view[total:], len(view) - total)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                break
+            if not got:
+                if total == 0:
+                    return 0  # closed by the peer
+                break
+            total += got
+        return total or None
+
+    SSLIOStream.read_from_fd = read_from_fd  # type: ignore[method-assign]
+
+
+async def move(protocol: str, messages: int, size: int) -> dict[str, float]:
+    """Send ``messages`` frames of ``size`` bytes over one comm; MiB/s and CPU ms/MiB."""
+    from distributed.comm.core import connect, listen
+    from distributed.security import Security
+
+    security = Security.temporary() if protocol == "tls" else None  # type: ignore[no-untyped-call]
+    listen_args = security.get_listen_args("scheduler") if security else {}
+    connect_args = security.get_connection_args("worker") if security else {}
+
+    async def receive(comm: Any) -> None:
+        for _ in range(messages):
+            await comm.read()
+        await comm.write("done")
+        await comm.close()
+
+    listener = listen(f"{protocol}://127.0.0.1:0", receive, **listen_args)  # type: ignore[no-untyped-call]
+    await listener.start()
+    comm = await connect(listener.contact_address, **connect_args)  # type: ignore[no-untyped-call]
+    payload = os.urandom(size)  # incompressible, like the benchmark's random array
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(messages):
+        await comm.write({"data": payload})
+    await comm.read()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    await comm.close()
+    listener.stop()
+    mib = messages * size / 2**20
+    return {"mib_per_s": mib / wall, "cpu_ms_per_mib": 1000 * cpu / mib}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=40)
+    parser.add_argument("--mib", type=int, default=8, help="MiB per message")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    size = args.mib * 2**20
+    runs: dict[str, list[dict[str, float]]] = {"tcp": [], "tls": [], "tls_batched_reads": []}
+    for _ in range(args.repeats):  # interleaved, so the machine's load affects all alike
+        runs["tcp"].append(asyncio.run(move("tcp", args.messages, size)))
+        runs["tls"].append(asyncio.run(move("tls", args.messages, size)))
+    batch_ssl_reads()  # from here on for the rest of the process: measured last
+    for _ in range(args.repeats):
+        runs["tls_batched_reads"].append(asyncio.run(move("tls", args.messages, size)))
+
+    summary = {
+        name: {
+            key: round(statistics.median(r[key] for r in results), 2)
+            for key in ("mib_per_s", "cpu_ms_per_mib")
+        }
+        for name, results in runs.items()
+    }
+    import distributed
+    import tornado
+
+    report = {
+        "benchmark": "CPU per MiB moved by one distributed comm, both ends in one process",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {"messages": args.messages, "mib_per_message": args.mib},
+        "versions": {
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+            "distributed": getattr(distributed, "__version__", "?"),
+            "tornado": tornado.version,
+        },
+        "median": summary,
+        "runs": runs,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
