@@ -239,8 +239,10 @@ def _security(material: Any) -> Any:
         from distributed import Security
 
         return Security(require_encryption=False)  # type: ignore[no-untyped-call]
+    from jobstrap import samehost
     from jobstrap.security import security_from_material
 
+    samehost.install()  # same-host ranks over Unix sockets, as in jobstrap's own jobs
     return security_from_material(material)
 
 

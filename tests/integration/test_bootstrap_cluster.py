@@ -445,3 +445,56 @@ def test_a_dask_mpi_script_runs_with_jobstrap_mpi_over_ib0(
     assert report["sum"] == sum(range(1_000_000))
     assert "Traceback" not in log
     assert "CommClosedError" not in log
+
+
+LINKS_APP = """\
+import json, os
+from distributed import Client
+
+def links(dask_worker):
+    pool = dask_worker.rpc
+    seen = {}
+    for table in (pool.available, pool.occupied):
+        for address, comms in table.items():
+            seen.setdefault(address, []).extend(type(c).__name__ for c in comms)
+    return seen
+
+with Client() as client:
+    names = {str(w["name"]): a for a, w in client.scheduler_info()["workers"].items()}
+    # Made on worker 3, each pulled by one worker: on the same node (4), on the other (2).
+    sizes = []
+    for n in ("4", "2"):
+        data = client.submit(os.urandom, 4 * 2**20, workers=[names["3"]], pure=False)
+        sizes.append(client.submit(len, data, workers=[names[n]]).result())
+    print("REPORT " + json.dumps({
+        "names": names,
+        "links": {n: client.run(links, workers=[a])[a] for n, a in names.items()},
+        "client": type(client.scheduler_comm.comm).__name__,
+        "sizes": sizes,
+    }), flush=True)
+"""
+
+
+def test_same_node_ranks_talk_over_unix_sockets_and_other_nodes_over_tls(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    # Ranks 0 to 2 on the first node (scheduler, client, worker 2), 3 to 5 on the second.
+    job, _run = submit_bootstrap(
+        testcluster,
+        shared_scratch,
+        LINKS_APP,
+        sbatch=("--nodes=2", "--ntasks-per-node=3", "--cpus-per-task=1", "--mem-per-cpu=300M"),
+    )
+
+    row, log = finished(testcluster, job)
+
+    assert row["State"] == "COMPLETED", log
+    report = report_in(log)
+    assert report["sizes"] == [4 * 2**20] * 2
+    names, links = report["names"], report["links"]
+    # Every address stays tls://: peers without the backend could still connect.
+    assert all(address.startswith("tls://") for address in names.values())
+    assert set(links["4"][names["3"]]) == {"SameHostComm"}, links  # same node
+    assert set(links["2"][names["3"]]) == {"TLS"}, links  # across the network
+    assert report["client"] == "SameHostComm"  # the client is on the scheduler's node
+    assert "Traceback" not in log

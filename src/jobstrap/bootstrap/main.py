@@ -122,6 +122,11 @@ def _load_dask(*, forks_workers: bool = False) -> None:
         if forks_workers:
             _apply_pre_spawn_environ()
         import jobstrap.bootstrap.servers  # noqa: F401  (imports dask and distributed)
+        from jobstrap import samehost
+
+        # Before any listener or connection: same-host peers (a node's workers,
+        # the scheduler and the app's client) talk over Unix sockets, not TLS.
+        samehost.install()
     finally:
         if enabled:
             gc.enable()

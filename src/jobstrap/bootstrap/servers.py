@@ -39,6 +39,7 @@ from distributed import Nanny, Scheduler, Security, Worker
 from distributed.core import rpc
 from distributed.spill import SpillBuffer
 
+from jobstrap import samehost
 from jobstrap.bootstrap.drain import early_signals
 from jobstrap.bootstrap.quiet import (
     logger,
@@ -187,6 +188,7 @@ class BatchWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _leave_signals_to_the_nanny()
         quiet_closed_comm_tracebacks()  # also in a nanny's worker process
+        samehost.install()  # likewise: a spawned worker starts without it
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
         data = self.memory_manager.data

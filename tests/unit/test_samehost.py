@@ -1,0 +1,245 @@
+"""Same-host Unix sockets beside TLS listeners: used when they may be, TLS otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import Client, Scheduler, Security, Worker
+from distributed.comm import registry
+from distributed.comm.core import connect, listen
+from distributed.comm.tcp import TLS, TLSBackend, TLSListener
+
+from jobstrap import samehost
+from jobstrap.samehost import SameHostComm, SameHostTLSBackend
+from jobstrap.security import generate_tls_material, security_from_material
+
+
+@pytest.fixture(scope="module")
+def security() -> Security:
+    return security_from_material(generate_tls_material())
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short private temporary directory, and the process's tls backend restored."""
+    base = Path(tempfile.mkdtemp(prefix="sh", dir="/tmp"))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv(samehost.ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    stock = registry.backends["tls"]
+    try:
+        yield base
+    finally:
+        registry.backends["tls"] = stock
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def echo(comm: Any) -> None:
+    while True:
+        try:
+            message = await comm.read()
+        except Exception:  # the peer closed: the test is over
+            return
+        await comm.write(message)
+
+
+async def round_trip(security: Security, *, stock_client: bool = False) -> tuple[Any, str, bool]:
+    """Listen on 127.0.0.1 with TLS, connect, echo 4 MiB; (comm, contact, socket existed).
+
+    ``stock_client``: connect as a process without the backend would.
+    """
+    listener = listen("tls://127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+    await listener.start()
+    contact = listener.contact_address
+    existed = samehost.socket_path(contact.removeprefix("tls://")).exists()
+    if stock_client:
+        registry.backends["tls"] = TLSBackend()
+    comm = await connect(contact, **security.get_connection_args("worker"))  # type: ignore[no-untyped-call]
+    payload = os.urandom(4 * 2**20)
+    await comm.write({"data": payload})
+    assert (await comm.read())["data"] == payload
+    await comm.close()
+    listener.stop()
+    return comm, contact, existed
+
+
+def test_same_host_peers_talk_over_a_private_unix_socket(
+    security: Security, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert samehost.install()
+    assert samehost.install()  # idempotent
+    assert isinstance(registry.backends["tls"], SameHostTLSBackend)
+    caplog.set_level(logging.DEBUG)
+
+    comm, contact, existed = asyncio.run(round_trip(security))
+
+    assert existed
+    assert isinstance(comm, SameHostComm)
+    assert comm.peer_address == contact  # addresses stay tls://host:port
+    assert comm.extra_info["same_host_socket"] is True
+    directory = samehost.socket_dir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert not samehost.socket_path(contact.removeprefix("tls://")).exists()  # removed on stop
+    # distributed's TCP keep-alive options are not tried (and failed) on the socket.
+    assert "Could not set timeout" not in caplog.text
+
+
+def test_the_socket_file_is_0600_in_a_0700_directory(security: Security) -> None:
+    samehost.install()
+
+    async def main() -> tuple[int, int]:
+        listener = listen("tls://127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        path = samehost.socket_path(listener.contact_address.removeprefix("tls://"))
+        modes = stat.S_IMODE(path.stat().st_mode), stat.S_IMODE(path.parent.stat().st_mode)
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        listener.stop()
+        return modes
+
+    assert asyncio.run(main()) == (0o600, 0o700)
+
+
+def test_a_peer_without_the_backend_still_connects_over_tls(security: Security) -> None:
+    samehost.install()
+
+    comm, _, existed = asyncio.run(round_trip(security, stock_client=True))
+
+    assert existed  # the listener offered the socket; the stock connector used TLS
+    assert type(comm) is TLS
+    assert comm.extra_info["peercert"]
+
+
+def test_a_connector_without_tls_credentials_never_takes_the_socket(security: Security) -> None:
+    samehost.install()
+
+    async def main() -> None:
+        listener = listen("tls://127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        try:
+            connector = registry.get_backend("tls").get_connector()
+            with pytest.raises(TypeError, match="ssl_context"):
+                await connector.connect(listener.contact_address.removeprefix("tls://"))
+        finally:
+            listener.stop()
+
+    asyncio.run(main())
+
+
+def test_an_address_of_another_host_is_reached_over_tls(
+    security: Security, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samehost.install()
+    # As seen from a node whose interfaces do not include 127.0.0.1.
+    monkeypatch.setattr(samehost, "_own_addresses", lambda: frozenset({"10.9.9.9"}))
+
+    comm, _, existed = asyncio.run(round_trip(security))
+
+    assert existed
+    assert type(comm) is TLS
+
+
+@pytest.mark.parametrize("problem", ["group-writable", "symlink", "not-ours"])
+def test_a_directory_others_could_enter_is_never_used(
+    security: Security,
+    isolated: Path,
+    problem: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    samehost.install()
+    directory = samehost.socket_dir()
+    if problem == "group-writable":
+        directory.mkdir(mode=0o700)
+        directory.chmod(0o770)
+    elif problem == "symlink":
+        target = isolated / "elsewhere"
+        target.mkdir(mode=0o700)
+        directory.symlink_to(target)
+    else:
+        directory.mkdir(mode=0o700)
+        real_uid = os.getuid()
+        monkeypatch.setattr(samehost.os, "getuid", lambda: real_uid + 1)
+        directory = samehost.socket_dir()  # named for the "other" uid: make that one exist
+        directory.mkdir(mode=0o700)
+
+    with caplog.at_level(logging.WARNING, logger="jobstrap.samehost"):
+        samehost._warn_once.cache_clear()
+        comm, _, existed = asyncio.run(round_trip(security))
+
+    assert not existed
+    assert type(comm) is TLS
+    assert "not a private directory" in caplog.text
+
+
+def test_a_socket_left_by_a_killed_listener_falls_back_to_tls(security: Security) -> None:
+    samehost.install()
+
+    async def main() -> Any:
+        # A stock TLS listener (no socket of its own) and a stale socket file at the
+        # path its address names, as a killed process would leave.
+        listener = TLSListener("127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        contact = listener.contact_address
+        path = samehost.socket_path(contact.removeprefix("tls://"))
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(path))
+        stale.close()
+        comm = await connect(contact, **security.get_connection_args("worker"))  # type: ignore[no-untyped-call]
+        await comm.write("ping")
+        assert await comm.read() == "ping"
+        await comm.close()
+        listener.stop()
+        return comm
+
+    assert type(asyncio.run(main())) is TLS
+
+
+def test_the_environment_can_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    stock = registry.backends["tls"]
+    for value in ("0", "false", "off", "No"):
+        monkeypatch.setenv(samehost.ENV, value)
+        assert not samehost.install()
+        assert registry.backends["tls"] is stock
+    monkeypatch.setenv(samehost.ENV, "1")
+    assert samehost.install()
+
+
+def test_workers_of_one_host_move_data_over_the_socket_and_stay_tls_for_others(
+    security: Security,
+) -> None:
+    """A real scheduler, two workers and a client: the transfer between the workers
+    runs over a same-host socket; a client without the backend still gets in."""
+    samehost.install()
+
+    async def main() -> tuple[list[type], int]:
+        kwargs: dict[str, Any] = {"security": security, "host": "127.0.0.1"}
+        async with (
+            Scheduler(protocol="tls", dashboard_address=":0", **kwargs) as scheduler,
+            Worker(scheduler.address, nthreads=1, **kwargs) as a,
+            Worker(scheduler.address, nthreads=1, **kwargs) as b,
+            Client(scheduler.address, security=security, asynchronous=True) as client,
+        ):
+            data = client.submit(os.urandom, 8 * 2**20, workers=[a.address], pure=False)
+            size = await client.submit(len, data, workers=[b.address])
+            pooled = [
+                type(comm)
+                for comms in (*b.rpc.available.values(), *b.rpc.occupied.values())
+                for comm in comms
+            ]
+            return pooled, size
+
+    pooled, size = asyncio.run(main())
+    assert size == 8 * 2**20
+    assert SameHostComm in pooled
+    assert TLS not in pooled  # every peer of b is on this host
