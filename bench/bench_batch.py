@@ -7,6 +7,9 @@
   ``srun --mpi=pmi2 python driver.py`` calls ``dask_mpi.initialize()`` and builds and
   computes the same graph on the same ranks (plain TCP over ib0), writing the result
   to a file that this side polls for as often as ``JobFuture`` does;
+* **jobstrap (tls-everywhere)**: the same with ``JOBSTRAP_SAME_HOST_SOCKETS=0``: TLS
+  also between the ranks of one node (with 2 ranks per node, both workers share the
+  second node, so every worker-to-worker byte is a same-host one);
 * **jobstrap (tcp, no nanny)**: the same with dask-mpi's settings (``protocol: tcp``,
   ``nanny: false``), to show what TLS and nannies cost;
 * **submitit**: the same computation as a function (``submitit.AutoExecutor``), which
@@ -258,6 +261,10 @@ def run_submitit(code: str, workdir: Path, timeout: float) -> Run:
 
 METHODS: dict[str, Callable[[str, Path, float], Run]] = {
     "jobstrap": run_jobstrap,
+    # TLS on every link, also between the ranks of one node (see jobstrap.samehost).
+    "jobstrap(tls-everywhere)": lambda *a: run_jobstrap(
+        *a, env={"JOBSTRAP_SAME_HOST_SOCKETS": "0"}
+    ),
     # dask-mpi's own settings (plain TCP, no nannies): what TLS and nannies cost.
     "jobstrap(tcp,no-nanny)": lambda *a: run_jobstrap(*a, protocol="tcp", nanny=False),
     "sbatch+dask-mpi": run_dask_mpi,
@@ -480,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cluster": "scripts/testcluster: Slurm, 3 compute nodes as namespaces, one 2-core machine",
         "layout": {
-            "jobstrap": f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0",
+            "jobstrap": (
+                f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0 between"
+                " nodes, same-host Unix sockets within one (both workers share a node)"
+            ),
+            "jobstrap(tls-everywhere)": "the same with TLS within a node too",
             "jobstrap(tcp,no-nanny)": "the same with plain TCP and no nannies (dask-mpi's)",
             "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
             "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",

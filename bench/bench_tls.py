@@ -2,10 +2,14 @@
 
 Both ends of one ``distributed`` comm run in this process, so the CPU time measured
 is what sender and receiver spend together per MiB: the figure that decides how much
-slower a shuffle-heavy graph runs with TLS on a CPU-bound node. ``--batched-reads``
-repeats the TLS run with tornado's SSL stream reading as many TLS records per call
-as are available (instead of one 16 KB record per event-loop pass), to show whether
-the Python-level read loop is where the time goes.
+slower a shuffle-heavy graph runs with TLS on a CPU-bound node.
+
+``tls_same_host_socket`` is the same ``tls://`` comm with jobstrap's backend
+installed, as in every process of a job (``jobstrap.samehost``): both ends are on
+this host, so it takes the Unix socket. ``tls_batched_reads`` repeats the TLS run
+with tornado's SSL stream reading as many TLS records per call as are available
+(instead of one 16 KB record per event-loop pass), to show whether the Python-level
+read loop is where the time goes.
 
 Writes ``bench/results/tls.json``::
 
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import ssl
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,22 @@ def batch_ssl_reads() -> None:
         return total or None
 
     SSLIOStream.read_from_fd = read_from_fd  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def same_host_sockets() -> Iterator[None]:
+    """jobstrap's tls backend (what job processes use) for the duration."""
+    from distributed.comm import registry
+
+    from jobstrap import samehost
+
+    stock = registry.backends["tls"]
+    if not samehost.install():
+        raise SystemExit(f"same-host sockets are turned off ({samehost.ENV})")
+    try:
+        yield
+    finally:
+        registry.backends["tls"] = stock
 
 
 async def move(protocol: str, messages: int, size: int) -> dict[str, float]:
@@ -91,10 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     size = args.mib * 2**20
-    runs: dict[str, list[dict[str, float]]] = {"tcp": [], "tls": [], "tls_batched_reads": []}
+    runs: dict[str, list[dict[str, float]]] = {
+        "tcp": [],
+        "tls": [],
+        "tls_same_host_socket": [],
+        "tls_batched_reads": [],
+    }
     for _ in range(args.repeats):  # interleaved, so the machine's load affects all alike
         runs["tcp"].append(asyncio.run(move("tcp", args.messages, size)))
         runs["tls"].append(asyncio.run(move("tls", args.messages, size)))
+        with same_host_sockets():
+            runs["tls_same_host_socket"].append(asyncio.run(move("tls", args.messages, size)))
     batch_ssl_reads()  # from here on for the rest of the process: measured last
     for _ in range(args.repeats):
         runs["tls_batched_reads"].append(asyncio.run(move("tls", args.messages, size)))
