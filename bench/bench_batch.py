@@ -406,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument(
+        "--method", action="append", choices=list(METHODS), help="only these (default: all)"
+    )
+    parser.add_argument(
         "--run-timeout",
         type=float,
         default=600.0,
@@ -421,13 +424,14 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(workdir)
 
     scenarios = args.scenario or list(SCENARIOS)
-    raw: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    methods = args.method or list(METHODS)
+    raw: dict[str, dict[str, list[float]]] = {s: {m: [] for m in methods} for s in scenarios}
     waits: dict[str, dict[str, list[float | None]]] = {
-        s: {m: [] for m in METHODS} for s in scenarios
+        s: {m: [] for m in methods} for s in scenarios
     }
-    failures: dict[str, dict[str, list[str]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    failures: dict[str, dict[str, list[str]]] = {s: {m: [] for m in methods} for s in scenarios}
     # Which round each kept run came from: the intervals pair runs by round.
-    rounds_of: dict[str, dict[str, list[int]]] = {s: {m: [] for m in METHODS} for s in scenarios}
+    rounds_of: dict[str, dict[str, list[int]]] = {s: {m: [] for m in methods} for s in scenarios}
     values: dict[str, dict[str, Any]] = {s: {} for s in scenarios}
     rng = random.Random(args.seed)
     interval = sched_interval()
@@ -435,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in scenarios:
             code = SCENARIOS[scenario].format(n=args.size, c=args.chunk)
             # Each round starts with the next method, so none always follows the same one.
-            names = list(METHODS)
+            names = list(methods)
             shift = round_number % len(names)
             for method in names[shift:] + names[:shift]:
                 run = METHODS[method]
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in scenarios:
         summary = {
             m: _summary(raw[scenario][m], waits[scenario][m], failures[scenario][m])
-            for m in METHODS
+            for m in methods
         }
         checks = list(values[scenario].values())
         results[scenario] = {
@@ -482,20 +486,21 @@ def main(argv: list[str] | None = None) -> int:
             "result": checks[0] if checks else None,
         }
     ranks = f"{NODES} nodes x {TASKS_PER_NODE} ranks"
+    layout = {
+        "jobstrap": (
+            f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0 between"
+            " nodes, same-host Unix sockets within one (both workers share a node)"
+        ),
+        "jobstrap(tls-everywhere)": "the same with TLS within a node too",
+        "jobstrap(tcp,no-nanny)": "the same with plain TCP and no nannies (dask-mpi's)",
+        "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
+        "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",
+    }
     report = {
         "benchmark": "submit-to-result latency of one graph as one batch job",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cluster": "scripts/testcluster: Slurm, 3 compute nodes as namespaces, one 2-core machine",
-        "layout": {
-            "jobstrap": (
-                f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0 between"
-                " nodes, same-host Unix sockets within one (both workers share a node)"
-            ),
-            "jobstrap(tls-everywhere)": "the same with TLS within a node too",
-            "jobstrap(tcp,no-nanny)": "the same with plain TCP and no nannies (dask-mpi's)",
-            "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
-            "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",
-        },
+        "layout": {m: text for m, text in layout.items() if m in methods},
         "array": {"n": args.size, "chunk": args.chunk},
         "repeats": args.repeats,
         "start_phase": f"uniform over Slurm's {interval:g} s sched_interval, seed {args.seed}",
