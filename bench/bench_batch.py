@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = args.workdir.resolve()
+    output = args.output.resolve()  # before the chdir below
     workdir.mkdir(parents=True, exist_ok=True)
     # Run directories and the registry on the shared file system, apart from the user's.
     os.environ["JOBSTRAP_RUN_ROOT"] = str(workdir / "runs")
@@ -507,10 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "results": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
     return 0
 
 
