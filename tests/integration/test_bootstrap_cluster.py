@@ -34,6 +34,13 @@ pytestmark = [
 
 JOB_TIMEOUT = 300
 THREE_NODES = ("--nodes=3", "--ntasks=4", "--cpus-per-task=1", "--mem-per-cpu=500M")
+#: Ranks 0 to 2 on the first node (scheduler, client, worker 2), 3 to 5 on the second.
+TWO_NODES_THREE_RANKS = (
+    "--nodes=2",
+    "--ntasks-per-node=3",
+    "--cpus-per-task=1",
+    "--mem-per-cpu=300M",
+)
 
 REPORT_APP = """\
 import json, socket, sys
@@ -158,12 +165,8 @@ with Client() as client:
 def test_the_node_layout_runs_one_process_of_workers_per_node(
     testcluster: TestCluster, shared_scratch: Path
 ) -> None:
-    # Ranks 0 to 2 on the first node (scheduler, client, a worker), 3 to 5 on the second.
     job, _run = submit_bootstrap(
-        testcluster,
-        shared_scratch,
-        NODE_LAYOUT_APP,
-        sbatch=("--nodes=2", "--ntasks-per-node=3", "--cpus-per-task=1", "--mem-per-cpu=300M"),
+        testcluster, shared_scratch, NODE_LAYOUT_APP, sbatch=TWO_NODES_THREE_RANKS
     )
 
     row, log = finished(testcluster, job)
@@ -478,12 +481,8 @@ with Client() as client:
 def test_same_node_ranks_talk_over_unix_sockets_and_other_nodes_over_tls(
     testcluster: TestCluster, shared_scratch: Path
 ) -> None:
-    # Ranks 0 to 2 on the first node (scheduler, client, worker 2), 3 to 5 on the second.
     job, _run = submit_bootstrap(
-        testcluster,
-        shared_scratch,
-        LINKS_APP,
-        sbatch=("--nodes=2", "--ntasks-per-node=3", "--cpus-per-task=1", "--mem-per-cpu=300M"),
+        testcluster, shared_scratch, LINKS_APP, sbatch=TWO_NODES_THREE_RANKS
     )
 
     row, log = finished(testcluster, job)
