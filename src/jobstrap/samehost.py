@@ -1,9 +1,9 @@
 """Same-host links over Unix sockets: what TLS guarantees there, without its cost.
 
 Two processes of one run on one node (the workers of a node, the scheduler and the
-app's client on the first node of an allocation) talk TLS over the node's own
-interface by default, and TLS doubles the CPU a Dask comm spends per MiB moved
-(``bench/bench_tls.py``): a shuffle between the workers of one node pays for
+app's client on the first node of an allocation) would otherwise talk TLS over the
+node's own interface, and TLS doubles the CPU a Dask comm spends per MiB moved
+(``bench/bench_tls.py``): a shuffle between the workers of one node would pay for
 encrypting bytes that never leave the kernel.
 
 :func:`install` replaces ``distributed``'s ``tls`` comm backend, in this process
