@@ -180,7 +180,7 @@ def _wait_settled(job_id: str, timeout: float = 120.0) -> None:
 
 
 def run_dask_mpi(code: str, workdir: Path, timeout: float) -> Run:
-    from jobstrap.batch import result_poll_delays  # the same file polling as JobFuture
+    from jobstrap.batch.client import result_poll_delays  # the same file polling as JobFuture
 
     job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
     driver = job_dir / "driver.py"
@@ -261,7 +261,7 @@ def run_submitit(code: str, workdir: Path, timeout: float) -> Run:
 
 METHODS: dict[str, Callable[[str, Path, float], Run]] = {
     "jobstrap": run_jobstrap,
-    # TLS on every link, also between the ranks of one node (see jobstrap.samehost).
+    # TLS on every link, also between the ranks of one node (see jobstrap.engines.dask.samehost).
     "jobstrap(tls-everywhere)": lambda *a: run_jobstrap(
         *a, env={"JOBSTRAP_SAME_HOST_SOCKETS": "0"}
     ),

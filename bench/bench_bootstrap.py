@@ -170,7 +170,7 @@ def _launch_stamp(path: Path) -> str:
 
 def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> None:
     """Poll for ``report`` like JobFuture polls for a result (or give up)."""
-    from jobstrap.batch import result_poll_delays
+    from jobstrap.batch.client import result_poll_delays
 
     delays = result_poll_delays()
     last_check = started
@@ -195,9 +195,9 @@ def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> di
     ``method`` says no nanny); dask-mpi's side runs the same driver as under Slurm.
     "Submit to done" is launch to report here.
     """
-    from jobstrap.rundir import RunDir
-    from jobstrap.security import create_tls
-    from jobstrap.spec import NANNY_ENVIRONMENT
+    from jobstrap.jobs.spec import NANNY_ENVIRONMENT
+    from jobstrap.net.security import create_tls
+    from jobstrap.store.rundir import RunDir
 
     job_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=workdir))
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"
@@ -243,7 +243,7 @@ def _layout(ranks: int) -> tuple[int, int]:
 def run_jobstrap(
     ranks: int, workdir: Path, timeout: float, *, nanny: bool = True, worker_layout: str = "node"
 ) -> dict[str, Any]:
-    from jobstrap.batch import submit_app
+    from jobstrap.batch.client import submit_app
 
     job_dir = Path(tempfile.mkdtemp(prefix="jobstrap-", dir=workdir))
     app, report, launch = job_dir / "app.py", job_dir / "report.json", job_dir / "launch"

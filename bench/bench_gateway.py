@@ -43,8 +43,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobstrap.gateway import Gateway, Submission, TokenBucket
-from jobstrap.spec import JobSpec, Role, new_tag
+from jobstrap.batchctl.core import Gateway, Submission, TokenBucket
+from jobstrap.jobs.spec import JobSpec, Role, new_tag
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gateway.json"

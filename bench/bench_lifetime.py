@@ -154,7 +154,7 @@ def main() -> None:
     from dask_jobqueue import SLURMCluster as JobqueueCluster
 
     from jobstrap import SLURMCluster
-    from jobstrap.units import format_walltime_slurm
+    from jobstrap.config.units import format_walltime_slurm
 
     walltime = format_walltime_slurm(args.walltime)
     results: dict[str, Any] = {}

@@ -5,7 +5,7 @@ is what sender and receiver spend together per MiB: the figure that decides how 
 slower a shuffle-heavy graph runs with TLS on a CPU-bound node.
 
 ``tls_same_host_socket`` is the same ``tls://`` comm with jobstrap's backend
-installed, as in every process of a job (``jobstrap.samehost``): both ends are on
+installed, as in every process of a job (``jobstrap.engines.dask.samehost``): both ends are on
 this host, so it takes the Unix socket. ``tls_batched_reads`` repeats the TLS run
 with tornado's SSL stream reading as many TLS records per call as are available
 (instead of one 16 KB record per event-loop pass), to show whether the Python-level
@@ -63,7 +63,7 @@ def same_host_sockets() -> Iterator[None]:
     """jobstrap's tls backend (what job processes use) for the duration."""
     from distributed.comm import registry
 
-    from jobstrap import samehost
+    from jobstrap.engines.dask import samehost
 
     stock = registry.backends["tls"]
     if not samehost.install():

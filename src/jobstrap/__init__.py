@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
-    "BatchCluster": "jobstrap.cluster",
-    "LocalBatchCluster": "jobstrap.cluster",
-    "PBSCluster": "jobstrap.cluster",
-    "SLURMCluster": "jobstrap.cluster",
-    "BatchClient": "jobstrap.batch",
-    "submit": "jobstrap.batch",
+    "BatchCluster": "jobstrap.cluster.core",
+    "LocalBatchCluster": "jobstrap.cluster.core",
+    "PBSCluster": "jobstrap.cluster.core",
+    "SLURMCluster": "jobstrap.cluster.core",
+    "BatchClient": "jobstrap.batch.client",
+    "submit": "jobstrap.batch.client",
 }
 
 __all__ = [
@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from jobstrap.batch import BatchClient, submit
-    from jobstrap.cluster import BatchCluster, LocalBatchCluster, PBSCluster, SLURMCluster
+    from jobstrap.batch.client import BatchClient, submit
+    from jobstrap.cluster.core import BatchCluster, LocalBatchCluster, PBSCluster, SLURMCluster
 
 
 def __getattr__(name: str) -> Any:

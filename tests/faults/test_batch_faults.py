@@ -35,9 +35,9 @@ from faultkit import (
 )
 
 import jobstrap
-from jobstrap.batch import JobFuture
+from jobstrap.batch.client import JobFuture
 from jobstrap.errors import JobFailedError
-from jobstrap.rundir import RunDir, SchedulerInfo
+from jobstrap.store.rundir import RunDir, SchedulerInfo
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 
@@ -296,7 +296,7 @@ def test_a_half_copied_result_file_is_never_returned(
     faults.own(future.job_ids)
     run = RunDir(future.run_dir)
     wait_for(lambda: future.state.value == "RUNNING", START_TIMEOUT, "the job to run")
-    from jobstrap.graph_runner import frame
+    from jobstrap.engines.dask.graph_runner import frame
 
     whole = frame(b"x" * 1_000_000)
     run.result_file.write_bytes(whole[: len(whole) // 2])

@@ -42,7 +42,7 @@ from faultkit import (
 )
 
 from jobstrap import SLURMCluster
-from jobstrap.cluster import ClusterFailedError
+from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]

@@ -23,7 +23,7 @@ import pytest
 from conftest import COMPUTE_NODES, TestCluster, new_shared_dir
 
 import jobstrap
-from jobstrap.batch import JobFuture
+from jobstrap.batch.client import JobFuture
 from jobstrap.errors import JobFailedError
 
 pytestmark = pytest.mark.cluster
@@ -131,7 +131,7 @@ def test_another_process_reattaches_and_gets_the_result() -> None:
     future = jobstrap.submit(da.arange(100, chunks=10).sum(), **JOB)
 
     code = (
-        "from jobstrap.batch import JobFuture; "
+        "from jobstrap.batch.client import JobFuture; "
         f"print(JobFuture.attach({future.run_id!r}).result(timeout={TIMEOUT}))"
     )
     done = subprocess.run(

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from conftest import Job, TestCluster
 
-from jobstrap.rundir import RunDir
-from jobstrap.security import create_tls
+from jobstrap.net.security import create_tls
+from jobstrap.store.rundir import RunDir
 
 pytestmark = [
     pytest.mark.cluster,

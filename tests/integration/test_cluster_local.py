@@ -1,5 +1,5 @@
 """Notebook clusters on the local backend: real jobs (process groups run by
-``jobstrap.localq``), a real scheduler and real workers, no batch system needed.
+``jobstrap.localq.core``), a real scheduler and real workers, no batch system needed.
 
 These run anywhere (laptop, CI, the test cluster's head); each test's jobs live in
 a private spool directory so nothing is shared with other runs.
@@ -20,8 +20,8 @@ import pytest
 from distributed import Client
 
 from jobstrap import LocalBatchCluster
-from jobstrap.cluster import ClusterFailedError
-from jobstrap.gateway import Gateway
+from jobstrap.batchctl.core import Gateway
+from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}

@@ -24,9 +24,9 @@ import pytest
 from distributed import Client
 
 from jobstrap import SLURMCluster
-from jobstrap.cluster import ClusterFailedError, SchedulerJob
+from jobstrap.batchctl.core import Gateway
+from jobstrap.cluster.core import ClusterFailedError, SchedulerJob
 from jobstrap.errors import SubmitError
-from jobstrap.gateway import Gateway
 from jobstrap.states import JobState
 
 pytestmark = [
@@ -244,7 +244,7 @@ def test_close_cancels_every_job() -> None:
 
 
 def test_the_registry_knows_the_cluster_and_its_jobs(cluster: SLURMCluster) -> None:
-    from jobstrap import registry
+    from jobstrap.store import registry
 
     cluster.scale(jobs=2)
 
@@ -334,7 +334,7 @@ def test_the_job_script_is_what_a_worker_job_runs(cluster: SLURMCluster) -> None
 
     assert script.startswith("#!")
     assert "#SBATCH --partition=debug" in script
-    assert "jobstrap.cluster_worker" in script
+    assert "jobstrap.bootstrap.worker_entry" in script
     assert cluster.scheduler_address in script
 
 

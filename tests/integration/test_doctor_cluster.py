@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from conftest import COMPUTE_NODES, IB_SUBNET, TestCluster, new_shared_dir
 
-from jobstrap.gateway import Gateway
-from jobstrap.network import list_interfaces
+from jobstrap.batchctl.core import Gateway
+from jobstrap.net.network import list_interfaces
 
 pytestmark = [
     pytest.mark.cluster,

@@ -1,6 +1,6 @@
 """The gateway and its watcher against the real Slurm test cluster (run on ``head``).
 
-Real sbatch/squeue/sacct/scancel through :class:`jobstrap.gateway.Gateway`: job
+Real sbatch/squeue/sacct/scancel through :class:`jobstrap.batchctl.core.Gateway`: job
 states as Slurm reports them, cancel, walltime, arrays split at the cluster's
 MaxArraySize (33), the controller stopped while jobs are tracked and a submission
 is in flight, rejections in sbatch's own words, and a second process cancelling a
@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_PARTITION, MAX_ARRAY_SIZE, SHORT_PARTITION, STATE_ROOT, TestCluster
 
-from jobstrap import registry
+from jobstrap.batchctl.core import Gateway, Submission, Watcher
 from jobstrap.errors import SubmitError
-from jobstrap.gateway import Gateway, Submission, Watcher
-from jobstrap.registry import RunRecord
-from jobstrap.spec import JobSpec, Role, new_tag
+from jobstrap.jobs.spec import JobSpec, Role, new_tag
 from jobstrap.states import JobState
+from jobstrap.store import registry
+from jobstrap.store.registry import RunRecord
 from jobstrap.systems import JobRecord
 
 pytestmark = [

@@ -22,7 +22,7 @@ from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from jobstrap import SLURMCluster
-from jobstrap.gateway import Gateway
+from jobstrap.batchctl.core import Gateway
 
 pytestmark = [
     pytest.mark.cluster,

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from conftest import TESTCLUSTER, TestCluster, new_shared_dir, wait_for
 
-from jobstrap import registry
-from jobstrap.gateway import Gateway
-from jobstrap.network import list_interfaces
-from jobstrap.profile import load_profile
-from jobstrap.rundir import RunDir
-from jobstrap.security import create_tls
-from jobstrap.spec import new_tag, scheduler_job
+from jobstrap.batchctl.core import Gateway
+from jobstrap.config.profile import load_profile
+from jobstrap.jobs.spec import new_tag, scheduler_job
+from jobstrap.net.network import list_interfaces
+from jobstrap.net.security import create_tls
+from jobstrap.store import registry
+from jobstrap.store.rundir import RunDir
 
 pytestmark = [
     pytest.mark.cluster,
@@ -274,7 +274,7 @@ def test_a_laptop_client_reaches_the_scheduler_through_the_tunnel_with_the_runs_
     client_code = textwrap.dedent("""\
         import sys
         from distributed import Client
-        from jobstrap.security import load_security
+        from jobstrap.net.security import load_security
         with Client(sys.argv[1], security=load_security(sys.argv[2]), timeout=30,
                     direct_to_workers=False) as client:
             print("scheduler", client.scheduler_info()["id"])

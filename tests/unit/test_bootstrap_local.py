@@ -36,8 +36,8 @@ from jobstrap.bootstrap.roles import (
     role_of,
 )
 from jobstrap.errors import UserError
-from jobstrap.rundir import RunDir
-from jobstrap.security import create_tls
+from jobstrap.net.security import create_tls
+from jobstrap.store.rundir import RunDir
 
 VENV_BIN = Path(sys.executable).parent
 MPIEXEC = VENV_BIN / "mpiexec"
@@ -705,7 +705,7 @@ def test_an_app_started_at_once_is_stopped_when_no_worker_joins() -> None:
         """
         from distributed import Security
         from jobstrap.bootstrap.link import SchedulerLink
-        from jobstrap.bootstrap.servers import SchedulerRunner
+        from jobstrap.engines.dask.servers import SchedulerRunner
 
         runner = SchedulerRunner(
             host="127.0.0.1", protocol="tcp", security=Security(), dashboard=False
@@ -1223,8 +1223,8 @@ def test_workers_mode_joins_the_scheduler_from_info_json_and_ends_with_it(
         """\
         import sys, time
         from distributed import Client
-        from jobstrap.security import load_security
-        from jobstrap.rundir import RunDir
+        from jobstrap.net.security import load_security
+        from jobstrap.store.rundir import RunDir
         run = RunDir(sys.argv[1])
         with Client(run.read_info().scheduler_address, security=load_security(run)) as c:
             c.wait_for_workers(2, timeout=120)
@@ -1473,7 +1473,7 @@ def test_workers_jobs_with_several_ranks_give_each_rank_its_own_names(run: RunDi
         code = (
             "import sys\n"
             "from distributed import Client\n"
-            "from jobstrap.security import load_security\n"
+            "from jobstrap.net.security import load_security\n"
             "with Client(sys.argv[1], security=load_security(sys.argv[2])) as c:\n"
             "    c.wait_for_workers(2, timeout=120)\n"
             "    print(sorted(w['name'] for w in c.scheduler_info()['workers'].values()))\n"
@@ -1529,7 +1529,7 @@ def test_a_drain_signal_while_a_worker_rank_starts_ends_it_cleanly(run: RunDir) 
 def test_a_closed_comm_is_logged_as_one_line_without_its_traceback() -> None:
     from distributed.comm.core import CommClosedError
 
-    from jobstrap.bootstrap.quiet import quiet_closed_comm_tracebacks
+    from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
 
     quiet_closed_comm_tracebacks()
     quiet_closed_comm_tracebacks()  # idempotent: one filter

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap.cluster_jobs import (
+from jobstrap.cluster.jobs import (
     JobInfo,
     explain_failure,
     is_fatal_failure,

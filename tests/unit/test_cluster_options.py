@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jobstrap.cluster_options import split_options
+from jobstrap.cluster.options import split_options
+from jobstrap.config.profile import Profile, load_profile
 from jobstrap.errors import ConfigError
-from jobstrap.profile import Profile, load_profile
 
 
 def resolved(**settings: object) -> Profile:

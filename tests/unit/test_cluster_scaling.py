@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobstrap.cluster_scaling import (
+from jobstrap.cluster.scaling import (
     JobShape,
     adapt_bounds,
     job_of_worker,

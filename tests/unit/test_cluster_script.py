@@ -6,14 +6,14 @@ import shlex
 
 import pytest
 
+from jobstrap.batchctl.core import tagged
 from jobstrap.bootstrap.options import parse_args
-from jobstrap.cluster_jobs import name_jobs, worker_job_spec
-from jobstrap.cluster_scaling import JobShape, job_of_worker, worker_names
-from jobstrap.cluster_worker import expand_name, rank_of
-from jobstrap.gateway import tagged
-from jobstrap.profile import Profile, load_profile
-from jobstrap.render import render_script
-from jobstrap.spec import ArraySpec, JobSpec
+from jobstrap.bootstrap.worker_entry import expand_name, rank_of
+from jobstrap.cluster.jobs import name_jobs, worker_job_spec
+from jobstrap.cluster.scaling import JobShape, job_of_worker, worker_names
+from jobstrap.config.profile import Profile, load_profile
+from jobstrap.jobs.render import render_script
+from jobstrap.jobs.spec import ArraySpec, JobSpec
 from jobstrap.systems import get_system
 
 ADDRESS = "tls://10.78.0.1:40000"
@@ -40,8 +40,8 @@ def command_line(script: str) -> list[str]:
 
 
 def bootstrap_argv(argv: list[str], name: str) -> list[str]:
-    """What ``jobstrap.cluster_worker`` hands the bootstrap for job ``name``, rank 0."""
-    start = argv.index("--", argv.index("jobstrap.cluster_worker")) + 1
+    """What ``jobstrap.bootstrap.worker_entry`` hands the bootstrap for job ``name``, rank 0."""
+    start = argv.index("--", argv.index("jobstrap.bootstrap.worker_entry")) + 1
     return [*argv[start:], "--name", f"{name}-0"]
 
 
@@ -59,7 +59,7 @@ def test_array_tasks_take_their_name_from_the_task_id() -> None:
 
     argv = command_line(script_of(spec))
 
-    template = argv[argv.index("jobstrap.cluster_worker") + 1]
+    template = argv[argv.index("jobstrap.bootstrap.worker_entry") + 1]
     assert expand_name(template, {"JOBSTRAP_ARRAY_TASK_ID": "4"}) == "jobstrap-3.4"
 
 
@@ -69,7 +69,7 @@ def test_a_plain_job_has_a_fixed_name() -> None:
     argv = command_line(script_of(spec))
 
     assert names == ["mycluster-7.0"]
-    assert argv[argv.index("jobstrap.cluster_worker") + 1] == "mycluster-7.0"
+    assert argv[argv.index("jobstrap.bootstrap.worker_entry") + 1] == "mycluster-7.0"
 
 
 def test_worker_jobs_run_under_srun_so_slurm_tracks_and_signals_them() -> None:
@@ -121,7 +121,7 @@ def test_the_local_backend_runs_the_same_worker_command() -> None:
     script = script_of(spec, "local")
 
     assert "#JOBSTRAP --array=0-2" in script
-    assert "jobstrap.cluster_worker" in command_line(script)
+    assert "jobstrap.bootstrap.worker_entry" in command_line(script)
 
 
 def test_the_array_task_id_is_required_when_the_template_uses_it() -> None:
@@ -167,12 +167,12 @@ def test_a_pbs_scale_up_is_one_array_whose_tasks_name_their_workers() -> None:
 
     assert "#PBS -J 0-3" in script
     assert 'export JOBSTRAP_ARRAY_TASK_ID="${PBS_ARRAY_INDEX:-}"' in script
-    assert argv[argv.index("jobstrap.cluster_worker") + 1] == "c-2.{task}"
+    assert argv[argv.index("jobstrap.bootstrap.worker_entry") + 1] == "c-2.{task}"
     assert names == ["c-2.0", "c-2.1", "c-2.2", "c-2.3"]
 
 
 def test_batch_jobs_trim_memory_like_spawned_workers_unless_there_is_no_nanny() -> None:
-    from jobstrap.spec import app_job
+    from jobstrap.jobs.spec import app_job
 
     forked = dict(app_job(slurm_profile(), "/runs/r", "t1", ["app.py"]).env)
     lone = app_job(slurm_profile(nanny=False), "/runs/r", "t1", ["app.py"])
@@ -186,7 +186,7 @@ def test_every_job_with_workers_fixes_the_string_hash_seed_unless_the_profile_do
     # Forked workers keep the hash seed their job's interpreter drew at random, so
     # without a fixed seed workers in different jobs hash strings differently (what
     # distributed's nanny sets PYTHONHASHSEED for, dask/dask#6640).
-    from jobstrap.spec import app_job, scheduler_job
+    from jobstrap.jobs.spec import app_job, scheduler_job
 
     jobs = {
         "workers": spec_for(slurm_profile()),
@@ -206,7 +206,7 @@ def test_every_job_with_workers_fixes_the_string_hash_seed_unless_the_profile_do
 
 def test_a_batch_job_s_workers_share_their_node_s_memory() -> None:
     from jobstrap.bootstrap.options import parse_args
-    from jobstrap.spec import app_job
+    from jobstrap.jobs.spec import app_job
 
     def limit(**settings: object) -> object:
         spec = app_job(slurm_profile(memory="8GiB", **settings), "/runs/r", "t1", ["app.py"])

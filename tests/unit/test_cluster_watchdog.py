@@ -7,7 +7,7 @@ import time
 
 from distributed import Scheduler
 
-from jobstrap.cluster_watchdog import HEARTBEAT_KEY, ManagerWatchdog
+from jobstrap.engines.dask.watchdog import HEARTBEAT_KEY, ManagerWatchdog
 
 
 async def _run(beat_for: float, wait: float) -> tuple[str, float]:

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from jobstrap import __version__
 from jobstrap.cli import cli
-from jobstrap.profile import load_profile
-from jobstrap.resources import configs_dir
+from jobstrap.config.profile import load_profile
+from jobstrap.config.resources import configs_dir
 
 SHIPPED = sorted(p.stem for p in configs_dir().glob("*.yaml"))
 
@@ -106,7 +106,7 @@ def test_version_and_module_entry_point() -> None:
 def test_import_has_no_side_effects(tmp_path: Path) -> None:
     code = (
         "import signal, sys, threading; before = signal.getsignal(signal.SIGTERM);"
-        "import jobstrap, jobstrap.profile, jobstrap.render, jobstrap.systems.slurm;"
+        "import jobstrap, jobstrap.config.profile, jobstrap.jobs.render, jobstrap.systems.slurm;"
         "assert signal.getsignal(signal.SIGTERM) == before;"
         "assert threading.active_count() == 1;"
         "assert 'distributed' not in sys.modules, 'distributed imported eagerly'"

@@ -16,8 +16,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from jobstrap.bootstrap.probe import CLIENT_TOKEN_FILE, NODE_TOKEN_FILE, PROBE_FILE, cgroup_limits
 from jobstrap.cli import cli
-from jobstrap.doctor import (
+from jobstrap.config.profile import load_profile
+from jobstrap.jobs.spec import Role
+from jobstrap.states import JobState
+from jobstrap.systems import JobRecord
+from jobstrap.tools.doctor.core import (
     Check,
     DoctorReport,
     Partition,
@@ -37,11 +42,6 @@ from jobstrap.doctor import (
     probe_job,
     run_doctor,
 )
-from jobstrap.probe import CLIENT_TOKEN_FILE, NODE_TOKEN_FILE, PROBE_FILE, cgroup_limits
-from jobstrap.profile import load_profile
-from jobstrap.spec import Role
-from jobstrap.states import JobState
-from jobstrap.systems import JobRecord
 
 MiB = 2**20
 
@@ -440,7 +440,7 @@ def test_the_probe_job_carries_its_token_in_the_environment_not_the_command() ->
     assert spec.role is Role.PROBE
     assert ("JOBSTRAP_PROBE_TOKEN", "s3cret") in spec.env
     assert "s3cret" not in " ".join(spec.command)
-    assert spec.command[1:5] == ("-m", "jobstrap.probe", "/runs/d1", "--connect")
+    assert spec.command[1:5] == ("-m", "jobstrap.bootstrap.probe", "/runs/d1", "--connect")
     assert spec.walltime == 300
     assert spec.cpus_per_task == 2
 
@@ -469,7 +469,7 @@ def probe_dir(tmp_path: Path) -> Path:
 def run_probe(run_dir: Path, connect: str, token: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JOBSTRAP_PROBE_TOKEN": token}
     return subprocess.run(
-        [sys.executable, "-m", "jobstrap.probe", str(run_dir), "--connect", connect,
+        [sys.executable, "-m", "jobstrap.bootstrap.probe", str(run_dir), "--connect", connect,
          "--interface", "lo", "--cpus", "1", "--callback-wait", "10"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from jobstrap.errors import BatchCommandError, SubmitError
-from jobstrap.gateway import (
+from jobstrap.batchctl.core import (
     Gateway,
     RetryPolicy,
     TokenBucket,
@@ -29,7 +28,8 @@ from jobstrap.gateway import (
     shared_bucket,
     tagged,
 )
-from jobstrap.spec import ArraySpec, JobSpec, Role, new_tag
+from jobstrap.errors import BatchCommandError, SubmitError
+from jobstrap.jobs.spec import ArraySpec, JobSpec, Role, new_tag
 
 FAKE = Path(__file__).parent / "golden" / "fakebin" / "slurm.py"
 FAKE_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
@@ -579,7 +579,7 @@ def test_a_resubmission_with_the_same_tag_adopts_the_queued_job(
 
 
 def test_a_ready_script_text_is_submitted_as_it_is(fake_slurm: FakeSlurm, run_dir: Path) -> None:
-    from jobstrap.render import render_script
+    from jobstrap.jobs.render import render_script
     from jobstrap.systems import get_system
 
     spec = tagged(make_spec(run_dir))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_gateway import FakeSlurm, fake_slurm
 
-from jobstrap import registry
-from jobstrap.registry import RunRecord
+from jobstrap.store import registry
+from jobstrap.store.registry import RunRecord
 
 __all__ = ["fake_slurm"]  # fixture shared with test_gateway
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from test_gateway import FakeSlurm, fake_slurm, make_gateway, make_spec, run_dir
 
+from jobstrap.batchctl.core import Gateway, Watcher
 from jobstrap.errors import JobFailedError
-from jobstrap.gateway import Gateway, Watcher
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
@@ -49,7 +49,7 @@ def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
 
 def test_importing_the_gateway_starts_no_thread() -> None:
     code = (
-        "import threading, jobstrap.gateway as g; "
+        "import threading, jobstrap.batchctl.core as g; "
         "w = g.Gateway('slurm').watcher; "
         "print(threading.active_count())"
     )

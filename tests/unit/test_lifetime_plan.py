@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobstrap.lifetime import (
+from jobstrap.cluster.lifetime import (
     JobLife,
     QueueWaitEstimate,
     default_margin,

@@ -1,6 +1,6 @@
 """The local queue with real processes: submit, states, walltime, cancel, arrays, launch.
 
-Every test gets a spool of its own and drives ``python -m jobstrap.localq`` exactly as
+Every test gets a spool of its own and drives ``python -m jobstrap.localq.core`` exactly as
 the gateway does (argv, stdout), then waits on the state it expects with a deadline.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobstrap.localq import Directives, LocalQueueError, parse_directives
+from jobstrap.localq.core import Directives, LocalQueueError, parse_directives
 from jobstrap.states import JobState
 from jobstrap.systems import get_system
 
@@ -41,7 +41,7 @@ def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def localq(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "jobstrap.localq", *args],
+        [sys.executable, "-m", "jobstrap.localq.core", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -406,7 +406,7 @@ def test_launch_gives_every_rank_its_rank_and_the_world_size(tmp_path: Path) -> 
         [
             sys.executable,
             "-m",
-            "jobstrap.localq",
+            "jobstrap.localq.core",
             "launch",
             "-n",
             "3",
@@ -429,7 +429,7 @@ def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: P
         [
             sys.executable,
             "-m",
-            "jobstrap.localq",
+            "jobstrap.localq.core",
             "launch",
             "-n",
             "2",
@@ -450,7 +450,7 @@ def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: P
 
 
 def test_the_gateway_submits_watches_and_cancels_local_jobs(spool: Path, tmp_path: Path) -> None:
-    from jobstrap.gateway import Gateway
+    from jobstrap.batchctl.core import Gateway
 
     gateway = Gateway(get_system("local"))
     script = write_script(tmp_path / "job.sh", "sleep 300\n", "--job-name=via-gateway")

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from jobstrap.errors import NetworkError
-from jobstrap.network import (
+from jobstrap.net.network import (
     Interface,
     address_host,
     choose_address,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from jobstrap.config.profile import FIELD_NAMES, load_profile, parse_assignments
+from jobstrap.config.units import GiB
 from jobstrap.errors import ConfigError
-from jobstrap.profile import FIELD_NAMES, load_profile, parse_assignments
-from jobstrap.units import GiB
 
 
 @pytest.fixture

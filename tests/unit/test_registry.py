@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap import registry
 from jobstrap.errors import UserError
-from jobstrap.registry import RunRecord
+from jobstrap.store import registry
+from jobstrap.store.registry import RunRecord
 
 
 def mode(path: Path) -> int:

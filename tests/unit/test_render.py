@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobstrap.errors import ConfigError
-from jobstrap.render import render_script
-from jobstrap.spec import ArraySpec, JobSpec, Role
+from jobstrap.jobs.render import render_script
+from jobstrap.jobs.spec import ArraySpec, JobSpec, Role
 from jobstrap.systems import get_system
 
 GOLDEN = Path(__file__).parent / "golden" / "scripts"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobstrap.errors import ConfigError
-from jobstrap.rundir import (
+from jobstrap.store.rundir import (
     RunDir,
     SchedulerInfo,
     atomic_write_json,

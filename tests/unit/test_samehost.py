@@ -19,9 +19,9 @@ from distributed.comm import registry
 from distributed.comm.core import connect, listen
 from distributed.comm.tcp import TLS, TLSBackend, TLSListener
 
-from jobstrap import samehost
-from jobstrap.samehost import SameHostComm, SameHostTLSBackend
-from jobstrap.security import generate_tls_material, security_from_material
+from jobstrap.engines.dask import samehost
+from jobstrap.engines.dask.samehost import SameHostComm, SameHostTLSBackend
+from jobstrap.net.security import generate_tls_material, security_from_material
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_a_directory_others_could_enter_is_never_used(
         directory = samehost.socket_dir()  # named for the "other" uid: make that one exist
         directory.mkdir(mode=0o700)
 
-    with caplog.at_level(logging.WARNING, logger="jobstrap.samehost"):
+    with caplog.at_level(logging.WARNING, logger="jobstrap.engines.dask.samehost"):
         samehost._warn_once.cache_clear()
         comm, _, existed = asyncio.run(round_trip(security))
 

@@ -19,8 +19,8 @@ from distributed import Client, Scheduler, Security
 from distributed.comm.core import CommClosedError
 
 from jobstrap.errors import UserError
-from jobstrap.rundir import RunDir
-from jobstrap.security import create_tls, load_security, tls_config, tls_env, tls_files
+from jobstrap.net.security import create_tls, load_security, tls_config, tls_env, tls_files
+from jobstrap.store.rundir import RunDir
 
 
 def mode(path: Path) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap.gateway import array_task_ids, base_job_id
-from jobstrap.spec import ArraySpec
+from jobstrap.batchctl.core import array_task_ids, base_job_id
+from jobstrap.jobs.spec import ArraySpec
 from jobstrap.states import JobState
 from jobstrap.systems.pbs import SYSTEM as PBS
 from jobstrap.systems.pbs import finished_state

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap.gateway import _find_record, _fold_components
+from jobstrap.batchctl.core import _find_record, _fold_components
 from jobstrap.states import JobState
 from jobstrap.systems.slurm import SYSTEM as SLURM
 from jobstrap.systems.slurm import expand_job_id, map_state, parse_exit_code
@@ -75,7 +75,7 @@ def test_a_stopped_controller_is_worth_retrying() -> None:
 
 
 def test_submit_argv_passes_the_profile_s_extra_arguments_before_the_script() -> None:
-    from jobstrap.spec import JobSpec, Role
+    from jobstrap.jobs.spec import JobSpec, Role
 
     spec = JobSpec(name="j", role=Role.APP, run_dir="/r", tag="t", command=("true",),
                    walltime=60, submit_args=("--reservation=r1",))  # fmt: skip

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from jobstrap import registry
 from jobstrap.cli import cli
 from jobstrap.errors import UserError
-from jobstrap.rundir import RunDir, SchedulerInfo
-from jobstrap.tunnel import (
+from jobstrap.store import registry
+from jobstrap.store.rundir import RunDir, SchedulerInfo
+from jobstrap.tools.tunnel import (
     DEFAULT_SSH_OPTIONS,
     Backoff,
     Endpoint,

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobstrap.errors import ConfigError
-from jobstrap.units import (
+from jobstrap.config.units import (
     GiB,
     MiB,
     format_memory,
@@ -18,6 +17,7 @@ from jobstrap.units import (
     parse_memory,
     parse_walltime,
 )
+from jobstrap.errors import ConfigError
 
 
 @pytest.mark.parametrize(

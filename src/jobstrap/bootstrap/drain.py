@@ -116,7 +116,7 @@ def request_drain(reason: str) -> bool:
     path = drain_file()
     if path is not None:
         with contextlib.suppress(OSError):  # telling the app matters more than the file
-            from jobstrap.rundir import atomic_write_text
+            from jobstrap.store.rundir import atomic_write_text
 
             atomic_write_text(path, f"{reason} {time.time():.3f}\n")
     _run_callbacks(callbacks)

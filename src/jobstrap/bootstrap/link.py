@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 from distributed import Security
 
-from jobstrap.bootstrap.quiet import say
-from jobstrap.bootstrap.servers import scheduler_rpc
+from jobstrap.engines.dask.quiet import say
+from jobstrap.engines.dask.servers import scheduler_rpc
 
 __all__ = ["SchedulerLink"]
 

@@ -34,7 +34,6 @@ from typing import Any
 from jobstrap.bootstrap import drain
 from jobstrap.bootstrap.app import run_app
 from jobstrap.bootstrap.options import Options, parse_args
-from jobstrap.bootstrap.quiet import configure_logging, logger, say, silence_for_shutdown
 from jobstrap.bootstrap.ranks import World, discover_world, in_slurm_batch_script
 from jobstrap.bootstrap.roles import (
     Role,
@@ -43,8 +42,9 @@ from jobstrap.bootstrap.roles import (
     node_groups,
     role_of,
 )
+from jobstrap.engines.dask.quiet import configure_logging, logger, say, silence_for_shutdown
 from jobstrap.errors import UserError
-from jobstrap.rundir import RunDir, SchedulerInfo, atomic_write_json
+from jobstrap.store.rundir import RunDir, SchedulerInfo, atomic_write_json
 
 __all__ = ["main"]
 
@@ -114,15 +114,15 @@ def _load_dask(*, forks_workers: bool = False) -> None:
     ``forks_workers``: this rank's nannies fork its workers, so distributed's
     pre-spawn environment is applied first (:func:`_apply_pre_spawn_environ`).
     """
-    if "jobstrap.bootstrap.servers" in sys.modules:
+    if "jobstrap.engines.dask.servers" in sys.modules:
         return
     enabled = gc.isenabled()
     gc.disable()
     try:
         if forks_workers:
             _apply_pre_spawn_environ()
-        import jobstrap.bootstrap.servers  # noqa: F401  (imports dask and distributed)
-        from jobstrap import samehost
+        import jobstrap.engines.dask.servers  # noqa: F401  (imports dask and distributed)
+        from jobstrap.engines.dask import samehost
 
         # Before any listener or connection: same-host peers (a node's workers,
         # the scheduler and the app's client) talk over Unix sockets, not TLS.
@@ -134,7 +134,7 @@ def _load_dask(*, forks_workers: bool = False) -> None:
 
 
 def _security(options: Options, run: RunDir) -> Any:
-    from jobstrap.security import load_security
+    from jobstrap.net.security import load_security
 
     _load_dask()
 
@@ -149,7 +149,7 @@ def _check_tls(options: Options, run: RunDir) -> None:
     A rank that stands by for its node's worker rank never needs Dask: keeping
     it from importing Dask is the point of the ``node`` layout.
     """
-    from jobstrap.security import tls_files
+    from jobstrap.net.security import tls_files
 
     if options.protocol == "tls" and not tls_files(run).exist():
         _security(options, run)  # raises the one message for missing TLS material
@@ -386,8 +386,8 @@ def _scheduler_rank(
     options: Options, world: World, run: RunDir, single_host: bool, role: Role
 ) -> int:
     _load_dask()
-    from jobstrap.bootstrap.servers import SchedulerRunner
-    from jobstrap.network import choose_address
+    from jobstrap.engines.dask.servers import SchedulerRunner
+    from jobstrap.net.network import choose_address
 
     runner: SchedulerRunner | None = None
     error: str | None = None
@@ -478,7 +478,7 @@ def _other_rank(
     placement: _Placement | None,
 ) -> int:
     from jobstrap.errors import NetworkError
-    from jobstrap.network import choose_address
+    from jobstrap.net.network import choose_address
 
     leader = placement.leader if placement is not None else None  # set: stand by for it
     # Load the TLS material (importing Dask) while rank 0 starts the scheduler rather
@@ -613,7 +613,7 @@ def _serve_workers(
     *,
     max_memory_kills: int | None = None,
 ) -> int:
-    from jobstrap.bootstrap.servers import WorkerOptions, serve_workers
+    from jobstrap.engines.dask.servers import WorkerOptions, serve_workers
 
     if options.nanny:
         _choose_start_method(len(names))
@@ -655,7 +655,7 @@ def _choose_start_method(nannies: int) -> None:
     method = "fork" if nannies == 1 else "forkserver"
     dask.config.set({"distributed.worker.multiprocessing-method": method})
     if method == "forkserver":
-        from jobstrap.bootstrap.servers import start_fork_server
+        from jobstrap.engines.dask.servers import start_fork_server
 
         start_fork_server()
 
@@ -673,7 +673,7 @@ def _client(
     import dask
 
     from jobstrap.bootstrap.link import SchedulerLink
-    from jobstrap.security import tls_env
+    from jobstrap.net.security import tls_env
 
     env = {
         "DASK_SCHEDULER_ADDRESS": address,
@@ -782,7 +782,7 @@ def _close_leftover_clients() -> None:
 
 
 def _run_workers_mode(options: Options) -> int:
-    from jobstrap.network import choose_address
+    from jobstrap.net.network import choose_address
 
     world = discover_world(use_mpi=False)
     configure_logging(world.rank if world.size > 1 else None)
@@ -825,8 +825,8 @@ def _run_workers_mode(options: Options) -> int:
 
 def _run_scheduler_mode(options: Options) -> int:
     _load_dask()
-    from jobstrap.bootstrap.servers import SchedulerRunner
-    from jobstrap.network import choose_address
+    from jobstrap.engines.dask.servers import SchedulerRunner
+    from jobstrap.net.network import choose_address
 
     world = discover_world(use_mpi=False)
     configure_logging()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from jobstrap.bootstrap.app import AppSpec, parse_app
-from jobstrap.bootstrap.roles import WORKER_LAYOUTS
+from jobstrap.config.choices import WORKER_LAYOUTS
 from jobstrap.errors import UserError
 
 __all__ = ["MODES", "Options", "parse_args"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import Enum
 
+from jobstrap.config.choices import WORKER_LAYOUTS
 from jobstrap.errors import UserError
 
 __all__ = [
@@ -17,9 +18,6 @@ __all__ = [
     "role_of",
 ]
 
-#: Worker layouts of batch mode: one process per node forks the workers of every
-#: worker rank there, or each worker rank runs its own.
-WORKER_LAYOUTS = ("node", "rank")
 
 
 class Role(str, Enum):

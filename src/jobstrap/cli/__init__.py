@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import UserError
+from jobstrap import __version__
+from jobstrap.errors import UserError
 
 #: Modules that each define ``register(group)``.
 COMMANDS = (

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import yaml
 
-from ..profile import _build, _normalise, available_profiles, read_profile_file
-from .options import profile_options, resolve
+from jobstrap.cli.options import profile_options, resolve
+from jobstrap.config.profile import _build, _normalise, available_profiles, read_profile_file
 
 
 @click.group()

@@ -9,9 +9,9 @@ from types import FrameType
 
 import click
 
-from ..doctor import format_report, run_doctor
-from ..profile import parse_assignments
-from .options import profile_options
+from jobstrap.cli.options import profile_options
+from jobstrap.config.profile import parse_assignments
+from jobstrap.tools.doctor.core import format_report, run_doctor
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

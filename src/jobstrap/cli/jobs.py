@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from .. import registry
-from ..errors import BatchCommandError, UserError
-from ..gateway import Gateway
-from ..registry import RunRecord
-from ..states import JobState
-from ..systems import JobRecord
+from jobstrap.batchctl.core import Gateway
+from jobstrap.errors import BatchCommandError, UserError
+from jobstrap.states import JobState
+from jobstrap.store import registry
+from jobstrap.store.registry import RunRecord
+from jobstrap.systems import JobRecord
 
 _COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT")
 

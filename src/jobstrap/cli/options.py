@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..profile import Profile, load_profile, parse_assignments
+from jobstrap.config.profile import Profile, load_profile, parse_assignments
 
 F = TypeVar("F", bound=Callable[..., Any])
 

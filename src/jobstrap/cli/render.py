@@ -6,11 +6,11 @@ import os
 
 import click
 
-from ..batch import batch_profile
-from ..render import render_script
-from ..spec import app_job, new_tag, scheduler_job, worker_job
-from ..systems import get_system
-from .options import profile_options, resolve
+from jobstrap.batch.client import batch_profile
+from jobstrap.cli.options import profile_options, resolve
+from jobstrap.jobs.render import render_script
+from jobstrap.jobs.spec import app_job, new_tag, scheduler_job, worker_job
+from jobstrap.systems import get_system
 
 
 @click.command()

@@ -12,11 +12,11 @@ from typing import Any
 
 import click
 
-from ..batch import JobFuture, RemoteError, submit_app
-from ..errors import JobFailedError, UserError
-from ..progress import ProgressDisplay
-from ..rundir import atomic_write_bytes
-from .options import profile_options, resolve
+from jobstrap.batch.client import JobFuture, RemoteError, submit_app
+from jobstrap.batch.progress import ProgressDisplay
+from jobstrap.cli.options import profile_options, resolve
+from jobstrap.errors import JobFailedError, UserError
+from jobstrap.store.rundir import atomic_write_bytes
 
 #: Seconds between looks at the job's output and progress while following it.
 _FOLLOW_INTERVAL = 0.25
@@ -118,7 +118,7 @@ def run(app: str, args: tuple[str, ...], module: bool, quiet: bool, **options: A
     future = submit_app(words, profile=profile)
     if isinstance(profile_name, str):
         # Keep the name the user chose in the record, for `jobstrap status`.
-        from .. import registry
+        from jobstrap.store import registry
 
         record = registry.load(future.run_id)
         registry.update(future.run_id, profile={**record.profile, "name": profile_name})

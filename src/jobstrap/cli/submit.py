@@ -7,24 +7,26 @@ import sys
 
 import click
 
-from .. import registry
-from ..batch import batch_profile, local_launch
-from ..gateway import Gateway, Submission, tagged
-from ..profile import Profile
-from ..registry import RunRecord
-from ..render import render_script
-from ..rundir import RunDir, default_run_root, new_run_id
-from ..spec import app_job, new_tag
-from ..states import JobState
-from ..systems import JobRecord, get_system
-from .options import profile_options, resolve
+from jobstrap.batch.client import batch_profile, local_launch
+from jobstrap.batchctl.core import Gateway, Submission, tagged
+from jobstrap.cli.options import profile_options, resolve
+from jobstrap.config.profile import Profile
+from jobstrap.jobs.render import render_script
+from jobstrap.jobs.spec import app_job, new_tag
+from jobstrap.states import JobState
+from jobstrap.store import registry
+from jobstrap.store.registry import RunRecord
+from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
+from jobstrap.systems import JobRecord, get_system
 
 
 def _prepare(profile: Profile) -> RunDir:
     """The run directory and its TLS material, before anything is submitted."""
     run = RunDir.create(default_run_root(profile.run_root), new_run_id())
     if profile.protocol == "tls":
-        from ..security import create_tls  # cryptography is slow to import; only when needed
+        from jobstrap.net.security import (
+            create_tls,  # cryptography is slow to import; only when needed
+        )
 
         create_tls(run.path)
     return run

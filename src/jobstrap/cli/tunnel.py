@@ -11,8 +11,8 @@ from types import FrameType
 
 import click
 
-from ..errors import UserError
-from ..tunnel import (
+from jobstrap.errors import UserError
+from jobstrap.tools.tunnel import (
     RunTarget,
     TunnelKeeper,
     TunnelPlan,
@@ -152,7 +152,7 @@ def tunnel(
     scheduler_local = _port(scheduler_port, "--scheduler-port")
     profile = None
     if profile_name:
-        from ..profile import load_profile
+        from jobstrap.config.profile import load_profile
 
         profile = load_profile(profile_name)
     hops = resolve_via(via, profile=profile)
@@ -217,7 +217,7 @@ def _explain(plan: TunnelPlan, target: RunTarget, *, err: bool) -> None:
         click.echo(
             f"  copy {run_dir}/tls/ to the laptop, then:\n"
             "  from distributed import Client\n"
-            "  from jobstrap.security import load_security\n"
+            "  from jobstrap.net.security import load_security\n"
             f'  client = Client("{plan.scheduler_address}", '
             'security=load_security("COPY_OF_RUN_DIR"), direct_to_workers=False)',
             err=err,

@@ -12,8 +12,8 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import cast
 
-from ..errors import ConfigError
-from .base import BatchSystem, JobRecord
+from jobstrap.errors import ConfigError
+from jobstrap.systems.base import BatchSystem, JobRecord
 
 __all__ = ["BatchSystem", "JobRecord", "available", "get_system"]
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..spec import JobSpec
-from ..states import JobState
+from jobstrap.jobs.spec import JobSpec
+from jobstrap.states import JobState
 
 
 @dataclass(frozen=True)

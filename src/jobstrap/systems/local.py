@@ -1,7 +1,7 @@
 """The local backend: job scripts run as process groups on this machine.
 
 It is a batch system like the others, driven by argv through the gateway: the
-``jobstrap.localq`` module is its ``sbatch``/``squeue``/``scancel``. It reads the same
+``jobstrap.localq`` package is its ``sbatch``/``squeue``/``scancel``. It reads the same
 kind of directives (``#JOBSTRAP --walltime=...``) from the script, so a newcomer
 without a batch system runs exactly the scripts a cluster would.
 """
@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..spec import JobSpec
-from ..states import JobState
-from ..units import format_walltime_pbs
-from .base import JobRecord, apply_extras, directive_value
+from jobstrap.config.units import format_walltime_pbs
+from jobstrap.jobs.spec import JobSpec
+from jobstrap.states import JobState
+from jobstrap.systems.base import JobRecord, apply_extras, directive_value
 
 PREFIX = "#JOBSTRAP"
 

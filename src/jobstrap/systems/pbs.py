@@ -17,11 +17,11 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ConfigError
-from ..spec import JobSpec, Role
-from ..states import JobState
-from ..units import format_memory_pbs, format_walltime_pbs, parse_walltime
-from .base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.config.units import format_memory_pbs, format_walltime_pbs, parse_walltime
+from jobstrap.errors import ConfigError
+from jobstrap.jobs.spec import JobSpec, Role
+from jobstrap.states import JobState
+from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
 
 #: ``job_state`` letters of live jobs.
 STATES: dict[str, JobState] = {

@@ -12,10 +12,10 @@ import os
 import re
 from collections.abc import Sequence
 
-from ..spec import JobSpec, Role
-from ..states import JobState
-from ..units import format_memory_slurm, format_walltime_slurm
-from .base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
+from jobstrap.jobs.spec import JobSpec, Role
+from jobstrap.states import JobState
+from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
 
 #: Every state squeue or sacct can report, mapped to our vocabulary.
 STATES: dict[str, JobState] = {

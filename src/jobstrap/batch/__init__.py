@@ -1,0 +1,3 @@
+"""Apps and graphs as batch jobs (client side): ``submit()``, ``BatchClient``,
+``JobFuture`` and progress.
+"""

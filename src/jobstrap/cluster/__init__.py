@@ -1,0 +1,3 @@
+"""Notebook clusters (client side): ``SLURMCluster``, ``PBSCluster`` and
+``LocalBatchCluster`` on distributed's ``SpecCluster``, counting in jobs.
+"""

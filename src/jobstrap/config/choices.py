@@ -1,0 +1,13 @@
+"""Choices that both sides read: the profile validates them, the job side obeys them.
+
+Kept apart from :mod:`jobstrap.config.profile` so that the job side can import them
+without loading the profile machinery (YAML, templates) into every rank.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WORKER_LAYOUTS"]
+
+#: Worker layouts of batch mode: one process per node forks the workers of every
+#: worker rank there, or each worker rank runs its own.
+WORKER_LAYOUTS = ("node", "rank")

@@ -1,0 +1,485 @@
+"""The client-rank program of a graph job: compute what ``batch.submit`` shipped.
+
+Inside a batch job the bootstrap runs it on the client rank, with the scheduler's
+address and the run's TLS material in the environment::
+
+    python -m jobstrap.engines.dask.graph_runner RUN_DIR
+    python -m jobstrap.engines.dask.graph_runner --app RUN_DIR -- app.py [args] | -m module [args]
+
+The first form loads ``input.pkl``, computes it on the allocation's workers and writes
+``result.pkl`` (or ``error.pkl`` with the remote traceback) atomically; the second runs
+a user's script unchanged (``jobstrap run``) and only reports progress. Both keep
+``progress.json`` up to date as tasks finish, from a small scheduler plugin that counts
+task transitions.
+
+Run files (``input.pkl``, ``result.pkl``, ``error.pkl``) are *framed*: a magic line,
+the payload's length and its SHA-256, then the payload. A reader checks all three, so
+a file cut short (a full disk, a node that died mid-write, a copy in progress) is
+never mistaken for a result, even where a rename is not atomic.
+
+Importing this module does not import ``distributed``: the submitting side uses the
+framing helpers below without paying for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import pickle
+import platform
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jobstrap.store.rundir import RunDir, atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "MAGIC",
+    "CorruptRunFileError",
+    "frame",
+    "main",
+    "read_framed",
+    "read_payload",
+    "unframe",
+    "versions",
+    "write_framed",
+]
+
+#: First bytes of every framed run file (format version 1).
+MAGIC = b"JOBSTRAP-FRAMED-1\n"
+_LENGTH = 8
+_DIGEST = 32
+#: Seconds between two ``progress.json`` updates while tasks run.
+PROGRESS_INTERVAL = 0.5
+_PLUGIN_NAME = "jobstrap-progress"
+_HANDLER = "jobstrap_progress"
+
+
+class CorruptRunFileError(ValueError):
+    """A framed run file is truncated, padded or damaged (length or checksum mismatch)."""
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with its header: magic, 8-byte big-endian length, SHA-256."""
+    header = MAGIC + len(payload).to_bytes(_LENGTH, "big") + hashlib.sha256(payload).digest()
+    return header + payload
+
+
+def unframe(data: bytes, name: str = "run file") -> bytes:
+    """The payload of a framed file, after checking its length and checksum.
+
+    Raises
+    ------
+    CorruptRunFileError
+        The magic, the length or the checksum does not match.
+    """
+    head = len(MAGIC) + _LENGTH + _DIGEST
+    if not data.startswith(MAGIC):
+        raise CorruptRunFileError(f"{name}: not a jobstrap run file (bad header)")
+    if len(data) < head:
+        raise CorruptRunFileError(f"{name}: truncated header ({len(data)} bytes)")
+    length = int.from_bytes(data[len(MAGIC) : len(MAGIC) + _LENGTH], "big")
+    digest = data[len(MAGIC) + _LENGTH : head]
+    payload = data[head:]
+    if len(payload) != length:
+        raise CorruptRunFileError(f"{name}: expected {length} payload bytes, found {len(payload)}")
+    if hashlib.sha256(payload).digest() != digest:
+        raise CorruptRunFileError(f"{name}: checksum mismatch")
+    return payload
+
+
+def write_framed(path: str | os.PathLike[str], payload: bytes) -> Path:
+    """Write ``payload`` framed, atomically (temporary file, fsync, rename), 0600."""
+    return atomic_write_bytes(path, frame(payload))
+
+
+def read_framed(path: str | os.PathLike[str]) -> bytes:
+    """Read and check a framed file (``FileNotFoundError``, :class:`CorruptRunFileError`)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return unframe(data, os.fspath(path))
+
+
+def read_payload(path: str | os.PathLike[str]) -> Any:
+    """Unpickle a framed file's payload (a plain pickle of builtins)."""
+    return pickle.loads(read_framed(path))
+
+
+def versions() -> dict[str, str]:
+    """Versions that must agree between the submitting side and the job."""
+    found = {"python": platform.python_version()}
+    for module in ("cloudpickle", "dask", "distributed", "numpy", "pandas"):
+        imported = sys.modules.get(module)
+        if imported is not None:
+            found[module] = str(getattr(imported, "__version__", "?"))
+    return found
+
+
+def _version_mismatch(shipped: Mapping[str, str]) -> str:
+    # Import what the input was made with, so the comparison covers the same modules.
+    for module in shipped:
+        if module != "python":
+            with contextlib.suppress(ImportError):
+                __import__(module)
+    here = versions()
+    differences = [
+        f"{name} {shipped[name]} (submitted) vs {here.get(name, 'missing')} (job)"
+        for name in sorted(shipped)
+        if here.get(name) != shipped[name] and name != "python"
+    ]
+    submitted_py = shipped.get("python", "?").rsplit(".", 1)[0]
+    if submitted_py != here["python"].rsplit(".", 1)[0]:
+        differences.insert(0, f"python {shipped.get('python')} (submitted) vs {here['python']}")
+    return "; ".join(differences)
+
+
+# ---------------------------------------------------------------- scheduler-side counter
+
+
+def _counter_class() -> type:
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskCounter(SchedulerPlugin):
+        """Counts tasks seen, finished and failed, once each, on the scheduler."""
+
+        name = _PLUGIN_NAME
+
+        def __init__(self) -> None:
+            self.seen: set[Any] = set()
+            self.done: set[Any] = set()
+            self.erred: set[Any] = set()
+            self.started = time.time()
+
+        def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
+            if finish in ("waiting", "queued", "no-worker", "processing"):
+                self.seen.add(key)
+            elif finish == "memory" and start == "processing":
+                self.done.add(key)
+            elif finish == "erred":
+                self.erred.add(key)
+
+    return TaskCounter
+
+
+def _install_counter(dask_scheduler: Any) -> None:
+    # Runs on the scheduler (run_on_scheduler pickles this function by reference, and
+    # the class is created there), so nothing has to be shipped but a name.
+    if _PLUGIN_NAME not in dask_scheduler.plugins:
+        dask_scheduler.add_plugin(_counter_class()(), name=_PLUGIN_NAME)
+
+    # A handler of its own, so polling it twice a second does not log a line each
+    # time (run_on_scheduler logs every call at INFO).
+    def handler() -> dict[str, Any]:
+        return _read_counter(dask_scheduler)
+
+    dask_scheduler.handlers[_HANDLER] = handler
+
+
+def _read_counter(dask_scheduler: Any) -> dict[str, Any]:
+    plugin = dask_scheduler.plugins.get(_PLUGIN_NAME)
+    workers = dask_scheduler.workers.values()
+    snapshot = {
+        "workers": len(workers),
+        "threads": sum(int(getattr(ws, "nthreads", 0)) for ws in workers),
+        "total": 0,
+        "done": 0,
+        "erred": 0,
+    }
+    if plugin is not None:
+        snapshot["total"] = len(plugin.seen | plugin.done)
+        snapshot["done"] = len(plugin.done)
+        snapshot["erred"] = len(plugin.erred)
+    return snapshot
+
+
+class _ProgressWriter:
+    """Keeps ``progress.json`` current from a background thread."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.started = time.time()
+        self.phase = "starting"
+        self.client: Any = None
+        self.counts: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def set_phase(self, phase: str, **extra: Any) -> None:
+        with self._lock:
+            self.phase = phase
+            self.counts.update(extra)
+        self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            data = {
+                "phase": self.phase,
+                "started": self.started,
+                "updated": time.time(),
+                "host": socket.gethostname(),
+                **self.counts,
+            }
+        with contextlib.suppress(OSError):  # progress is best effort, never fatal
+            atomic_write_json(self.run.progress_file, data)
+
+    def start(self, client: Any) -> None:
+        self.client = client
+        client.run_on_scheduler(_install_counter)
+        self._thread = threading.Thread(target=self._loop, name="jobstrap-progress", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        last: dict[str, Any] = {}
+        while not self._stop.wait(PROGRESS_INTERVAL):
+            self.poll_once(last)
+
+    def poll_once(self, last: dict[str, Any] | None = None) -> None:
+        try:
+            counts = self.client.sync(getattr(self.client.scheduler, _HANDLER))
+        except Exception:  # the scheduler is closing; the final phase says the rest
+            return
+        with self._lock:
+            self.counts.update(counts)
+        if last is None or counts != last:
+            self.write()
+            if last is not None:
+                last.clear()
+                last.update(counts)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.client is not None:
+            self.poll_once()
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def _connect(run: RunDir) -> Any:
+    """A client of this allocation's scheduler (environment first, then ``info.json``)."""
+    import dask
+    from distributed import Client
+
+    if dask.config.get("scheduler-address", None):
+        return Client(set_as_default=False)  # type: ignore[no-untyped-call]
+    from jobstrap.net.security import load_security
+
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            info = run.read_info()
+            break
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    security = load_security(run, require=False)
+    return Client(  # type: ignore[no-untyped-call]
+        info.scheduler_address, security=security, set_as_default=False
+    )
+
+
+def _load_work(run: RunDir) -> dict[str, Any]:
+    try:
+        envelope = read_payload(run.input_file)
+    except FileNotFoundError:
+        raise RuntimeError(f"{run.input_file} does not exist: nothing was shipped") from None
+    import cloudpickle
+
+    try:
+        work = cloudpickle.loads(envelope["body"])
+    except Exception as error:
+        mismatch = _version_mismatch(envelope.get("versions", {}))
+        hint = f" (versions differ: {mismatch})" if mismatch else ""
+        raise RuntimeError(f"cannot load what was submitted{hint}: {error!r}") from error
+    if not isinstance(work, dict) or "kind" not in work:
+        raise RuntimeError(f"{run.input_file}: unexpected content")
+    return work
+
+
+def _compute(client: Any, work: Mapping[str, Any]) -> Any:
+    if work["kind"] == "function":
+        future = client.submit(
+            work["function"], *work.get("args", ()), pure=False, **work.get("kwargs", {})
+        )
+        return future.result()
+    from dask.base import unpack_collections
+
+    collections, repack = unpack_collections(work["obj"], traverse=True)  # type: ignore[no-untyped-call]
+    futures = client.compute(list(collections))
+    results = client.gather(futures)
+    return repack(results)[0]
+
+
+def _error_payload(error: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    pickled: bytes | None
+    try:
+        import cloudpickle
+
+        pickled = cloudpickle.dumps(error)
+    except Exception:  # an exception that cannot travel still travels as text
+        pickled = None
+    return pickle.dumps(
+        {
+            "type": type(error).__qualname__,
+            "module": type(error).__module__,
+            "message": str(error),
+            "traceback": text,
+            "exception": pickled,
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "versions": versions(),
+        },
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` comes from the job ending rather than from the graph.
+
+    The batch system asked the job to wind down (SIGTERM on ``scancel``, the
+    walltime's warning), or the client lost its scheduler (the scheduler rank
+    stopped the run: its workers were gone). Either way distributed raises a
+    ``FutureCancelledError`` that says nothing about why.
+    """
+    from jobstrap.bootstrap import drain
+
+    return drain.draining() or getattr(error, "reason", None) == "scheduler-connection-lost"
+
+
+def run_graph(run_dir: str | os.PathLike[str]) -> int:
+    """Compute ``input.pkl`` of ``run_dir``; write ``result.pkl`` or ``error.pkl``.
+
+    Returns
+    -------
+    int
+        0 when the result was written, 1 when the error was.
+    """
+    run = RunDir.open(run_dir)
+    progress = _ProgressWriter(run)
+    progress.set_phase("loading")
+    client = None
+    try:
+        work = _load_work(run)
+        progress.set_phase("connecting")
+        client = _connect(run)
+        progress.start(client)
+        progress.set_phase("computing")
+        value = _compute(client, work)
+        progress.set_phase("saving")
+        import cloudpickle
+
+        payload = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        # The final counts and phase go on disk before the result appears: whoever sees
+        # the result must also see a finished progress (one scheduler round trip more).
+        progress.stop()
+        progress.set_phase("done")
+        write_framed(run.result_file, payload)
+    except Exception as error:
+        # Only the graph's own failures become error.pkl. An interrupt (the batch system
+        # ending the job, the scheduler gone) leaves no file, so the submitting side
+        # reports the job's real end (TIMEOUT, CANCELLED, ...) rather than a side effect.
+        progress.stop()
+        progress.set_phase("failed", error=f"{type(error).__name__}: {error}"[:500])
+        interrupted = _interrupted(error)
+        if not interrupted:
+            write_framed(run.error_file, _error_payload(error))
+        what = "was interrupted" if interrupted else "failed"
+        print(f"jobstrap: the graph {what}: {type(error).__name__}: {error}", file=sys.stderr)
+        traceback.print_exception(type(error), error, error.__traceback__)
+        return 1
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+    return 0
+
+
+def run_app(run_dir: str | os.PathLike[str], app: Sequence[str]) -> int:
+    """Run a user's script or module as ``__main__`` while reporting progress.
+
+    Returns
+    -------
+    int
+        The app's exit code (``sys.exit`` value; 1 for an uncaught exception).
+    """
+    import runpy
+
+    if not app:
+        raise SystemExit("graph_runner --app needs an app: app.py [args] | -m module [args]")
+    run = RunDir.open(run_dir)
+    progress = _ProgressWriter(run)
+    progress.set_phase("connecting")
+    client = None
+    with contextlib.suppress(Exception):  # progress is a courtesy; the app runs regardless
+        client = _connect(run)
+        progress.start(client)
+    progress.set_phase("running")
+    code = 0
+    saved_argv = sys.argv
+    try:
+        if app[0] == "-m":
+            if len(app) < 2:
+                raise SystemExit("-m needs a module name")
+            sys.argv = [app[1], *app[2:]]
+            runpy.run_module(app[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(app)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(app[0])))
+            runpy.run_path(app[0], run_name="__main__")
+    except SystemExit as exit_:
+        code = _exit_code(exit_.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv = saved_argv
+        progress.stop()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+    progress.set_phase("done" if code == 0 else "failed", exit_code=code)
+    return code
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message") prints it and exits 1
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``RUN_DIR`` or ``--app RUN_DIR -- app.py [args]``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    app: list[str] = []
+    if "--" in words:
+        split = words.index("--")
+        words, app = words[:split], words[split + 1 :]
+    parser = argparse.ArgumentParser(prog="python -m jobstrap.engines.dask.graph_runner")
+    parser.add_argument("run_dir")
+    parser.add_argument("--app", action="store_true", help="run the app after -- instead")
+    args = parser.parse_args(words)
+    if args.app:
+        return run_app(args.run_dir, app)
+    return run_graph(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

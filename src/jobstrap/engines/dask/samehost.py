@@ -1,0 +1,304 @@
+"""Same-host links over Unix sockets: what TLS guarantees there, without its cost.
+
+Two processes of one run on one node (the workers of a node, the scheduler and the
+app's client on the first node of an allocation) would otherwise talk TLS over the
+node's own interface, and TLS doubles the CPU a Dask comm spends per MiB moved
+(``bench/bench_tls.py``): a shuffle between the workers of one node would pay for
+encrypting bytes that never leave the kernel.
+
+:func:`install` replaces ``distributed``'s ``tls`` comm backend, in this process
+only, with one that keeps every address ``tls://host:port`` and every TLS listener
+as it is, and adds a Unix socket next to each listener. A process connecting to an
+address of *its own* network namespace uses that socket when it exists, and TLS
+otherwise, so peers without this backend (a laptop's client, another tool) connect
+over TLS as before. What the socket keeps of TLS's guarantees, and how:
+
+* confidentiality and integrity: the bytes never leave the kernel; no other user
+  can read them (the same holds for loopback TCP, but not for its *port*);
+* authentication: the socket lives in a directory that only the user can enter
+  (0700, owned by the user, checked before every use, never a symlink), and both
+  ends check the other's user id with ``SO_PEERCRED``. Who may connect is thus "a
+  process of the same user", which is also who can read the run's TLS key (0600).
+  A connector without a TLS context (one that could not connect over TLS either)
+  never takes the socket.
+
+The directory is ``$XDG_RUNTIME_DIR/jobstrap`` when that is the user's private
+runtime directory, else ``<tmp>/jobstrap-<uid>`` (``$TMPDIR`` or ``/tmp``): local to
+the node. Socket files are named after the listener's contact address and removed
+when it stops; a file left by a killed process is replaced by the next listener on
+that address, and connecting to it fails over to TLS. Set
+``JOBSTRAP_SAME_HOST_SOCKETS=0`` to keep every link on TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import ssl
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dask.config
+from distributed.comm import registry
+from distributed.comm.addressing import parse_host_port, unparse_host_port
+from distributed.comm.core import CommClosedError
+from distributed.comm.tcp import (
+    MAX_BUFFER_SIZE,
+    TCP,
+    TLSBackend,
+    TLSConnector,
+    TLSListener,
+)
+from tornado.iostream import IOStream
+from tornado.netutil import add_accept_handler, bind_unix_socket
+
+__all__ = ["ENV", "SameHostTLSBackend", "install", "installed", "socket_dir", "socket_path"]
+
+logger = logging.getLogger("jobstrap.engines.dask.samehost")
+
+#: ``0`` (or ``false``/``no``/``off``) keeps every link on TLS.
+ENV = "JOBSTRAP_SAME_HOST_SOCKETS"
+#: ``sun_path`` is 108 bytes on Linux, with its terminating NUL.
+_MAX_PATH = 107
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+def enabled() -> bool:
+    """False when ``JOBSTRAP_SAME_HOST_SOCKETS`` turns same-host sockets off."""
+    return os.environ.get(ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def install() -> bool:
+    """Make this process's ``tls://`` comms use Unix sockets to same-host peers.
+
+    Idempotent. Returns whether the backend is in place (False when turned off with
+    ``JOBSTRAP_SAME_HOST_SOCKETS=0`` or on a platform without Unix sockets).
+    """
+    if not enabled() or not hasattr(socket, "AF_UNIX"):
+        return False
+    if not installed():
+        registry.backends["tls"] = SameHostTLSBackend()
+    return True
+
+
+def installed() -> bool:
+    """Whether this process's ``tls`` backend is :class:`SameHostTLSBackend`."""
+    return isinstance(registry.backends.get("tls"), SameHostTLSBackend)
+
+
+def socket_dir() -> Path:
+    """The user's node-local directory for same-host sockets (not created here)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _private(Path(runtime)):
+        return Path(runtime) / "jobstrap"
+    return Path(tempfile.gettempdir()) / f"jobstrap-{os.getuid()}"
+
+
+def socket_path(address: str) -> Path:
+    """The socket of a listener whose contact address is ``address`` (``host:port``)."""
+    host, port = parse_host_port(address)
+    return socket_dir() / f"{host}-{port}"
+
+
+def _private(directory: Path) -> bool:
+    """A directory (not a symlink) owned by this user that nobody else may enter."""
+    try:
+        info = directory.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.getuid()
+        and stat.S_IMODE(info.st_mode) & 0o077 == 0
+    )
+
+
+def _usable_dir(create: bool) -> Path | None:
+    directory = socket_dir()
+    if create:
+        with contextlib.suppress(FileExistsError, OSError):
+            directory.mkdir(mode=0o700)
+    if _private(directory):
+        return directory
+    if directory.exists() or directory.is_symlink():
+        _warn_once(f"{directory} is not a private directory of this user; same-host links use TLS")
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+@functools.lru_cache(maxsize=1)
+def _own_addresses() -> frozenset[str]:
+    """This network namespace's IP addresses (a node's, on a cluster)."""
+    import psutil
+
+    return frozenset(
+        entry.address.split("%", 1)[0]
+        for entries in psutil.net_if_addrs().values()
+        for entry in entries
+        if entry.family in (socket.AF_INET, socket.AF_INET6)
+    )
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    _, uid, _ = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    return int(uid)
+
+
+class _UnixSocket(socket.socket):
+    """A Unix stream socket that ignores TCP options.
+
+    ``distributed`` sets TCP keep-alive and user-timeout options on every stream it
+    wraps; they do not apply to a Unix socket (whose peer cannot vanish without the
+    kernel closing it) and would fail there.
+    """
+
+    def setsockopt(self, level: int, option: int, *value: Any) -> None:
+        if level == socket.IPPROTO_TCP:
+            return
+        super().setsockopt(level, option, *value)
+
+
+class SameHostComm(TCP):
+    """A ``distributed`` comm over a same-host Unix socket (framing as TCP's)."""
+
+    @property
+    def extra_info(self) -> dict[str, Any]:
+        return {**self._extra, "same_host_socket": True}
+
+
+def _comm(sock: socket.socket, local: str, peer: str, deserialize: bool) -> SameHostComm:
+    unix = _UnixSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=sock.detach())
+    stream = IOStream(unix, max_buffer_size=MAX_BUFFER_SIZE)
+    return SameHostComm(stream, local, peer, deserialize)
+
+
+class SameHostTLSConnector(TLSConnector):
+    """TLS, or the listener's Unix socket when the address is this host's."""
+
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Any:
+        # Only a process that could connect over TLS (it has a TLS context) may take
+        # the socket: it must not widen who can connect.
+        if isinstance(connection_args.get("ssl_context"), ssl.SSLContext):
+            comm = _connect_same_host(address, deserialize)
+            if comm is not None:
+                return comm
+        return await super().connect(address, deserialize, **connection_args)  # type: ignore[no-untyped-call]
+
+
+def _connect_same_host(address: str, deserialize: bool) -> SameHostComm | None:
+    host, port = parse_host_port(address)
+    if host not in _own_addresses():
+        return None
+    directory = _usable_dir(create=False)
+    if directory is None:
+        return None
+    path = directory / f"{host}-{port}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # A Unix connect completes at once or fails at once (EAGAIN when the
+        # listener's backlog is full): no waiting, and any failure means TLS.
+        sock.setblocking(False)
+        sock.connect(str(path))
+        if _peer_uid(sock) != os.getuid():
+            raise PermissionError(f"{path}: listener belongs to another user")
+    except OSError as error:
+        sock.close()
+        if not isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
+            logger.debug("same-host socket %s unusable (%s); using TLS", path, error)
+        return None
+    local = "tls://" + unparse_host_port(host, 0)
+    return _comm(sock, local, "tls://" + address, deserialize)
+
+
+class SameHostTLSListener(TLSListener):
+    """A TLS listener with a Unix socket beside it for same-host peers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._unix: socket.socket | None = None
+        self._unix_path: Path | None = None
+        self._unix_inode = 0
+        self._stop_accepting: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await super().start()  # type: ignore[no-untyped-call]
+        host, port = parse_host_port(self.contact_address[len(self.prefix) :])
+        directory = _usable_dir(create=True)
+        if directory is None:
+            return
+        path = directory / f"{host}-{port}"
+        if len(os.fsencode(path)) > _MAX_PATH:
+            _warn_once(f"{directory}: path too long for Unix sockets; same-host links use TLS")
+            return
+        backlog = int(dask.config.get("distributed.comm.socket-backlog"))
+        try:
+            self._unix = bind_unix_socket(str(path), mode=0o600, backlog=backlog)
+        except (OSError, ValueError) as error:
+            logger.debug("no same-host socket at %s (%s); TLS only", path, error)
+            return
+        self._unix_path, self._unix_inode = path, path.lstat().st_ino
+        self._stop_accepting = add_accept_handler(self._unix, self._accept)
+
+    def _accept(self, connection: socket.socket, _address: Any) -> None:
+        task = asyncio.ensure_future(self._handle_unix(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle_unix(self, connection: socket.socket) -> None:
+        try:
+            uid = _peer_uid(connection)
+        except OSError:
+            connection.close()
+            return
+        if uid != os.getuid() or self.tcp_server is None:
+            # Another user (impossible through a 0700 directory, checked anyway), or
+            # stop() ran after the accept: closing lets the peer see it at once.
+            connection.close()
+            return
+        contact = self.contact_address
+        host, _ = parse_host_port(contact[len(self.prefix) :])
+        peer = self.prefix + unparse_host_port(host, 0)
+        comm = _comm(connection, contact, peer, self.deserialize)
+        comm.allow_offload = self.allow_offload
+        try:
+            await self.on_connection(comm)
+        except CommClosedError:
+            logger.info("same-host connection closed before its handshake completed")
+            return
+        await self.comm_handler(comm)
+
+    def stop(self) -> None:
+        if self._stop_accepting is not None:
+            self._stop_accepting()
+            self._stop_accepting = None
+        if self._unix is not None:
+            path, self._unix_path = self._unix_path, None
+            with contextlib.suppress(OSError):
+                # Remove the file only while it is still ours (a new listener on
+                # the same address after a restart may have replaced it).
+                if path is not None and path.lstat().st_ino == self._unix_inode:
+                    path.unlink()
+            self._unix.close()
+            self._unix = None
+        super().stop()  # type: ignore[no-untyped-call]
+
+
+class SameHostTLSBackend(TLSBackend):
+    """``distributed``'s TLS backend, with same-host Unix sockets."""
+
+    _connector_class = SameHostTLSConnector
+    _listener_class = SameHostTLSListener

@@ -1,0 +1,268 @@
+"""``JobSpec``: what one batch job needs, derived from a profile and a role.
+
+A spec is plain data. It knows nothing of ``#SBATCH`` or ``#PBS``: the builders in
+``systems/`` turn it into directives and the templates into a script.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from jobstrap.config.profile import Profile
+
+
+class Role(str, Enum):
+    """What a job is for; the template and the bootstrap mode follow from it."""
+
+    WORKERS = "workers"  #: Dask workers for a scheduler elsewhere (notebook clusters)
+    APP = "app"  #: scheduler + client + workers in one allocation (batch mode, graph jobs)
+    SCHEDULER = "scheduler"  #: a scheduler alone (``scheduler="job"``)
+    PROBE = "probe"  #: a diagnostic probe (``jobstrap doctor``)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """A job array: task ids ``start..stop`` inclusive, at most ``limit`` running at once."""
+
+    start: int
+    stop: int
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.stop < self.start:
+            raise ValueError(f"invalid array range {self.start}-{self.stop}")
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start + 1
+
+    @property
+    def task_ids(self) -> range:
+        return range(self.start, self.stop + 1)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything one batch job needs; sizes in bytes, durations in seconds."""
+
+    name: str
+    role: Role
+    run_dir: str
+    tag: str
+    command: tuple[str, ...]
+    walltime: int
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    memory: int | None = None  #: per node
+    gpus: int = 0
+    queue: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    launcher: str = "none"  #: srun, mpiexec, mpirun, none (resolved, never "auto")
+    mpi: bool = False  #: whether the launched tasks form one MPI world
+    env: tuple[tuple[str, str], ...] = ()
+    prologue: tuple[str, ...] = ()
+    epilogue: tuple[str, ...] = ()
+    extra_directives: tuple[str, ...] = ()
+    skip_directives: tuple[str, ...] = ()
+    submit_args: tuple[str, ...] = ()
+    log_directory: str = ""
+    shebang: str = "#!/usr/bin/env bash"
+    array: ArraySpec | None = None
+    #: Ask the batch system to send this signal this many seconds before the walltime.
+    signal: tuple[str, int] | None = None
+    python: str = "python3"
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def ntasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def with_array(self, array: ArraySpec | None) -> JobSpec:
+        """The same job as an array (or not)."""
+        return replace(self, array=array)
+
+
+def new_tag() -> str:
+    """A short random tag that identifies one submission for idempotent retries."""
+    return "js" + secrets.token_hex(5)
+
+
+def resolve_launcher(profile: Profile) -> str:
+    """Turn ``launcher: auto`` into the launcher each batch system starts ranks with."""
+    if profile.launcher != "auto":
+        return profile.launcher
+    return {"slurm": "srun", "pbs": "mpiexec", "local": "mpiexec"}[profile.system]
+
+
+#: Environment of jobs that run workers, unless the profile's ``env`` sets the same
+#: variables. Both act only when an interpreter starts, and a nanny here forks its
+#: worker (see the bootstrap's ``_choose_start_method``) instead of starting one, so
+#: what distributed would set for a worker it spawns is set for the whole job (see
+#: ``distributed.nanny``): one string-hash seed, without which workers hash strings
+#: differently from job to job (dask/dask#6640; the nanny-less workers of an app job
+#: need the same agreement), and, under nannies, the memory-trim threshold. The
+#: bootstrap applies the rest of distributed's pre-spawn environment (thread counts).
+WORKER_ENVIRONMENT = {"PYTHONHASHSEED": "6640"}
+NANNY_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def _common(
+    profile: Profile, run_dir: str, tag: str, *, workers: bool = False
+) -> dict[str, object]:
+    env = dict(WORKER_ENVIRONMENT) if workers else {}
+    if workers and profile.nanny:
+        env.update(NANNY_ENVIRONMENT)
+    env.update(profile.env)
+    env["JOBSTRAP_RUN_DIR"] = run_dir
+    env["JOBSTRAP_TAG"] = tag
+    return {
+        "run_dir": run_dir,
+        "tag": tag,
+        "walltime": profile.walltime,
+        "queue": profile.queue,
+        "account": profile.account,
+        "qos": profile.qos,
+        "gpus": profile.gpus,
+        "env": tuple(env.items()),
+        "prologue": profile.prologue,
+        "epilogue": profile.epilogue,
+        "extra_directives": profile.extra_directives,
+        "skip_directives": profile.skip_directives,
+        "submit_args": profile.submit_args,
+        "log_directory": profile.log_directory or os.path.join(run_dir, "logs"),
+        "shebang": profile.shebang,
+        "python": profile.python,
+    }
+
+
+def _bootstrap_argv(
+    profile: Profile, run_dir: str, mode: str, *, memory_limit: int | None
+) -> list[str]:
+    argv = [
+        profile.python, "-m", "jobstrap.bootstrap",
+        "--run-dir", run_dir,
+        "--mode", mode,
+        "--interface", ",".join(profile.interface),
+        "--scheduler-interface", ",".join(profile.scheduler_interface),
+        "--protocol", profile.protocol,
+        "--nthreads", str(profile.threads_per_worker),
+        "--death-timeout", str(profile.death_timeout),
+    ]  # fmt: skip
+    if memory_limit is not None:
+        argv += ["--memory-limit", str(memory_limit)]
+    if profile.local_directory:
+        argv += ["--local-directory", profile.local_directory]
+    if not profile.nanny:
+        argv.append("--no-nanny")
+    if profile.dashboard:
+        # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
+        argv += ["--dashboard-port", str(profile.dashboard_port)]
+    else:
+        argv.append("--no-dashboard")
+    return argv
+
+
+def worker_job(
+    profile: Profile,
+    run_dir: str,
+    tag: str,
+    *,
+    scheduler_address: str | None = None,
+    lifetime: int | None = None,
+    name: str | None = None,
+) -> JobSpec:
+    """A job of Dask workers for a scheduler elsewhere (one launcher task per node).
+
+    Each node runs one bootstrap process that starts ``profile.processes`` workers, so a
+    job is one unit for scaling whatever its size.
+    """
+    argv = _bootstrap_argv(profile, run_dir, "workers", memory_limit=profile.memory_per_worker)
+    argv += ["--worker-processes", str(profile.processes)]
+    if scheduler_address:
+        argv += ["--scheduler-address", scheduler_address]
+    if lifetime is not None:
+        argv += ["--lifetime", str(lifetime)]
+    argv += list(profile.worker_extra_args)
+    launcher = resolve_launcher(profile)
+    if profile.system == "slurm":
+        # srun (without --mpi) starts one bootstrap per node and tracks it as a job step,
+        # so Slurm's signals and cleanup reach the workers.
+        launcher = "srun"
+    elif profile.nodes == 1:
+        launcher = "none"
+    return JobSpec(
+        name=name or profile.job_name,
+        role=Role.WORKERS,
+        command=tuple(argv),
+        nodes=profile.nodes,
+        tasks_per_node=1,
+        cpus_per_task=profile.cores,
+        memory=profile.memory,
+        launcher=launcher,
+        mpi=False,
+        **_common(profile, run_dir, tag, workers=True),  # type: ignore[arg-type]
+    )
+
+
+def app_job(
+    profile: Profile,
+    run_dir: str,
+    tag: str,
+    app_argv: Sequence[str],
+    *,
+    name: str | None = None,
+    client_on_scheduler_rank: bool = False,
+    start_after_workers: int | None = None,
+) -> JobSpec:
+    """A whole application in one allocation: scheduler, client and workers as MPI ranks.
+
+    ``start_after_workers`` starts the app once that many workers joined (default: all).
+    """
+    argv = _bootstrap_argv(profile, run_dir, "mpi", memory_limit=profile.memory_per_rank_worker)
+    if profile.workers_per_rank > 1:
+        # One interpreter per worker rank, its workers forked by their nannies: a
+        # node imports distributed once per rank instead of once per worker, which is
+        # most of a large launch's start-up on busy nodes.
+        argv += ["--worker-processes", str(profile.workers_per_rank)]
+    if profile.worker_layout != "node":
+        argv += ["--worker-layout", profile.worker_layout]
+    if client_on_scheduler_rank:
+        argv.append("--client-on-scheduler-rank")
+    if start_after_workers is not None:
+        argv += ["--start-after-workers", str(start_after_workers)]
+    argv += ["--", *app_argv]
+    ranks = profile.ranks_per_node
+    return JobSpec(
+        name=name or profile.job_name,
+        role=Role.APP,
+        command=tuple(argv),
+        nodes=profile.nodes,
+        tasks_per_node=ranks,
+        cpus_per_task=max(1, profile.cores // ranks),
+        memory=profile.memory,
+        launcher=resolve_launcher(profile),
+        mpi=True,
+        **_common(profile, run_dir, tag, workers=True),  # type: ignore[arg-type]
+    )
+
+
+def scheduler_job(profile: Profile, run_dir: str, tag: str, *, name: str | None = None) -> JobSpec:
+    """A scheduler in its own job, for login nodes that kill long processes or block ports."""
+    argv = _bootstrap_argv(profile, run_dir, "scheduler", memory_limit=None)
+    return JobSpec(
+        name=name or f"{profile.job_name}-scheduler",
+        role=Role.SCHEDULER,
+        command=tuple(argv),
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=1,
+        memory=min(profile.memory or 2**30, 2**30 * 2),
+        launcher="none",
+        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,10 @@
+"""``python -m jobstrap.localq``: the embedded batch system's command line."""
+
+from __future__ import annotations
+
+import sys
+
+from jobstrap.localq.core import main
+
+if __name__ == "__main__":
+    sys.exit(main())

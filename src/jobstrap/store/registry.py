@@ -1,0 +1,236 @@
+"""Saved runs and clusters: one private JSON file each, found again by any process.
+
+Every submission (an app, a graph, a cluster, a probe) leaves a record here, so a
+later ``jobstrap status``, ``cancel`` or ``logs``, from another shell or after the
+submitting process died, knows which jobs belong to it, where its run directory and
+logs are and which batch system to ask.
+
+Records live in ``$JOBSTRAP_STATE_DIR/runs/`` or ``$XDG_STATE_HOME/jobstrap/runs/``
+(``~/.local/state/jobstrap/runs/``): the directory is 0700, every file 0600 and
+written atomically (temporary file + rename), and :func:`update` holds a lock file so
+two processes changing one record never lose each other's change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from jobstrap.errors import UserError
+from jobstrap.store.rundir import atomic_write_json, ensure_private_dir
+
+__all__ = [
+    "KINDS",
+    "RunRecord",
+    "list",
+    "load",
+    "modify",
+    "registry_dir",
+    "remove",
+    "save",
+    "state_dir",
+    "update",
+]
+
+KINDS = ("app", "graph", "cluster", "probe")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_builtin_list = list
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """jobstrap's private state directory (not created here).
+
+    ``$JOBSTRAP_STATE_DIR``, else ``$XDG_STATE_HOME/jobstrap``, else
+    ``~/.local/state/jobstrap``.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("JOBSTRAP_STATE_DIR"):
+        return Path(env["JOBSTRAP_STATE_DIR"]).expanduser()
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base).expanduser() / "jobstrap"
+
+
+def registry_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The directory holding one ``<run_id>.json`` per run (not created here)."""
+    return state_dir(environ) / "runs"
+
+
+@dataclass
+class RunRecord:
+    """What was submitted for one run or cluster, and how to find it again.
+
+    Attributes
+    ----------
+    run_id
+        The run directory's name; also the record's file name.
+    kind
+        ``app``, ``graph``, ``cluster`` or ``probe``.
+    system
+        The batch system's name (``slurm``, ``pbs``, ``local``).
+    run_dir
+        Absolute path of the run directory.
+    job_ids
+        Every job and array task (``["123_0", "123_1"]``).
+    tags
+        The submissions' tags (job names end with them).
+    profile
+        ``{"name": <profile name>, "resolved": <every setting>}``.
+    logs
+        Per job id, its ``out`` and ``err`` file.
+    created, updated
+        Epoch seconds.
+    owner_pid, owner_host
+        The process that submitted.
+    status
+        ``submitting``, ``submitted``, ``failed`` (the submission was rejected),
+        ``cancelled`` or ``finished`` (the batch system has the truth about the jobs;
+        this says what jobstrap did).
+    extra
+        Anything else a front end wants to keep (scheduler address, app path, ...).
+    """
+
+    run_id: str
+    kind: str
+    system: str
+    run_dir: str
+    job_ids: list[str] = field(default_factory=_builtin_list)
+    tags: list[str] = field(default_factory=_builtin_list)
+    profile: dict[str, Any] = field(default_factory=dict)
+    logs: dict[str, dict[str, str]] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_host: str = field(default_factory=socket.gethostname)
+    status: str = "submitted"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _RUN_ID.match(self.run_id):
+            raise UserError(f"run id {self.run_id!r}: use letters, digits, '.', '_' or '-'")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to disk."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        """Read a record; unknown keys (from a newer jobstrap) go to ``extra``."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        extra = dict(values.pop("extra", None) or {})
+        extra.update({k: v for k, v in data.items() if k not in known})
+        return cls(**values, extra=extra)
+
+    def log_paths(self, job_id: str) -> tuple[str, str]:
+        """The ``(stdout, stderr)`` files of ``job_id``."""
+        paths = self.logs.get(job_id)
+        if paths:
+            return paths["out"], paths["err"]
+        log_dir = os.path.join(self.run_dir, "logs")
+        return os.path.join(log_dir, f"{job_id}.out"), os.path.join(log_dir, f"{job_id}.err")
+
+
+def _path(run_id: str, directory: Path) -> Path:
+    return directory / f"{run_id}.json"
+
+
+def save(record: RunRecord, *, directory: Path | None = None) -> Path:
+    """Write ``record`` (creating the registry directory 0700 if needed); return its file."""
+    where = ensure_private_dir(directory or registry_dir())
+    record.updated = time.time()
+    return atomic_write_json(_path(record.run_id, where), record.to_json())
+
+
+def _read(path: Path) -> RunRecord:
+    with open(path, encoding="utf-8") as handle:
+        return RunRecord.from_json(json.load(handle))
+
+
+def load(run_id: str, *, directory: Path | None = None) -> RunRecord:
+    """The record of ``run_id``; a unique prefix of it is enough.
+
+    Raises
+    ------
+    UserError
+        No run matches, or the prefix matches several (they are listed).
+    """
+    where = directory or registry_dir()
+    exact = _path(run_id, where)
+    if _RUN_ID.match(run_id) and exact.is_file():
+        return _read(exact)
+    matches = sorted(p.stem for p in where.glob("*.json") if p.stem.startswith(run_id))
+    if len(matches) == 1:
+        return _read(_path(matches[0], where))
+    if not matches:
+        raise UserError(f"no run {run_id!r} in {where} (jobstrap status lists the runs)")
+    shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+    raise UserError(f"run {run_id!r} is ambiguous: {shown}")
+
+
+def list(*, directory: Path | None = None) -> _builtin_list[RunRecord]:
+    """Every saved record, oldest first (unreadable files are skipped)."""
+    where = directory or registry_dir()
+    records: _builtin_list[RunRecord] = []
+    for path in where.glob("*.json") if where.is_dir() else ():
+        try:
+            records.append(_read(path))
+        except (OSError, ValueError, TypeError, UserError):
+            continue  # half-migrated or foreign file: listing must still work
+    return sorted(records, key=lambda r: (r.created, r.run_id))
+
+
+@contextlib.contextmanager
+def _locked(run_id: str, where: Path) -> Iterator[None]:
+    ensure_private_dir(where)
+    fd = os.open(where / f".{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def modify(
+    run_id: str, change: Callable[[RunRecord], RunRecord], *, directory: Path | None = None
+) -> RunRecord:
+    """Apply ``change`` to a saved record under a lock (read, change, write); return it.
+
+    Use it for read-modify-write changes (appending job ids as a cluster scales) that
+    must not lose another process's change made at the same time.
+    """
+    where = directory or registry_dir()
+    current = load(run_id, directory=where)
+    with _locked(current.run_id, where):
+        current = _read(_path(current.run_id, where))  # re-read under the lock
+        new = change(current)
+        save(new, directory=where)
+    return new
+
+
+def update(run_id: str, *, directory: Path | None = None, **changes: Any) -> RunRecord:
+    """Set fields of a saved record under a lock; return the new record.
+
+    ``run_id`` may be a unique prefix. Unknown field names raise ``TypeError``.
+    """
+    return modify(run_id, lambda record: replace(record, **changes), directory=directory)
+
+
+def remove(run_id: str, *, directory: Path | None = None) -> None:
+    """Delete a record (the run directory and jobs are left alone)."""
+    where = directory or registry_dir()
+    record = load(run_id, directory=where)
+    with contextlib.suppress(FileNotFoundError):
+        _path(record.run_id, where).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (where / f".{record.run_id}.lock").unlink()

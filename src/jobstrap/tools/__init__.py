@@ -1,0 +1,2 @@
+"""Client-side tools around runs: ``jobstrap doctor`` and SSH tunnels.
+"""

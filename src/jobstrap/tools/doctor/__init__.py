@@ -1,0 +1,2 @@
+"""``jobstrap doctor``: site checks, a probe job, and what a failure means.
+"""
