@@ -20,7 +20,7 @@ oversubscribed on purpose so a dozen workers fit):
   done, and time from then until the cluster is back at its minimum (no workers,
   no jobs);
 * **controller calls**: the batch commands each phase ran (``sbatch``, ``squeue``,
-  ``scancel``...), from jobstrap's gateway counter and a counting wrapper around
+  ``scancel``...), from jobstrap's batchctl counter and a counting wrapper around
   dask-jobqueue's command runner.
 
 The implementations alternate within every repeat (neither always goes first), the
@@ -98,7 +98,7 @@ def make_jobstrap() -> Contender:
     from jobstrap import SLURMCluster
 
     cluster = SLURMCluster("testcluster", job_name=JOBSTRAP_NAME, **JOB_SHAPE)
-    return Contender("jobstrap", cluster, lambda: cluster.gateway.calls)
+    return Contender("jobstrap", cluster, lambda: cluster.batchctl.calls)
 
 
 def make_jobqueue(log_directory: Path) -> Contender:

@@ -121,7 +121,7 @@ def test_slurmctld_stopped_for_30_s_delays_a_scale_up_but_never_doubles_it(
     assert jobs_named("faultctld-") == set(history), "a job Slurm has that the cluster lost"
     fault_report.recovery = "slurmctld restart to 3 jobs with workers"
     fault_report.tasks_recomputed = recomputed(log)
-    fault_report.details["sbatch_calls"] = cluster.gateway.calls["sbatch"]
+    fault_report.details["sbatch_calls"] = cluster.batchctl.calls["sbatch"]
     fault_report.observed = (
         f"scale(jobs=3) waited out the outage and returned; 3 jobs, no double, all RUNNING "
         f"{fault_report.recovery_seconds} s after the restart; the computation finished "

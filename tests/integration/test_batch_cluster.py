@@ -2,7 +2,7 @@
 
 The same behaviours as ``tests/unit/test_batch_local.py``, with ``profile="testcluster"``:
 ``jobstrap.submit`` on ``head`` ships the graph through the shared file system, real
-``sbatch``/``squeue``/``sacct``/``scancel`` run through the gateway, and the job's
+``sbatch``/``squeue``/``sacct``/``scancel`` run through batch control, and the job's
 scheduler, graph runner and workers are MPI ranks (``srun --mpi=pmi2``) on
 node1..node3, talking TLS over ib0.
 """

@@ -20,7 +20,7 @@ import pytest
 from distributed import Client
 
 from jobstrap import LocalBatchCluster
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
 
@@ -44,7 +44,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[],
 
 
 def live(job_ids: list[str]) -> dict[str, JobState]:
-    records = Gateway.for_system("local").status(job_ids)
+    records = BatchControl.for_system("local").status(job_ids)
     return {j: r.state for j, r in records.items() if r.state.is_active}
 
 

@@ -2,7 +2,7 @@
 
 Every test builds a real ``SLURMCluster`` from the ``testcluster`` profile: a real
 in-process scheduler with per-cluster TLS, real ``sbatch``/``squeue``/``scancel``
-through the gateway, real workers on node1..node3. Waits are on conditions with a
+through batch control, real workers on node1..node3. Waits are on conditions with a
 deadline; a timeout prints what was last seen.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from distributed import Client
 
 from jobstrap import SLURMCluster
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 from jobstrap.cluster.core import ClusterFailedError, SchedulerJob
 from jobstrap.errors import SubmitError
 from jobstrap.states import JobState
@@ -56,7 +56,7 @@ def worker_names(cluster: SLURMCluster) -> list[str]:
 
 def live_in_slurm(job_ids: list[str]) -> dict[str, JobState]:
     """States of the jobs Slurm still has queued or running."""
-    records = Gateway.for_system("slurm").status(job_ids)
+    records = BatchControl.for_system("slurm").status(job_ids)
     return {j: r.state for j, r in records.items() if r.state.is_active}
 
 
@@ -99,11 +99,11 @@ def test_scale_down_cancels_the_surplus_jobs(cluster: SLURMCluster) -> None:
 
 
 def test_a_scale_up_of_six_jobs_is_one_sbatch_call(cluster: SLURMCluster) -> None:
-    sbatch_before = cluster.gateway.calls["sbatch"]
+    sbatch_before = cluster.batchctl.calls["sbatch"]
 
     cluster.scale(jobs=6)
 
-    assert cluster.gateway.calls["sbatch"] - sbatch_before == 1
+    assert cluster.batchctl.calls["sbatch"] - sbatch_before == 1
     assert len({job_id.split("_")[0] for job_id in cluster.jobs}) == 1
     cluster.wait_for_workers(6, timeout=300)  # others may hold the nodes for a while
     assert len(worker_names(cluster)) == 6
@@ -167,12 +167,12 @@ def test_adapt_with_two_workers_per_job_neither_loops_nor_stalls() -> None:
         with Client(cluster) as client:
             futures = one_second_tasks(client, 40)
             assert client.gather(futures) == [None] * 40
-            sbatch_after_burst = cluster.gateway.calls["sbatch"]
+            sbatch_after_burst = cluster.batchctl.calls["sbatch"]
             history_after_burst = len(cluster.job_history)
             time.sleep(8)  # the adaptive loop runs 16 times meanwhile
 
         assert len(cluster.worker_spec) == 2  # minimum=3 workers is 2 jobs of 2
-        assert cluster.gateway.calls["sbatch"] == sbatch_after_burst
+        assert cluster.batchctl.calls["sbatch"] == sbatch_after_burst
         assert len(cluster.job_history) == history_after_burst
         assert history_after_burst <= 3  # 2 at the start, at most 1 more for the burst
 

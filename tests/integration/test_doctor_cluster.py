@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from conftest import COMPUTE_NODES, IB_SUBNET, TestCluster, new_shared_dir
 
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 from jobstrap.net.network import list_interfaces
 
 pytestmark = [
@@ -163,7 +163,7 @@ def test_the_probe_job_is_cancelled_when_the_doctor_is_stopped(site: Path) -> No
         process.send_signal(signal.SIGTERM)
         process.wait(60)
 
-        records = Gateway.for_system("slurm").status([job_id])
+        records = BatchControl.for_system("slurm").status([job_id])
         assert job_id not in records or not records[job_id].state.is_active, records
     finally:
         if process.poll() is None:

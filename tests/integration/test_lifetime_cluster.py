@@ -22,7 +22,7 @@ from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from jobstrap import SLURMCluster
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 
 pytestmark = [
     pytest.mark.cluster,
@@ -216,7 +216,7 @@ def test_sigusr1_to_a_job_drains_it_and_it_is_replaced() -> None:
             before = set(cluster.jobs)
             victim = sorted(before)[0]
 
-            Gateway.for_system("slurm").signal([victim], "USR1")
+            BatchControl.for_system("slurm").signal([victim], "USR1")
 
             def replaced() -> bool:
                 now = set(cluster.jobs)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTCLUSTER, TestCluster, new_shared_dir, wait_for
 
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 from jobstrap.config.profile import load_profile
 from jobstrap.jobs.spec import new_tag, scheduler_job
 from jobstrap.net.network import list_interfaces
@@ -165,15 +165,15 @@ def scheduler_run(
     spec = scheduler_job(profile, str(run.path), new_tag())
     # Pinned to one node so the laptop (node3) is certainly another host.
     spec = replace(spec, extra_directives=(*spec.extra_directives, f"--nodelist={SCHEDULER_NODE}"))
-    gateway = Gateway.for_system("slurm")
-    submission = gateway.submit(spec, None)
+    batchctl = BatchControl.for_system("slurm")
+    submission = batchctl.submit(spec, None)
     job_id = submission.job_ids[0]
     registry.save(registry.RunRecord(run.run_id, "cluster", "slurm", str(run.path), [job_id]))
     try:
         wait_for(lambda: run.info_file.exists(), 120, f"info.json of scheduler job {job_id}")
         yield ScheduledRun(run.run_id, run.path, state, job_id)
     finally:
-        gateway.cancel([job_id])
+        batchctl.cancel([job_id])
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """The local queue with real processes: submit, states, walltime, cancel, arrays, launch.
 
 Every test gets a spool of its own and drives ``python -m jobstrap.localq.core`` exactly as
-the gateway does (argv, stdout), then waits on the state it expects with a deadline.
+batch control does (argv, stdout), then waits on the state it expects with a deadline.
 """
 
 from __future__ import annotations
@@ -446,24 +446,25 @@ def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: P
     assert (done.returncode, time.monotonic() - started < 60) == (5, True)
 
 
-# ------------------------------------------------------------------ through the gateway
+# ------------------------------------------------------------------ through batch control
 
 
-def test_the_gateway_submits_watches_and_cancels_local_jobs(spool: Path, tmp_path: Path) -> None:
-    from jobstrap.batchctl.core import Gateway
+def test_the_batchctl_submits_watches_and_cancels_local_jobs(spool: Path, tmp_path: Path) -> None:
+    from jobstrap.batchctl.core import BatchControl
 
-    gateway = Gateway(get_system("local"))
-    script = write_script(tmp_path / "job.sh", "sleep 300\n", "--job-name=via-gateway")
-    job = gateway.system.parse_submit(
-        gateway.run(gateway.system.submit_argv(str(script), _Spec())).stdout
+    batchctl = BatchControl(get_system("local"))
+    script = write_script(tmp_path / "job.sh", "sleep 300\n", "--job-name=via-batchctl")
+    job = batchctl.system.parse_submit(
+        batchctl.run(batchctl.system.submit_argv(str(script), _Spec())).stdout
     )
     wait_for(
-        lambda: gateway.status([job])[job].state is JobState.RUNNING, lambda: gateway.status([job])
+        lambda: batchctl.status([job])[job].state is JobState.RUNNING,
+        lambda: batchctl.status([job]),
     )
-    gateway.cancel([job])
+    batchctl.cancel([job])
     wait_for(
-        lambda: gateway.status([job])[job].state is JobState.CANCELLED,
-        lambda: gateway.status([job]),
+        lambda: batchctl.status([job])[job].state is JobState.CANCELLED,
+        lambda: batchctl.status([job]),
     )
 
 

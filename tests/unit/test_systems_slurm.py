@@ -2,7 +2,7 @@
 
 The files under ``golden/slurm/`` were recorded on the test cluster
 (``scripts/testcluster``, Slurm 22.05.8, MaxArraySize 33) with exactly the argv the
-gateway uses: squeue of plain, array (``3_4``, folded ``5_[2-9%2]``) and
+batchctl uses: squeue of plain, array (``3_4``, folded ``5_[2-9%2]``) and
 heterogeneous (``6+0``) jobs while pending, running and after they ended; sacct with
 and without steps; sbatch's rejections (bad partition, memory beyond any node, time
 beyond the partition's limit, an array beyond MaxArraySize) and ``scontrol show

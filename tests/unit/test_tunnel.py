@@ -82,9 +82,9 @@ def test_the_plan_exits_on_forward_failure_and_sends_keepalives() -> None:
 
 
 def test_two_hops_jump_through_the_first_to_the_second() -> None:
-    argv = plan_for(target(), ["gateway", "login"], port_is_free=fixed_ports).argv()
+    argv = plan_for(target(), ["batchctl", "login"], port_is_free=fixed_ports).argv()
 
-    assert argv[argv.index("-J") + 1] == "gateway"
+    assert argv[argv.index("-J") + 1] == "batchctl"
     assert argv[-2:] == ["--", "login"]
 
 

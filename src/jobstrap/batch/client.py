@@ -56,7 +56,7 @@ from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
 
 if TYPE_CHECKING:
-    from jobstrap.batchctl.core import Gateway, Watcher
+    from jobstrap.batchctl.core import BatchControl, Watcher
     from jobstrap.jobs.spec import JobSpec
     from jobstrap.store.registry import RunRecord
     from jobstrap.systems import JobRecord
@@ -333,10 +333,10 @@ def _submit_run(
     start_after_workers: int | None = None,
 ) -> JobFuture:
     """Create the run directory, TLS and inputs; render; save; submit; return the future."""
-    from jobstrap.store import registry
-    from jobstrap.batchctl.core import Gateway, tagged
+    from jobstrap.batchctl.core import BatchControl, tagged
     from jobstrap.jobs.render import render_script
     from jobstrap.jobs.spec import app_job, new_tag
+    from jobstrap.store import registry
     from jobstrap.store.registry import RunRecord
     from jobstrap.systems import get_system
 
@@ -372,9 +372,9 @@ def _submit_run(
     # Saved before submitting: if this process dies mid-submit, the run is still
     # findable and its tag tells which queued job is ours.
     registry.save(record)
-    gateway = Gateway.for_system(profile.system)
+    batchctl = BatchControl.for_system(profile.system)
     try:
-        submission = gateway.submit(spec, script, script_name="job.sh")
+        submission = batchctl.submit(spec, script, script_name="job.sh")
     except Exception:
         registry.update(record.run_id, status="failed")
         raise
@@ -654,13 +654,13 @@ class JobFuture:
             raise UserError(f"run {record.run_id} is a {record.kind}, not a graph or app job")
         return cls(record, started_by_us=False)
 
-    def _gateway(self) -> Gateway:
-        from jobstrap.batchctl.core import Gateway
+    def _batchctl(self) -> BatchControl:
+        from jobstrap.batchctl.core import BatchControl
 
-        return Gateway.for_system(self.system)
+        return BatchControl.for_system(self.system)
 
     def _watcher(self) -> Watcher:
-        return self._gateway().watcher
+        return self._batchctl().watcher
 
     def __repr__(self) -> str:
         return f"<JobFuture {self.run_id} job {self.job_id} {self.state}>"
@@ -913,7 +913,7 @@ class JobFuture:
         record = self._job_record()
         if record is not None and record.state.is_terminal:
             return False
-        self._gateway().cancel(self.job_ids)
+        self._batchctl().cancel(self.job_ids)
         self._watcher().poke()
         from jobstrap.store import registry
 

@@ -1,25 +1,25 @@
 """The only code that runs batch commands: submit, ask, cancel, and watch.
 
 Everything that talks to a batch system's controller goes through a
-:class:`Gateway`, one per process per batch system (:meth:`Gateway.for_system`):
+:class:`BatchControl`, one per process per batch system (:meth:`BatchControl.for_system`):
 
 * every call is an argv list (never a shell string) with a timeout;
 * transient failures (``Socket timed out``, controller restarting) are retried a
   bounded number of times with jittered exponential backoff;
 * a token bucket shared by the whole process limits the call rate, so a thousand
   jobs never hammer the controller;
-* every call is counted per command name (:attr:`Gateway.calls`), so tests and
+* every call is counted per command name (:attr:`BatchControl.calls`), so tests and
   benchmarks can assert how many controller calls something took.
 
 Submissions are idempotent: the job name carries a unique tag (``<name>-<tag>``).
 After an ambiguous failure (a timeout, a transient error, output that is not a job
-id) the gateway looks the name up before it submits again, so a retry never
+id) batch control looks the name up before it submits again, so a retry never
 submits twice. ``N`` identical jobs go out as job arrays, as few as the site's and
 the profile's array limits allow; if one of several arrays is rejected, the ones
 already submitted are cancelled before :class:`~jobstrap.errors.SubmitError` is
 raised, so nothing is left half-submitted.
 
-The :class:`Watcher` (one per gateway, a daemon thread started by the first
+The :class:`Watcher` (one per batchctl, a daemon thread started by the first
 :meth:`Watcher.track`) asks about all tracked jobs in one call per poll (``squeue``,
 plus ``sacct`` for jobs that have left it), backs off while nothing changes, keeps
 the last known state visible while the controller cannot be asked (UNKNOWN, never
@@ -49,8 +49,8 @@ from jobstrap.store.rundir import atomic_write_text
 from jobstrap.systems import BatchSystem, JobRecord, get_system
 
 __all__ = [
+    "BatchControl",
     "CommandResult",
-    "Gateway",
     "RetryPolicy",
     "Submission",
     "TokenBucket",
@@ -161,7 +161,7 @@ _shared_bucket: TokenBucket | None = None
 
 
 def shared_bucket() -> TokenBucket:
-    """The process-wide bucket every gateway draws from.
+    """The process-wide bucket every batchctl draws from.
 
     ``$JOBSTRAP_BATCH_RATE`` (calls per second, default 5) and ``$JOBSTRAP_BATCH_BURST``
     (default 10) are read when the first command runs.
@@ -192,7 +192,7 @@ class CommandResult:
 
 @dataclass
 class Submission:
-    """What one :meth:`Gateway.submit` put into the queue.
+    """What one :meth:`BatchControl.submit` put into the queue.
 
     Attributes
     ----------
@@ -304,7 +304,7 @@ def _find_record(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | N
     return record
 
 
-# --- the gateway --------------------------------------------------------------------------
+# --- batch control --------------------------------------------------------------------------
 
 
 @dataclass
@@ -338,7 +338,7 @@ class _Identity:
         return bool(self.submit_time and record.submit_time != self.submit_time)
 
 
-class Gateway:
+class BatchControl:
     """Runs one batch system's commands: timeouts, retries, rate limit, a watcher.
 
     Parameters
@@ -355,7 +355,7 @@ class Gateway:
         Injectable for tests.
     """
 
-    _instances: ClassVar[dict[tuple[str, int], Gateway]] = {}
+    _instances: ClassVar[dict[tuple[str, int], BatchControl]] = {}
     _instances_lock: ClassVar[threading.Lock] = threading.Lock()
     #: Site array limits, read once per process per system.
     _array_limits: ClassVar[dict[tuple[str, int], int | None]] = {}
@@ -382,21 +382,21 @@ class Gateway:
         self._watcher_lock = threading.Lock()
 
     @classmethod
-    def for_system(cls, name: str) -> Gateway:
-        """The process's gateway for batch system ``name`` (created on first use)."""
+    def for_system(cls, name: str) -> BatchControl:
+        """The process's batchctl for batch system ``name`` (created on first use)."""
         key = (name, os.getpid())  # a forked child gets its own (threads do not survive fork)
         with cls._instances_lock:
-            gateway = cls._instances.get(key)
-            if gateway is None:
-                gateway = cls._instances[key] = cls(name)
-            return gateway
+            batchctl = cls._instances.get(key)
+            if batchctl is None:
+                batchctl = cls._instances[key] = cls(name)
+            return batchctl
 
     def __repr__(self) -> str:
-        return f"Gateway({self.system.name!r}, calls={dict(self.calls)})"
+        return f"BatchControl({self.system.name!r}, calls={dict(self.calls)})"
 
     @property
     def bucket(self) -> TokenBucket:
-        """The rate limiter this gateway draws from."""
+        """The rate limiter this batchctl draws from."""
         return self._bucket or shared_bucket()
 
     @property
@@ -406,7 +406,7 @@ class Gateway:
 
     @property
     def watcher(self) -> Watcher:
-        """This gateway's watcher (no thread runs until something is tracked)."""
+        """This batchctl's watcher (no thread runs until something is tracked)."""
         with self._watcher_lock:
             if self._watcher is None:
                 self._watcher = Watcher(self)
@@ -884,12 +884,12 @@ class _Entry:
 
 
 class Watcher:
-    """One background poller per gateway: every tracked job, one query per poll.
+    """One background poller per batchctl: every tracked job, one query per poll.
 
     Parameters
     ----------
-    gateway
-        The gateway whose commands it runs.
+    batchctl
+        The batchctl whose commands it runs.
     poll_interval
         Seconds between polls while states change (the profile's ``poll_interval``).
     max_interval
@@ -904,14 +904,14 @@ class Watcher:
 
     def __init__(
         self,
-        gateway: Gateway,
+        batchctl: BatchControl,
         *,
         poll_interval: float = 5.0,
         max_interval: float = 60.0,
         missing_grace: float = 60.0,
         exit_code_grace: float = 30.0,
     ) -> None:
-        self.gateway = gateway
+        self.batchctl = batchctl
         self.exit_code_grace = exit_code_grace
         self._holding = False
         self.poll_interval = poll_interval
@@ -1106,7 +1106,7 @@ class Watcher:
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, name=f"jobstrap-watcher-{self.gateway.system.name}", daemon=True
+            target=self._run, name=f"jobstrap-watcher-{self.batchctl.system.name}", daemon=True
         )
         self._thread.start()
 
@@ -1146,7 +1146,7 @@ class Watcher:
         if not ids:
             return False
         try:
-            answer = self.gateway._query(ids, identities, WATCH_RETRY)
+            answer = self.batchctl._query(ids, identities, WATCH_RETRY)
         except BatchCommandError as error:
             return self._unreachable(ids, error)
         now_mono = time.monotonic()
@@ -1216,7 +1216,7 @@ class Watcher:
         """
         if not record.state.is_terminal or record.exit_code is not None:
             return False
-        if not self.gateway.has_history or self.exit_code_grace <= 0:
+        if not self.batchctl.has_history or self.exit_code_grace <= 0:
             return False
         if entry.ended_at is None:
             entry.ended_at = now

@@ -13,7 +13,7 @@ process with ``--name <job name>-<rank>``. The bootstrap then names its workers
 the names the cluster planned for the job (:func:`worker_suffixes`), so the
 scheduler, the adaptive loop and the cluster agree on which job a worker is in.
 
-Runs inside the job: it imports nothing from the client side (gateway, cluster).
+Runs inside the job: it imports nothing from the client side (batchctl, cluster).
 """
 
 from __future__ import annotations

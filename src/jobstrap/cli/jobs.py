@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from jobstrap.batchctl.core import Gateway
+from jobstrap.batchctl.core import BatchControl
 from jobstrap.errors import BatchCommandError, UserError
 from jobstrap.states import JobState
 from jobstrap.store import registry
@@ -29,7 +29,7 @@ def _ask(runs: Sequence[RunRecord]) -> tuple[dict[str, JobRecord], list[str]]:
     errors: list[str] = []
     for system, ids in by_system.items():
         try:
-            found.update(Gateway.for_system(system).status(ids))
+            found.update(BatchControl.for_system(system).status(ids))
         except BatchCommandError as error:
             errors.append(f"cannot ask {system}: {error}")
             for job_id in ids:
@@ -49,12 +49,12 @@ def _recover(runs: Sequence[RunRecord]) -> list[RunRecord]:
         if run.status != "submitting" or run.job_ids or not run.tags or not job_name:
             recovered.append(run)
             continue
-        gateway = Gateway.for_system(run.system)
+        batchctl = BatchControl.for_system(run.system)
         ids: list[str] = []
         try:
             for tag in run.tags:
-                argv = gateway.system.find_by_name_argv(f"{job_name}-{tag}")
-                ids += gateway.system.parse_find_by_name(gateway.run(argv).stdout)
+                argv = batchctl.system.find_by_name_argv(f"{job_name}-{tag}")
+                ids += batchctl.system.parse_find_by_name(batchctl.run(argv).stdout)
         except BatchCommandError:
             recovered.append(run)  # cannot tell now; the next status asks again
             continue
@@ -141,7 +141,7 @@ def cancel(runs: tuple[str, ...], everything: bool) -> None:
             and not rec.state.is_terminal
         ]
         if live:
-            Gateway.for_system(run.system).cancel(live)
+            BatchControl.for_system(run.system).cancel(live)
         registry.update(
             run.run_id, status="cancelled", extra={**run.extra, "cancelled": time.time()}
         )
@@ -167,7 +167,7 @@ def _tail(path: Path, lines: int) -> tuple[str, int]:
 
 def _job_over(run: RunRecord, job_id: str, interval: float) -> bool:
     # The watcher backs off while the job runs quietly and never calls more than needed.
-    watcher = Gateway.for_system(run.system).watcher
+    watcher = BatchControl.for_system(run.system).watcher
     if job_id not in watcher.tracked():
         # Someone is reading along: never let the backoff hide the job's end for long.
         watcher.configure(poll_interval=interval, max_interval=max(interval, 10.0))

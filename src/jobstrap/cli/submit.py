@@ -8,7 +8,7 @@ import sys
 import click
 
 from jobstrap.batch.client import batch_profile, local_launch
-from jobstrap.batchctl.core import Gateway, Submission, tagged
+from jobstrap.batchctl.core import BatchControl, Submission, tagged
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.config.profile import Profile
 from jobstrap.jobs.render import render_script
@@ -52,10 +52,10 @@ def _print_transition(job_id: str, old: JobState, new: JobRecord) -> None:
     click.echo(f"{job_id}: {old} -> {new.state}" + (f" ({detail})" if detail else ""))
 
 
-def _wait(gateway: Gateway, submission: Submission, run: RunDir, profile: Profile) -> int:
+def _wait(batchctl: BatchControl, submission: Submission, run: RunDir, profile: Profile) -> int:
     """Follow the job to its end, printing transitions; return the app's exit code."""
     job_id = submission.job_ids[0]
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.configure(poll_interval=profile.poll_interval)
     watcher.track(submission.job_ids, on_change=_print_transition, name=submission.name)
     record = watcher.wait(submission.job_ids)[job_id]
@@ -96,9 +96,9 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
     # Saved before submitting: if this process dies mid-submit, the run is still findable
     # and its tag tells which queued job is ours.
     registry.save(record)
-    gateway = Gateway.for_system(profile.system)
+    batchctl = BatchControl.for_system(profile.system)
     try:
-        submission = gateway.submit(spec, script, script_name="job.sh")
+        submission = batchctl.submit(spec, script, script_name="job.sh")
     except Exception:
         registry.update(record.run_id, status="failed")
         raise
@@ -122,7 +122,7 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
         return
     # Ctrl-C detaches: the job is the user's; `jobstrap cancel` stops it on purpose.
     try:
-        code = _wait(gateway, submission, run, profile)
+        code = _wait(batchctl, submission, run, profile)
     except KeyboardInterrupt:
         click.echo(f"\ndetached; the job keeps running (jobstrap cancel {run.run_id})", err=True)
         sys.exit(130)

@@ -18,10 +18,10 @@ What it does beyond a plain ``SpecCluster``:
   memory are rounded to whole jobs once, in :mod:`jobstrap.cluster.scaling`), so
   a job of several workers never makes the adaptive loop oscillate or stall.
 * **One submission per scale-up.** Every job a correction of the spec adds goes to
-  the gateway in one ``submit(count=N)``: a job array (or a few, at the site's
+  batch control in one ``submit(count=N)``: a job array (or a few, at the site's
   array limit), one ``sbatch`` for N jobs. Workers learn their names from the array
   task id (``<job name>`` is ``<prefix>-<k>.<task>``).
-* **State-aware.** The gateway's watcher reports PENDING/RUNNING/ended per job;
+* **State-aware.** The batchctl's watcher reports PENDING/RUNNING/ended per job;
   pending jobs are part of the plan (adapt never over-submits), ``cluster.jobs``
   and the notebook view show them, and failed jobs are explained from their stderr
   ("python not found on node1") and, after ``max_failures`` in a row (or at once
@@ -30,7 +30,7 @@ What it does beyond a plain ``SpecCluster``:
   system's refusal (memory larger than any node, unknown partition, walltime over
   the limit) is raised at the call site with its own words.
 * **No orphans.** ``close()``, context exit, interpreter exit and garbage
-  collection cancel every job through the gateway; the run is in the registry
+  collection cancel every job through batch control; the run is in the registry
   (kind ``cluster``) so ``jobstrap cancel`` can clean up by hand.
 * **Scheduler placement.** In-process by default (TLS with per-cluster
   certificates, bound to the address the profile's ``scheduler_interface``
@@ -71,7 +71,7 @@ from distributed.protocol import pickle
 from distributed.scheduler import Scheduler
 from tornado.ioloop import PeriodicCallback
 
-from jobstrap.batchctl.core import Gateway, tagged
+from jobstrap.batchctl.core import BatchControl, tagged
 from jobstrap.cluster.jobs import (
     FAILED_STATES,
     JobInfo,
@@ -165,8 +165,8 @@ def _detail(failure: JobFailedError) -> str:
 class BatchJob(ProcessInterface):
     """One batch job of Dask workers: the unit a :class:`BatchCluster` scales by.
 
-    The cluster submits jobs in batches (one gateway call for every job a scale-up
-    adds) and hands each its id; :meth:`close` cancels the job through the gateway.
+    The cluster submits jobs in batches (one batchctl call for every job a scale-up
+    adds) and hands each its id; :meth:`close` cancels the job through batch control.
 
     Parameters
     ----------
@@ -214,18 +214,18 @@ class BatchJob(ProcessInterface):
 class SchedulerJob(ProcessInterface):
     """The scheduler of a ``scheduler="job"`` cluster: a batch job of its own."""
 
-    def __init__(self, address: str, job_id: str, gateway: Gateway) -> None:
+    def __init__(self, address: str, job_id: str, batchctl: BatchControl) -> None:
         super().__init__()
         self.address = address
         self.job_id = job_id
-        self._gateway = gateway
+        self._batchctl = batchctl
         self.status = Status.running
 
     async def close(self) -> None:
         """Cancel the scheduler's job."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(BatchCommandError):
-            await loop.run_in_executor(None, self._gateway.cancel, [self.job_id])
+            await loop.run_in_executor(None, self._batchctl.cancel, [self.job_id])
         await super().close()
 
     def __repr__(self) -> str:
@@ -327,7 +327,7 @@ def _cancel_orphans(system: str, active: set[str], lock: threading.Lock) -> None
     if not ids:
         return
     try:
-        Gateway.for_system(system).cancel(ids)
+        BatchControl.for_system(system).cancel(ids)
     except Exception as error:  # at exit there is nobody left to raise to
         logger.error("could not cancel jobs %s: %s", " ".join(ids), error)
 
@@ -432,7 +432,7 @@ class BatchCluster(SpecCluster):
         self._options: ClusterOptions = options
         self._shape = JobShape.from_profile(self.profile)
         self._system = get_system(self.profile.system)
-        self._gateway = Gateway.for_system(self.profile.system)
+        self._batchctl = BatchControl.for_system(self.profile.system)
         self._prefix = options.name or self.profile.job_name
         self._placement = self.profile.scheduler
 
@@ -597,14 +597,14 @@ class BatchCluster(SpecCluster):
         spec = scheduler_job(self.profile, str(self.run_dir), new_tag())
         loop = asyncio.get_running_loop()
         submit = functools.partial(
-            self._gateway.submit, spec, None, count=1, template=self.profile.template
+            self._batchctl.submit, spec, None, count=1, template=self.profile.template
         )
         submission = await loop.run_in_executor(None, submit)
         job_id = submission.job_ids[0]
         self._scheduler_job_id = job_id
         self._add_active([job_id])
-        self._gateway.watcher.configure(poll_interval=self.profile.poll_interval)
-        self._gateway.watcher.track([job_id], name=submission.name)
+        self._batchctl.watcher.configure(poll_interval=self.profile.poll_interval)
+        self._batchctl.watcher.track([job_id], name=submission.name)
         self._register()
         running_since: float | None = None
         try:
@@ -612,8 +612,8 @@ class BatchCluster(SpecCluster):
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     # The run directory is new and private: any info.json is our scheduler's.
                     info = self.run_dir.read_info()
-                    return SchedulerJob(info.scheduler_address, job_id, self._gateway)
-                record = self._gateway.watcher.record(job_id)
+                    return SchedulerJob(info.scheduler_address, job_id, self._batchctl)
+                record = self._batchctl.watcher.record(job_id)
                 if record.state.is_terminal:
                     tail = stderr_tail(spec.log_directory, job_id)
                     why = explain_failure(
@@ -705,7 +705,7 @@ class BatchCluster(SpecCluster):
                 await self._cancel_ids(leftovers)
             with self._jobs_lock:
                 ids = list(self._jobs)
-            self._gateway.watcher.untrack(ids)
+            self._batchctl.watcher.untrack(ids)
             _LIVE.discard(self)
             self._finalizer()
             if self._registered:
@@ -906,7 +906,7 @@ class BatchCluster(SpecCluster):
         return self.profile.job_name
 
     async def _submit(self, count: int) -> tuple[list[str], list[str]]:
-        """Submit ``count`` worker jobs in one gateway call; return (names, job ids)."""
+        """Submit ``count`` worker jobs in one batchctl call; return (names, job ids)."""
         names: list[str] = []
 
         def render(part: JobSpec) -> str:
@@ -916,7 +916,7 @@ class BatchCluster(SpecCluster):
 
         spec = self._worker_spec(new_tag())
         submit = functools.partial(
-            self._gateway.submit,
+            self._batchctl.submit,
             spec,
             render,
             count=count,
@@ -924,7 +924,7 @@ class BatchCluster(SpecCluster):
         )
         loop = asyncio.get_running_loop()
         submission = await loop.run_in_executor(None, submit)
-        if len(names) != len(submission.job_ids):  # pragma: no cover - gateway contract
+        if len(names) != len(submission.job_ids):  # pragma: no cover - batchctl contract
             raise RuntimeError(f"{len(names)} names for {len(submission.job_ids)} jobs")
         now = time.time()
         with self._jobs_lock:
@@ -933,7 +933,7 @@ class BatchCluster(SpecCluster):
                     job_id=job_id, name=name, walltime=self.profile.walltime, submitted=now
                 )
         self._add_active(submission.job_ids)
-        watcher = self._gateway.watcher
+        watcher = self._batchctl.watcher
         watcher.configure(poll_interval=self.profile.poll_interval)
         watcher.track(submission.job_ids, on_change=self._watch_callback, name=submission.name)
         self._register()
@@ -996,7 +996,7 @@ class BatchCluster(SpecCluster):
                     self._jobs[job_id].cancelled_by_us = True
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._gateway.cancel, job_ids)
+            await loop.run_in_executor(None, self._batchctl.cancel, job_ids)
         except BatchCommandError as error:
             _warn(f"could not cancel jobs {' '.join(job_ids)}: {error}", RuntimeWarning)
             return
@@ -1043,7 +1043,7 @@ class BatchCluster(SpecCluster):
             return
         with self._active_lock:
             self._active_ids.discard(job_id)
-        self._gateway.watcher.untrack([job_id])
+        self._batchctl.watcher.untrack([job_id])
         job = self.workers.get(info.name)
         if job is None or job.job_id != job_id:
             return  # we stopped it ourselves
@@ -1226,7 +1226,7 @@ class BatchCluster(SpecCluster):
         if first_news:
             # The watcher backs off while nothing changes, so it may learn of the start
             # (node, start time) a minute late; the state did change: ask now.
-            self._gateway.watcher.poke()
+            self._batchctl.watcher.poke()
 
     def _worker_left(self, worker: str) -> None:
         info = self._info_of(job_of_worker(worker))
@@ -1278,9 +1278,9 @@ class BatchCluster(SpecCluster):
         return self._error
 
     @property
-    def gateway(self) -> Gateway:
-        """The gateway every batch command goes through (``gateway.calls`` counts them)."""
-        return self._gateway
+    def batchctl(self) -> BatchControl:
+        """The batchctl every batch command goes through (``batchctl.calls`` counts them)."""
+        return self._batchctl
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
         """Block until ``n_workers`` workers are running.

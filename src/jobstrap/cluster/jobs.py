@@ -1,6 +1,6 @@
 """What a notebook cluster knows about each of its batch jobs.
 
-One :class:`JobInfo` per submitted job (or array task): its state as the gateway's
+One :class:`JobInfo` per submitted job (or array task): its state as batch control's
 watcher last reported it, its node, when it started, how long it has left, and
 which of its Dask workers have arrived. :class:`JobStatus` is the read-only snapshot
 ``cluster.jobs`` hands out. When a job fails, :func:`explain_failure` turns the

@@ -1,6 +1,6 @@
 """The local queue: a small batch system whose "nodes" are this machine.
 
-It is what ``system: local`` submits to, through the same gateway and the same kind of
+It is what ``system: local`` submits to, through the same batchctl and the same kind of
 job script as Slurm or PBS, so a newcomer without a batch system runs exactly what a
 cluster would. Commands (argv only; ``jobstrap.systems.local`` builds them)::
 

@@ -1,7 +1,7 @@
 """What every batch system module provides, and the helpers they share.
 
 A batch system is data plus pure functions: directive builders, argv builders and
-output parsers. Nothing in ``systems/`` runs a process; the gateway does.
+output parsers. Nothing in ``systems/`` runs a process; batch control does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The local backend: job scripts run as process groups on this machine.
 
-It is a batch system like the others, driven by argv through the gateway: the
+It is a batch system like the others, driven by argv through batch control: the
 ``jobstrap.localq`` package is its ``sbatch``/``squeue``/``scancel``. It reads the same
 kind of directives (``#JOBSTRAP --walltime=...``) from the script, so a newcomer
 without a batch system runs exactly the scripts a cluster would.

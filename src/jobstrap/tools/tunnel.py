@@ -480,7 +480,7 @@ def resolve_via(
 
     Order: ``via`` (``--via``), ``$JOBSTRAP_TUNNEL_VIA``, the profile's
     ``tunnel_via``. Each is one host or a comma-separated chain
-    (``gateway,login``: ssh jumps through ``gateway`` to ``login``).
+    (``batchctl,login``: ssh jumps through ``batchctl`` to ``login``).
 
     Returns
     -------

@@ -54,7 +54,7 @@ from jobstrap.jobs.spec import JobSpec, Role, new_tag, scheduler_job
 from jobstrap.states import JobState
 
 if TYPE_CHECKING:
-    from jobstrap.batchctl.core import Gateway
+    from jobstrap.batchctl.core import BatchControl
     from jobstrap.config.profile import Profile
     from jobstrap.systems import JobRecord
 
@@ -926,7 +926,7 @@ def run_doctor(
     keep: bool = False,
     probe: bool = True,
     echo: Callable[[str], None] = lambda line: None,
-    gateway: Gateway | None = None,
+    batchctl: BatchControl | None = None,
 ) -> DoctorReport:
     """Diagnose a site: login-node checks, then a probe job on a compute node.
 
@@ -944,8 +944,8 @@ def run_doctor(
         Submit the probe job (False: login-node checks only).
     echo
         Progress lines (submitted, waiting, ...).
-    gateway
-        The gateway to submit through (default: the process's for the system).
+    batchctl
+        The batchctl to submit through (default: the process's for the system).
 
     Returns
     -------
@@ -983,9 +983,9 @@ def run_doctor(
     address_check, address = check_scheduler_address(profile.scheduler_interface)
     report.add(address_check)
 
-    from jobstrap.batchctl.core import Gateway
+    from jobstrap.batchctl.core import BatchControl
 
-    gw = gateway or Gateway.for_system(profile.system)
+    gw = batchctl or BatchControl.for_system(profile.system)
     if commands.status is not Status.FAIL:
         report.add(_partition_check(gw, profile))
 
@@ -1037,7 +1037,7 @@ def run_doctor(
     return report
 
 
-def _partition_check(gw: Gateway, profile: Profile) -> Check:
+def _partition_check(gw: BatchControl, profile: Profile) -> Check:
     argvs = partition_argv(profile.system, profile.queue)
     if not argvs:
         return ok("partition", f"{profile.system}: no partition limits to check")
@@ -1059,7 +1059,7 @@ def _partition_check(gw: Gateway, profile: Profile) -> Check:
 
 
 def _wait_for_probe(
-    gw: Gateway,
+    gw: BatchControl,
     job_id: str,
     listener: ProbeListener,
     timeout: float,
@@ -1119,7 +1119,7 @@ class _Outcome:
 class _Prober:
     """Submits one probe job, waits for it, and turns what came back into checks."""
 
-    gw: Gateway
+    gw: BatchControl
     profile: Profile
     profile_name: str
     run_dir: Path
@@ -1236,7 +1236,7 @@ class _Prober:
         return _Outcome([check], log_missing=tail is None and check.name == "probe job")
 
 
-def _cancel_unfinished(gw: Gateway, job_ids: Sequence[str]) -> None:
+def _cancel_unfinished(gw: BatchControl, job_ids: Sequence[str]) -> None:
     """Cancel the probe job unless it is known to have ended; never raises."""
     if not job_ids:
         return

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""A tiny stand-in for Slurm's commands, for the gateway's unit tests.
+"""A tiny stand-in for Slurm's commands, for batch control's unit tests.
 
 Installed on PATH as ``sbatch``, ``squeue``, ``sacct``, ``scancel`` and ``scontrol``
 (symlinks to this file); it dispatches on its own name. It is a real executable, so
-the gateway's timeouts, exit codes and retries meet real subprocesses. Output formats
+batch control's timeouts, exit codes and retries meet real subprocesses. Output formats
 are the ones recorded from Slurm 22.05 (see ``tests/unit/golden/slurm/``).
 
 State lives in ``$FAKESLURM_DIR/state.json`` (guarded by an flock):

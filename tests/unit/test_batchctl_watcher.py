@@ -1,6 +1,6 @@
 """The watcher: one query per poll, backoff, UNKNOWN during outages, MISSING, recycled ids.
 
-The batch commands are the fake Slurm of ``test_gateway`` (real executables printing
+The batch commands are the fake Slurm of ``test_batchctl`` (real executables printing
 Slurm 22.05's formats); the real controller is exercised in ``tests/integration``.
 """
 
@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_gateway import FakeSlurm, fake_slurm, make_gateway, make_spec, run_dir
+from test_batchctl import FakeSlurm, fake_slurm, make_control, make_spec, run_dir
 
-from jobstrap.batchctl.core import Gateway, Watcher
+from jobstrap.batchctl.core import BatchControl, Watcher
 from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
-__all__ = ["fake_slurm", "run_dir"]  # fixtures shared with test_gateway
+__all__ = ["fake_slurm", "run_dir"]  # fixtures shared with test_batchctl
 
 
 def wait_for(
@@ -36,10 +36,10 @@ def wait_for(
 
 
 @pytest.fixture
-def gateway(fake_slurm: FakeSlurm) -> Iterator[Gateway]:
-    gateway = make_gateway()
-    yield gateway
-    gateway.watcher.close()
+def batchctl(fake_slurm: FakeSlurm) -> Iterator[BatchControl]:
+    batchctl = make_control()
+    yield batchctl
+    batchctl.watcher.close()
 
 
 def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
@@ -47,10 +47,10 @@ def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
     return watcher
 
 
-def test_importing_the_gateway_starts_no_thread() -> None:
+def test_importing_the_batchctl_starts_no_thread() -> None:
     code = (
         "import threading, jobstrap.batchctl.core as g; "
-        "w = g.Gateway('slurm').watcher; "
+        "w = g.BatchControl('slurm').watcher; "
         "print(threading.active_count())"
     )
 
@@ -59,9 +59,9 @@ def test_importing_the_gateway_starts_no_thread() -> None:
     assert done.stdout.strip() == "1"
 
 
-def test_tracking_starts_one_daemon_thread(gateway: Gateway, run_dir: Path) -> None:
-    submission = gateway.submit(make_spec(run_dir), count=3)
-    watcher = quick(gateway.watcher)
+def test_tracking_starts_one_daemon_thread(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(make_spec(run_dir), count=3)
+    watcher = quick(batchctl.watcher)
 
     watcher.track(submission.job_ids[:2])
     watcher.track(submission.job_ids[2:])
@@ -72,28 +72,28 @@ def test_tracking_starts_one_daemon_thread(gateway: Gateway, run_dir: Path) -> N
 
 
 def test_one_poll_asks_about_every_tracked_job_in_one_call(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    first = gateway.submit(make_spec(run_dir), count=5)
-    second = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    first = batchctl.submit(make_spec(run_dir), count=5)
+    second = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track([*first.job_ids, *second.job_ids])
     watcher.close()  # poll by hand: exactly one poll
-    before = gateway.calls["squeue"]
+    before = batchctl.calls["squeue"]
 
     watcher.poll()
 
-    assert gateway.calls["squeue"] == before + 1
-    assert gateway.calls["sacct"] == 0
+    assert batchctl.calls["squeue"] == before + 1
+    assert batchctl.calls["sacct"] == 0
     assert watcher.state("100_4") is JobState.PENDING
 
 
 def test_state_changes_reach_the_callback_with_old_and_new(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
     seen: list[tuple[str, JobState, JobState]] = []
-    watcher = quick(gateway.watcher)
+    watcher = quick(batchctl.watcher)
 
     def remember(job_id: str, old: JobState, new: JobRecord) -> None:
         seen.append((job_id, old, new.state))
@@ -111,31 +111,33 @@ def test_state_changes_reach_the_callback_with_old_and_new(
 
 
 def test_wait_returns_the_terminal_records(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir), count=2)
-    quick(gateway.watcher).track(submission.job_ids)
+    submission = batchctl.submit(make_spec(run_dir), count=2)
+    quick(batchctl.watcher).track(submission.job_ids)
     fake_slurm.set_job("100", state="TIMEOUT")
 
-    records = gateway.watcher.wait(submission.job_ids, timeout=10)
+    records = batchctl.watcher.wait(submission.job_ids, timeout=10)
 
     assert {r.state for r in records.values()} == {JobState.TIMEOUT}
 
 
-def test_wait_gives_up_at_its_deadline_naming_what_it_saw(gateway: Gateway, run_dir: Path) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    quick(gateway.watcher).track(submission.job_ids)
+def test_wait_gives_up_at_its_deadline_naming_what_it_saw(
+    batchctl: BatchControl, run_dir: Path
+) -> None:
+    submission = batchctl.submit(make_spec(run_dir))
+    quick(batchctl.watcher).track(submission.job_ids)
 
     with pytest.raises(TimeoutError, match="100=PENDING"):
-        gateway.watcher.wait(submission.job_ids, timeout=0.3)
+        batchctl.watcher.wait(submission.job_ids, timeout=0.3)
 
 
 def test_an_unreachable_controller_makes_states_unknown_keeping_the_last_one(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.poll()
@@ -151,11 +153,11 @@ def test_an_unreachable_controller_makes_states_unknown_keeping_the_last_one(
 
 
 def test_states_come_back_when_the_controller_answers_again(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     fake_slurm.plan("squeue", "transient", "transient")
@@ -170,10 +172,10 @@ def test_states_come_back_when_the_controller_answers_again(
 
 
 def test_an_outage_never_makes_a_job_missing(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.configure(missing_grace=0)
@@ -186,10 +188,10 @@ def test_an_outage_never_makes_a_job_missing(
 
 
 def test_a_job_that_left_the_queue_gets_its_end_from_the_history(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     fake_slurm.set_job("100", state="OUT_OF_MEMORY", exit="0:125", live=False)
@@ -202,11 +204,11 @@ def test_a_job_that_left_the_queue_gets_its_end_from_the_history(
 
 
 def test_a_vanished_job_without_accounting_is_missing_after_the_grace_period(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.poll()
@@ -227,10 +229,10 @@ def test_a_vanished_job_without_accounting_is_missing_after_the_grace_period(
 
 
 def test_a_vanished_job_absent_from_the_history_is_missing_after_the_grace_period(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.configure(missing_grace=0)
@@ -239,14 +241,14 @@ def test_a_vanished_job_absent_from_the_history_is_missing_after_the_grace_perio
     watcher.poll()
 
     assert watcher.state("100") is JobState.MISSING
-    assert gateway.history_available
+    assert batchctl.history_available
 
 
 def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     # The controller lost its state and gave id 100 to somebody else's job.
@@ -260,15 +262,15 @@ def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
 
 
 def test_our_new_job_under_a_tracked_id_replaces_the_old_entry(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     # An id still tracked from an earlier job comes back for a new submission of ours
     # (a controller restart, a fresh local spool): the old job is gone, the new one
     # starts as PENDING, and each one's callbacks hear only of their own job.
     old_seen: list[tuple[JobState, JobState]] = []
     new_seen: list[tuple[JobState, JobState]] = []
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
     watcher.track(
         submission.job_ids,
         name=submission.name,
@@ -290,10 +292,10 @@ def test_our_new_job_under_a_tracked_id_replaces_the_old_entry(
 
 
 def test_a_recycled_id_finds_our_own_end_in_the_history(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     fake_slurm.change(history=[
@@ -308,10 +310,10 @@ def test_a_recycled_id_finds_our_own_end_in_the_history(
 
 
 def test_an_id_tracked_without_a_name_is_recycled_when_name_and_submit_time_change(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(["100"], started_by_us=False)
     watcher.close()
     watcher.poll()
@@ -323,9 +325,9 @@ def test_an_id_tracked_without_a_name_is_recycled_when_name_and_submit_time_chan
 
 
 def test_a_heterogeneous_job_is_tracked_as_one(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.track(["100"], started_by_us=False)
     watcher.close()
     fake_slurm.change(jobs={
@@ -335,16 +337,16 @@ def test_a_heterogeneous_job_is_tracked_as_one(
                   "submit": "2024-05-06T10:00:00", "exit": "0:0"},
     })  # fmt: skip
 
-    answer = gateway._query(["100"], {}, gateway.retry)
+    answer = batchctl._query(["100"], {}, batchctl.retry)
 
     assert answer.records["100"].state is JobState.RUNNING
 
 
 def test_polling_backs_off_while_nothing_changes_and_returns_on_change(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
     watcher.track(submission.job_ids, name=submission.name)
 
     wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
@@ -355,10 +357,10 @@ def test_polling_backs_off_while_nothing_changes_and_returns_on_change(
 
 
 def test_someone_waiting_brings_the_interval_back_to_the_base(
-    gateway: Gateway, run_dir: Path
+    batchctl: BatchControl, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
     watcher.track(submission.job_ids)
     wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
 
@@ -369,10 +371,10 @@ def test_someone_waiting_brings_the_interval_back_to_the_base(
 
 
 def test_a_failing_callback_does_not_stop_the_watcher(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
 
     def broken(job_id: str, old: JobState, new: JobRecord) -> None:
         raise RuntimeError("callback bug")
@@ -388,28 +390,28 @@ def test_a_failing_callback_does_not_stop_the_watcher(
 
 
 def test_terminal_jobs_are_not_asked_about_again(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids)
     watcher.close()
     fake_slurm.set_job("100", state="CANCELLED")
     watcher.poll()
-    before = gateway.calls["squeue"]
+    before = batchctl.calls["squeue"]
 
     changed = watcher.poll()
 
     assert not changed
-    assert gateway.calls["squeue"] == before
+    assert batchctl.calls["squeue"] == before
 
 
 def test_a_thousand_tracked_jobs_take_well_under_20_mb(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir), count=1000, max_array_size=1000)
+    submission = batchctl.submit(make_spec(run_dir), count=1000, max_array_size=1000)
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
 
     tracemalloc.start()
     try:
@@ -430,11 +432,11 @@ def test_a_thousand_tracked_jobs_take_well_under_20_mb(
 
 
 def test_an_end_is_held_back_until_the_history_has_the_exit_code(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = gateway.watcher
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.poll()
@@ -452,10 +454,10 @@ def test_an_end_is_held_back_until_the_history_has_the_exit_code(
 
 
 def test_an_end_without_an_exit_code_is_reported_after_the_grace(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = gateway.watcher
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = batchctl.watcher
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     watcher.configure(exit_code_grace=0)
@@ -468,10 +470,10 @@ def test_an_end_without_an_exit_code_is_reported_after_the_grace(
 
 
 def test_waiting_for_a_state_a_job_ended_without_fails_at_once(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
     watcher.track(submission.job_ids, name=submission.name)
     fake_slurm.set_job("100", state="FAILED", exit="1:0")
 
@@ -480,10 +482,10 @@ def test_waiting_for_a_state_a_job_ended_without_fails_at_once(
 
 
 def test_waiting_on_a_closed_watcher_polls_again(
-    gateway: Gateway, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    submission = gateway.submit(make_spec(run_dir))
-    watcher = quick(gateway.watcher)
+    submission = batchctl.submit(make_spec(run_dir))
+    watcher = quick(batchctl.watcher)
     watcher.track(submission.job_ids, name=submission.name)
     watcher.close()
     fake_slurm.set_job("100", state="COMPLETED")

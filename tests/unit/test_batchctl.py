@@ -1,4 +1,4 @@
-"""The gateway: argv calls, timeouts, retries, rate limit, idempotent submission, arrays.
+"""The batchctl: argv calls, timeouts, retries, rate limit, idempotent submission, arrays.
 
 Batch commands here are real executables: a small stand-in for Slurm's commands
 (``golden/fakebin/slurm.py``, installed on PATH as sbatch/squeue/sacct/scancel/
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from jobstrap.batchctl.core import (
-    Gateway,
+    BatchControl,
     RetryPolicy,
     TokenBucket,
     array_task_ids,
@@ -95,19 +95,19 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
     fake = FakeSlurm(tmp_path / "fake")
     monkeypatch.setenv("PATH", f"{fake.bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKESLURM_DIR", str(fake.dir))
-    monkeypatch.setattr(Gateway, "_array_limits", {})
+    monkeypatch.setattr(BatchControl, "_array_limits", {})
     return fake
 
 
-def make_gateway(**changes: Any) -> Gateway:
-    """A gateway with quick retries and a bucket that never makes tests wait."""
+def make_control(**changes: Any) -> BatchControl:
+    """A batchctl with quick retries and a bucket that never makes tests wait."""
     options: dict[str, Any] = {
         "retry": RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, budget=30),
         "timeout": 10.0,
         "bucket": TokenBucket(10_000, 10_000),
     }
     options.update(changes)
-    return Gateway("slurm", **options)
+    return BatchControl("slurm", **options)
 
 
 def make_spec(run_dir: Path, **changes: Any) -> JobSpec:
@@ -137,25 +137,25 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_arguments_reach_the_command_verbatim_without_a_shell() -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    result = gateway.run(["printf", "%s\n", "a b", "$(touch x)", "*"])
+    result = batchctl.run(["printf", "%s\n", "a b", "$(touch x)", "*"])
 
     assert result.stdout.splitlines() == ["a b", "$(touch x)", "*"]
 
 
 def test_a_shell_string_is_refused() -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(TypeError, match="never a shell string"):
-        gateway.run("squeue --me")  # type: ignore[arg-type]
+        batchctl.run("squeue --me")  # type: ignore[arg-type]
 
 
 def test_a_command_that_hangs_is_killed_at_its_timeout() -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(BatchCommandError) as caught:
-        gateway.run(["sleep", "30"], timeout=0.3, retry=False)
+        batchctl.run(["sleep", "30"], timeout=0.3, retry=False)
 
     assert caught.value.returncode is None
     assert caught.value.transient
@@ -163,53 +163,53 @@ def test_a_command_that_hangs_is_killed_at_its_timeout() -> None:
 
 
 def test_a_missing_command_is_a_batch_command_error_naming_it() -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(BatchCommandError, match="cannot run no-such-sbatch"):
-        gateway.run(["no-such-sbatch"])
+        batchctl.run(["no-such-sbatch"])
 
 
 def test_transient_failures_are_retried_until_the_command_succeeds(fake_slurm: FakeSlurm) -> None:
     fake_slurm.plan("scontrol", "transient", "transient")
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    result = gateway.run(["scontrol", "show", "config"])
+    result = batchctl.run(["scontrol", "show", "config"])
 
     assert result.attempts == 3
-    assert gateway.calls["scontrol"] == 3
+    assert batchctl.calls["scontrol"] == 3
     assert "MaxArraySize" in result.stdout
 
 
 def test_retries_stop_after_the_policy_s_attempts(fake_slurm: FakeSlurm) -> None:
     fake_slurm.plan("scontrol", *["transient"] * 10)
-    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+    batchctl = make_control(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
 
     with pytest.raises(BatchCommandError) as caught:
-        gateway.run(["scontrol", "show", "config"])
+        batchctl.run(["scontrol", "show", "config"])
 
     assert caught.value.transient
     assert "Socket timed out" in caught.value.stderr
-    assert gateway.calls["scontrol"] == 3
+    assert batchctl.calls["scontrol"] == 3
 
 
 def test_a_permanent_failure_is_not_retried(fake_slurm: FakeSlurm) -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(BatchCommandError) as caught:
-        gateway.run(["scancel", "999"])
+        batchctl.run(["scancel", "999"])
 
     assert not caught.value.transient
     assert caught.value.returncode == 1
-    assert gateway.calls["scancel"] == 1
+    assert batchctl.calls["scancel"] == 1
 
 
 def test_backoff_between_retries_grows_with_jitter(fake_slurm: FakeSlurm) -> None:
     fake_slurm.plan("scontrol", "transient", "transient", "transient")
     slept: list[float] = []
     policy = RetryPolicy(attempts=4, base_delay=1.0, max_delay=3.0)
-    gateway = make_gateway(retry=policy, sleep=slept.append)
+    batchctl = make_control(retry=policy, sleep=slept.append)
 
-    gateway.run(["scontrol", "show", "config"])
+    batchctl.run(["scontrol", "show", "config"])
 
     assert len(slept) == 3
     for number, delay in enumerate(slept, start=1):
@@ -218,13 +218,13 @@ def test_backoff_between_retries_grows_with_jitter(fake_slurm: FakeSlurm) -> Non
 
 
 def test_calls_are_counted_per_command_name(fake_slurm: FakeSlurm) -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    gateway.run(["scontrol", "show", "config"])
-    gateway.run(["scontrol", "show", "config"])
-    gateway.run(["squeue", "--name=x"])
+    batchctl.run(["scontrol", "show", "config"])
+    batchctl.run(["scontrol", "show", "config"])
+    batchctl.run(["squeue", "--name=x"])
 
-    assert gateway.calls == {"scontrol": 2, "squeue": 1}
+    assert batchctl.calls == {"scontrol": 2, "squeue": 1}
 
 
 # --- rate limit ---------------------------------------------------------------------------
@@ -287,16 +287,16 @@ def test_threads_queue_up_for_the_bucket_without_losing_a_token() -> None:
     assert bucket.waited == pytest.approx(sum(i / 10 for i in range(1, 11)))
 
 
-def test_every_gateway_of_the_process_draws_from_one_bucket() -> None:
-    first = Gateway("slurm")
-    second = Gateway("pbs")
+def test_every_batchctl_of_the_process_draws_from_one_bucket() -> None:
+    first = BatchControl("slurm")
+    second = BatchControl("pbs")
 
     assert first.bucket is second.bucket is shared_bucket()
 
 
-def test_for_system_returns_one_gateway_per_system() -> None:
-    assert Gateway.for_system("slurm") is Gateway.for_system("slurm")
-    assert Gateway.for_system("slurm") is not Gateway.for_system("pbs")
+def test_for_system_returns_one_batchctl_per_system() -> None:
+    assert BatchControl.for_system("slurm") is BatchControl.for_system("slurm")
+    assert BatchControl.for_system("slurm") is not BatchControl.for_system("pbs")
 
 
 # --- job ids ------------------------------------------------------------------------------
@@ -332,12 +332,12 @@ def test_one_job_is_a_plain_job_with_its_script_in_the_run_directory(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     spec = make_spec(run_dir)
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(spec)
+    submission = batchctl.submit(spec)
 
     assert submission.job_ids == ["100"]
-    assert gateway.calls["sbatch"] == 1
+    assert batchctl.calls["sbatch"] == 1
     script = run_dir / f"job-{spec.tag}.sh"
     assert submission.scripts == [script]
     assert stat.S_IMODE(script.stat().st_mode) == 0o600
@@ -349,17 +349,17 @@ def test_one_job_is_a_plain_job_with_its_script_in_the_run_directory(
 def test_the_tag_is_in_the_job_comment_too(fake_slurm: FakeSlurm, run_dir: Path) -> None:
     spec = make_spec(run_dir)
 
-    submission = make_gateway().submit(spec)
+    submission = make_control().submit(spec)
 
     assert f"--comment=jobstrap:{spec.tag}" in submission.scripts[0].read_text()
 
 
 def test_n_jobs_go_out_as_one_array(fake_slurm: FakeSlurm, run_dir: Path) -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir), count=10)
+    submission = batchctl.submit(make_spec(run_dir), count=10)
 
-    assert gateway.calls["sbatch"] == 1
+    assert batchctl.calls["sbatch"] == 1
     assert submission.job_ids == [f"100_{i}" for i in range(10)]
     assert "#SBATCH --array=0-9" in submission.scripts[0].read_text()
 
@@ -368,11 +368,11 @@ def test_arrays_are_split_at_the_site_s_max_array_size(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.change(max_array_size=33)
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir), count=100)
+    submission = batchctl.submit(make_spec(run_dir), count=100)
 
-    assert gateway.calls["sbatch"] == 4
+    assert batchctl.calls["sbatch"] == 4
     assert len(submission.job_ids) == 100
     assert len(set(submission.job_ids)) == 100
     assert submission.batch_ids == ["100", "101", "102", "103"]
@@ -385,22 +385,22 @@ def test_arrays_are_split_at_the_site_s_max_array_size(
 
 
 def test_the_site_limit_is_read_once_per_process(fake_slurm: FakeSlurm, run_dir: Path) -> None:
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    gateway.submit(make_spec(run_dir), count=5)
-    gateway.submit(make_spec(run_dir), count=5)
-    make_gateway().submit(make_spec(run_dir), count=5)
+    batchctl.submit(make_spec(run_dir), count=5)
+    batchctl.submit(make_spec(run_dir), count=5)
+    make_control().submit(make_spec(run_dir), count=5)
 
     assert len(fake_slurm.calls("scontrol")) == 1
 
 
 def test_the_profile_s_array_cap_wins_when_smaller(fake_slurm: FakeSlurm, run_dir: Path) -> None:
     fake_slurm.change(max_array_size=33)
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir), count=25, max_array_size=10)
+    submission = batchctl.submit(make_spec(run_dir), count=25, max_array_size=10)
 
-    assert gateway.calls["sbatch"] == 3
+    assert batchctl.calls["sbatch"] == 3
     assert [fake_slurm.jobs()[b]["array"] for b in submission.batch_ids] == [
         [0, 9], [0, 9], [0, 4],
     ]  # fmt: skip
@@ -410,16 +410,16 @@ def test_a_rejected_submission_raises_submit_error_with_sbatch_s_words(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "reject:Memory specification can not be satisfied")
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(SubmitError) as caught:
-        gateway.submit(make_spec(run_dir))
+        batchctl.submit(make_spec(run_dir))
 
     error = caught.value
     assert "Memory specification can not be satisfied" in str(error)
     assert error.returncode == 1
     assert error.argv[0] == "sbatch"
-    assert gateway.calls["sbatch"] == 1  # a definite "no" is not retried
+    assert batchctl.calls["sbatch"] == 1  # a definite "no" is not retried
     assert fake_slurm.jobs() == {}
 
 
@@ -429,7 +429,7 @@ def test_every_line_of_sbatch_s_explanation_reaches_the_one_line_message(
     fake_slurm.plan("sbatch", "recorded:sbatch_bad_memory.txt")
 
     with pytest.raises(SubmitError) as caught:
-        make_gateway().submit(make_spec(run_dir))
+        make_control().submit(make_spec(run_dir))
 
     message = str(caught.value)
     assert "\n" not in message
@@ -444,10 +444,10 @@ def test_when_a_later_array_is_rejected_the_earlier_ones_are_cancelled(
 ) -> None:
     fake_slurm.change(max_array_size=33)
     fake_slurm.plan("sbatch", "ok", "ok", "reject:QOSMaxSubmitJobPerUserLimit")
-    gateway = make_gateway()
+    batchctl = make_control()
 
     with pytest.raises(SubmitError) as caught:
-        gateway.submit(make_spec(run_dir), count=100)
+        batchctl.submit(make_spec(run_dir), count=100)
 
     assert "QOSMaxSubmitJobPerUserLimit" in str(caught.value)
     assert "cancelled the jobs this submission had already queued: 100 101" in str(caught.value)
@@ -461,23 +461,23 @@ def test_a_timed_out_submission_that_went_through_is_not_submitted_again(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "accept-hang")
-    gateway = make_gateway(timeout=1.0)
+    batchctl = make_control(timeout=1.0)
 
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
 
     assert list(fake_slurm.jobs()) == ["100"]
     assert submission.job_ids == ["100"]
-    assert gateway.calls["sbatch"] == 1
-    assert gateway.calls["squeue"] == 1  # the lookup by name
+    assert batchctl.calls["sbatch"] == 1
+    assert batchctl.calls["squeue"] == 1  # the lookup by name
 
 
 def test_an_unparseable_answer_is_resolved_by_looking_the_name_up(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "accept-garbage")
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir), count=3)
+    submission = batchctl.submit(make_spec(run_dir), count=3)
 
     assert list(fake_slurm.jobs()) == ["100"]
     assert submission.job_ids == ["100_0", "100_1", "100_2"]
@@ -487,9 +487,9 @@ def test_a_transient_error_after_the_job_was_taken_does_not_double_it(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "accept-transient")
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
 
     assert list(fake_slurm.jobs()) == ["100"]
     assert submission.job_ids == ["100"]
@@ -499,14 +499,14 @@ def test_a_transient_error_before_the_job_was_taken_resubmits_once(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "transient", "transient")
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
 
     assert list(fake_slurm.jobs()) == ["100"]
     assert submission.job_ids == ["100"]
-    assert gateway.calls["sbatch"] == 3
-    assert gateway.calls["squeue"] == 2
+    assert batchctl.calls["sbatch"] == 3
+    assert batchctl.calls["squeue"] == 2
 
 
 def test_an_ambiguous_failure_in_a_later_array_adopts_only_that_array(
@@ -514,9 +514,9 @@ def test_an_ambiguous_failure_in_a_later_array_adopts_only_that_array(
 ) -> None:
     fake_slurm.change(max_array_size=33)
     fake_slurm.plan("sbatch", "ok", "accept-garbage", "ok")
-    gateway = make_gateway()
+    batchctl = make_control()
 
-    submission = gateway.submit(make_spec(run_dir), count=70)
+    submission = batchctl.submit(make_spec(run_dir), count=70)
 
     assert submission.batch_ids == ["100", "101", "102"]
     assert len(fake_slurm.jobs()) == 3
@@ -527,10 +527,10 @@ def test_giving_up_on_a_submission_says_it_was_transient(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", *["transient"] * 10)
-    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+    batchctl = make_control(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
 
     with pytest.raises(SubmitError) as caught:
-        gateway.submit(make_spec(run_dir))
+        batchctl.submit(make_spec(run_dir))
 
     assert caught.value.transient
     assert "Socket timed out" in str(caught.value)
@@ -542,9 +542,9 @@ def test_a_job_taken_on_the_very_last_attempt_is_still_found(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
     fake_slurm.plan("sbatch", "transient", "transient", "accept-transient")
-    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+    batchctl = make_control(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
 
-    submission = gateway.submit(make_spec(run_dir))
+    submission = batchctl.submit(make_spec(run_dir))
 
     assert submission.job_ids == ["100"]
     assert list(fake_slurm.jobs()) == ["100"]
@@ -555,12 +555,12 @@ def test_when_the_lookup_cannot_answer_the_submission_stops_rather_than_guess(
 ) -> None:
     fake_slurm.plan("sbatch", "transient")
     fake_slurm.plan("squeue", *["transient"] * 10)
-    gateway = make_gateway(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
+    batchctl = make_control(retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.01))
 
     with pytest.raises(SubmitError, match="cannot tell whether job jobstrap-js"):
-        gateway.submit(make_spec(run_dir))
+        batchctl.submit(make_spec(run_dir))
 
-    assert gateway.calls["sbatch"] == 1
+    assert batchctl.calls["sbatch"] == 1
 
 
 def test_a_resubmission_with_the_same_tag_adopts_the_queued_job(
@@ -568,13 +568,13 @@ def test_a_resubmission_with_the_same_tag_adopts_the_queued_job(
 ) -> None:
     # As if an earlier process wrote the script, submitted, and died before saving the id.
     spec = make_spec(run_dir)
-    make_gateway().submit(spec)
-    gateway = make_gateway()
+    make_control().submit(spec)
+    batchctl = make_control()
 
-    submission = gateway.submit(spec)
+    submission = batchctl.submit(spec)
 
     assert submission.job_ids == ["100"]
-    assert gateway.calls["sbatch"] == 0
+    assert batchctl.calls["sbatch"] == 0
     assert list(fake_slurm.jobs()) == ["100"]
 
 
@@ -585,7 +585,7 @@ def test_a_ready_script_text_is_submitted_as_it_is(fake_slurm: FakeSlurm, run_di
     spec = tagged(make_spec(run_dir))
     text = render_script(spec, get_system("slurm")) + "# marker\n"
 
-    submission = make_gateway().submit(spec, text, script_name="job.sh")
+    submission = make_control().submit(spec, text, script_name="job.sh")
 
     assert submission.scripts == [run_dir / "job.sh"]
     assert (run_dir / "job.sh").read_text() == text
@@ -595,7 +595,7 @@ def test_a_ready_script_text_cannot_make_an_array(fake_slurm: FakeSlurm, run_dir
     spec = tagged(make_spec(run_dir))
 
     with pytest.raises(ValueError, match="pass a renderer"):
-        make_gateway().submit(spec, "#!/bin/sh\n", count=2)
+        make_control().submit(spec, "#!/bin/sh\n", count=2)
 
 
 # --- cancel and status --------------------------------------------------------------------
@@ -604,25 +604,25 @@ def test_a_ready_script_text_cannot_make_an_array(fake_slurm: FakeSlurm, run_dir
 def test_cancel_counts_jobs_the_controller_forgot_as_done(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    gateway = make_gateway()
-    submission = gateway.submit(make_spec(run_dir))
+    batchctl = make_control()
+    submission = batchctl.submit(make_spec(run_dir))
 
-    gateway.cancel([*submission.job_ids, "4242"])
+    batchctl.cancel([*submission.job_ids, "4242"])
 
     assert fake_slurm.jobs()["100"]["state"] == "CANCELLED"
 
 
 def test_status_asks_once_for_every_job(fake_slurm: FakeSlurm, run_dir: Path) -> None:
-    gateway = make_gateway()
-    first = gateway.submit(make_spec(run_dir), count=3)
-    second = gateway.submit(make_spec(run_dir))
+    batchctl = make_control()
+    first = batchctl.submit(make_spec(run_dir), count=3)
+    second = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("101", state="RUNNING")
-    before = gateway.calls["squeue"]
+    before = batchctl.calls["squeue"]
 
-    records = gateway.status([*first.job_ids, *second.job_ids])
+    records = batchctl.status([*first.job_ids, *second.job_ids])
 
-    assert gateway.calls["squeue"] == before + 1
-    assert gateway.calls["sacct"] == 0
+    assert batchctl.calls["squeue"] == before + 1
+    assert batchctl.calls["sacct"] == 0
     assert {j: r.state.value for j, r in records.items()} == {
         "100_0": "PENDING", "100_1": "PENDING", "100_2": "PENDING", "101": "RUNNING",
     }  # fmt: skip
@@ -632,41 +632,41 @@ def test_status_asks_once_for_every_job(fake_slurm: FakeSlurm, run_dir: Path) ->
 def test_status_looks_jobs_that_left_the_queue_up_in_the_history(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    gateway = make_gateway()
-    submission = gateway.submit(make_spec(run_dir))
+    batchctl = make_control()
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", state="FAILED", exit="3:0", live=False)
 
-    records = gateway.status(submission.job_ids)
+    records = batchctl.status(submission.job_ids)
 
     assert records["100"].state.value == "FAILED"
     assert records["100"].exit_code == 3
-    assert gateway.calls["sacct"] == 1
+    assert batchctl.calls["sacct"] == 1
 
 
 def test_status_without_accounting_leaves_vanished_jobs_out(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    gateway = make_gateway()
-    submission = gateway.submit(make_spec(run_dir))
+    batchctl = make_control()
+    submission = batchctl.submit(make_spec(run_dir))
     fake_slurm.set_job("100", live=False)
     fake_slurm.plan("sacct", "disabled")
 
-    records = gateway.status(submission.job_ids)
+    records = batchctl.status(submission.job_ids)
 
     assert records == {}
-    assert not gateway.history_available
+    assert not batchctl.history_available
 
 
 def test_a_job_that_just_ended_gets_its_exit_code_from_the_history(
     fake_slurm: FakeSlurm, run_dir: Path
 ) -> None:
-    gateway = make_gateway()
-    submission = gateway.submit(make_spec(run_dir))
+    batchctl = make_control()
+    submission = batchctl.submit(make_spec(run_dir))
     # Still listed by squeue (MinJobAge), which has no exit codes.
     fake_slurm.set_job("100", state="FAILED", exit="2:0")
 
-    records = gateway.status(submission.job_ids)
+    records = batchctl.status(submission.job_ids)
 
     assert records["100"].state.value == "FAILED"
     assert records["100"].exit_code == 2
-    assert gateway.calls["sacct"] == 1
+    assert batchctl.calls["sacct"] == 1

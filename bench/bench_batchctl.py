@@ -1,15 +1,15 @@
-"""Controller calls and submission time: jobstrap's gateway against dask-jobqueue.
+"""Controller calls and submission time: jobstrap's batchctl against dask-jobqueue.
 
 Run on the test cluster's login node (not a test; it prints and writes numbers)::
 
-    scripts/testcluster on head .venv/bin/python bench/bench_gateway.py [--window 60]
+    scripts/testcluster on head .venv/bin/python bench/bench_batchctl.py [--window 60]
 
 What it measures, all against the real Slurm of ``scripts/testcluster`` in one run:
 
 1. **Scaling to N = 10 and 100 jobs**: every sbatch/squeue/sacct/scancel/scontrol
    call from submitting N jobs, seeing all of them in the queue once, and cancelling
-   them. jobstrap: ``Gateway.submit(count=N)`` + one watcher poll + ``cancel``,
-   counted by ``gateway.calls``. dask-jobqueue 0.9.0: ``SLURMCluster.scale(jobs=N)``
+   them. jobstrap: ``BatchControl.submit(count=N)`` + one watcher poll + ``cancel``,
+   counted by ``batchctl.calls``. dask-jobqueue 0.9.0: ``SLURMCluster.scale(jobs=N)``
    and ``close()``, counted by wrapping ``Job._call`` (its only way to run a
    command).
 2. **Tracking over a window** (default 10 min): calls made while N jobs run. The
@@ -21,7 +21,7 @@ What it measures, all against the real Slurm of ``scripts/testcluster`` in one r
    loop of 100 plain submissions (one sbatch per job, as dask-jobqueue does).
 4. **Watcher memory for 1,000 tracked jobs** (tracemalloc, after a real poll).
 
-Writes ``bench/results/gateway.json`` and prints the ratios.
+Writes ``bench/results/batchctl.json`` and prints the ratios.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobstrap.batchctl.core import Gateway, Submission, TokenBucket
+from jobstrap.batchctl.core import BatchControl, Submission, TokenBucket
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "gateway.json"
+RESULTS = REPO / "bench" / "results" / "batchctl.json"
 SCRATCH = REPO / ".testcluster" / "scratch"
 COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
 
@@ -85,37 +85,37 @@ def job_spec(run_dir: Path, seconds: int) -> JobSpec:
     )
 
 
-def fresh_gateway(bucket: TokenBucket | None = None) -> Gateway:
+def fresh_control(bucket: TokenBucket | None = None) -> BatchControl:
     # Forget the cached site limit so each scenario pays for reading it once.
-    Gateway._array_limits.clear()
-    return Gateway("slurm", bucket=bucket)
+    BatchControl._array_limits.clear()
+    return BatchControl("slurm", bucket=bucket)
 
 
 # --- jobstrap -----------------------------------------------------------------------------
 
 
 def jobstrap_scale(run_dir: Path, n: int) -> dict[str, Any]:
-    gateway = fresh_gateway()
+    batchctl = fresh_control()
     started = time.perf_counter()
-    submission = gateway.submit(job_spec(run_dir, 600), count=n)
+    submission = batchctl.submit(job_spec(run_dir, 600), count=n)
     submit_seconds = time.perf_counter() - started
     # Every job's state in one query (what one watcher poll costs).
-    records = gateway.status(submission.job_ids)
+    records = batchctl.status(submission.job_ids)
     seen = sum(1 for r in records.values() if r.state.is_active)
-    gateway.cancel(submission.batch_ids)
+    batchctl.cancel(submission.batch_ids)
     return {
         "jobs": len(submission.job_ids),
         "seen_in_queue": seen,
         "submit_seconds": round(submit_seconds, 3),
-        "calls": controller_calls(gateway.calls),
+        "calls": controller_calls(batchctl.calls),
     }
 
 
-def jobstrap_tracking(run_dir: Path, n: int, window: float) -> tuple[Gateway, Submission]:
-    gateway = fresh_gateway()
-    submission = gateway.submit(job_spec(run_dir, int(window) + 300), count=n)
-    gateway.watcher.configure(poll_interval=5, max_interval=60)
-    return gateway, submission
+def jobstrap_tracking(run_dir: Path, n: int, window: float) -> tuple[BatchControl, Submission]:
+    batchctl = fresh_control()
+    submission = batchctl.submit(job_spec(run_dir, int(window) + 300), count=n)
+    batchctl.watcher.configure(poll_interval=5, max_interval=60)
+    return batchctl, submission
 
 
 # --- dask-jobqueue ------------------------------------------------------------------------
@@ -194,16 +194,16 @@ def scaling(run_dir: Path, sizes: list[int]) -> dict[str, Any]:
 
 def tracking(run_dir: Path, n: int, window: float) -> dict[str, Any]:
     log(f"tracking {n} jobs for {window:g} s (jobstrap and dask-jobqueue side by side)")
-    gateway, submission = jobstrap_tracking(run_dir, n, window)
+    batchctl, submission = jobstrap_tracking(run_dir, n, window)
     with counting_jobqueue_calls() as jq_counts:
         cluster = jobqueue_cluster(run_dir / "jobqueue", "00:30:00")
         cluster.scale(jobs=n)
         wait_until(lambda: jq_counts["sbatch"] >= n, 300, "dask-jobqueue submissions")
-        before_ours = Counter(gateway.calls)
+        before_ours = Counter(batchctl.calls)
         before_theirs = Counter(jq_counts)
         changes: list[tuple[float, str, str]] = []
         started = time.monotonic()
-        gateway.watcher.track(
+        batchctl.watcher.track(
             submission.job_ids,
             name=submission.name,
             on_change=lambda j, old, new: changes.append(
@@ -211,19 +211,19 @@ def tracking(run_dir: Path, n: int, window: float) -> dict[str, Any]:
             ),
         )
         time.sleep(window)
-        gateway.watcher.close()
-        ours = gateway.calls - before_ours
+        batchctl.watcher.close()
+        ours = batchctl.calls - before_ours
         theirs = jq_counts - before_theirs
-        final_interval = gateway.watcher.interval
+        final_interval = batchctl.watcher.interval
         cluster.close()
-    gateway.cancel(submission.batch_ids)
+    batchctl.cancel(submission.batch_ids)
     naive = n * int(window // 5)
     return {
         "jobs": n,
         "window_seconds": window,
         "jobstrap": {
             "calls": controller_calls(ours),
-            "polls": gateway.watcher.polls,
+            "polls": batchctl.watcher.polls,
             "interval_at_end_seconds": final_interval,
             "state_changes": len(changes),
             "knows_states": True,
@@ -238,21 +238,21 @@ def sbatch_wall_time(run_dir: Path, n: int) -> dict[str, Any]:
     log(f"sbatch wall time for {n} jobs: arrays")
     # A bucket that never waits: this measures sbatch, not jobstrap's rate limit.
     unlimited = TokenBucket(10_000, 10_000)
-    gateway = fresh_gateway(unlimited)
+    batchctl = fresh_control(unlimited)
     started = time.perf_counter()
-    arrays = gateway.submit(job_spec(run_dir, 600), count=n)
+    arrays = batchctl.submit(job_spec(run_dir, 600), count=n)
     array_seconds = time.perf_counter() - started
-    array_calls = controller_calls(gateway.calls)
-    gateway.cancel(arrays.batch_ids)
+    array_calls = controller_calls(batchctl.calls)
+    batchctl.cancel(arrays.batch_ids)
     log(f"sbatch wall time for {n} jobs: one sbatch per job")
-    loop_gateway = fresh_gateway(unlimited)
+    loop_control = fresh_control(unlimited)
     ids: list[str] = []
     started = time.perf_counter()
     for _ in range(n):
-        ids += loop_gateway.submit(job_spec(run_dir, 600)).job_ids
+        ids += loop_control.submit(job_spec(run_dir, 600)).job_ids
     loop_seconds = time.perf_counter() - started
-    loop_calls = controller_calls(loop_gateway.calls)
-    loop_gateway.cancel(ids)
+    loop_calls = controller_calls(loop_control.calls)
+    loop_control.cancel(ids)
     return {
         "jobs": n,
         "array": {"seconds": round(array_seconds, 3), "calls": array_calls},
@@ -263,12 +263,12 @@ def sbatch_wall_time(run_dir: Path, n: int) -> dict[str, Any]:
 
 def watcher_memory(run_dir: Path, n: int) -> dict[str, Any]:
     log(f"watcher memory for {n} tracked jobs")
-    gateway = fresh_gateway()
-    submission = gateway.submit(job_spec(run_dir, 600), count=n)
+    batchctl = fresh_control()
+    submission = batchctl.submit(job_spec(run_dir, 600), count=n)
     try:
         tracemalloc.start()
         baseline = tracemalloc.take_snapshot()
-        watcher = gateway.watcher
+        watcher = batchctl.watcher
         watcher.track(submission.job_ids, name=submission.name)
         watcher.close()
         watcher.poll()
@@ -277,7 +277,7 @@ def watcher_memory(run_dir: Path, n: int) -> dict[str, Any]:
         used = sum(stat.size_diff for stat in after.compare_to(baseline, "filename"))
         known = sum(1 for r in watcher.records().values() if r.state.is_active)
     finally:
-        gateway.cancel(submission.batch_ids)
+        batchctl.cancel(submission.batch_ids)
     return {
         "jobs": n,
         "arrays": len(submission.batch_ids),
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("distributed", "dask_jobqueue", "tornado"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
-    run_dir = SCRATCH / f"bench-gateway-{uuid.uuid4().hex[:8]}"
+    run_dir = SCRATCH / f"bench-batchctl-{uuid.uuid4().hex[:8]}"
     (run_dir / "logs").mkdir(parents=True)
     (run_dir / "jobqueue").mkdir()
     started = time.time()
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(run_dir, ignore_errors=True)
 
-    print("\n== gateway benchmark ==")
+    print("\n== batchctl benchmark ==")
     for n, row in results["scaling"].items():
         ours, theirs = row["jobstrap"]["calls"], row["dask_jobqueue"]["calls"]
         print(f"scale to {n:>4}: sbatch {ours['sbatch']} vs {theirs['sbatch']} "

@@ -1,6 +1,6 @@
-"""The gateway and its watcher against the real Slurm test cluster (run on ``head``).
+"""The batchctl and its watcher against the real Slurm test cluster (run on ``head``).
 
-Real sbatch/squeue/sacct/scancel through :class:`jobstrap.batchctl.core.Gateway`: job
+Real sbatch/squeue/sacct/scancel through :class:`jobstrap.batchctl.core.BatchControl`: job
 states as Slurm reports them, cancel, walltime, arrays split at the cluster's
 MaxArraySize (33), the controller stopped while jobs are tracked and a submission
 is in flight, rejections in sbatch's own words, and a second process cancelling a
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_PARTITION, MAX_ARRAY_SIZE, SHORT_PARTITION, STATE_ROOT, TestCluster
 
-from jobstrap.batchctl.core import Gateway, Submission, Watcher
+from jobstrap.batchctl.core import BatchControl, Submission, Watcher
 from jobstrap.errors import SubmitError
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 from jobstrap.states import JobState
@@ -55,15 +55,15 @@ def wait_until(
 
 
 @pytest.fixture
-def gateway(testcluster: TestCluster) -> Iterator[Gateway]:
-    """A gateway of this test's own, so its call counts are this test's."""
-    gateway = Gateway("slurm")
-    gateway.watcher.configure(poll_interval=1, max_interval=4, missing_grace=60)
-    yield gateway
-    gateway.watcher.close()
-    leftover = [j for j, r in gateway.watcher.records().items() if not r.state.is_terminal]
+def batchctl(testcluster: TestCluster) -> Iterator[BatchControl]:
+    """A batchctl of this test's own, so its call counts are this test's."""
+    batchctl = BatchControl("slurm")
+    batchctl.watcher.configure(poll_interval=1, max_interval=4, missing_grace=60)
+    yield batchctl
+    batchctl.watcher.close()
+    leftover = [j for j, r in batchctl.watcher.records().items() if not r.state.is_terminal]
     if leftover:
-        gateway.cancel(leftover)
+        batchctl.cancel(leftover)
 
 
 @pytest.fixture
@@ -117,20 +117,22 @@ class Transitions:
             return [new for j, _, new in self.seen if j == job_id]
 
 
-def track(gateway: Gateway, submission: Submission) -> tuple[Watcher, Transitions]:
+def track(batchctl: BatchControl, submission: Submission) -> tuple[Watcher, Transitions]:
     transitions = Transitions()
-    gateway.watcher.track(submission.job_ids, on_change=transitions, name=submission.name)
-    return gateway.watcher, transitions
+    batchctl.watcher.track(submission.job_ids, on_change=transitions, name=submission.name)
+    return batchctl.watcher, transitions
 
 
 # --- one job through its life -------------------------------------------------------------
 
 
-def test_a_job_is_seen_pending_then_running_then_completed(gateway: Gateway, run_dir: Path) -> None:
+def test_a_job_is_seen_pending_then_running_then_completed(
+    batchctl: BatchControl, run_dir: Path
+) -> None:
     # --begin holds the job PENDING for a while, so Slurm's own PENDING is observed.
     spec = job_spec(run_dir, "sleep", "5", submit_args=("--begin=now+8",))
-    submission = gateway.submit(spec)
-    watcher, transitions = track(gateway, submission)
+    submission = batchctl.submit(spec)
+    watcher, transitions = track(batchctl, submission)
     job_id = submission.job_ids[0]
 
     wait_until(lambda: watcher.record(job_id).raw_state == "PENDING", 30, watcher.records)
@@ -144,21 +146,21 @@ def test_a_job_is_seen_pending_then_running_then_completed(gateway: Gateway, run
     assert final.nodes.startswith("node")
 
 
-def test_a_cancelled_job_ends_cancelled(gateway: Gateway, run_dir: Path) -> None:
-    submission = gateway.submit(job_spec(run_dir))
-    watcher, _ = track(gateway, submission)
+def test_a_cancelled_job_ends_cancelled(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir))
+    watcher, _ = track(batchctl, submission)
     job_id = submission.job_ids[0]
     watcher.wait([job_id], until=lambda r: r.state is JobState.RUNNING, timeout=120)
 
-    gateway.cancel(submission.job_ids)
+    batchctl.cancel(submission.job_ids)
     final = watcher.wait([job_id], timeout=120)[job_id]
 
     assert final.state is JobState.CANCELLED
 
 
-def test_a_job_that_fails_reports_its_exit_code(gateway: Gateway, run_dir: Path) -> None:
-    submission = gateway.submit(job_spec(run_dir, "sh", "-c", "exit 3"))
-    watcher, _ = track(gateway, submission)
+def test_a_job_that_fails_reports_its_exit_code(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir, "sh", "-c", "exit 3"))
+    watcher, _ = track(batchctl, submission)
 
     final = watcher.wait(submission.job_ids, timeout=120)[submission.job_ids[0]]
 
@@ -168,11 +170,11 @@ def test_a_job_that_fails_reports_its_exit_code(gateway: Gateway, run_dir: Path)
 
 @pytest.mark.slow
 def test_a_job_killed_at_its_walltime_is_timeout_not_failed(
-    gateway: Gateway, run_dir: Path
+    batchctl: BatchControl, run_dir: Path
 ) -> None:
     spec = job_spec(run_dir, "sleep", "600", queue=SHORT_PARTITION, walltime=60)
-    submission = gateway.submit(spec)
-    watcher, _ = track(gateway, submission)
+    submission = batchctl.submit(spec)
+    watcher, _ = track(batchctl, submission)
 
     # Slurm checks limits every 30 s: a one-minute job ends 75-100 s after it starts.
     final = watcher.wait(submission.job_ids, timeout=300)[submission.job_ids[0]]
@@ -184,26 +186,26 @@ def test_a_job_killed_at_its_walltime_is_timeout_not_failed(
 
 
 def test_a_hundred_jobs_go_out_as_four_arrays_split_at_max_array_size(
-    gateway: Gateway, run_dir: Path
+    batchctl: BatchControl, run_dir: Path
 ) -> None:
     spec = job_spec(run_dir, "sleep", "300", memory=10 * 2**20)
 
-    submission = gateway.submit(spec, count=100)
+    submission = batchctl.submit(spec, count=100)
     try:
-        watcher, _ = track(gateway, submission)
+        watcher, _ = track(batchctl, submission)
         watcher.close()
-        squeue_before = gateway.calls["squeue"]
+        squeue_before = batchctl.calls["squeue"]
         watcher.poll()
-        squeue_calls = gateway.calls["squeue"] - squeue_before
+        squeue_calls = batchctl.calls["squeue"] - squeue_before
         states = watcher.records(submission.job_ids)
         named = jobs_named(submission.name)
     finally:
-        gateway.cancel(submission.batch_ids)  # right away: 100 jobs hold the nodes
+        batchctl.cancel(submission.batch_ids)  # right away: 100 jobs hold the nodes
 
     assert MAX_ARRAY_SIZE == 33
-    assert gateway.calls["sbatch"] == 4
+    assert batchctl.calls["sbatch"] == 4
     # MaxArraySize is read once per process: zero calls if an earlier test already asked.
-    assert gateway.calls["scontrol"] <= 1
+    assert batchctl.calls["scontrol"] <= 1
     assert len(submission.batch_ids) == 4
     assert len(submission.job_ids) == 100
     assert len(set(submission.job_ids)) == 100
@@ -211,9 +213,9 @@ def test_a_hundred_jobs_go_out_as_four_arrays_split_at_max_array_size(
     assert squeue_calls == 1  # one query for all hundred
     assert {r.state for r in states.values()} <= {JobState.PENDING, JobState.RUNNING}
     wait_until(
-        lambda: not any(r.state.is_active for r in gateway.status(submission.job_ids).values()),
+        lambda: not any(r.state.is_active for r in batchctl.status(submission.job_ids).values()),
         120,
-        lambda: {j: r.state.value for j, r in gateway.status(submission.job_ids).items()},
+        lambda: {j: r.state.value for j, r in batchctl.status(submission.job_ids).items()},
     )
 
 
@@ -258,17 +260,17 @@ def controller(testcluster: TestCluster) -> Iterator[Callable[[], None]]:
 
 
 def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submission(
-    gateway: Gateway, run_dir: Path, controller: Callable[[], None]
+    batchctl: BatchControl, run_dir: Path, controller: Callable[[], None]
 ) -> None:
-    running = gateway.submit(job_spec(run_dir), count=2)
-    watcher, _ = track(gateway, running)
+    running = batchctl.submit(job_spec(run_dir), count=2)
+    watcher, _ = track(batchctl, running)
     # Queued or running, as the controller said (the cluster may be busy with others).
     watcher.wait(running.job_ids, until=lambda r: bool(r.raw_state), timeout=60)
     late_spec = job_spec(run_dir, "sleep", "60")
     late: dict[str, Any] = {}
     # sbatch waits for a controller by itself; a short timeout kills it mid-call, which
-    # is the ambiguous case: the gateway must look the name up before submitting again.
-    impatient = Gateway("slurm", timeout=5)
+    # is the ambiguous case: batch control must look the name up before submitting again.
+    impatient = BatchControl("slurm", timeout=5)
 
     def submit_during_outage() -> None:
         try:
@@ -307,7 +309,7 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     assert "error" not in late, late.get("error")
     assert late["submission"].job_ids == jobs_named(late_spec.name + "-" + late_spec.tag)
     assert len(jobs_named(late["submission"].name)) == 1
-    gateway.cancel([*running.job_ids, *late["submission"].job_ids])
+    batchctl.cancel([*running.job_ids, *late["submission"].job_ids])
 
 
 # --- rejections ---------------------------------------------------------------------------
@@ -323,17 +325,17 @@ def test_a_stopped_controller_makes_states_unknown_and_never_doubles_a_submissio
     ids=["partition", "memory", "walltime"],
 )
 def test_a_rejected_submission_raises_submit_error_in_sbatch_s_words(
-    gateway: Gateway, run_dir: Path, changes: dict[str, Any], words: str
+    batchctl: BatchControl, run_dir: Path, changes: dict[str, Any], words: str
 ) -> None:
     spec = job_spec(run_dir, **changes)
 
     with pytest.raises(SubmitError) as caught:
-        gateway.submit(spec)
+        batchctl.submit(spec)
 
     assert words in str(caught.value)
     assert caught.value.returncode == 1
     assert caught.value.argv[0] == "sbatch"
-    assert gateway.calls["sbatch"] == 1
+    assert batchctl.calls["sbatch"] == 1
     # Slurm may keep a FAILED record of a refused job (BadConstraints); nothing may wait
     # in the queue or run.
     assert jobs_named(f"{spec.name}-{spec.tag}", active_only=True) == []
@@ -343,11 +345,11 @@ def test_a_rejected_submission_raises_submit_error_in_sbatch_s_words(
 
 
 def test_a_second_process_cancels_a_run_it_did_not_create(
-    gateway: Gateway, run_dir: Path, shared_scratch: Path, monkeypatch: pytest.MonkeyPatch
+    batchctl: BatchControl, run_dir: Path, shared_scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(shared_scratch / "state"))
     spec = job_spec(run_dir)
-    submission = gateway.submit(spec, count=3)
+    submission = batchctl.submit(spec, count=3)
     record = RunRecord(
         run_id="gw-cancel",
         kind="cluster",
@@ -357,7 +359,7 @@ def test_a_second_process_cancels_a_run_it_did_not_create(
         tags=[spec.tag],
     )
     registry.save(record)
-    watcher, _ = track(gateway, submission)
+    watcher, _ = track(batchctl, submission)
 
     done = subprocess.run([sys.executable, "-m", "jobstrap", "cancel", "gw-cancel"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
