@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from jobstrap import __version__
+from jobstrap._version import __version__
 from jobstrap.errors import UserError
 
 #: Modules that each define ``register(group)``.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from jobstrap import __version__
+from jobstrap._version import __version__
 from jobstrap.config import resources
 from jobstrap.errors import ConfigError
 from jobstrap.jobs.launchers import launch_argv
