@@ -1,5 +1,5 @@
 """Notebook clusters on the local backend: real jobs (process groups run by
-``jobstrap.localq.core``), a real scheduler and real workers, no batch system needed.
+``jobstrap.localq``), a real scheduler and real workers, no batch system needed.
 
 These run anywhere (laptop, CI, the test cluster's head); each test's jobs live in
 a private spool directory so nothing is shared with other runs.

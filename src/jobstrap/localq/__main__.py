@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from jobstrap.localq.core import main
+from jobstrap.localq.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """The local queue with real processes: submit, states, walltime, cancel, arrays, launch.
 
-Every test gets a spool of its own and drives ``python -m jobstrap.localq.core`` exactly as
+Every test gets a spool of its own and drives ``python -m jobstrap.localq`` exactly as
 batch control does (argv, stdout), then waits on the state it expects with a deadline.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobstrap.localq.core import Directives, LocalQueueError, parse_directives
+from jobstrap.localq.directives import Directives, parse_directives
+from jobstrap.localq.spool import LocalQueueError
 from jobstrap.states import JobState
 from jobstrap.systems import get_system
 
@@ -39,9 +40,31 @@ def spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def job_script(tmp_path: Path) -> Callable[..., Path]:
+    """Writes ``job.sh`` in the test's directory: ``job_script(body, *directives)``."""
+
+    def write(body: str, *directives: str) -> Path:
+        return write_script(tmp_path / "job.sh", body, *directives)
+
+    return write
+
+
+@pytest.fixture
+def sleeping_job(spool: Path, job_script: Callable[..., Path], tmp_path: Path) -> tuple[str, int]:
+    """A running job (id, shell pid) that sleeps until it is ended."""
+    job = submit(job_script("echo $$ > pid\nsleep 300\n"))
+    return job, read_pid(tmp_path / "pid")
+
+
+@pytest.fixture
+def directives() -> Directives:
+    return Directives()
+
+
 def localq(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "jobstrap.localq.core", *args],
+        [sys.executable, "-m", "jobstrap.localq", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -91,6 +114,11 @@ def wait_state(job_id: str, *states: str, timeout: float = DEADLINE) -> list[str
     return seen[job_id]
 
 
+def supervisor_pid(spool: Path, job: str) -> int:
+    state = json.loads((spool / "jobs" / job / "state.json").read_text())
+    return int(state["supervisor"]["pid"])
+
+
 def pid_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -119,32 +147,29 @@ def test_a_directive_value_may_be_quoted() -> None:
     assert parse_directives(text) == [("output", "/tmp/a b/%j.out")]
 
 
-def test_an_unknown_option_is_rejected_by_name() -> None:
+def test_an_unknown_option_is_rejected_by_name(directives: Directives) -> None:
     with pytest.raises(LocalQueueError, match="--mem"):
-        Directives().apply("mem", "4G")
+        directives.apply("mem", "4G")
 
 
-def test_array_ranges_steps_and_limit_are_parsed() -> None:
-    directives = Directives()
+def test_array_ranges_steps_and_limit_are_parsed(directives: Directives) -> None:
     directives.apply("array", "0-4:2,7%2")
     assert (directives.array, directives.array_limit) == ([0, 2, 4, 7], 2)
 
 
-def test_array_indices_beyond_max_array_size_are_rejected() -> None:
+def test_array_indices_beyond_max_array_size_are_rejected(directives: Directives) -> None:
     with pytest.raises(LocalQueueError, match="MaxArraySize=1001"):
-        Directives().apply("array", "0-1001")
+        directives.apply("array", "0-1001")
 
 
-def test_walltime_accepts_seconds_and_clock_forms() -> None:
-    directives = Directives()
+def test_walltime_accepts_seconds_and_clock_forms(directives: Directives) -> None:
     directives.apply("time", "90")
     seconds = directives.time
     directives.apply("time", "00:02:00")
     assert (seconds, directives.time) == (90, 120)
 
 
-def test_signal_accepts_the_batch_shell_prefix() -> None:
-    directives = Directives()
+def test_signal_accepts_the_batch_shell_prefix(directives: Directives) -> None:
     directives.apply("signal", "B:USR1@30")
     assert directives.signal == (signal.SIGUSR1, 30)
 
@@ -152,22 +177,21 @@ def test_signal_accepts_the_batch_shell_prefix() -> None:
 # ------------------------------------------------------------------------------- submit
 
 
-def test_submit_prints_increasing_numeric_ids(spool: Path, tmp_path: Path) -> None:
-    script = write_script(tmp_path / "job.sh", "true\n")
+def test_submit_prints_increasing_numeric_ids(spool: Path, job_script: Callable[..., Path]) -> None:
+    script = job_script("true\n")
     first, second = submit(script), submit(script)
     assert (first.isdigit(), int(second)) == (True, int(first) + 1)
 
 
-def test_the_spool_is_private(spool: Path, tmp_path: Path) -> None:
-    submit(write_script(tmp_path / "job.sh", "true\n"))
+def test_the_spool_is_private(spool: Path, job_script: Callable[..., Path]) -> None:
+    submit(job_script("true\n"))
     assert stat.S_IMODE(spool.stat().st_mode) == 0o700
 
 
 def test_a_job_that_exits_zero_completes_with_its_output_and_environment(
-    spool: Path, tmp_path: Path
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
 ) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+    script = job_script(
         'echo "id=$JOBSTRAP_JOB_ID ntasks=$JOBSTRAP_NTASKS task=[$JOBSTRAP_ARRAY_TASK_ID]"\n',
         "--output=out/%j.out",
         "--ntasks=4",
@@ -180,14 +204,17 @@ def test_a_job_that_exits_zero_completes_with_its_output_and_environment(
     assert (tmp_path / "out" / f"{job}.out").read_text() == f"id={job} ntasks=4 task=[]\n"
 
 
-def test_a_job_that_exits_non_zero_fails_with_its_exit_code(spool: Path, tmp_path: Path) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "exit 7\n"))
+def test_a_job_that_exits_non_zero_fails_with_its_exit_code(
+    spool: Path, job_script: Callable[..., Path]
+) -> None:
+    job = submit(job_script("exit 7\n"))
     assert wait_state(job, "COMPLETED", "FAILED")[1:3] == ["FAILED", "7"]
 
 
-def test_stderr_goes_to_the_error_file_when_one_is_given(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+def test_stderr_goes_to_the_error_file_when_one_is_given(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script(
         "echo out; echo err >&2\n",
         "--output=%x-%j.out",
         "--error=%x-%j.err",
@@ -202,17 +229,19 @@ def test_stderr_goes_to_the_error_file_when_one_is_given(spool: Path, tmp_path: 
     assert (out, err) == ("out\n", "err\n")
 
 
-def test_command_line_options_override_script_directives(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh", "echo $JOBSTRAP_NTASKS\n", "--ntasks=2", "--output=o%j"
-    )
+def test_command_line_options_override_script_directives(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script("echo $JOBSTRAP_NTASKS\n", "--ntasks=2", "--output=o%j")
     job = submit(script, "--ntasks=5")
     wait_state(job, "COMPLETED")
     assert (tmp_path / f"o{job}").read_text() == "5\n"
 
 
-def test_a_bad_directive_fails_the_submission_with_a_message(spool: Path, tmp_path: Path) -> None:
-    script = write_script(tmp_path / "job.sh", "true\n", "--partition=debug")
+def test_a_bad_directive_fails_the_submission_with_a_message(
+    spool: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script("true\n", "--partition=debug")
     done = localq("submit", str(script), check=False)
     assert (done.returncode, "--partition" in done.stderr, done.stdout) == (1, True, "")
 
@@ -228,9 +257,10 @@ def test_limits_reports_the_array_size_limit(spool: Path) -> None:
 # ------------------------------------------------------------------------------- arrays
 
 
-def test_an_array_runs_every_task_with_its_index(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+def test_an_array_runs_every_task_with_its_index(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script(
         "echo $JOBSTRAP_ARRAY_TASK_ID $JOBSTRAP_ARRAY_JOB_ID\n",
         "--array=0-3",
         "--output=logs/%A_%a.out",
@@ -246,15 +276,18 @@ def test_an_array_runs_every_task_with_its_index(spool: Path, tmp_path: Path) ->
     assert outputs == [f"{i} {job}\n" for i in range(4)]
 
 
-def test_status_of_one_array_task_names_only_that_task(spool: Path, tmp_path: Path) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "exit $JOBSTRAP_ARRAY_TASK_ID\n", "--array=0-2"))
+def test_status_of_one_array_task_names_only_that_task(
+    spool: Path, job_script: Callable[..., Path]
+) -> None:
+    job = submit(job_script("exit $JOBSTRAP_ARRAY_TASK_ID\n", "--array=0-2"))
     wait_state(f"{job}_2", "FAILED")
     assert list(status(f"{job}_2")) == [f"{job}_2"]
 
 
-def test_an_array_limit_bounds_the_tasks_running_at_once(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+def test_an_array_limit_bounds_the_tasks_running_at_once(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script(
         'date +%s.%N > "spans/$JOBSTRAP_ARRAY_TASK_ID.start"; sleep 0.5;'
         ' date +%s.%N > "spans/$JOBSTRAP_ARRAY_TASK_ID.end"\n',
         "--array=0-5%2",
@@ -279,11 +312,11 @@ def test_an_array_limit_bounds_the_tasks_running_at_once(spool: Path, tmp_path: 
 # ------------------------------------------------------------------------ walltime/signals
 
 
-def test_a_job_past_its_walltime_is_killed_and_times_out(spool: Path, tmp_path: Path) -> None:
+def test_a_job_past_its_walltime_is_killed_and_times_out(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
     # It ignores SIGTERM, so only the SIGKILL after the grace ends it.
-    script = write_script(
-        tmp_path / "job.sh", "trap '' TERM\necho $$ > pid\nsleep 300\n", "--time=2"
-    )
+    script = job_script("trap '' TERM\necho $$ > pid\nsleep 300\n", "--time=2")
     job = submit(script)
     pid = read_pid(tmp_path / "pid")
     line = wait_state(job, "TIMEOUT", "FAILED", "COMPLETED")
@@ -291,10 +324,9 @@ def test_a_job_past_its_walltime_is_killed_and_times_out(spool: Path, tmp_path: 
 
 
 def test_the_signal_directive_warns_the_job_before_its_walltime(
-    spool: Path, tmp_path: Path
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
 ) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+    script = job_script(
         "trap 'echo warned > warned' USR1\nfor i in $(seq 100); do sleep 0.1; done\n",
         "--time=3",
         "--signal=USR1@2",
@@ -304,9 +336,10 @@ def test_the_signal_directive_warns_the_job_before_its_walltime(
     assert (line[1], (tmp_path / "warned").read_text()) == ("TIMEOUT", "warned\n")
 
 
-def test_signal_delivers_a_signal_to_a_running_job(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh",
+def test_signal_delivers_a_signal_to_a_running_job(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script(
         "trap 'echo got > got; exit 0' USR2\necho $$ > pid\nwhile true; do sleep 0.1; done\n",
     )
     job = submit(script)
@@ -321,18 +354,17 @@ def test_signal_delivers_a_signal_to_a_running_job(spool: Path, tmp_path: Path) 
 # --------------------------------------------------------------------------------- cancel
 
 
-def test_cancel_ends_a_running_job_as_cancelled(spool: Path, tmp_path: Path) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "echo $$ > pid\nsleep 300\n"))
-    pid = read_pid(tmp_path / "pid")
+def test_cancel_ends_a_running_job_as_cancelled(sleeping_job: tuple[str, int]) -> None:
+    job, pid = sleeping_job
     localq("cancel", job)
     line = wait_state(job, "CANCELLED", "FAILED", "COMPLETED")
     assert (line[1], pid_alive(pid)) == ("CANCELLED", False)
 
 
-def test_cancel_reaches_processes_that_left_the_process_group(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh", "echo $$ > shell\nsetsid sleep 300 &\necho $! > pid\nsleep 300\n"
-    )
+def test_cancel_reaches_processes_that_left_the_process_group(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script("echo $$ > shell\nsetsid sleep 300 &\necho $! > pid\nsleep 300\n")
     job = submit(script)
     shell, escaped = read_pid(tmp_path / "shell"), read_pid(tmp_path / "pid")
     wait_for(lambda: os.getsid(escaped) != os.getsid(shell), lambda: "setsid has not run yet")
@@ -341,19 +373,19 @@ def test_cancel_reaches_processes_that_left_the_process_group(spool: Path, tmp_p
     wait_for(lambda: not pid_alive(escaped), lambda: f"pid {escaped} still alive", timeout=10)
 
 
-def test_processes_left_behind_by_a_finished_script_are_ended(spool: Path, tmp_path: Path) -> None:
-    job = submit(
-        write_script(tmp_path / "job.sh", "nohup sleep 300 >/dev/null 2>&1 &\necho $! > pid\n")
-    )
+def test_processes_left_behind_by_a_finished_script_are_ended(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    job = submit(job_script("nohup sleep 300 >/dev/null 2>&1 &\necho $! > pid\n"))
     leftover = read_pid(tmp_path / "pid")
     wait_state(job, "COMPLETED")
     assert not pid_alive(leftover)
 
 
-def test_cancel_of_a_pending_array_task_keeps_it_from_starting(spool: Path, tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path / "job.sh", "touch ran_$JOBSTRAP_ARRAY_TASK_ID; sleep 2\n", "--array=0-1%1"
-    )
+def test_cancel_of_a_pending_array_task_keeps_it_from_starting(
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
+) -> None:
+    script = job_script("touch ran_$JOBSTRAP_ARRAY_TASK_ID; sleep 2\n", "--array=0-1%1")
     job = submit(script)
     wait_for(lambda: (tmp_path / "ran_0").exists(), lambda: status(job))
     localq("cancel", f"{job}_1")
@@ -375,26 +407,26 @@ def test_find_lists_only_live_jobs_of_that_name(spool: Path, tmp_path: Path) -> 
 # ---------------------------------------------------------------------- lost supervisor
 
 
-def test_a_killed_supervisor_is_noticed_and_its_job_ended(spool: Path, tmp_path: Path) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "echo $$ > pid\nsleep 300\n"))
-    pid = read_pid(tmp_path / "pid")
-    state = json.loads((spool / "jobs" / job / "state.json").read_text())
-    os.kill(state["supervisor"]["pid"], signal.SIGKILL)
-    wait_for(lambda: not pid_alive(state["supervisor"]["pid"]), lambda: state["supervisor"])
+def test_a_killed_supervisor_is_noticed_and_its_job_ended(
+    spool: Path, sleeping_job: tuple[str, int]
+) -> None:
+    job, pid = sleeping_job
+    supervisor = supervisor_pid(spool, job)
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(supervisor), lambda: f"supervisor pid {supervisor}")
     line = status(job)[job]
     assert (line[1], line[3]) == ("FAILED", "SupervisorLost")
     wait_for(lambda: not pid_alive(pid), lambda: f"job pid {pid} still alive", timeout=10)
 
 
 def test_a_job_whose_processes_vanished_with_the_supervisor_is_missing(
-    spool: Path, tmp_path: Path
+    spool: Path, sleeping_job: tuple[str, int]
 ) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "echo $$ > pid\nsleep 300\n"))
-    pid = read_pid(tmp_path / "pid")
-    state = json.loads((spool / "jobs" / job / "state.json").read_text())
-    os.kill(state["supervisor"]["pid"], signal.SIGKILL)
+    job, pid = sleeping_job
+    supervisor = supervisor_pid(spool, job)
+    os.kill(supervisor, signal.SIGKILL)
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(pid) and not pid_alive(state["supervisor"]["pid"]), lambda: pid)
+    wait_for(lambda: not pid_alive(pid) and not pid_alive(supervisor), lambda: pid)
     assert status(job)[job][1:4] == ["MISSING", "", "SupervisorLost"]
 
 
@@ -402,45 +434,20 @@ def test_a_job_whose_processes_vanished_with_the_supervisor_is_missing(
 
 
 def test_launch_gives_every_rank_its_rank_and_the_world_size(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobstrap.localq.core",
-            "launch",
-            "-n",
-            "3",
-            "--",
-            "sh",
-            "-c",
-            'echo "$PMI_RANK/$PMI_SIZE"',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = localq("launch", "-n", "3", "--", "sh", "-c", 'echo "$PMI_RANK/$PMI_SIZE"', check=False)
     assert (done.returncode, sorted(done.stdout.split())) == (0, ["0/3", "1/3", "2/3"])
 
 
 def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobstrap.localq.core",
-            "launch",
-            "-n",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            '[ "$PMI_RANK" = 1 ] && exit 5; exec sleep 300',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = localq(
+        "launch",
+        "-n",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        '[ "$PMI_RANK" = 1 ] && exit 5; exec sleep 300',
         check=False,
     )
     assert (done.returncode, time.monotonic() - started < 60) == (5, True)
@@ -449,11 +456,13 @@ def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: P
 # ------------------------------------------------------------------ through batch control
 
 
-def test_the_batchctl_submits_watches_and_cancels_local_jobs(spool: Path, tmp_path: Path) -> None:
+def test_the_batchctl_submits_watches_and_cancels_local_jobs(
+    spool: Path, job_script: Callable[..., Path]
+) -> None:
     from jobstrap.batchctl.core import BatchControl
 
     batchctl = BatchControl(get_system("local"))
-    script = write_script(tmp_path / "job.sh", "sleep 300\n", "--job-name=via-batchctl")
+    script = job_script("sleep 300\n", "--job-name=via-batchctl")
     job = batchctl.system.parse_submit(
         batchctl.run(batchctl.system.submit_argv(str(script), _Spec())).stdout
     )
@@ -474,8 +483,10 @@ class _Spec:
     submit_args: tuple[str, ...] = ()
 
 
-def test_status_shows_a_running_task_s_elapsed_and_time_left(spool: Path, tmp_path: Path) -> None:
-    job = submit(write_script(tmp_path / "job.sh", "sleep 30\n", "--time=100"))
+def test_status_shows_a_running_task_s_elapsed_and_time_left(
+    spool: Path, job_script: Callable[..., Path]
+) -> None:
+    job = submit(job_script("sleep 30\n", "--time=100"))
     line = wait_state(job, "RUNNING")
     elapsed, left = int(line[5]), int(line[6])
     assert 0 <= elapsed <= 30
@@ -488,14 +499,14 @@ def test_status_shows_a_running_task_s_elapsed_and_time_left(spool: Path, tmp_pa
 
 
 def test_a_task_claimed_but_not_yet_launched_already_shows_its_times(
-    spool: Path, tmp_path: Path
+    spool: Path, tmp_path: Path, job_script: Callable[..., Path]
 ) -> None:
     # The supervisor marks a task RUNNING before it opens the output and starts the
     # script. An output file that is a FIFO holds it in that window (opening a FIFO
     # for writing waits for a reader), so the window can be looked at, not raced.
     fifo = tmp_path / "held.out"
     os.mkfifo(fifo)
-    job = submit(write_script(tmp_path / "job.sh", "true\n", "--time=100", f"--output={fifo}"))
+    job = submit(job_script("true\n", "--time=100", f"--output={fifo}"))
     line = wait_state(job, "RUNNING")
     assert line[3] == "Starting"
     assert (line[5].isdigit(), line[6].isdigit()) == (True, True)
