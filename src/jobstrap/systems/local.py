@@ -41,6 +41,18 @@ class Local:
     name = "local"
     job_id_variable = "JOBSTRAP_JOB_ID"
     array_task_variable = "JOBSTRAP_ARRAY_TASK_ID"
+    required_commands: tuple[str, ...] = ()
+    optional_commands: tuple[str, ...] = ()
+    fails_without_log = False
+    discard_log_directives = ("--output=/dev/null", "--error=/dev/null")
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """The id itself: ``12``, array task ``12_3``."""
+        return [job_id]
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """No partitions: nothing to ask."""
+        return []
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

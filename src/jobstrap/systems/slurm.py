@@ -114,6 +114,21 @@ class Slurm:
     name = "slurm"
     job_id_variable = "SLURM_JOB_ID"
     array_task_variable = "SLURM_ARRAY_TASK_ID"
+    required_commands = ("sbatch", "squeue", "scancel", "scontrol")
+    optional_commands = ("sacct", "sinfo")
+    fails_without_log = True
+    discard_log_directives = ("--output=/dev/null", "--error=/dev/null")
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """The id itself: ``123``, array task ``123_4`` (``%j``, ``%A_%a``)."""
+        return [job_id]
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """``scontrol show partition``, else ``sinfo`` (when scontrol is missing)."""
+        return [
+            ["scontrol", "show", "partition", "--oneliner"],
+            ["sinfo", "-h", "-o", "%P %l %a %D"],
+        ]
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory
