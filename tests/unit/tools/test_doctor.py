@@ -22,7 +22,7 @@ from jobstrap.config.profile import load_profile
 from jobstrap.jobs.spec import Role
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
-from jobstrap.tools.doctor.core import (
+from jobstrap.tools.doctor import (
     Check,
     DoctorReport,
     Partition,
