@@ -45,6 +45,7 @@ __all__ = [
 #: somebody's decision; PREEMPTED and NODE_FAIL are the site's doing.
 FAILED_STATES = frozenset({JobState.FAILED, JobState.OUT_OF_MEMORY, JobState.MISSING})
 
+
 @dataclass
 class JobInfo:
     """The cluster's live record of one of its batch jobs (mutable, loop thread only)."""

@@ -185,9 +185,7 @@ def run_doctor(
         run = RunDir.create(root, new_run_id("doctor"))
     except OSError as error:
         report.add(
-            fail(
-                "run directory", f"cannot create a run directory in {root}: {error}", FIX_RUN_ROOT
-            )
+            fail("run directory", f"cannot create a run directory in {root}: {error}", FIX_RUN_ROOT)
         )
         return report
     report.add(ok("run directory", f"created {run.path}"))
