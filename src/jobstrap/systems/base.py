@@ -14,6 +14,7 @@ from typing import Protocol
 
 from jobstrap.jobs.spec import JobSpec
 from jobstrap.states import JobState
+from jobstrap.systems.partitions import Partition
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class BatchSystem(Protocol):
 
     def partition_argv(self, queue: str | None) -> list[list[str]]:
         """Commands describing the partitions (queues), best first; the next is a fallback."""
+        ...
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """The partitions in the output of one of :meth:`partition_argv`'s commands."""
         ...
 
     def directives(self, spec: JobSpec) -> list[str]:

@@ -16,6 +16,7 @@ from jobstrap.config.units import format_walltime_pbs
 from jobstrap.jobs.spec import JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value
+from jobstrap.systems.partitions import Partition
 
 PREFIX = "#JOBSTRAP"
 
@@ -53,6 +54,10 @@ class Local:
     def partition_argv(self, queue: str | None) -> list[list[str]]:
         """No partitions: nothing to ask."""
         return []
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """No partitions."""
+        return {}
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

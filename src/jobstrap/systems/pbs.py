@@ -22,6 +22,7 @@ from jobstrap.errors import ConfigError
 from jobstrap.jobs.spec import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.partitions import Partition, parse_pbs_queue
 
 #: ``job_state`` letters of live jobs.
 STATES: dict[str, JobState] = {
@@ -111,6 +112,10 @@ class PBS:
     def partition_argv(self, queue: str | None) -> list[list[str]]:
         """``qstat -Qf QUEUE`` for the profile's queue (nothing to ask without one)."""
         return [["qstat", "-Qf", queue]] if queue else []
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """``qstat -Qf``'s queue."""
+        return parse_pbs_queue(text)
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:

@@ -16,6 +16,7 @@ from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
 from jobstrap.jobs.spec import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.partitions import Partition, parse_sinfo_partitions, parse_slurm_partitions
 
 #: Every state squeue or sacct can report, mapped to our vocabulary.
 STATES: dict[str, JobState] = {
@@ -129,6 +130,12 @@ class Slurm:
             ["scontrol", "show", "partition", "--oneliner"],
             ["sinfo", "-h", "-o", "%P %l %a %D"],
         ]
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """``scontrol``'s or ``sinfo``'s partitions, by the command that printed them."""
+        if argv[0] == "sinfo":
+            return parse_sinfo_partitions(text)
+        return parse_slurm_partitions(text)
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory

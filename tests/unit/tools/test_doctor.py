@@ -22,10 +22,15 @@ from jobstrap.config.profile import load_profile
 from jobstrap.jobs.spec import Role
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord, get_system
+from jobstrap.systems.partitions import (
+    Partition,
+    parse_pbs_queue,
+    parse_sinfo_partitions,
+    parse_slurm_partitions,
+)
 from jobstrap.tools.doctor import (
     Check,
     DoctorReport,
-    Partition,
     ProbeListener,
     Status,
     batch_commands,
@@ -37,9 +42,6 @@ from jobstrap.tools.doctor import (
     diagnose_pending,
     evaluate_probe,
     format_report,
-    parse_pbs_queue,
-    parse_sinfo_partitions,
-    parse_slurm_partitions,
     partition_argv,
     probe_job,
     run_doctor,

@@ -31,17 +31,12 @@ from __future__ import annotations
 from jobstrap.tools.doctor.evaluate import diagnose_job_failure, diagnose_pending, evaluate_probe
 from jobstrap.tools.doctor.listener import PROBE_WALLTIME, ProbeListener, call_back, probe_job
 from jobstrap.tools.doctor.login import (
-    Partition,
     batch_commands,
     check_batch_commands,
     check_client_python,
     check_partition,
     check_profile_python,
     check_scheduler_address,
-    parse_partitions,
-    parse_pbs_queue,
-    parse_sinfo_partitions,
-    parse_slurm_partitions,
     partition_argv,
 )
 from jobstrap.tools.doctor.report import Check, DoctorReport, Status, format_report
@@ -51,7 +46,6 @@ __all__ = [
     "PROBE_WALLTIME",
     "Check",
     "DoctorReport",
-    "Partition",
     "ProbeListener",
     "Status",
     "batch_commands",
@@ -65,10 +59,6 @@ __all__ = [
     "diagnose_pending",
     "evaluate_probe",
     "format_report",
-    "parse_partitions",
-    "parse_pbs_queue",
-    "parse_sinfo_partitions",
-    "parse_slurm_partitions",
     "partition_argv",
     "probe_job",
     "run_doctor",

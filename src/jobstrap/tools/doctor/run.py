@@ -37,7 +37,6 @@ from jobstrap.tools.doctor.login import (
     check_partition,
     check_profile_python,
     check_scheduler_address,
-    parse_partitions,
 )
 from jobstrap.tools.doctor.report import (
     FIX_RUN_ROOT,
@@ -235,7 +234,7 @@ def _partition_check(gw: BatchControl, profile: Profile) -> Check:
         except BatchCommandError as error:
             last_error = str(error)
             continue
-        partitions = parse_partitions(profile.system, argv, result.stdout)
+        partitions = gw.system.parse_partitions(argv, result.stdout)
         if partitions or profile.queue is None:
             return check_partition(profile.queue, profile.walltime, profile.nodes, partitions)
     return warn(
