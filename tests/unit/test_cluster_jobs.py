@@ -1,4 +1,4 @@
-"""What a cluster knows about its jobs, and how it explains their failures."""
+"""What a cluster knows about its jobs, and where it finds their stderr."""
 
 from __future__ import annotations
 
@@ -6,92 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from jobstrap.cluster.jobs import (
-    JobInfo,
-    explain_failure,
-    is_fatal_failure,
-    killed_for_memory,
-    parse_elapsed,
-    stderr_tail,
-)
+from jobstrap.cluster.jobs import JobInfo, parse_elapsed, stderr_tail
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
-
-SLURM_BAD_PYTHON = """\
-slurmstepd: error: execve(): /nonexistent/python: No such file or directory
-srun: error: node1: task 0: Exited with exit code 2
-"""
-BASH_BAD_PYTHON = "/spool/jobs/8/script: line 17: /nonexistent/python: No such file or directory\n"
-
-
-def test_a_missing_python_under_srun_names_the_node_and_the_path() -> None:
-    why = explain_failure(JobState.FAILED, 2, "node1", SLURM_BAD_PYTHON, "/nonexistent/python")
-
-    assert why.startswith("python not found on node1: /nonexistent/python")
-
-
-def test_a_missing_python_without_a_launcher_is_found_in_the_shells_message() -> None:
-    why = explain_failure(JobState.FAILED, 127, "", BASH_BAD_PYTHON, "/nonexistent/python")
-
-    assert why.startswith("python not found: /nonexistent/python")
-
-
-def test_a_bare_python_name_not_on_path_is_not_found_either() -> None:
-    tail = "script: line 9: python3.99: command not found\n"
-
-    assert explain_failure(JobState.FAILED, 127, "n2", tail, "python3.99").startswith(
-        "python not found on n2"
-    )
-
-
-def test_a_python_without_jobstrap_says_what_is_missing() -> None:
-    tail = "ModuleNotFoundError: No module named 'jobstrap'\n"
-
-    why = explain_failure(JobState.FAILED, 1, "node2", tail, "/usr/bin/python3")
-
-    assert why == "jobstrap is not installed for /usr/bin/python3 on node2"
-
-
-def test_out_of_memory_says_what_to_change() -> None:
-    why = explain_failure(JobState.OUT_OF_MEMORY, 137, "node3", "", "python")
-
-    assert "memory=" in why
-    assert "node3" in why
-
-
-# Recorded on the test cluster with `up --cgroup-memory`: the kernel killed the worker
-# twice, the rank gave up; Slurm ended the job FAILED and its step OUT_OF_MEMORY.
-SLURM_STEP_OOM = (
-    "jobstrap[node1]: the job's memory limit killed the worker 2 times"
-    " (the kernel's OOM killer)\n"
-    "slurmstepd-node1: error: Detected 2 oom-kill event(s) in StepId=99.0. Some of your"
-    " processes may have been killed by the cgroup out-of-memory handler.\n"
-    "srun: error: node1: task 0: Out Of Memory\n"
-)
-
-
-def test_a_step_killed_for_memory_is_out_of_memory_although_the_job_says_failed() -> None:
-    assert killed_for_memory(SLURM_STEP_OOM)
-    assert not killed_for_memory(SLURM_BAD_PYTHON)
-
-    why = explain_failure(JobState.FAILED, 1, "node1", SLURM_STEP_OOM, "python")
-
-    assert why == "ran out of memory on node1; raise memory= or lower processes="
-
-
-def test_other_failures_quote_the_last_stderr_line() -> None:
-    tail = "Traceback (most recent call last):\nRuntimeError: boom\n"
-
-    assert explain_failure(JobState.FAILED, 1, "node1", tail, "python") == (
-        "failed on node1 (exit 1): RuntimeError: boom"
-    )
-
-
-def test_config_failures_are_fatal_and_crashes_are_not() -> None:
-    assert is_fatal_failure("python not found on node1: /x/python (check python=)")
-    assert is_fatal_failure("jobstrap is not installed for /usr/bin/python3 on node2")
-    assert not is_fatal_failure("failed on node1 (exit 1): RuntimeError: boom")
-    assert not is_fatal_failure("ran out of memory on node3; raise memory=")
 
 
 @pytest.mark.parametrize(

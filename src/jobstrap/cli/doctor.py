@@ -11,7 +11,7 @@ import click
 
 from jobstrap.cli.options import profile_options
 from jobstrap.config.profile import parse_assignments
-from jobstrap.tools.doctor.core import format_report, run_doctor
+from jobstrap.tools.doctor import format_report, run_doctor
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

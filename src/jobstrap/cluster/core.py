@@ -76,8 +76,8 @@ from jobstrap.cluster.jobs import (
     FAILED_STATES,
     JobInfo,
     JobStatus,
+    diagnose,
     explain_failure,
-    is_fatal_failure,
     killed_for_memory,
     name_jobs,
     stderr_tail,
@@ -1079,11 +1079,11 @@ class BatchCluster(SpecCluster):
             # Slurm says FAILED for the job when the memory limit killed a step of it.
             with self._jobs_lock:
                 info.state = JobState.OUT_OF_MEMORY
-        why = explain_failure(info.state, info.exit_code, info.nodes, tail, self.profile.python)
-        failure = JobFailedError(info.job_id, info.state.value, tail, why)
+        diagnosis = diagnose(info.state, info.exit_code, info.nodes, tail, self.profile.python)
+        failure = JobFailedError(info.job_id, info.state.value, tail, diagnosis.message)
         self._failures.append(failure)
         self._consecutive_failures += 1
-        if is_fatal_failure(why) or self._consecutive_failures >= self.profile.max_failures:
+        if diagnosis.fatal or self._consecutive_failures >= self.profile.max_failures:
             self._give_up(ClusterFailedError(failure, self._consecutive_failures))
         else:
             _warn(

@@ -3,9 +3,8 @@
 One :class:`JobInfo` per submitted job (or array task): its state as batch control's
 watcher last reported it, its node, when it started, how long it has left, and
 which of its Dask workers have arrived. :class:`JobStatus` is the read-only snapshot
-``cluster.jobs`` hands out. When a job fails, :func:`explain_failure` turns the
-batch system's record and the tail of the job's stderr into one line a person can
-act on ("python not found on node1: /nonexistent/python").
+``cluster.jobs`` hands out. When a job fails, :func:`stderr_tail` finds the tail of
+its stderr for :func:`jobstrap.jobs.diagnose.diagnose`, the one failure explainer.
 
 :func:`worker_job_spec` and :func:`name_jobs` build the worker jobs a cluster
 submits. Pure except for :func:`stderr_tail`, which reads the job's log file.
@@ -13,8 +12,7 @@ submits. Pure except for :func:`stderr_tail`, which reads the job's log file.
 
 from __future__ import annotations
 
-import os
-import re
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,18 +20,20 @@ from typing import Any
 
 from jobstrap.config.profile import Profile
 from jobstrap.config.units import format_duration
+from jobstrap.jobs.diagnose import diagnose, killed_for_memory
 from jobstrap.jobs.spec import JobSpec, worker_job
 from jobstrap.states import JobState
-from jobstrap.systems.base import JobRecord
+from jobstrap.store.files import read_tail
+from jobstrap.systems import available, get_system
+from jobstrap.systems.base import BatchSystem, JobRecord
 
 __all__ = [
     "FAILED_STATES",
     "JobInfo",
     "JobStatus",
+    "diagnose",
     "explain_failure",
-    "is_fatal_failure",
     "killed_for_memory",
-    "log_stems",
     "name_jobs",
     "parse_elapsed",
     "stderr_tail",
@@ -44,13 +44,6 @@ __all__ = [
 #: used up) and COMPLETED (the workers retired) are normal ends; CANCELLED is
 #: somebody's decision; PREEMPTED and NODE_FAIL are the site's doing.
 FAILED_STATES = frozenset({JobState.FAILED, JobState.OUT_OF_MEMORY, JobState.MISSING})
-
-_NOT_FOUND = re.compile(r"(?P<path>[^\s:'\"]+): (?:No such file or directory|command not found)")
-_DENIED = re.compile(r"(?P<path>[^\s:'\"]+): Permission denied")
-_SRUN_NODE = re.compile(r"srun: error: (?P<node>[\w.-]+): task \d+")
-#: Slurm's words for a step the memory limit killed (srun's and slurmstepd's).
-_OOM = re.compile(r"tasks? [\d,-]+: Out Of Memory|Detected \d+ oom.kill event")
-_NO_MODULE = re.compile(r"No module named '?(?P<module>[\w.]+)'?")
 
 
 @dataclass
@@ -190,114 +183,42 @@ def parse_elapsed(text: str) -> float | None:
     return float(days * 86400 + seconds)
 
 
-def log_stems(job_id: str) -> list[str]:
-    """Log file names (without ``.out``/``.err``) a job's id may have.
+def stderr_tail(
+    log_directory: str,
+    job_id: str,
+    lines: int = 20,
+    limit: int = 64_000,
+    system: BatchSystem | None = None,
+) -> str:
+    """The last ``lines`` non-empty lines of a job's stderr file, or ``""`` if there is none.
 
-    Slurm and the local queue: the id itself (``123``, ``123_4``). PBS: the numeric
-    part, with an array index as ``_<index>`` (``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2``).
+    Looks for ``<stem>.err`` under the log names the batch system gives the job
+    (``123.err``, ``123_4.err`` for array tasks; PBS's ``7[2].server`` is ``7_2.err``),
+    trying every known system's names when ``system`` is not given, and reads at most
+    ``limit`` bytes from its end.
     """
-    pbs = re.sub(r"\[(\d+)\]", r"_\1", job_id.split(".", 1)[0])
-    return list(dict.fromkeys([job_id, pbs]))
+    for stem in _log_stems(job_id, system):
+        text = read_tail(Path(log_directory) / f"{stem}.err", lines, limit=limit, skip_blank=True)
+        if text is not None:
+            return "\n".join(text.splitlines())
+    return ""
 
 
-def stderr_tail(log_directory: str, job_id: str, lines: int = 20, limit: int = 64_000) -> str:
-    """The last ``lines`` lines of a job's stderr file, or ``""`` if there is none.
-
-    Looks for ``<job id>.err`` (``123.err`` or ``123_4.err`` for array tasks, the
-    names the shipped templates give; PBS's ``7[2].server`` is ``7_2.err``) and reads
-    at most ``limit`` bytes from its end.
-    """
-    data = b""
-    for stem in log_stems(job_id):
-        try:
-            with open(Path(log_directory) / f"{stem}.err", "rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - limit))
-                data = handle.read()
-            break
-        except OSError:
-            continue
-    if not data:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
-def _node_of(record_nodes: str, tail: str) -> str:
-    match = _SRUN_NODE.search(tail)
-    if match:
-        return match["node"]
-    return record_nodes
-
-
-def _same_program(found: str, python: str) -> bool:
-    return found == python or os.path.basename(found) == os.path.basename(python) == found
+def _log_stems(job_id: str, system: BatchSystem | None) -> list[str]:
+    if system is not None:
+        return system.log_stems(job_id)
+    stems: list[str] = []
+    for name in available():
+        with contextlib.suppress(Exception):  # a plugin that cannot load has no logs here
+            stems += get_system(name).log_stems(job_id)
+    return list(dict.fromkeys([job_id, *stems]))
 
 
 def explain_failure(
     state: JobState, exit_code: int | None, nodes: str, tail: str, python: str
 ) -> str:
-    """One line saying why a worker job failed, from its end state and stderr.
-
-    Parameters
-    ----------
-    state
-        The job's end state.
-    exit_code
-        Its exit code, if the batch system reported one.
-    nodes
-        The node(s) it ran on, as the batch system reported them.
-    tail
-        The last lines of its stderr.
-    python
-        The profile's ``python`` (what the job tried to run).
-
-    Returns
-    -------
-    str
-        e.g. ``"python not found on node1: /nonexistent/python"``.
-    """
-    node = _node_of(nodes, tail)
-    where = f" on {node}" if node else ""
-    for match in _NOT_FOUND.finditer(tail):
-        if _same_program(match["path"], python):
-            return f"python not found{where}: {python} (check python= or the profile)"
-    for match in _DENIED.finditer(tail):
-        if _same_program(match["path"], python):
-            return f"python is not executable{where}: {python}"
-    module = _NO_MODULE.search(tail)
-    if module and module["module"].split(".")[0] in ("jobstrap", "distributed", "dask"):
-        return f"{module['module']} is not installed for {python}{where}"
-    if exit_code == 127:
-        return f"a command was not found{where} (exit 127)"
-    if state is JobState.OUT_OF_MEMORY or killed_for_memory(tail):
-        return f"ran out of memory{where}; raise memory= or lower processes="
-    if state is JobState.MISSING:
-        return f"ended{where} without any worker reaching the scheduler"
-    last = tail.strip().splitlines()[-1] if tail.strip() else ""
-    code = f" (exit {exit_code})" if exit_code is not None else ""
-    return f"failed{where}{code}" + (f": {last}" if last else "")
-
-
-def killed_for_memory(tail: str) -> bool:
-    """Whether a job's stderr says its memory limit killed it.
-
-    Slurm marks only the step whose processes the OOM killer hit as OUT_OF_MEMORY;
-    the job itself ends FAILED (its script exited non-zero), and ``squeue``/``sacct
-    -X`` say FAILED. The step's words in the job's stderr tell the truth.
-    """
-    return bool(_OOM.search(tail))
-
-
-def is_fatal_failure(explanation: str) -> bool:
-    """True for failures that would repeat on every node: retrying cannot help."""
-    return (
-        explanation.startswith(
-            ("python not found", "python is not executable", "a command was not found")
-        )
-        or " is not installed for " in explanation
-    )
+    """One line saying why a worker job failed (the message of :func:`diagnose`)."""
+    return diagnose(state, exit_code, nodes, tail, python).message
 
 
 # --- the worker job ----------------------------------------------------------------------------

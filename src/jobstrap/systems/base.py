@@ -14,6 +14,7 @@ from typing import Protocol
 
 from jobstrap.jobs.spec import JobSpec
 from jobstrap.states import JobState
+from jobstrap.systems.partitions import Partition
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,27 @@ class BatchSystem(Protocol):
     #: Variables the job sees: its id and, in arrays, its task index.
     job_id_variable: str
     array_task_variable: str
+    #: Commands a login node needs to run jobs, and ones that only add to them
+    #: (``sacct``: the final state of ended jobs).
+    required_commands: tuple[str, ...]
+    optional_commands: tuple[str, ...]
+    #: True when the batch system fails a job whose log file it cannot open, before
+    #: anything in it runs (Slurm); :attr:`discard_log_directives` then runs it anyway.
+    fails_without_log: bool
+    #: Directives (without prefix) sending a job's output and error nowhere.
+    discard_log_directives: tuple[str, ...]
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """Names (without ``.out``/``.err``) the shipped templates give a job's logs."""
+        ...
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """Commands describing the partitions (queues), best first; the next is a fallback."""
+        ...
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """The partitions in the output of one of :meth:`partition_argv`'s commands."""
+        ...
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Full directive lines for the script header (``#SBATCH --time=...``)."""

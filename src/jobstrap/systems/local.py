@@ -16,6 +16,7 @@ from jobstrap.config.units import format_walltime_pbs
 from jobstrap.jobs.spec import JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value
+from jobstrap.systems.partitions import Partition
 
 PREFIX = "#JOBSTRAP"
 
@@ -41,6 +42,22 @@ class Local:
     name = "local"
     job_id_variable = "JOBSTRAP_JOB_ID"
     array_task_variable = "JOBSTRAP_ARRAY_TASK_ID"
+    required_commands: tuple[str, ...] = ()
+    optional_commands: tuple[str, ...] = ()
+    fails_without_log = False
+    discard_log_directives = ("--output=/dev/null", "--error=/dev/null")
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """The id itself: ``12``, array task ``12_3``."""
+        return [job_id]
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """No partitions: nothing to ask."""
+        return []
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """No partitions."""
+        return {}
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

@@ -22,6 +22,7 @@ from jobstrap.errors import ConfigError
 from jobstrap.jobs.spec import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.partitions import Partition, parse_pbs_queue
 
 #: ``job_state`` letters of live jobs.
 STATES: dict[str, JobState] = {
@@ -95,6 +96,26 @@ class PBS:
     name = "pbs"
     job_id_variable = "PBS_JOBID"
     array_task_variable = "PBS_ARRAY_INDEX"
+    required_commands = ("qsub", "qstat", "qdel")
+    optional_commands: tuple[str, ...] = ()
+    fails_without_log = False
+    discard_log_directives = ("-o /dev/null", "-e /dev/null")
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """The id, and its numeric part with an array index as ``_<index>``.
+
+        ``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2`` (the names the templates give).
+        """
+        stem = re.sub(r"\[(\d+)\]", r"_\1", job_id.split(".", 1)[0])
+        return list(dict.fromkeys([job_id, stem]))
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """``qstat -Qf QUEUE`` for the profile's queue (nothing to ask without one)."""
+        return [["qstat", "-Qf", queue]] if queue else []
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """``qstat -Qf``'s queue."""
+        return parse_pbs_queue(text)
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:

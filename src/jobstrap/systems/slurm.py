@@ -16,6 +16,7 @@ from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
 from jobstrap.jobs.spec import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.partitions import Partition, parse_sinfo_partitions, parse_slurm_partitions
 
 #: Every state squeue or sacct can report, mapped to our vocabulary.
 STATES: dict[str, JobState] = {
@@ -114,6 +115,27 @@ class Slurm:
     name = "slurm"
     job_id_variable = "SLURM_JOB_ID"
     array_task_variable = "SLURM_ARRAY_TASK_ID"
+    required_commands = ("sbatch", "squeue", "scancel", "scontrol")
+    optional_commands = ("sacct", "sinfo")
+    fails_without_log = True
+    discard_log_directives = ("--output=/dev/null", "--error=/dev/null")
+
+    def log_stems(self, job_id: str) -> list[str]:
+        """The id itself: ``123``, array task ``123_4`` (``%j``, ``%A_%a``)."""
+        return [job_id]
+
+    def partition_argv(self, queue: str | None) -> list[list[str]]:
+        """``scontrol show partition``, else ``sinfo`` (when scontrol is missing)."""
+        return [
+            ["scontrol", "show", "partition", "--oneliner"],
+            ["sinfo", "-h", "-o", "%P %l %a %D"],
+        ]
+
+    def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
+        """``scontrol``'s or ``sinfo``'s partitions, by the command that printed them."""
+        if argv[0] == "sinfo":
+            return parse_sinfo_partitions(text)
+        return parse_slurm_partitions(text)
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory

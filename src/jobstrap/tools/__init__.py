@@ -1,2 +1,1 @@
-"""Client-side tools around runs: ``jobstrap doctor`` and SSH tunnels.
-"""
+"""Client-side tools around runs: ``jobstrap doctor`` and SSH tunnels."""

@@ -21,13 +21,19 @@ from jobstrap.cli import cli
 from jobstrap.config.profile import load_profile
 from jobstrap.jobs.spec import Role
 from jobstrap.states import JobState
-from jobstrap.systems import JobRecord
-from jobstrap.tools.doctor.core import (
+from jobstrap.systems import JobRecord, get_system
+from jobstrap.systems.partitions import (
+    Partition,
+    parse_pbs_queue,
+    parse_sinfo_partitions,
+    parse_slurm_partitions,
+)
+from jobstrap.tools.doctor import (
     Check,
     DoctorReport,
-    Partition,
     ProbeListener,
     Status,
+    batch_commands,
     call_back,
     check_batch_commands,
     check_partition,
@@ -36,12 +42,11 @@ from jobstrap.tools.doctor.core import (
     diagnose_pending,
     evaluate_probe,
     format_report,
-    parse_pbs_queue,
-    parse_sinfo_partitions,
-    parse_slurm_partitions,
+    partition_argv,
     probe_job,
     run_doctor,
 )
+from jobstrap.tools.doctor.run import _read_stderr
 
 MiB = 2**20
 
@@ -375,6 +380,44 @@ def test_a_job_killed_for_memory_says_raise_memory() -> None:
     )
 
     assert check.fix == "raise `memory:`"
+
+
+def test_a_missing_application_module_is_named_with_its_install_command() -> None:
+    tail = "ModuleNotFoundError: No module named 'numpy'\n"
+
+    check = diagnose_job_failure(record(JobState.FAILED, 1), tail, "python3", log_found=True)
+
+    assert check.detail == "python3 on node2 lacks numpy"
+    assert check.fix == "python3 -m pip install numpy (the same version as here)"
+
+
+def test_a_node_failure_says_run_the_doctor_again() -> None:
+    check = diagnose_job_failure(record(JobState.NODE_FAIL), "", "python3", log_found=True)
+
+    assert check.fix == "the node failed; run the doctor again"
+
+
+def test_a_pbs_probe_jobs_log_is_found_under_the_name_its_template_gives(tmp_path: Path) -> None:
+    (tmp_path / "7.err").write_text("qsub said hello\n")
+
+    assert _read_stderr(get_system("pbs"), tmp_path, "7.pbsserver") == "qsub said hello\n"
+    assert _read_stderr(get_system("slurm"), tmp_path, "8") is None
+
+
+@pytest.mark.parametrize(
+    ("system", "required", "partition_commands"),
+    [
+        ("slurm", ("sbatch", "squeue", "scancel", "scontrol"), ["scontrol", "sinfo"]),
+        ("pbs", ("qsub", "qstat", "qdel"), ["qstat"]),
+        ("local", (), []),
+        ("nosuch", (), []),
+    ],
+)
+def test_each_batch_system_names_its_commands(
+    system: str, required: tuple[str, ...], partition_commands: list[str]
+) -> None:
+    assert batch_commands(system)[0] == required
+    assert [argv[0] for argv in partition_argv(system, "workq")] == partition_commands
 
 
 def test_a_job_pending_on_a_time_limit_says_lower_the_walltime() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,11 +62,22 @@ def target() -> RunTarget:
     return target_from_info(INFO, run_dir="/home/u/.jobstrap/runs/r1")
 
 
+PlanTo = Callable[..., TunnelPlan]
+
+
+@pytest.fixture
+def plan_to() -> PlanTo:
+    """``plan_for`` the recorded run through the given login node(s), with fixed ports."""
+    return functools.partial(plan_for, target(), port_is_free=fixed_ports)
+
+
 # ----------------------------------------------------------------------- plans
 
 
-def test_the_plan_forwards_a_loopback_port_to_the_dashboard_through_the_login_node() -> None:
-    plan = plan_for(target(), ["login.example.org"], port_is_free=fixed_ports)
+def test_the_plan_forwards_a_loopback_port_to_the_dashboard_through_the_login_node(
+    plan_to: PlanTo,
+) -> None:
+    plan = plan_to(["login.example.org"])
 
     assert plan.argv() == [
         "ssh", "-N", "-L", "127.0.0.1:8787:10.78.0.11:8787",
@@ -74,59 +86,56 @@ def test_the_plan_forwards_a_loopback_port_to_the_dashboard_through_the_login_no
     ]  # fmt: skip
 
 
-def test_the_plan_exits_on_forward_failure_and_sends_keepalives() -> None:
-    argv = plan_for(target(), ["login"], port_is_free=fixed_ports).argv()
+def test_the_plan_exits_on_forward_failure_and_sends_keepalives(plan_to: PlanTo) -> None:
+    argv = plan_to(["login"]).argv()
 
     assert "ExitOnForwardFailure=yes" in argv
     assert "ServerAliveInterval=15" in argv
 
 
-def test_two_hops_jump_through_the_first_to_the_second() -> None:
-    argv = plan_for(target(), ["batchctl", "login"], port_is_free=fixed_ports).argv()
+def test_two_hops_jump_through_the_first_to_the_second(plan_to: PlanTo) -> None:
+    argv = plan_to(["batchctl", "login"]).argv()
 
     assert argv[argv.index("-J") + 1] == "batchctl"
     assert argv[-2:] == ["--", "login"]
 
 
-def test_the_scheduler_forward_is_added_on_request_and_its_address_is_local_tls() -> None:
-    plan = plan_for(target(), ["login"], scheduler=True, port_is_free=fixed_ports)
+def test_the_scheduler_forward_is_added_on_request_and_its_address_is_local_tls(
+    plan_to: PlanTo,
+) -> None:
+    plan = plan_to(["login"], scheduler=True)
 
     assert "127.0.0.1:41234:10.78.0.11:41234" in plan.argv()
     assert plan.scheduler_address == "tls://localhost:41234"
 
 
-def test_the_scheduler_forward_never_shares_the_dashboard_port() -> None:
-    plan = plan_for(
-        target(), ["login"], local_port=9000, scheduler=True, scheduler_local_port=9000,
-        port_is_free=fixed_ports,
-    )  # fmt: skip
+def test_the_scheduler_forward_never_shares_the_dashboard_port(plan_to: PlanTo) -> None:
+    plan = plan_to(["login"], local_port=9000, scheduler=True, scheduler_local_port=9000)
 
     assert len(set(plan.local_ports)) == 2
 
 
-def test_the_url_uses_the_local_port_and_the_dashboard_path() -> None:
-    plan = plan_for(target(), ["login"], local_port=18787, port_is_free=fixed_ports)
+def test_the_url_uses_the_local_port_and_the_dashboard_path(plan_to: PlanTo) -> None:
+    plan = plan_to(["login"], local_port=18787)
 
     assert plan.dashboard_url == "http://localhost:18787/status"
 
 
-def test_a_node_name_replaces_the_advertised_address() -> None:
-    plan = plan_for(target(), ["login"], node="node1", port_is_free=fixed_ports)
+def test_a_node_name_replaces_the_advertised_address(plan_to: PlanTo) -> None:
+    plan = plan_to(["login"], node="node1")
 
     assert "127.0.0.1:8787:node1:8787" in plan.argv()
 
 
-def test_user_ssh_options_follow_the_defaults() -> None:
-    argv = plan_for(
-        target(), ["login"], ssh_options=["BatchMode=yes"], port_is_free=fixed_ports
-    ).argv()
+def test_user_ssh_options_follow_the_defaults(plan_to: PlanTo) -> None:
+    argv = plan_to(["login"], ssh_options=["BatchMode=yes"]).argv()
 
     assert argv.index("BatchMode=yes") > argv.index("ServerAliveCountMax=3")
 
 
-def test_no_login_node_is_a_user_error_naming_the_setting() -> None:
+def test_no_login_node_is_a_user_error_naming_the_setting(plan_to: PlanTo) -> None:
     with pytest.raises(UserError, match="--via LOGIN"):
-        plan_for(target(), [], port_is_free=fixed_ports)
+        plan_to([])
 
 
 def test_a_run_without_dashboard_needs_the_scheduler_flag() -> None:
@@ -144,15 +153,14 @@ def test_a_destination_that_ssh_could_misread_is_refused(host: str) -> None:
         TunnelPlan(destination=host, forwards=(forward,))
 
 
-def test_the_destination_comes_after_a_double_dash() -> None:
-    argv = plan_for(target(), ["login"], port_is_free=fixed_ports).argv()
+def test_the_destination_comes_after_a_double_dash(plan_to: PlanTo) -> None:
+    argv = plan_to(["login"]).argv()
 
     assert argv[-2] == "--"
 
 
-def test_the_printed_command_is_the_argv_shell_quoted() -> None:
-    plan = plan_for(target(), ["login"], ssh_options=["IdentityFile=~/my key"],
-                    port_is_free=fixed_ports)  # fmt: skip
+def test_the_printed_command_is_the_argv_shell_quoted(plan_to: PlanTo) -> None:
+    plan = plan_to(["login"], ssh_options=["IdentityFile=~/my key"])
 
     assert "'IdentityFile=~/my key'" in plan.command()
 
