@@ -797,8 +797,8 @@ def cmd_signal(signal_name: str, ids: Sequence[str]) -> None:
             _signal_task(spool, _task_key(job_id, task), record.get("pid"), signum, sweep=True)
 
 
-def cmd_find(name: str) -> list[str]:
-    """Ids of jobs named ``name`` that are still pending or running."""
+def cmd_find(name: str, uid: int | None = None) -> list[str]:
+    """Ids of jobs named ``name`` that are still pending or running (of user ``uid``)."""
     spool = spool_dir()
     found = []
     jobs = spool / "jobs"
@@ -807,6 +807,8 @@ def cmd_find(name: str) -> list[str]:
     for entry in sorted(jobs.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
         if not entry.name.isdigit():
             continue
+        if uid is not None and entry.stat().st_uid != uid:
+            continue  # a shared spool: another user's job is never ours
         state = _read_state(spool, entry.name)
         if state is None or state["name"] != name:
             continue
@@ -896,6 +898,7 @@ def _parser() -> argparse.ArgumentParser:
     sig.add_argument("--signal", "-s", required=True)
     sig.add_argument("ids", nargs="+")
     find = commands.add_parser("find", help="ids of live jobs with this name")
+    find.add_argument("--uid", type=int, help="only jobs of this user id")
     find.add_argument("name")
     commands.add_parser("limits", help="print the queue's limits")
     launch = commands.add_parser("launch", help="start N ranks of a command (no MPI)")
@@ -929,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "signal":
             cmd_signal(args.signal, args.ids)
         elif args.command == "find":
-            for job_id in cmd_find(args.name):
+            for job_id in cmd_find(args.name, args.uid):
                 print(job_id)
         elif args.command == "limits":
             print(f"MaxArraySize={MAX_ARRAY_SIZE}")
