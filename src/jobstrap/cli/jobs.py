@@ -10,10 +10,11 @@ from pathlib import Path
 
 import click
 
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.errors import BatchCommandError, UserError
 from jobstrap.states import JobState
 from jobstrap.store import registry
+from jobstrap.store.files import read_tail
 from jobstrap.store.registry import RunRecord
 from jobstrap.systems import JobRecord
 

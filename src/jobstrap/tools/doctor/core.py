@@ -54,7 +54,7 @@ from jobstrap.jobs.spec import JobSpec, Role, new_tag, scheduler_job
 from jobstrap.states import JobState
 
 if TYPE_CHECKING:
-    from jobstrap.batchctl.core import BatchControl
+    from jobstrap.batchctl.control import BatchControl
     from jobstrap.config.profile import Profile
     from jobstrap.systems import JobRecord
 
@@ -983,7 +983,7 @@ def run_doctor(
     address_check, address = check_scheduler_address(profile.scheduler_interface)
     report.add(address_check)
 
-    from jobstrap.batchctl.core import BatchControl
+    from jobstrap.batchctl.control import BatchControl
 
     gw = batchctl or BatchControl.for_system(profile.system)
     if commands.status is not Status.FAIL:

@@ -1,6 +1,6 @@
 """The watcher: one query per poll, backoff, UNKNOWN during outages, MISSING, recycled ids.
 
-The batch commands are the fake Slurm of ``test_batchctl`` (real executables printing
+The batch commands are the fake Slurm of ``fakeslurm`` (real executables printing
 Slurm 22.05's formats); the real controller is exercised in ``tests/integration``.
 """
 
@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_batchctl import FakeSlurm, fake_slurm, make_control, make_spec, run_dir
+from fakeslurm import FakeSlurm, make_control, make_spec
 
-from jobstrap.batchctl.core import BatchControl, Watcher
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.watcher import Watcher
 from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
-
-__all__ = ["fake_slurm", "run_dir"]  # fixtures shared with test_batchctl
 
 
 def wait_for(
@@ -49,7 +48,7 @@ def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
 
 def test_importing_the_batchctl_starts_no_thread() -> None:
     code = (
-        "import threading, jobstrap.batchctl.core as g; "
+        "import threading, jobstrap.batchctl as g; "
         "w = g.BatchControl('slurm').watcher; "
         "print(threading.active_count())"
     )

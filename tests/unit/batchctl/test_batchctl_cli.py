@@ -13,12 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_batchctl import FakeSlurm, fake_slurm
+from fakeslurm import FakeSlurm
 
 from jobstrap.store import registry
 from jobstrap.store.registry import RunRecord
-
-__all__ = ["fake_slurm"]  # fixture shared with test_batchctl
 
 SLURM = ["--system", "slurm", "--set", "queue=debug", "--set", "protocol=tcp"]
 
