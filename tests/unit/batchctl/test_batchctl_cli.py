@@ -1,7 +1,7 @@
 """``jobstrap submit``, ``status``, ``cancel`` and ``logs`` as a user runs them.
 
 Each command runs as its own process (``python -m jobstrap``) against the fake Slurm
-of ``test_batchctl`` (real executables printing Slurm 22.05's formats); the real
+of ``fakeslurm`` (real executables printing Slurm 22.05's formats); the real
 cluster is exercised in ``tests/integration/test_batchctl_cluster.py``.
 """
 
