@@ -44,6 +44,7 @@ class Identity:
     strict: bool = False
 
     def mismatch(self, record: JobRecord) -> bool:
+        """True when ``record`` is provably another job than the one identified."""
         if not self.name or not record.name or record.name == self.name:
             return False
         if self.strict:
