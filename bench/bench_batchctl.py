@@ -43,7 +43,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jobstrap.batchctl.core import BatchControl, Submission, TokenBucket
+from jobstrap.batchctl.commands import TokenBucket
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import Submission
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The batchctl and its watcher against the real Slurm test cluster (run on ``head``).
 
-Real sbatch/squeue/sacct/scancel through :class:`jobstrap.batchctl.core.BatchControl`: job
+Real sbatch/squeue/sacct/scancel through :class:`jobstrap.batchctl.control.BatchControl`: job
 states as Slurm reports them, cancel, walltime, arrays split at the cluster's
 MaxArraySize (33), the controller stopped while jobs are tracked and a submission
 is in flight, rejections in sbatch's own words, and a second process cancelling a
@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_PARTITION, MAX_ARRAY_SIZE, SHORT_PARTITION, STATE_ROOT, TestCluster
 
-from jobstrap.batchctl.core import BatchControl, Submission, Watcher
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import Submission
+from jobstrap.batchctl.watcher import Watcher
 from jobstrap.errors import SubmitError
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 from jobstrap.states import JobState

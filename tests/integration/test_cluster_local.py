@@ -20,7 +20,7 @@ import pytest
 from distributed import Client
 
 from jobstrap import LocalBatchCluster
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
 

@@ -24,7 +24,7 @@ import pytest
 from distributed import Client
 
 from jobstrap import SLURMCluster
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import ClusterFailedError, SchedulerJob
 from jobstrap.errors import SubmitError
 from jobstrap.states import JobState

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from conftest import COMPUTE_NODES, IB_SUBNET, TestCluster, new_shared_dir
 
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.net.network import list_interfaces
 
 pytestmark = [

@@ -22,7 +22,7 @@ from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from jobstrap import SLURMCluster
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 
 pytestmark = [
     pytest.mark.cluster,

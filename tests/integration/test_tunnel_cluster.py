@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import TESTCLUSTER, TestCluster, new_shared_dir, wait_for
 
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.config.profile import load_profile
 from jobstrap.jobs.spec import new_tag, scheduler_job
 from jobstrap.net.network import list_interfaces

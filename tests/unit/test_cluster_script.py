@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from jobstrap.batchctl.core import tagged
+from jobstrap.batchctl.submit import tagged
 from jobstrap.bootstrap.options import parse_args
 from jobstrap.bootstrap.worker_entry import expand_name, rank_of
 from jobstrap.cluster.jobs import name_jobs, worker_job_spec

@@ -17,7 +17,7 @@ What happens: the object is serialised with cloudpickle into a fresh run directo
 :mod:`jobstrap.engines.dask.graph_runner`. That program computes the object on the allocation's
 workers and writes ``result.pkl`` or ``error.pkl`` atomically. The future reads the
 file system first and asks the batch system only through the process's one
-:class:`~jobstrap.batchctl.core.Watcher` (one query per poll for every job watched), so a
+:class:`~jobstrap.batchctl.watcher.Watcher` (one query per poll for every job watched), so a
 thousand futures do not hammer the controller.
 """
 
@@ -56,7 +56,8 @@ from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
 
 if TYPE_CHECKING:
-    from jobstrap.batchctl.core import BatchControl, Watcher
+    from jobstrap.batchctl.control import BatchControl
+    from jobstrap.batchctl.watcher import Watcher
     from jobstrap.jobs.spec import JobSpec
     from jobstrap.store.registry import RunRecord
     from jobstrap.systems import JobRecord
@@ -333,7 +334,8 @@ def _submit_run(
     start_after_workers: int | None = None,
 ) -> JobFuture:
     """Create the run directory, TLS and inputs; render; save; submit; return the future."""
-    from jobstrap.batchctl.core import BatchControl, tagged
+    from jobstrap.batchctl.control import BatchControl
+    from jobstrap.batchctl.submit import tagged
     from jobstrap.jobs.render import render_script
     from jobstrap.jobs.spec import app_job, new_tag
     from jobstrap.store import registry
@@ -655,7 +657,7 @@ class JobFuture:
         return cls(record, started_by_us=False)
 
     def _batchctl(self) -> BatchControl:
-        from jobstrap.batchctl.core import BatchControl
+        from jobstrap.batchctl.control import BatchControl
 
         return BatchControl.for_system(self.system)
 

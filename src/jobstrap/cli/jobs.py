@@ -10,10 +10,11 @@ from pathlib import Path
 
 import click
 
-from jobstrap.batchctl.core import BatchControl
+from jobstrap.batchctl.control import BatchControl
 from jobstrap.errors import BatchCommandError, UserError
 from jobstrap.states import JobState
 from jobstrap.store import registry
+from jobstrap.store.files import read_tail
 from jobstrap.store.registry import RunRecord
 from jobstrap.systems import JobRecord
 
@@ -156,15 +157,6 @@ def _job_of(run: RunRecord, task: int) -> str:
     return run.job_ids[task]
 
 
-def _tail(path: Path, lines: int) -> tuple[str, int]:
-    """The last ``lines`` lines of ``path`` and the file's size."""
-    data = path.read_bytes()
-    text = data.decode(errors="replace")
-    if lines >= 0:
-        text = "".join(text.splitlines(keepends=True)[-lines:]) if lines else ""
-    return text, len(data)
-
-
 def _job_over(run: RunRecord, job_id: str, interval: float) -> bool:
     # The watcher backs off while the job runs quietly and never calls more than needed.
     watcher = BatchControl.for_system(run.system).watcher
@@ -190,7 +182,12 @@ def logs(run_id: str, task: int, tail: int, follow: bool, err: bool, interval: f
     path = Path(err_path if err else out_path)
     offset = 0
     if path.exists():
-        text, offset = _tail(path, tail)
+        offset = path.stat().st_size
+        # --tail -1 is the whole file; limit=offset reads from the start, so that the
+        # last K lines come out whole however long they are.
+        text = read_tail(path, None if tail < 0 else tail, limit=offset)
+        if text is None:
+            raise UserError(f"cannot read {path}")
         click.echo(text, nl=False)
     elif not follow:
         raise UserError(f"no log yet at {path} (is job {job_id} still pending?)")

@@ -8,7 +8,8 @@ import sys
 import click
 
 from jobstrap.batch.client import batch_profile, local_launch
-from jobstrap.batchctl.core import BatchControl, Submission, tagged
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import Submission, tagged
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.config.profile import Profile
 from jobstrap.jobs.render import render_script

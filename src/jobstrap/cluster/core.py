@@ -71,7 +71,8 @@ from distributed.protocol import pickle
 from distributed.scheduler import Scheduler
 from tornado.ioloop import PeriodicCallback
 
-from jobstrap.batchctl.core import BatchControl, tagged
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import tagged
 from jobstrap.cluster.jobs import (
     FAILED_STATES,
     JobInfo,

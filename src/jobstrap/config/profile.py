@@ -32,7 +32,6 @@ from jobstrap.config.choices import WORKER_LAYOUTS
 from jobstrap.config.units import format_memory, format_walltime_slurm, parse_memory, parse_walltime
 from jobstrap.errors import ConfigError
 
-SYSTEMS = ("local", "slurm", "pbs")
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
 SCHEDULER_PLACEMENTS = ("local", "job")
@@ -106,6 +105,15 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
         return text
 
     return parse
+
+
+def _system(name: str, value: object) -> str:
+    """A registered batch system's name (built in, or a ``jobstrap.systems`` plugin)."""
+    # Imported here, not at the top: the systems describe jobs in terms of
+    # jobstrap.jobs.spec, which is built from this module's Profile.
+    from jobstrap.systems import available
+
+    return _choice(tuple(available()))(name, value)
 
 
 def _integer(minimum: int) -> Callable[[str, object], int]:
@@ -238,7 +246,7 @@ class Profile:
     Sizes are bytes and durations are seconds.
     """
 
-    system: str = _setting("local", _choice(SYSTEMS), "batch system: local, slurm or pbs")
+    system: str = _setting("local", _system, "batch system: local, slurm or pbs")
     queue: str | None = _setting(None, _optional_text, "partition (Slurm) or queue (PBS)")
     account: str | None = _setting(None, _optional_text, "account/project charged")
     qos: str | None = _setting(None, _optional_text, "quality of service")

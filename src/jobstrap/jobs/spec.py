@@ -97,7 +97,16 @@ def resolve_launcher(profile: Profile) -> str:
     """Turn ``launcher: auto`` into the launcher each batch system starts ranks with."""
     if profile.launcher != "auto":
         return profile.launcher
-    return {"slurm": "srun", "pbs": "mpiexec", "local": "mpiexec"}[profile.system]
+    return _launchers(profile)[0]
+
+
+def _launchers(profile: Profile) -> tuple[str, str | None]:
+    """The profile's batch system's ``default_launcher`` and ``node_launcher``."""
+    # Imported here: jobstrap.systems describes systems in terms of this module's JobSpec.
+    from jobstrap.systems import get_system
+
+    system = get_system(profile.system)
+    return system.default_launcher, system.node_launcher
 
 
 #: Environment of jobs that run workers, unless the profile's ``env`` sets the same
@@ -190,10 +199,10 @@ def worker_job(
         argv += ["--lifetime", str(lifetime)]
     argv += list(profile.worker_extra_args)
     launcher = resolve_launcher(profile)
-    if profile.system == "slurm":
-        # srun (without --mpi) starts one bootstrap per node and tracks it as a job step,
-        # so Slurm's signals and cleanup reach the workers.
-        launcher = "srun"
+    node_launcher = _launchers(profile)[1]
+    if node_launcher is not None:
+        # e.g. srun (without --mpi): one bootstrap per node, tracked as a job step.
+        launcher = node_launcher
     elif profile.nodes == 1:
         launcher = "none"
     return JobSpec(

@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     sig.add_argument("--signal", "-s", required=True)
     sig.add_argument("ids", nargs="+")
     find = commands.add_parser("find", help="ids of live jobs with this name")
+    find.add_argument("--uid", type=int, help="only jobs of this user id")
     find.add_argument("name")
     commands.add_parser("limits", help="print the queue's limits")
     launch = commands.add_parser("launch", help="start N ranks of a command (no MPI)")
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "signal":
             cmd_signal(args.signal, args.ids)
         elif args.command == "find":
-            for job_id in cmd_find(args.name):
+            for job_id in cmd_find(args.name, args.uid):
                 print(job_id)
         elif args.command == "limits":
             print(f"MaxArraySize={MAX_ARRAY_SIZE}")

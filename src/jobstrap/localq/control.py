@@ -142,8 +142,8 @@ def cmd_signal(signal_name: str, ids: Sequence[str]) -> None:
             signal_task(spool, task_key(job_id, task), record.get("pid"), signum, sweep=True)
 
 
-def cmd_find(name: str) -> list[str]:
-    """Ids of jobs named ``name`` that are still pending or running."""
+def cmd_find(name: str, uid: int | None = None) -> list[str]:
+    """Ids of jobs named ``name`` that are still pending or running (of user ``uid``)."""
     spool = spool_dir()
     found = []
     jobs = spool / "jobs"
@@ -152,6 +152,8 @@ def cmd_find(name: str) -> list[str]:
     for entry in sorted(jobs.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
         if not entry.name.isdigit():
             continue
+        if uid is not None and entry.stat().st_uid != uid:
+            continue  # a shared spool: another user's job is never ours
         state = read_state(spool, entry.name)
         if state is None or state["name"] != name:
             continue

@@ -17,21 +17,22 @@ from jobstrap.systems.base import BatchSystem, JobRecord
 
 __all__ = ["BatchSystem", "JobRecord", "available", "get_system"]
 
-_BUILTIN = {"slurm": "jobstrap.systems.slurm", "pbs": "jobstrap.systems.pbs",
-            "local": "jobstrap.systems.local"}  # fmt: skip
+_BUILTIN = {"local": "jobstrap.systems.local", "slurm": "jobstrap.systems.slurm",
+            "pbs": "jobstrap.systems.pbs"}  # fmt: skip
 
 
 @cache
 def _plugins() -> dict[str, str]:
     found = dict(_BUILTIN)
-    for entry in entry_points(group="jobstrap.systems"):
+    plugins = sorted(entry_points(group="jobstrap.systems"), key=lambda entry: entry.name)
+    for entry in plugins:
         found.setdefault(entry.name, entry.value.split(":")[0])
     return found
 
 
 def available() -> list[str]:
-    """Names of every batch system known (built in or from plugins)."""
-    return sorted(_plugins())
+    """Names of every batch system known: the built-in ones, then plugins by name."""
+    return list(_plugins())
 
 
 def get_system(name: str) -> BatchSystem:

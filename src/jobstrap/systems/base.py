@@ -6,13 +6,16 @@ output parsers. Nothing in ``systems/`` runs a process; batch control does.
 
 from __future__ import annotations
 
+import getpass
+import os
+import pwd
 import re
 import shlex
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from jobstrap.jobs.spec import JobSpec
+from jobstrap.jobs.spec import ArraySpec, JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.partitions import Partition
 
@@ -72,6 +75,12 @@ class BatchSystem(Protocol):
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """The partitions in the output of one of :meth:`partition_argv`'s commands."""
         ...
+    #: What ``launcher: auto`` means here: how a job starts its ranks.
+    default_launcher: str
+    #: The launcher a workers job always uses to start one bootstrap per node, whatever
+    #: the profile says (``srun`` on Slurm, so signals and cleanup reach the workers),
+    #: or None to use the profile's.
+    node_launcher: str | None
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Full directive lines for the script header (``#SBATCH --time=...``)."""
@@ -131,6 +140,22 @@ class BatchSystem(Protocol):
 
     def parse_max_array_size(self, stdout: str) -> int | None:
         """The largest array the site accepts (task ids below it), or None."""
+        ...
+
+    def base_job_id(self, job_id: str) -> str:
+        """The id the submit command printed for the job or array task ``job_id``."""
+        ...
+
+    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
+        """Ids of the tasks of the array the submit command printed as ``job_id``."""
+        ...
+
+    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+        """The record among parsed ``records`` that answers for ``job_id``, or None."""
+        ...
+
+    def id_order(self, job_id: str) -> tuple[int, str]:
+        """Sort key putting job ids in submission order (oldest first)."""
         ...
 
 
@@ -193,6 +218,65 @@ def _strip_prefix(directive: str, prefix: str) -> str:
     if text.startswith(prefix):
         text = text[len(prefix) :].strip()
     return text
+
+
+def fold_components(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+    """A heterogeneous job (``123`` printed as ``123+0``, ``123+1``) as one record."""
+    parts = [rec for key, rec in records.items() if key.startswith(job_id + "+")]
+    if not parts:
+        return None
+    states = [p.state for p in parts]
+    if JobState.RUNNING in states:
+        state = JobState.RUNNING
+    elif JobState.PENDING in states:
+        state = JobState.PENDING
+    else:
+        # The first component that did not complete says how the whole job ended.
+        state = next((s for s in states if s is not JobState.COMPLETED), JobState.COMPLETED)
+    first = parts[0]
+    nodes = ",".join(p.nodes for p in parts if p.nodes)
+    exit_codes = [p.exit_code for p in parts if p.exit_code]
+    return replace(
+        first,
+        job_id=job_id,
+        state=state,
+        nodes=nodes,
+        exit_code=exit_codes[0] if exit_codes else first.exit_code,
+    )
+
+
+def find_record(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+    """The record that answers for ``job_id``, however the batch system spelled it.
+
+    Besides the id itself: a heterogeneous job's components (``123+0``), and for an
+    array task (``123_4``) the whole array's record (``123``), which is how Slurm
+    reports an array that was never split into tasks, e.g. one cancelled while all
+    its tasks were still pending.
+    """
+    record = records.get(job_id) or fold_components(job_id, records)
+    if record is None and "_" in job_id:
+        whole = records.get(job_id.split("_", 1)[0])
+        if whole is not None:
+            record = replace(whole, job_id=job_id)
+    return record
+
+
+def job_id_order(job_id: str) -> tuple[int, str]:
+    """Sort key of a numeric job id, with or without a server suffix (``7.srv``)."""
+    digits = "".join(ch for ch in job_id.split(".")[0] if ch.isdigit())
+    return (int(digits) if digits else 0, job_id)
+
+
+def current_user() -> str:
+    """The login name of the user this process runs as (not ``$USER``, which can lie).
+
+    Looking jobs up by name is filtered by it: a job someone else named alike must
+    never be taken for ours.
+    """
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (some containers)
+        return getpass.getuser()
 
 
 def quote_argv(argv: Sequence[str]) -> str:

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobstrap.config.units import format_walltime_pbs
-from jobstrap.jobs.spec import JobSpec
+from jobstrap.jobs.spec import ArraySpec, JobSpec
 from jobstrap.states import JobState
-from jobstrap.systems.base import JobRecord, apply_extras, directive_value
+from jobstrap.systems.base import (
+    JobRecord,
+    apply_extras,
+    directive_value,
+    find_record,
+    job_id_order,
+)
 from jobstrap.systems.partitions import Partition
 
 PREFIX = "#JOBSTRAP"
@@ -58,6 +64,8 @@ class Local:
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """No partitions."""
         return {}
+    default_launcher = "mpiexec"
+    node_launcher: str | None = None
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"
@@ -126,7 +134,8 @@ class Local:
         return _localq("signal", f"--signal={signal}", *job_ids)
 
     def find_by_name_argv(self, name: str) -> list[str]:
-        return _localq("find", name)
+        # Only our own jobs (a spool may be shared): never adopt another user's job.
+        return _localq("find", f"--uid={os.getuid()}", name)
 
     def parse_find_by_name(self, stdout: str) -> list[str]:
         return stdout.split()
@@ -143,6 +152,23 @@ class Local:
     def parse_max_array_size(self, stdout: str) -> int | None:
         text = stdout.strip()
         return int(text.split("=")[-1]) if text else None
+
+    def base_job_id(self, job_id: str) -> str:
+        """``12_3`` (array task) -> ``12``."""
+        for separator in ("_", "+"):
+            if separator in job_id:
+                return job_id.split(separator, 1)[0]
+        return job_id
+
+    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
+        """``12`` -> ``12_0``, ``12_1``, ..."""
+        return [f"{job_id}_{i}" for i in array.task_ids]
+
+    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+        return find_record(job_id, records)
+
+    def id_order(self, job_id: str) -> tuple[int, str]:
+        return job_id_order(job_id)
 
 
 SYSTEM = Local()

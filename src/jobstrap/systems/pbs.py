@@ -14,14 +14,22 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobstrap.config.units import format_memory_pbs, format_walltime_pbs, parse_walltime
 from jobstrap.errors import ConfigError
-from jobstrap.jobs.spec import JobSpec, Role
+from jobstrap.jobs.spec import ArraySpec, JobSpec, Role
 from jobstrap.states import JobState
-from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.base import (
+    JobRecord,
+    apply_extras,
+    current_user,
+    directive_value,
+    find_record,
+    is_transient,
+    job_id_order,
+)
 from jobstrap.systems.partitions import Partition, parse_pbs_queue
 
 #: ``job_state`` letters of live jobs.
@@ -116,6 +124,8 @@ class PBS:
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """``qstat -Qf``'s queue."""
         return parse_pbs_queue(text)
+    default_launcher = "mpiexec"
+    node_launcher: str | None = None
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:
@@ -239,7 +249,8 @@ class PBS:
         return ["qsig", "-s", signal, *job_ids]
 
     def find_by_name_argv(self, name: str) -> list[str]:
-        return ["qselect", "-N", name]
+        # Only our own jobs: another user's job of the same name must never be adopted.
+        return ["qselect", "-u", current_user(), "-N", name]
 
     def parse_find_by_name(self, stdout: str) -> list[str]:
         return [line.strip() for line in stdout.splitlines() if line.strip()]
@@ -256,6 +267,24 @@ class PBS:
     def parse_max_array_size(self, stdout: str) -> int | None:
         match = re.search(r"max_array_size\s*=\s*(\d+)", stdout)
         return int(match.group(1)) if match else None
+
+    def base_job_id(self, job_id: str) -> str:
+        """A subjob ``7[2].srv`` -> its array ``7[].srv``; other ids are their own base."""
+        if "[" in job_id:
+            head, _, rest = job_id.partition("[")
+            return f"{head}[]{rest.partition(']')[2]}"
+        return job_id
+
+    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
+        """``7[].srv`` -> ``7[0].srv``, ``7[1].srv``, ..."""
+        head, _, tail = job_id.partition("[]")
+        return [f"{head}[{i}]{tail}" for i in array.task_ids]
+
+    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+        return find_record(job_id, records)
+
+    def id_order(self, job_id: str) -> tuple[int, str]:
+        return job_id_order(job_id)
 
 
 SYSTEM = PBS()

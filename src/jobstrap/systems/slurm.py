@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
-from jobstrap.jobs.spec import JobSpec, Role
+from jobstrap.jobs.spec import ArraySpec, JobSpec, Role
 from jobstrap.states import JobState
-from jobstrap.systems.base import JobRecord, apply_extras, directive_value, is_transient
+from jobstrap.systems.base import (
+    JobRecord,
+    apply_extras,
+    current_user,
+    directive_value,
+    find_record,
+    is_transient,
+    job_id_order,
+)
 from jobstrap.systems.partitions import Partition, parse_sinfo_partitions, parse_slurm_partitions
 
 #: Every state squeue or sacct can report, mapped to our vocabulary.
@@ -136,6 +144,10 @@ class Slurm:
         if argv[0] == "sinfo":
             return parse_sinfo_partitions(text)
         return parse_slurm_partitions(text)
+    default_launcher = "srun"
+    # srun (without --mpi) starts one bootstrap per node and tracks it as a job step,
+    # so Slurm's signals and cleanup reach the workers.
+    node_launcher: str | None = "srun"
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory
@@ -275,7 +287,11 @@ class Slurm:
         return ["scancel", "--batch", f"--signal={signal}", *job_ids]
 
     def find_by_name_argv(self, name: str) -> list[str]:
-        return ["squeue", "--noheader", "--array", "--states=all", "--format=%i", f"--name={name}"]
+        # Only our own jobs: another user's job of the same name must never be adopted.
+        return [
+            "squeue", "--noheader", "--array", "--states=all", "--format=%i",
+            f"--user={current_user()}", f"--name={name}",
+        ]  # fmt: skip
 
     def parse_find_by_name(self, stdout: str) -> list[str]:
         ids: list[str] = []
@@ -297,6 +313,24 @@ class Slurm:
         """``MaxArraySize = 1001`` -> 1001 (task ids must be below it)."""
         match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", stdout, re.MULTILINE)
         return int(match.group(1)) if match else None
+
+    def base_job_id(self, job_id: str) -> str:
+        """``123_4`` (array task) or ``123+1`` (heterogeneous component) -> ``123``."""
+        for separator in ("_", "+"):
+            if separator in job_id:
+                return job_id.split(separator, 1)[0]
+        return job_id
+
+    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
+        """``123`` -> ``123_0``, ``123_1``, ..."""
+        return [f"{job_id}_{i}" for i in array.task_ids]
+
+    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+        """``job_id``'s record, its heterogeneous components folded, or its unsplit array's."""
+        return find_record(job_id, records)
+
+    def id_order(self, job_id: str) -> tuple[int, str]:
+        return job_id_order(job_id)
 
 
 def _base_id(job_id: str) -> str:

@@ -459,7 +459,7 @@ def test_launch_exits_with_a_failing_ranks_code_and_stops_the_others(tmp_path: P
 def test_the_batchctl_submits_watches_and_cancels_local_jobs(
     spool: Path, job_script: Callable[..., Path]
 ) -> None:
-    from jobstrap.batchctl.core import BatchControl
+    from jobstrap.batchctl.control import BatchControl
 
     batchctl = BatchControl(get_system("local"))
     script = job_script("sleep 300\n", "--job-name=via-batchctl")

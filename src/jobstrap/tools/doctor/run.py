@@ -50,7 +50,7 @@ from jobstrap.tools.doctor.report import (
 )
 
 if TYPE_CHECKING:
-    from jobstrap.batchctl.core import BatchControl
+    from jobstrap.batchctl.control import BatchControl
     from jobstrap.config.profile import Profile
     from jobstrap.systems import BatchSystem, JobRecord
 
@@ -171,7 +171,7 @@ def run_doctor(
     address_check, address = check_scheduler_address(profile.scheduler_interface)
     report.add(address_check)
 
-    from jobstrap.batchctl.core import BatchControl
+    from jobstrap.batchctl.control import BatchControl
 
     gw = batchctl or BatchControl.for_system(profile.system)
     if commands.status is not Status.FAIL:

@@ -1,6 +1,6 @@
 """The watcher: one query per poll, backoff, UNKNOWN during outages, MISSING, recycled ids.
 
-The batch commands are the fake Slurm of ``test_batchctl`` (real executables printing
+The batch commands are the fake Slurm of ``fakeslurm`` (real executables printing
 Slurm 22.05's formats); the real controller is exercised in ``tests/integration``.
 """
 
@@ -13,16 +13,17 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
-from test_batchctl import FakeSlurm, fake_slurm, make_control, make_spec, run_dir
+from fakeslurm import FakeSlurm, make_control, make_spec
 
-from jobstrap.batchctl.core import BatchControl, Watcher
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import Submission
+from jobstrap.batchctl.watcher import Watcher
 from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
-
-__all__ = ["fake_slurm", "run_dir"]  # fixtures shared with test_batchctl
 
 
 def wait_for(
@@ -47,9 +48,39 @@ def quick(watcher: Watcher, *, grace: float = 60.0) -> Watcher:
     return watcher
 
 
+class Tracked(NamedTuple):
+    """One job submitted and tracked under its name, and the watcher tracking it."""
+
+    submission: Submission
+    watcher: Watcher
+
+
+@pytest.fixture
+def submission(batchctl: BatchControl, run_dir: Path) -> Submission:
+    """One plain job submitted to the fake Slurm (it gets id 100)."""
+    return batchctl.submit(make_spec(run_dir))
+
+
+@pytest.fixture
+def hand_polled(batchctl: BatchControl, submission: Submission) -> Tracked:
+    """One job tracked with the polling thread stopped: the test polls by hand."""
+    watcher = batchctl.watcher
+    watcher.track(submission.job_ids, name=submission.name)
+    watcher.close()
+    return Tracked(submission, watcher)
+
+
+@pytest.fixture
+def watched(batchctl: BatchControl, submission: Submission) -> Tracked:
+    """One job tracked by a quick watcher whose thread polls on its own."""
+    watcher = quick(batchctl.watcher)
+    watcher.track(submission.job_ids, name=submission.name)
+    return Tracked(submission, watcher)
+
+
 def test_importing_the_batchctl_starts_no_thread() -> None:
     code = (
-        "import threading, jobstrap.batchctl.core as g; "
+        "import threading, jobstrap.batchctl as g; "
         "w = g.BatchControl('slurm').watcher; "
         "print(threading.active_count())"
     )
@@ -89,9 +120,8 @@ def test_one_poll_asks_about_every_tracked_job_in_one_call(
 
 
 def test_state_changes_reach_the_callback_with_old_and_new(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, submission: Submission
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
     seen: list[tuple[str, JobState, JobState]] = []
     watcher = quick(batchctl.watcher)
 
@@ -123,9 +153,8 @@ def test_wait_returns_the_terminal_records(
 
 
 def test_wait_gives_up_at_its_deadline_naming_what_it_saw(
-    batchctl: BatchControl, run_dir: Path
+    batchctl: BatchControl, submission: Submission
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
     quick(batchctl.watcher).track(submission.job_ids)
 
     with pytest.raises(TimeoutError, match="100=PENDING"):
@@ -133,13 +162,10 @@ def test_wait_gives_up_at_its_deadline_naming_what_it_saw(
 
 
 def test_an_unreachable_controller_makes_states_unknown_keeping_the_last_one(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
+    watcher = hand_polled.watcher
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
     watcher.poll()
     fake_slurm.plan("squeue", "transient", "transient")
 
@@ -153,13 +179,10 @@ def test_an_unreachable_controller_makes_states_unknown_keeping_the_last_one(
 
 
 def test_states_come_back_when_the_controller_answers_again(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
+    watcher = hand_polled.watcher
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
     fake_slurm.plan("squeue", "transient", "transient")
     watcher.poll()
 
@@ -171,13 +194,8 @@ def test_states_come_back_when_the_controller_answers_again(
     assert watcher.last_error is None
 
 
-def test_an_outage_never_makes_a_job_missing(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
-) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+def test_an_outage_never_makes_a_job_missing(fake_slurm: FakeSlurm, hand_polled: Tracked) -> None:
+    watcher = hand_polled.watcher
     watcher.configure(missing_grace=0)
     fake_slurm.plan("squeue", *["transient"] * 8)
 
@@ -188,12 +206,9 @@ def test_an_outage_never_makes_a_job_missing(
 
 
 def test_a_job_that_left_the_queue_gets_its_end_from_the_history(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+    watcher = hand_polled.watcher
     fake_slurm.set_job("100", state="OUT_OF_MEMORY", exit="0:125", live=False)
 
     watcher.poll()
@@ -204,13 +219,10 @@ def test_a_job_that_left_the_queue_gets_its_end_from_the_history(
 
 
 def test_a_vanished_job_without_accounting_is_missing_after_the_grace_period(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
+    watcher = hand_polled.watcher
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
     watcher.poll()
     fake_slurm.set_job("100", live=False)
     fake_slurm.plan("sacct", "disabled")
@@ -229,12 +241,9 @@ def test_a_vanished_job_without_accounting_is_missing_after_the_grace_period(
 
 
 def test_a_vanished_job_absent_from_the_history_is_missing_after_the_grace_period(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+    watcher = hand_polled.watcher
     watcher.configure(missing_grace=0)
     fake_slurm.set_job("100", live=False, no_accounting=True)
 
@@ -245,12 +254,9 @@ def test_a_vanished_job_absent_from_the_history_is_missing_after_the_grace_perio
 
 
 def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+    watcher = hand_polled.watcher
     # The controller lost its state and gave id 100 to somebody else's job.
     fake_slurm.set_job("100", name="someone-else", state="RUNNING", submit="2024-06-01T00:00:00")
 
@@ -262,14 +268,13 @@ def test_a_recycled_job_id_is_recognised_and_ours_is_gone(
 
 
 def test_our_new_job_under_a_tracked_id_replaces_the_old_entry(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, submission: Submission
 ) -> None:
     # An id still tracked from an earlier job comes back for a new submission of ours
     # (a controller restart, a fresh local spool): the old job is gone, the new one
     # starts as PENDING, and each one's callbacks hear only of their own job.
     old_seen: list[tuple[JobState, JobState]] = []
     new_seen: list[tuple[JobState, JobState]] = []
-    submission = batchctl.submit(make_spec(run_dir))
     watcher = quick(batchctl.watcher)
     watcher.track(
         submission.job_ids,
@@ -292,12 +297,9 @@ def test_our_new_job_under_a_tracked_id_replaces_the_old_entry(
 
 
 def test_a_recycled_id_finds_our_own_end_in_the_history(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+    submission, watcher = hand_polled
     fake_slurm.change(history=[
         f"100|COMPLETED|0:0|None|node2|{submission.name}|2024-05-06T10:00:00|00:00:30"
     ])  # fmt: skip
@@ -343,11 +345,9 @@ def test_a_heterogeneous_job_is_tracked_as_one(
 
 
 def test_polling_backs_off_while_nothing_changes_and_returns_on_change(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, watched: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = quick(batchctl.watcher)
-    watcher.track(submission.job_ids, name=submission.name)
+    watcher = watched.watcher
 
     wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
     fake_slurm.set_job("100", state="RUNNING")
@@ -357,9 +357,8 @@ def test_polling_backs_off_while_nothing_changes_and_returns_on_change(
 
 
 def test_someone_waiting_brings_the_interval_back_to_the_base(
-    batchctl: BatchControl, run_dir: Path
+    batchctl: BatchControl, submission: Submission
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
     watcher = quick(batchctl.watcher)
     watcher.track(submission.job_ids)
     wait_for(lambda: watcher.interval == 0.4, lambda: watcher.interval)
@@ -371,9 +370,8 @@ def test_someone_waiting_brings_the_interval_back_to_the_base(
 
 
 def test_a_failing_callback_does_not_stop_the_watcher(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, submission: Submission
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
     watcher = quick(batchctl.watcher)
 
     def broken(job_id: str, old: JobState, new: JobRecord) -> None:
@@ -390,9 +388,8 @@ def test_a_failing_callback_does_not_stop_the_watcher(
 
 
 def test_terminal_jobs_are_not_asked_about_again(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    batchctl: BatchControl, fake_slurm: FakeSlurm, submission: Submission
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
     watcher = batchctl.watcher
     watcher.track(submission.job_ids)
     watcher.close()
@@ -432,13 +429,10 @@ def test_a_thousand_tracked_jobs_take_well_under_20_mb(
 
 
 def test_an_end_is_held_back_until_the_history_has_the_exit_code(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
+    watcher = hand_polled.watcher
     fake_slurm.set_job("100", state="RUNNING")
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
     watcher.poll()
     # squeue already says FAILED; slurmdbd has not recorded the job's end yet.
     fake_slurm.set_job("100", state="FAILED", exit="3:0", no_accounting=True)
@@ -454,12 +448,9 @@ def test_an_end_is_held_back_until_the_history_has_the_exit_code(
 
 
 def test_an_end_without_an_exit_code_is_reported_after_the_grace(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, hand_polled: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = batchctl.watcher
-    watcher.track(submission.job_ids, name=submission.name)
-    watcher.close()
+    watcher = hand_polled.watcher
     watcher.configure(exit_code_grace=0)
     fake_slurm.set_job("100", state="FAILED", exit="3:0", no_accounting=True)
 
@@ -470,23 +461,17 @@ def test_an_end_without_an_exit_code_is_reported_after_the_grace(
 
 
 def test_waiting_for_a_state_a_job_ended_without_fails_at_once(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
+    fake_slurm: FakeSlurm, watched: Tracked
 ) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = quick(batchctl.watcher)
-    watcher.track(submission.job_ids, name=submission.name)
+    submission, watcher = watched
     fake_slurm.set_job("100", state="FAILED", exit="1:0")
 
     with pytest.raises(JobFailedError, match="job 100 ended FAILED"):
         watcher.wait(submission.job_ids, until=lambda r: r.state is JobState.RUNNING, timeout=30)
 
 
-def test_waiting_on_a_closed_watcher_polls_again(
-    batchctl: BatchControl, fake_slurm: FakeSlurm, run_dir: Path
-) -> None:
-    submission = batchctl.submit(make_spec(run_dir))
-    watcher = quick(batchctl.watcher)
-    watcher.track(submission.job_ids, name=submission.name)
+def test_waiting_on_a_closed_watcher_polls_again(fake_slurm: FakeSlurm, watched: Tracked) -> None:
+    submission, watcher = watched
     watcher.close()
     fake_slurm.set_job("100", state="COMPLETED")
 

@@ -1,7 +1,7 @@
 """``jobstrap submit``, ``status``, ``cancel`` and ``logs`` as a user runs them.
 
 Each command runs as its own process (``python -m jobstrap``) against the fake Slurm
-of ``test_batchctl`` (real executables printing Slurm 22.05's formats); the real
+of ``fakeslurm`` (real executables printing Slurm 22.05's formats); the real
 cluster is exercised in ``tests/integration/test_batchctl_cluster.py``.
 """
 
@@ -13,12 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_batchctl import FakeSlurm, fake_slurm
+from fakeslurm import FakeSlurm
 
 from jobstrap.store import registry
 from jobstrap.store.registry import RunRecord
-
-__all__ = ["fake_slurm"]  # fixture shared with test_batchctl
 
 SLURM = ["--system", "slurm", "--set", "queue=debug", "--set", "protocol=tcp"]
 

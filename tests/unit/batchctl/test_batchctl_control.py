@@ -9,129 +9,19 @@ proven against the real Slurm test cluster in ``tests/integration``.
 
 from __future__ import annotations
 
-import json
-import os
 import stat
-import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fakeslurm import FakeSlurm, make_control, make_spec
 
-from jobstrap.batchctl.core import (
-    BatchControl,
-    RetryPolicy,
-    TokenBucket,
-    array_task_ids,
-    base_job_id,
-    shared_bucket,
-    tagged,
-)
+from jobstrap.batchctl.commands import RetryPolicy, TokenBucket, shared_bucket
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.submit import tagged
 from jobstrap.errors import BatchCommandError, SubmitError
-from jobstrap.jobs.spec import ArraySpec, JobSpec, Role, new_tag
-
-FAKE = Path(__file__).parent / "golden" / "fakebin" / "slurm.py"
-FAKE_COMMANDS = ("sbatch", "squeue", "sacct", "scancel", "scontrol")
-
-
-class FakeSlurm:
-    """Handle on the fake Slurm's state and call log (see golden/fakebin/slurm.py)."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "state"
-        self.bin = root / "bin"
-        self.dir.mkdir(parents=True)
-        self.bin.mkdir()
-        # A wrapper per command so the fake runs with this interpreter whatever PATH says.
-        for command in FAKE_COMMANDS:
-            wrapper = self.bin / command
-            wrapper.write_text(
-                f'#!/bin/sh\nFAKESLURM_COMMAND={command} exec {sys.executable} {FAKE} "$@"\n'
-            )
-            wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-        self._write({"next_id": 100, "jobs": {}, "plan": {}, "history": [],
-                     "max_array_size": 1001})  # fmt: skip
-
-    def _read(self) -> dict[str, Any]:
-        return json.loads((self.dir / "state.json").read_text())
-
-    def _write(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / "state.json.new"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.dir / "state.json")
-
-    def change(self, **values: Any) -> None:
-        state = self._read()
-        state.update(values)
-        self._write(state)
-
-    def plan(self, command: str, *actions: str) -> None:
-        state = self._read()
-        state["plan"][command] = list(actions)
-        self._write(state)
-
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        jobs: dict[str, dict[str, Any]] = self._read()["jobs"]
-        return jobs
-
-    def set_job(self, job_id: str, **changes: Any) -> None:
-        state = self._read()
-        job = state["jobs"][job_id]
-        job.update(changes)
-        if "state" in changes and job.get("array"):
-            job["tasks"] = dict.fromkeys(job["tasks"], changes["state"])
-        self._write(state)
-
-    def calls(self, command: str | None = None) -> list[list[str]]:
-        path = self.dir / "calls.log"
-        lines = path.read_text().splitlines() if path.exists() else []
-        argvs = [json.loads(line) for line in lines]
-        return [a for a in argvs if command is None or a[0] == command]
-
-
-@pytest.fixture
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSlurm:
-    fake = FakeSlurm(tmp_path / "fake")
-    monkeypatch.setenv("PATH", f"{fake.bin}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKESLURM_DIR", str(fake.dir))
-    monkeypatch.setattr(BatchControl, "_array_limits", {})
-    return fake
-
-
-def make_control(**changes: Any) -> BatchControl:
-    """A batchctl with quick retries and a bucket that never makes tests wait."""
-    options: dict[str, Any] = {
-        "retry": RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, budget=30),
-        "timeout": 10.0,
-        "bucket": TokenBucket(10_000, 10_000),
-    }
-    options.update(changes)
-    return BatchControl("slurm", **options)
-
-
-def make_spec(run_dir: Path, **changes: Any) -> JobSpec:
-    values: dict[str, Any] = {
-        "name": "jobstrap",
-        "role": Role.WORKERS,
-        "run_dir": str(run_dir),
-        "tag": new_tag(),
-        "command": ("sleep", "30"),
-        "walltime": 120,
-        "queue": "debug",
-        "launcher": "none",
-        "log_directory": str(run_dir / "logs"),
-    }
-    values.update(changes)
-    return JobSpec(**values)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "run"
-    (path / "logs").mkdir(parents=True)
-    return path
-
+from jobstrap.jobs.spec import ArraySpec
+from jobstrap.systems import get_system
 
 # --- running commands ---------------------------------------------------------------------
 
@@ -303,17 +193,20 @@ def test_for_system_returns_one_batchctl_per_system() -> None:
 
 
 @pytest.mark.parametrize(
-    ("job_id", "base"),
-    [("123", "123"), ("123_4", "123"), ("123+1", "123"), ("7[2].pbs01", "7[].pbs01"),
-     ("7.pbs01", "7.pbs01")],
+    ("system", "job_id", "base"),
+    [("slurm", "123", "123"), ("slurm", "123_4", "123"), ("slurm", "123+1", "123"),
+     ("pbs", "7[2].pbs01", "7[].pbs01"), ("pbs", "7.pbs01", "7.pbs01"), ("local", "12_3", "12")],
 )  # fmt: skip
-def test_base_job_id_is_what_the_submit_command_printed(job_id: str, base: str) -> None:
-    assert base_job_id(job_id) == base
+def test_base_job_id_is_what_the_submit_command_printed(
+    system: str, job_id: str, base: str
+) -> None:
+    assert get_system(system).base_job_id(job_id) == base
 
 
 def test_array_task_ids_follow_each_system_s_spelling() -> None:
-    assert array_task_ids("123", ArraySpec(0, 2)) == ["123_0", "123_1", "123_2"]
-    assert array_task_ids("7[].pbs01", ArraySpec(0, 1)) == ["7[0].pbs01", "7[1].pbs01"]
+    slurm, pbs = get_system("slurm"), get_system("pbs")
+    assert slurm.array_task_ids("123", ArraySpec(0, 2)) == ["123_0", "123_1", "123_2"]
+    assert pbs.array_task_ids("7[].pbs01", ArraySpec(0, 1)) == ["7[0].pbs01", "7[1].pbs01"]
 
 
 def test_tagging_appends_the_tag_to_the_name_once(run_dir: Path) -> None:

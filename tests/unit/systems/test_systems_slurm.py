@@ -15,16 +15,18 @@ and ``sacct_disabled.txt`` (sacct's message when accounting storage is off).
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
 
-from jobstrap.batchctl.core import _find_record, _fold_components
 from jobstrap.states import JobState
+from jobstrap.systems.base import fold_components
 from jobstrap.systems.slurm import SYSTEM as SLURM
 from jobstrap.systems.slurm import expand_job_id, map_state, parse_exit_code
 
-GOLDEN = Path(__file__).parent / "golden" / "slurm"
+GOLDEN = Path(__file__).parent.parent / "golden" / "slurm"
 
 
 def golden(name: str) -> str:
@@ -154,7 +156,7 @@ def test_cancelling_some_array_tasks_leaves_the_others_running() -> None:
 def test_a_heterogeneous_job_folds_into_its_own_id() -> None:
     records = SLURM.parse_status(golden("squeue_ended.txt"))
 
-    folded = _fold_components("6", records)
+    folded = fold_components("6", records)
 
     assert folded is not None
     assert folded.state is JobState.COMPLETED
@@ -187,6 +189,16 @@ def test_find_by_name_lists_every_task_of_the_named_jobs() -> None:
 
     assert sorted(ids) == sorted(f"5_{i}" for i in range(10))
     assert SLURM.find_by_name_argv("jobstrap-js1")[-1] == "--name=jobstrap-js1"
+
+
+def test_find_by_name_asks_only_for_the_current_user_s_jobs() -> None:
+    # Recovery adopts what this finds: another user's job of the same name must not count.
+    user = pwd.getpwuid(os.getuid()).pw_name
+
+    argv = SLURM.find_by_name_argv("jobstrap-js1")
+
+    assert argv[0] == "squeue"
+    assert f"--user={user}" in argv
 
 
 # --- sacct --------------------------------------------------------------------------------
@@ -300,7 +312,7 @@ def test_an_array_cancelled_before_it_was_split_answers_for_its_tasks() -> None:
     past = SLURM.parse_history(golden("sacct_array_cancelled_unsplit.txt"))
 
     for records in (live, past):
-        task = _find_record("130_2", records)
+        task = SLURM.find_record("130_2", records)
         assert task is not None
         assert task.job_id == "130_2"
         assert task.state is JobState.CANCELLED

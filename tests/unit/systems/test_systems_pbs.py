@@ -12,17 +12,18 @@ walltime or memory). Job ids follow ``qsub``'s ``1234.server`` / ``1250[].server
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
 
-from jobstrap.batchctl.core import array_task_ids, base_job_id
 from jobstrap.jobs.spec import ArraySpec
 from jobstrap.states import JobState
 from jobstrap.systems.pbs import SYSTEM as PBS
 from jobstrap.systems.pbs import finished_state
 
-GOLDEN = Path(__file__).parent / "golden" / "pbs"
+GOLDEN = Path(__file__).parent.parent / "golden" / "pbs"
 
 
 def golden(name: str) -> str:
@@ -105,10 +106,10 @@ def test_array_subjobs_are_reported_one_by_one() -> None:
 def test_subjob_ids_are_spelled_the_way_qstat_reports_them() -> None:
     submitted = PBS.parse_submit(golden("qsub_array.txt"))
 
-    ids = array_task_ids(submitted, ArraySpec(0, 3))
+    ids = PBS.array_task_ids(submitted, ArraySpec(0, 3))
 
     assert set(ids) <= set(PBS.parse_status(golden("qstat_array.json")))
-    assert {base_job_id(j) for j in ids} == {submitted}
+    assert {PBS.base_job_id(j) for j in ids} == {submitted}
 
 
 def test_the_classic_table_is_read_when_json_is_not_available() -> None:
@@ -153,7 +154,9 @@ def test_a_rejected_walltime_is_not_transient() -> None:
 
 
 def test_find_by_name_uses_qselect() -> None:
-    assert PBS.find_by_name_argv("jobstrap-js1") == ["qselect", "-N", "jobstrap-js1"]
+    user = pwd.getpwuid(os.getuid()).pw_name
+    # -u: only the current user's jobs; another user's job of the same name is not ours.
+    assert PBS.find_by_name_argv("jobstrap-js1") == ["qselect", "-u", user, "-N", "jobstrap-js1"]
     assert PBS.parse_find_by_name(golden("qselect.txt")) == ["1234.pbs01", "1250[].pbs01"]
 
 
