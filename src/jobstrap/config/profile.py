@@ -29,6 +29,7 @@ import yaml
 
 from jobstrap.config import resources
 from jobstrap.config.choices import WORKER_LAYOUTS
+from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm, parse_memory, parse_walltime
 from jobstrap.errors import ConfigError
 
@@ -109,11 +110,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
 
 def _system(name: str, value: object) -> str:
     """A registered batch system's name (built in, or a ``jobstrap.systems`` plugin)."""
-    # Imported here, not at the top: the systems describe jobs in terms of
-    # jobstrap.jobs.spec, which is built from this module's Profile.
-    from jobstrap.systems import available
-
-    return _choice(tuple(available()))(name, value)
+    return _choice(tuple(available_systems()))(name, value)
 
 
 def _integer(minimum: int) -> Callable[[str, object], int]:

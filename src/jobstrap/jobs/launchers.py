@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from jobstrap.jobs.spec import JobSpec
+from jobstrap.jobs.model import JobSpec
 
 
 def _srun(spec: JobSpec, argv: Sequence[str]) -> list[str]:

@@ -19,7 +19,7 @@ from jobstrap._version import __version__
 from jobstrap.config import resources
 from jobstrap.errors import ConfigError
 from jobstrap.jobs.launchers import launch_argv
-from jobstrap.jobs.spec import JobSpec
+from jobstrap.jobs.model import JobSpec
 from jobstrap.systems import BatchSystem
 
 

@@ -1,96 +1,31 @@
-"""``JobSpec``: what one batch job needs, derived from a profile and a role.
+"""Building a ``JobSpec`` from a profile and a role (worker, app, scheduler jobs).
 
-A spec is plain data. It knows nothing of ``#SBATCH`` or ``#PBS``: the builders in
-``systems/`` turn it into directives and the templates into a script.
+The spec itself is plain data (:mod:`jobstrap.jobs.model`). It knows nothing of
+``#SBATCH`` or ``#PBS``: the builders in ``systems/`` turn it into directives and the
+templates into a script. These builders ask the profile's batch system only for its
+launcher defaults (``launcher: auto``).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
 
 from jobstrap.config.profile import Profile
+from jobstrap.jobs.model import ArraySpec, JobSpec, Role, new_tag
+from jobstrap.systems import get_system
 
+__all__ = [
+    "ArraySpec",
+    "JobSpec",
+    "Role",
+    "app_job",
+    "new_tag",
+    "resolve_launcher",
+    "scheduler_job",
+    "worker_job",
+]
 
-class Role(str, Enum):
-    """What a job is for; the template and the bootstrap mode follow from it."""
-
-    WORKERS = "workers"  #: Dask workers for a scheduler elsewhere (notebook clusters)
-    APP = "app"  #: scheduler + client + workers in one allocation (batch mode, graph jobs)
-    SCHEDULER = "scheduler"  #: a scheduler alone (``scheduler="job"``)
-    PROBE = "probe"  #: a diagnostic probe (``jobstrap doctor``)
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """A job array: task ids ``start..stop`` inclusive, at most ``limit`` running at once."""
-
-    start: int
-    stop: int
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.start < 0 or self.stop < self.start:
-            raise ValueError(f"invalid array range {self.start}-{self.stop}")
-
-    @property
-    def size(self) -> int:
-        return self.stop - self.start + 1
-
-    @property
-    def task_ids(self) -> range:
-        return range(self.start, self.stop + 1)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything one batch job needs; sizes in bytes, durations in seconds."""
-
-    name: str
-    role: Role
-    run_dir: str
-    tag: str
-    command: tuple[str, ...]
-    walltime: int
-    nodes: int = 1
-    tasks_per_node: int = 1
-    cpus_per_task: int = 1
-    memory: int | None = None  #: per node
-    gpus: int = 0
-    queue: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    launcher: str = "none"  #: srun, mpiexec, mpirun, none (resolved, never "auto")
-    mpi: bool = False  #: whether the launched tasks form one MPI world
-    env: tuple[tuple[str, str], ...] = ()
-    prologue: tuple[str, ...] = ()
-    epilogue: tuple[str, ...] = ()
-    extra_directives: tuple[str, ...] = ()
-    skip_directives: tuple[str, ...] = ()
-    submit_args: tuple[str, ...] = ()
-    log_directory: str = ""
-    shebang: str = "#!/usr/bin/env bash"
-    array: ArraySpec | None = None
-    #: Ask the batch system to send this signal this many seconds before the walltime.
-    signal: tuple[str, int] | None = None
-    python: str = "python3"
-    labels: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def ntasks(self) -> int:
-        return self.nodes * self.tasks_per_node
-
-    def with_array(self, array: ArraySpec | None) -> JobSpec:
-        """The same job as an array (or not)."""
-        return replace(self, array=array)
-
-
-def new_tag() -> str:
-    """A short random tag that identifies one submission for idempotent retries."""
-    return "js" + secrets.token_hex(5)
 
 
 def resolve_launcher(profile: Profile) -> str:
@@ -102,9 +37,6 @@ def resolve_launcher(profile: Profile) -> str:
 
 def _launchers(profile: Profile) -> tuple[str, str | None]:
     """The profile's batch system's ``default_launcher`` and ``node_launcher``."""
-    # Imported here: jobstrap.systems describes systems in terms of this module's JobSpec.
-    from jobstrap.systems import get_system
-
     system = get_system(profile.system)
     return system.default_launcher, system.node_launcher
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from jobstrap.jobs.spec import ArraySpec, JobSpec
+from jobstrap.jobs.model import ArraySpec, JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.partitions import Partition
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from jobstrap.config.units import format_walltime_pbs
-from jobstrap.jobs.spec import ArraySpec, JobSpec
+from jobstrap.jobs.model import ArraySpec, JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
     JobRecord,

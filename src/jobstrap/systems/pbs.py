@@ -19,7 +19,7 @@ from typing import Any
 
 from jobstrap.config.units import format_memory_pbs, format_walltime_pbs, parse_walltime
 from jobstrap.errors import ConfigError
-from jobstrap.jobs.spec import ArraySpec, JobSpec, Role
+from jobstrap.jobs.model import ArraySpec, JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
     JobRecord,

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
-from jobstrap.jobs.spec import ArraySpec, JobSpec, Role
+from jobstrap.jobs.model import ArraySpec, JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
     JobRecord,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from jobstrap.localq.core import _parser
-
 from jobstrap.jobs.spec import ArraySpec
+from jobstrap.localq.cli import _parser
 from jobstrap.systems.local import SYSTEM as LOCAL
 
 

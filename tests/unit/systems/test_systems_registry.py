@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import jobstrap.systems as systems
+from jobstrap.config import plugins
 from jobstrap.config.profile import load_profile
 from jobstrap.errors import ConfigError
 from jobstrap.jobs.spec import resolve_launcher, worker_job
@@ -15,8 +16,8 @@ from jobstrap.jobs.spec import resolve_launcher, worker_job
 @pytest.fixture
 def plugin(monkeypatch: pytest.MonkeyPatch) -> str:
     """A system registered as a plugin would be: here, Slurm's module under a new name."""
-    found = {**systems._BUILTIN, "mysite": "jobstrap.systems.slurm"}
-    monkeypatch.setattr(systems, "_plugins", lambda: found)
+    found = {**plugins._BUILTIN, "mysite": "jobstrap.systems.slurm"}
+    monkeypatch.setattr(plugins, "_systems", lambda: found)
     return "mysite"
 
 
