@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 
-from jobstrap.batch.client import JobFuture, RemoteError, submit_app
+from jobstrap.batch.client import submit_app
+from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import ProgressDisplay
+from jobstrap.batch.remote import RemoteError
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.store.rundir import atomic_write_bytes

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from jobstrap.batch.client import batch_profile, local_launch
+from jobstrap.batch.submit import batch_profile, local_launch
 from jobstrap.batchctl.core import BatchControl, Submission, tagged
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.config.profile import Profile

@@ -22,15 +22,16 @@ import numpy as np
 import pytest
 
 import jobstrap
-from jobstrap.batch.client import JobFuture, RemoteError
+from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import Progress, render_text
+from jobstrap.batch.remote import RemoteError
 from jobstrap.engines.dask.graph_runner import CorruptRunFileError, frame, unframe
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.states import JobState
 
 #: Seconds any one job may take here (startup is a few seconds; CI machines are slow).
 TIMEOUT = 240.0
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,7 +260,7 @@ def test_another_process_reattaches_and_gets_the_result() -> None:
     future = jobstrap.submit(da.arange(100, chunks=10).sum(), walltime="10m")
 
     code = (
-        "import sys; from jobstrap.batch.client import JobFuture; "
+        "import sys; from jobstrap.batch.future import JobFuture; "
         f"print(JobFuture.attach({future.run_id!r}).result(timeout={TIMEOUT}))"
     )
     done = subprocess.run(
