@@ -180,7 +180,7 @@ def _wait_settled(job_id: str, timeout: float = 120.0) -> None:
 
 
 def run_dask_mpi(code: str, workdir: Path, timeout: float) -> Run:
-    from jobstrap.batch.client import result_poll_delays  # the same file polling as JobFuture
+    from jobstrap.batch.future import result_poll_delays  # the same file polling as JobFuture
 
     job_dir = Path(tempfile.mkdtemp(prefix="daskmpi-", dir=workdir))
     driver = job_dir / "driver.py"

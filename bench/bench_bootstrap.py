@@ -170,7 +170,7 @@ def _launch_stamp(path: Path) -> str:
 
 def _wait_for(report: Path, job_id: str, started: float, timeout: float) -> None:
     """Poll for ``report`` like JobFuture polls for a result (or give up)."""
-    from jobstrap.batch.client import result_poll_delays
+    from jobstrap.batch.future import result_poll_delays
 
     delays = result_poll_delays()
     last_check = started

@@ -35,7 +35,7 @@ from faultkit import (
 )
 
 import jobstrap
-from jobstrap.batch.client import JobFuture
+from jobstrap.batch.future import JobFuture
 from jobstrap.errors import JobFailedError
 from jobstrap.store.rundir import RunDir, SchedulerInfo
 

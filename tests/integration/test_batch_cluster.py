@@ -1,6 +1,6 @@
 """Graphs as batch jobs on the real Slurm test cluster (run on its login node ``head``).
 
-The same behaviours as ``tests/unit/test_batch_local.py``, with ``profile="testcluster"``:
+The same behaviours as ``tests/unit/batch/test_client_local.py``, with ``profile="testcluster"``:
 ``jobstrap.submit`` on ``head`` ships the graph through the shared file system, real
 ``sbatch``/``squeue``/``sacct``/``scancel`` run through batch control, and the job's
 scheduler, graph runner and workers are MPI ranks (``srun --mpi=pmi2``) on
@@ -23,7 +23,7 @@ import pytest
 from conftest import COMPUTE_NODES, TestCluster, new_shared_dir
 
 import jobstrap
-from jobstrap.batch.client import JobFuture
+from jobstrap.batch.future import JobFuture
 from jobstrap.errors import JobFailedError
 
 pytestmark = pytest.mark.cluster
@@ -131,7 +131,7 @@ def test_another_process_reattaches_and_gets_the_result() -> None:
     future = jobstrap.submit(da.arange(100, chunks=10).sum(), **JOB)
 
     code = (
-        "from jobstrap.batch.client import JobFuture; "
+        "from jobstrap.batch.future import JobFuture; "
         f"print(JobFuture.attach({future.run_id!r}).result(timeout={TIMEOUT}))"
     )
     done = subprocess.run(

@@ -1,3 +1,6 @@
-"""Apps and graphs as batch jobs (client side): ``submit()``, ``BatchClient``,
-``JobFuture`` and progress.
+"""Apps and graphs as batch jobs (client side).
+
+``client`` (``submit()``, ``submit_app()``, ``BatchClient``), ``package`` (what is
+shipped into the job), ``submit`` (the one submission pipeline), ``future``
+(``JobFuture``), ``remote`` (the job's exceptions rebuilt here) and ``progress``.
 """

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from jobstrap.batch.client import batch_profile
+from jobstrap.batch.submit import batch_profile
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.jobs.render import render_script
 from jobstrap.jobs.spec import app_job, new_tag, scheduler_job, worker_job

@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 
-from jobstrap.batch.client import JobFuture, RemoteError, submit_app
+from jobstrap.batch.client import submit_app
+from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import ProgressDisplay
+from jobstrap.batch.remote import RemoteError
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.store.rundir import atomic_write_bytes
@@ -115,13 +117,10 @@ def run(app: str, args: tuple[str, ...], module: bool, quiet: bool, **options: A
     profile_name = options.get("profile_name")
     profile = resolve(**options)
     words = ["-m", app, *args] if module else [app, *args]
-    future = submit_app(words, profile=profile)
-    if isinstance(profile_name, str):
-        # Keep the name the user chose in the record, for `jobstrap status`.
-        from jobstrap.store import registry
-
-        record = registry.load(future.run_id)
-        registry.update(future.run_id, profile={**record.profile, "name": profile_name})
+    # The record keeps the name the user chose, for `jobstrap status`.
+    future = submit_app(
+        words, profile=profile, profile_name=profile_name if isinstance(profile_name, str) else None
+    )
     out, err = future.log_files()
     click.echo(f"run {future.run_id}: job {future.job_id} on {future.system}", err=True)
     click.echo(f"logs {out} {err}", err=True)

@@ -7,45 +7,14 @@ import sys
 
 import click
 
-from jobstrap.batch.client import batch_profile, local_launch
+from jobstrap.batch.submit import submit_run
 from jobstrap.batchctl.control import BatchControl
-from jobstrap.batchctl.submit import Submission, tagged
+from jobstrap.batchctl.submit import Submission
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.config.profile import Profile
-from jobstrap.jobs.render import render_script
-from jobstrap.jobs.spec import app_job, new_tag
 from jobstrap.states import JobState
-from jobstrap.store import registry
-from jobstrap.store.registry import RunRecord
-from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
-from jobstrap.systems import JobRecord, get_system
-
-
-def _prepare(profile: Profile) -> RunDir:
-    """The run directory and its TLS material, before anything is submitted."""
-    run = RunDir.create(default_run_root(profile.run_root), new_run_id())
-    if profile.protocol == "tls":
-        from jobstrap.net.security import (
-            create_tls,  # cryptography is slow to import; only when needed
-        )
-
-        create_tls(run.path)
-    return run
-
-
-def _record(profile_name: str | None, profile: Profile, run: RunDir, app: str) -> RunRecord:
-    return RunRecord(
-        run_id=run.run_id,
-        kind="app",
-        system=profile.system,
-        run_dir=str(run.path),
-        profile={
-            "name": profile_name or os.environ.get("JOBSTRAP_PROFILE") or "default",
-            "resolved": profile.to_dict(),
-        },
-        status="submitting",
-        extra={"app": app},
-    )
+from jobstrap.store.rundir import RunDir
+from jobstrap.systems import JobRecord
 
 
 def _print_transition(job_id: str, old: JobState, new: JobRecord) -> None:
@@ -80,39 +49,19 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
     and saved, so ``jobstrap status``, ``logs`` and ``cancel`` find it from anywhere.
     """
     profile_name = options.get("profile_name")
-    # Batch mode needs at least scheduler, client and one worker rank.
-    profile = batch_profile(resolve(**options))  # type: ignore[arg-type]
     app_path = os.path.abspath(app)  # the file system is shared: the nodes read it in place
-    run = _prepare(profile)
-    tag = new_tag()
+    # Batch mode's ranks (scheduler, client, workers), the run directory and its TLS
+    # files, the record saved before submitting: the one pipeline every batch job takes.
     # The bootstrap runs what follows its "--" with the job's Python: app.py [args].
-    spec = app_job(profile, str(run.path), tag, [app_path, *args])
-    spec = tagged(local_launch(spec, profile))
-    system = get_system(profile.system)
-    script = render_script(spec, system, template=profile.template)
-    record = _record(
-        profile_name if isinstance(profile_name, str) else None, profile, run, app_path
+    submitted = submit_run(
+        resolve(**options),  # type: ignore[arg-type]
+        profile_name if isinstance(profile_name, str) else None,
+        "app",
+        lambda run: [app_path, *args],
+        extra={"app": app_path},
+        run_id_prefix="run",  # `jobstrap submit` runs have always been run-<time>-<hex>
     )
-    record.tags = [tag]
-    # Saved before submitting: if this process dies mid-submit, the run is still findable
-    # and its tag tells which queued job is ours.
-    registry.save(record)
-    batchctl = BatchControl.for_system(profile.system)
-    try:
-        submission = batchctl.submit(spec, script, script_name="job.sh")
-    except Exception:
-        registry.update(record.run_id, status="failed")
-        raise
-    # The script names its logs <job id>.out/.err (arrays: <id>_<task>) in the log directory.
-    logs = {
-        j: {"out": os.path.join(spec.log_directory, f"{j}.out"),
-            "err": os.path.join(spec.log_directory, f"{j}.err")}
-        for j in submission.job_ids
-    }  # fmt: skip
-    record = registry.update(
-        record.run_id, job_ids=submission.job_ids, logs=logs, status="submitted"
-    )
-    run.write_json("run.json", record.to_json())
+    run, submission, logs = submitted.run, submitted.submission, submitted.record.logs
     job_id = submission.job_ids[0]
     click.echo(f"run      {run.run_id}")
     click.echo(f"job      {job_id}")
@@ -123,7 +72,7 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
         return
     # Ctrl-C detaches: the job is the user's; `jobstrap cancel` stops it on purpose.
     try:
-        code = _wait(batchctl, submission, run, profile)
+        code = _wait(submitted.batchctl, submission, run, submitted.profile)
     except KeyboardInterrupt:
         click.echo(f"\ndetached; the job keeps running (jobstrap cancel {run.run_id})", err=True)
         sys.exit(130)

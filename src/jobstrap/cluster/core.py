@@ -1425,7 +1425,7 @@ class PBSCluster(BatchCluster):
 class LocalBatchCluster(BatchCluster):
     """A Dask cluster of local process-group "jobs" (no batch system needed).
 
-    Runs exactly the scripts a cluster would, through ``jobstrap.localq.core``; for
+    Runs exactly the scripts a cluster would, through ``jobstrap.localq``; for
     laptops, CI and trying a profile out before the queue wait.
     """
 

@@ -86,6 +86,20 @@ class BatchSystem(Protocol):
         """Full directive lines for the script header (``#SBATCH --time=...``)."""
         ...
 
+    #: Seconds a file a job wrote may take to be seen here after the job ended
+    #: (shared file systems cache attributes and negative lookups).
+    result_grace: float
+
+    def plain_launch_argv(
+        self, python: str, ntasks: int, command: Sequence[str]
+    ) -> list[str] | None:
+        """argv starting ``ntasks`` ranks of ``command`` as plain processes, without MPI.
+
+        Each rank finds its rank in the environment (``PMI_RANK``/``PMI_SIZE``). None
+        when the batch system has no launcher of its own.
+        """
+        ...
+
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         """argv that submits ``script`` and prints the job id."""
         ...

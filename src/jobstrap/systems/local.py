@@ -88,6 +88,15 @@ class Local:
     def script_setup(self, spec: JobSpec) -> list[str]:
         return []
 
+    #: The run directory is on this machine's own disk: a short grace is enough.
+    result_grace = 2.0
+
+    def plain_launch_argv(
+        self, python: str, ntasks: int, command: Sequence[str]
+    ) -> list[str] | None:
+        """``localq launch``: the ranks as processes, each told its rank in the environment."""
+        return [python, "-m", "jobstrap.localq", "launch", "-n", str(ntasks), "--", *command]
+
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         return _localq("submit", *spec.submit_args, script)
 

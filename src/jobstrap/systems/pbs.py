@@ -167,6 +167,15 @@ class PBS:
         log_dir = shlex.quote(spec.log_directory)
         return [f"exec >{log_dir}/{stem}.out 2>{log_dir}/{stem}.err"]
 
+    #: NFS attribute caches lag: a finished job's result file may take this long to show.
+    result_grace = 30.0
+
+    def plain_launch_argv(
+        self, python: str, ntasks: int, command: Sequence[str]
+    ) -> list[str] | None:
+        """None: ranks are started by MPI (or the user's launcher) only."""
+        return None
+
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         return ["qsub", *spec.submit_args, script]
 

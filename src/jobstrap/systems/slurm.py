@@ -192,6 +192,15 @@ class Slurm:
         """Extra shell lines at the top of the body (none needed: Slurm names the logs)."""
         return []
 
+    #: NFS attribute caches lag: a finished job's result file may take this long to show.
+    result_grace = 30.0
+
+    def plain_launch_argv(
+        self, python: str, ntasks: int, command: Sequence[str]
+    ) -> list[str] | None:
+        """None: ranks are started by MPI (or the user's launcher) only."""
+        return None
+
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         return ["sbatch", "--parsable", *spec.submit_args, script]
 

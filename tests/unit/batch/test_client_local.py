@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,20 @@ import numpy as np
 import pytest
 
 import jobstrap
-from jobstrap.batch.client import JobFuture, RemoteError
+from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import Progress, render_text
+from jobstrap.batch.remote import RemoteError
 from jobstrap.engines.dask.graph_runner import CorruptRunFileError, frame, unframe
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.states import JobState
 
 #: Seconds any one job may take here (startup is a few seconds; CI machines are slow).
 TIMEOUT = 240.0
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
+#: Walltime of every job here unless the walltime is what a test is about.
+WALLTIME = "10m"
+
+Submit = Callable[..., JobFuture]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,6 +48,40 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", "2")
         patch.delenv("JOBSTRAP_PROFILE", raising=False)
         yield root
+
+
+@pytest.fixture
+def submit_job() -> Submit:
+    """``jobstrap.submit`` with the walltime every job here gets unless told otherwise."""
+
+    def submit(obj: Any, *args: Any, **settings: Any) -> JobFuture:
+        settings.setdefault("walltime", WALLTIME)
+        return jobstrap.submit(obj, *args, **settings)
+
+    return submit
+
+
+@pytest.fixture
+def run_dirs(local_env: Path) -> Callable[[], set[Path]]:
+    """The run directories that exist at the time of the call."""
+
+    def existing() -> set[Path]:
+        runs = local_env / "runs"
+        return set(runs.glob("*")) if runs.exists() else set()
+
+    return existing
+
+
+@pytest.fixture
+def write_app(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write an app file ``name`` with ``code`` into the test's folder; return its path."""
+
+    def write(name: str, code: str) -> Path:
+        app = tmp_path / name
+        app.write_text(code)
+        return app
+
+    return write
 
 
 def wait_for_phase(future: JobFuture, phase: str, timeout: float = TIMEOUT) -> None:
@@ -128,39 +167,41 @@ def test_the_progress_line_shows_the_queue_wait_then_the_tasks() -> None:
 # ------------------------------------------------------------------------------- results
 
 
-def test_a_chunked_array_expression_computed_in_a_job_equals_the_local_result() -> None:
+def test_a_chunked_array_expression_computed_in_a_job_equals_the_local_result(
+    submit_job: Submit,
+) -> None:
     x = da.random.default_rng(1).random((2000, 2000), chunks=(500, 500))
     expression = (x + x.T) - x.mean(axis=0)
 
-    remote = jobstrap.submit(expression, walltime="10m").result(timeout=TIMEOUT)
+    remote = submit_job(expression).result(timeout=TIMEOUT)
 
     np.testing.assert_allclose(remote, expression.compute())
 
 
-def test_a_function_gets_its_positional_and_keyword_arguments() -> None:
-    future = jobstrap.submit(divmod, 17, 3, walltime="10m")
-    keyword = jobstrap.submit(int, "ff", kwargs={"base": 16}, walltime="10m")
+def test_a_function_gets_its_positional_and_keyword_arguments(submit_job: Submit) -> None:
+    future = submit_job(divmod, 17, 3)
+    keyword = submit_job(int, "ff", kwargs={"base": 16})
 
     assert (future.result(timeout=TIMEOUT), keyword.result(timeout=TIMEOUT)) == ((5, 2), 255)
 
 
-def test_a_function_can_use_the_whole_cluster_through_get_client() -> None:
-    future = jobstrap.submit(sum_of_squares_on_the_cluster, 10, walltime="10m")
+def test_a_function_can_use_the_whole_cluster_through_get_client(submit_job: Submit) -> None:
+    future = submit_job(sum_of_squares_on_the_cluster, 10)
 
     assert future.result(timeout=TIMEOUT) == sum(i * i for i in range(10))
 
 
-def test_a_dict_of_collections_comes_back_with_the_same_shape() -> None:
+def test_a_dict_of_collections_comes_back_with_the_same_shape(submit_job: Submit) -> None:
     x = da.arange(10, chunks=5)
     graph = {"total": x.sum(), "parts": [x.max(), dask.delayed(len)("abc")]}
 
-    result = jobstrap.submit(graph, walltime="10m").result(timeout=TIMEOUT)
+    result = submit_job(graph).result(timeout=TIMEOUT)
 
     assert result == {"total": 45, "parts": [9, 3]}
 
 
-def test_awaiting_a_future_gives_its_result() -> None:
-    future = jobstrap.submit(da.ones(4, chunks=2).sum(), walltime="10m")
+def test_awaiting_a_future_gives_its_result(submit_job: Submit) -> None:
+    future = submit_job(da.ones(4, chunks=2).sum())
 
     async def wait() -> Any:
         return await asyncio.wait_for(future, TIMEOUT)
@@ -168,8 +209,8 @@ def test_awaiting_a_future_gives_its_result() -> None:
     assert asyncio.run(wait()) == 4
 
 
-def test_progress_counts_every_task_once_the_graph_is_done() -> None:
-    future = jobstrap.submit(da.ones((100, 100), chunks=10).sum(), walltime="10m")
+def test_progress_counts_every_task_once_the_graph_is_done(submit_job: Submit) -> None:
+    future = submit_job(da.ones((100, 100), chunks=10).sum())
     future.result(timeout=TIMEOUT)
 
     progress = future.progress()
@@ -185,8 +226,8 @@ def test_progress_counts_every_task_once_the_graph_is_done() -> None:
 # -------------------------------------------------------------------------------- errors
 
 
-def test_a_remote_exception_is_raised_here_with_its_remote_traceback() -> None:
-    future = jobstrap.submit(boom, 7, walltime="10m")
+def test_a_remote_exception_is_raised_here_with_its_remote_traceback(submit_job: Submit) -> None:
+    future = submit_job(boom, 7)
 
     with pytest.raises(ValueError, match="bad value 7") as caught:
         future.result(timeout=TIMEOUT)
@@ -195,8 +236,8 @@ def test_a_remote_exception_is_raised_here_with_its_remote_traceback() -> None:
     assert ("in inner" in remote, "in inner" in str(caught.value.__cause__)) == (True, True)
 
 
-def test_an_exception_that_cannot_travel_arrives_as_a_remote_error() -> None:
-    future = jobstrap.submit(raise_job_only, walltime="10m")
+def test_an_exception_that_cannot_travel_arrives_as_a_remote_error(submit_job: Submit) -> None:
+    future = submit_job(raise_job_only)
 
     with pytest.raises(RemoteError, match="JobOnlyError: only in the job") as caught:
         future.result(timeout=TIMEOUT)
@@ -204,15 +245,15 @@ def test_an_exception_that_cannot_travel_arrives_as_a_remote_error() -> None:
     assert "raise_job_only" in caught.value.remote_traceback
 
 
-def test_exception_returns_the_remote_exception_without_raising() -> None:
-    error = jobstrap.submit(boom, 3, walltime="10m").exception(timeout=TIMEOUT)
+def test_exception_returns_the_remote_exception_without_raising(submit_job: Submit) -> None:
+    error = submit_job(boom, 3).exception(timeout=TIMEOUT)
 
     assert isinstance(error, ValueError)
     assert "bad value 3" in str(error)
 
 
-def test_a_cancelled_job_raises_naming_cancelled() -> None:
-    future = jobstrap.submit(time.sleep, 600, walltime="10m")
+def test_a_cancelled_job_raises_naming_cancelled(submit_job: Submit) -> None:
+    future = submit_job(time.sleep, 600)
     wait_for_phase(future, "computing")
 
     assert future.cancel() is True
@@ -231,15 +272,16 @@ def test_a_job_killed_at_its_walltime_raises_naming_timeout() -> None:
     assert (caught.value.state, future.state) == ("TIMEOUT", JobState.TIMEOUT)
 
 
-def test_an_input_over_the_size_limit_fails_before_anything_is_created(local_env: Path) -> None:
+def test_an_input_over_the_size_limit_fails_before_anything_is_created(
+    run_dirs: Callable[[], set[Path]],
+) -> None:
     embedded = da.from_array(np.ones(100_000), chunks=10_000)  # 800 kB inside the graph
-    runs_before = set((local_env / "runs").glob("*")) if (local_env / "runs").exists() else set()
+    runs_before = run_dirs()
 
     with pytest.raises(UserError, match="read the data inside the graph"):
         jobstrap.submit(embedded.sum(), max_input_size="100KiB")
 
-    runs_after = set((local_env / "runs").glob("*")) if (local_env / "runs").exists() else set()
-    assert runs_after == runs_before
+    assert run_dirs() == runs_before
 
 
 def test_arguments_with_a_collection_are_refused() -> None:
@@ -255,11 +297,11 @@ def test_an_object_with_nothing_to_compute_is_refused() -> None:
 # ---------------------------------------------------------------------- runs as records
 
 
-def test_another_process_reattaches_and_gets_the_result() -> None:
-    future = jobstrap.submit(da.arange(100, chunks=10).sum(), walltime="10m")
+def test_another_process_reattaches_and_gets_the_result(submit_job: Submit) -> None:
+    future = submit_job(da.arange(100, chunks=10).sum())
 
     code = (
-        "import sys; from jobstrap.batch.client import JobFuture; "
+        "import sys; from jobstrap.batch.future import JobFuture; "
         f"print(JobFuture.attach({future.run_id!r}).result(timeout={TIMEOUT}))"
     )
     done = subprocess.run(
@@ -269,8 +311,8 @@ def test_another_process_reattaches_and_gets_the_result() -> None:
     assert (done.returncode, done.stdout.strip()) == (0, "4950"), done.stderr
 
 
-def test_a_truncated_result_file_is_never_returned() -> None:
-    future = jobstrap.submit(da.arange(1000, chunks=100), walltime="10m")
+def test_a_truncated_result_file_is_never_returned(submit_job: Submit) -> None:
+    future = submit_job(da.arange(1000, chunks=100))
     future.result(timeout=TIMEOUT)
     result_file = future.run_dir / "result.pkl"
     data = result_file.read_bytes()
@@ -301,9 +343,10 @@ def test_jobstrap_run_runs_an_example_and_exits_with_its_code() -> None:
     assert "sum of squares 0..49 = 40425" in done.stdout
 
 
-def test_jobstrap_run_exits_with_the_apps_own_exit_code(tmp_path: Path) -> None:
-    app = tmp_path / "fails.py"
-    app.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+def test_jobstrap_run_exits_with_the_apps_own_exit_code(
+    write_app: Callable[[str, str], Path],
+) -> None:
+    app = write_app("fails.py", "import sys\nprint('about to fail')\nsys.exit(3)\n")
 
     done = jobstrap_cli("run", str(app))
 
@@ -317,15 +360,15 @@ def test_jobstrap_run_works_without_mpi_through_the_local_launcher() -> None:
     assert "sum of squares 0..19 = 2470" in done.stdout
 
 
-def test_a_worker_rank_can_fork_several_workers(tmp_path: Path) -> None:
-    app = tmp_path / "count.py"
-    app.write_text(
+def test_a_worker_rank_can_fork_several_workers(write_app: Callable[[str, str], Path]) -> None:
+    app = write_app(
+        "count.py",
         "import os\n"
         "from distributed import Client\n"
         "with Client() as client:\n"
         "    workers = client.scheduler_info()['workers'].values()\n"
         "    pids = client.run(os.getppid)\n"
-        "    print('workers', len(workers), 'nanny processes', len(set(pids.values())))\n"
+        "    print('workers', len(workers), 'nanny processes', len(set(pids.values())))\n",
     )
 
     done = jobstrap_cli("run", "--set", "workers_per_rank=3", str(app))
@@ -355,8 +398,8 @@ def test_render_shows_the_app_script_submit_would_send() -> None:
     assert launch.split(" -- ", 1)[1].startswith("app.py 3"), launch
 
 
-def test_jobstrap_result_prints_a_finished_runs_result(tmp_path: Path) -> None:
-    future = jobstrap.submit(da.arange(10, chunks=5).sum(), walltime="10m")
+def test_jobstrap_result_prints_a_finished_runs_result(submit_job: Submit, tmp_path: Path) -> None:
+    future = submit_job(da.arange(10, chunks=5).sum())
     future.result(timeout=TIMEOUT)
 
     printed = jobstrap_cli("result", future.run_id)
@@ -366,8 +409,8 @@ def test_jobstrap_result_prints_a_finished_runs_result(tmp_path: Path) -> None:
     assert (saved.returncode, (tmp_path / "r.json").read_text().strip()) == (0, "45")
 
 
-def test_jobstrap_result_of_a_failed_run_shows_the_remote_traceback() -> None:
-    future = jobstrap.submit(boom, 5, walltime="10m")
+def test_jobstrap_result_of_a_failed_run_shows_the_remote_traceback(submit_job: Submit) -> None:
+    future = submit_job(boom, 5)
     future.exception(timeout=TIMEOUT)
 
     done = jobstrap_cli("result", future.run_id)
@@ -375,8 +418,8 @@ def test_jobstrap_result_of_a_failed_run_shows_the_remote_traceback() -> None:
     assert (done.returncode, "in inner" in done.stderr) == (1, True), done.stderr
 
 
-def test_run_directories_are_private(local_env: Path) -> None:
-    future = jobstrap.submit(divmod, 1, 1, walltime="10m")
+def test_run_directories_are_private(submit_job: Submit, local_env: Path) -> None:
+    future = submit_job(divmod, 1, 1)
     future.result(timeout=TIMEOUT)
 
     modes = {
@@ -387,8 +430,8 @@ def test_run_directories_are_private(local_env: Path) -> None:
     assert modes == {future.run_dir.name: "0o700", "input.pkl": "0o600", "result.pkl": "0o600"}
 
 
-def test_a_graph_starts_at_once_and_nannies_can_be_left_out() -> None:
-    future = jobstrap.submit(divmod, 7, 2, walltime="10m", nanny=False)
+def test_a_graph_starts_at_once_and_nannies_can_be_left_out(submit_job: Submit) -> None:
+    future = submit_job(divmod, 7, 2, nanny=False)
     assert future.result(timeout=TIMEOUT) == (3, 1)
 
     script = (future.run_dir / "job.sh").read_text()
