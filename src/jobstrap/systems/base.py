@@ -50,6 +50,11 @@ class BatchSystem(Protocol):
     #: Variables the job sees: its id and, in arrays, its task index.
     job_id_variable: str
     array_task_variable: str
+    #: Every job runs on the submitting machine (a scheduler may bind to loopback).
+    jobs_run_here: bool
+    #: Worker jobs ask for USR1 before their walltime (``JobSpec.signal``) as the
+    #: backstop of a cluster's planned rotation.
+    warns_before_walltime: bool
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Full directive lines for the script header (``#SBATCH --time=...``)."""

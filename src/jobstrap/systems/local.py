@@ -41,6 +41,8 @@ class Local:
     name = "local"
     job_id_variable = "JOBSTRAP_JOB_ID"
     array_task_variable = "JOBSTRAP_ARRAY_TASK_ID"
+    jobs_run_here = True
+    warns_before_walltime = False
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

@@ -95,6 +95,8 @@ class PBS:
     name = "pbs"
     job_id_variable = "PBS_JOBID"
     array_task_variable = "PBS_ARRAY_INDEX"
+    jobs_run_here = False
+    warns_before_walltime = False
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:

@@ -114,6 +114,8 @@ class Slurm:
     name = "slurm"
     job_id_variable = "SLURM_JOB_ID"
     array_task_variable = "SLURM_ARRAY_TASK_ID"
+    jobs_run_here = False
+    warns_before_walltime = True
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory
