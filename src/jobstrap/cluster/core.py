@@ -12,36 +12,24 @@
 One implementation (:class:`BatchCluster`) parameterised by the batch system, built
 on ``distributed.SpecCluster``: every entry of the worker spec is one batch job, a
 :class:`BatchJob` holding ``nodes x processes`` workers named ``<job name>-<i>``.
-What it does beyond a plain ``SpecCluster``:
+What it does beyond a plain ``SpecCluster``, one part (module) each:
 
-* **Jobs are the unit.** ``scale`` and ``adapt`` count jobs (workers, cores and
-  memory are rounded to whole jobs once, in :mod:`jobstrap.cluster.scaling`), so
-  a job of several workers never makes the adaptive loop oscillate or stall.
-* **One submission per scale-up.** Every job a correction of the spec adds goes to
-  batch control in one ``submit(count=N)``: a job array (or a few, at the site's
-  array limit), one ``sbatch`` for N jobs. Workers learn their names from the array
-  task id (``<job name>`` is ``<prefix>-<k>.<task>``).
-* **State-aware.** The batchctl's watcher reports PENDING/RUNNING/ended per job;
-  pending jobs are part of the plan (adapt never over-submits), ``cluster.jobs``
-  and the notebook view show them, and failed jobs are explained from their stderr
-  ("python not found on node1") and, after ``max_failures`` in a row (or at once
-  when retrying cannot help), stop the cluster from submitting with a clear error.
+* **Jobs are the unit** (:mod:`~jobstrap.cluster.scaling`, :mod:`~jobstrap.cluster.pool`,
+  :mod:`~jobstrap.cluster.adaptive`): ``scale`` and ``adapt`` count whole jobs, so a
+  job of several workers never makes the adaptive loop oscillate or stall.
+* **One submission per scale-up** (:mod:`~jobstrap.cluster.submit`,
+  :mod:`~jobstrap.cluster.runner`): a job array for every job a correction adds.
+* **State-aware** (:mod:`~jobstrap.cluster.book`): pending jobs are part of the plan,
+  failed jobs are explained from their stderr and, after ``max_failures`` in a row,
+  stop the cluster from submitting with a clear error.
 * **Errors are raised.** ``scale()`` waits for the submission, so the batch
-  system's refusal (memory larger than any node, unknown partition, walltime over
-  the limit) is raised at the call site with its own words.
-* **No orphans.** ``close()``, context exit, interpreter exit and garbage
-  collection cancel every job through batch control; the run is in the registry
-  (kind ``cluster``) so ``jobstrap cancel`` can clean up by hand.
-* **Scheduler placement.** In-process by default (TLS with per-cluster
-  certificates, bound to the address the profile's ``scheduler_interface``
-  chooses), or ``scheduler="job"``: a scheduler in its own batch job.
-
-The cluster composes one part per responsibility: :mod:`~jobstrap.cluster.scheduler`
-(placement and address), :mod:`~jobstrap.cluster.book` (job states, failure policy),
-:mod:`~jobstrap.cluster.pool` (the jobs of the worker spec, by name),
-:mod:`~jobstrap.cluster.submit` (job arrays), :mod:`~jobstrap.cluster.adaptive`,
-:mod:`~jobstrap.cluster.rotation` (walltime-aware lifetimes),
-:mod:`~jobstrap.cluster.orphans` and :mod:`~jobstrap.cluster.display`.
+  system's refusal is raised at the call site with its own words.
+* **No orphans** (:mod:`~jobstrap.cluster.orphans`): close, exit and garbage
+  collection cancel every job; the run is in the registry for ``jobstrap cancel``.
+* **Scheduler placement** (:mod:`~jobstrap.cluster.scheduler`): in-process (TLS,
+  ``scheduler_interface``) or ``scheduler="job"``, a batch job of its own.
+* **Walltime-aware rotation** (:mod:`~jobstrap.cluster.rotation`) and the notebook
+  view (:mod:`~jobstrap.cluster.display`).
 """
 
 from __future__ import annotations
@@ -50,13 +38,12 @@ import asyncio
 import contextlib
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive as _Adaptive
-from distributed.deploy.spec import ProcessInterface, SpecCluster
+from distributed.deploy.spec import SpecCluster
 from distributed.scheduler import Scheduler
 from tornado.ioloop import PeriodicCallback
 
@@ -69,7 +56,7 @@ from jobstrap.cluster.options import ClusterOptions, resolve_profile, split_opti
 from jobstrap.cluster.orphans import OrphanGuard, RegistryEntry, weak_callback
 from jobstrap.cluster.pool import JobPool
 from jobstrap.cluster.rotation import JobLifetime, LifetimeManager
-from jobstrap.cluster.runner import JobRunner
+from jobstrap.cluster.runner import BatchJob, JobRunner
 from jobstrap.cluster.scaling import (
     JobShape,
     adapt_bounds,
@@ -98,57 +85,6 @@ __all__ = [
     "SLURMCluster",
     "SchedulerJob",
 ]
-
-
-class BatchJob(ProcessInterface):
-    """One batch job of Dask workers: the unit a :class:`BatchCluster` scales by.
-
-    The cluster submits jobs in batches (one batchctl call for every job a scale-up
-    adds) and hands each its id; :meth:`close` cancels the job through batch control.
-
-    Parameters
-    ----------
-    name
-        The job's name in the cluster; its workers are ``<name>-0``, ``<name>-1``...
-    job_id
-        The batch system's id, once submitted.
-    cluster
-        The cluster the job belongs to.
-    """
-
-    def __init__(
-        self,
-        scheduler: str | None = None,
-        name: str | None = None,
-        *,
-        job_id: str | None = None,
-        cluster: BatchCluster | None = None,
-    ) -> None:
-        super().__init__(scheduler=scheduler, name=name)
-        self.name = name
-        self.job_id = job_id
-        self._cluster = weakref.ref(cluster) if cluster is not None else None
-
-    async def start(self) -> None:
-        """Submit this job alone (the cluster normally submits jobs in batches)."""
-        cluster = self._cluster() if self._cluster else None
-        if cluster is None:
-            raise RuntimeError("a BatchJob is started by its cluster")
-        if self.job_id is None:
-            names, job_ids = await cluster._submitter.submit(1)
-            self.name = names[0]
-            self.job_id = job_ids[0]
-        await super().start()
-
-    async def close(self) -> None:
-        """Cancel the job (no-op when it has ended)."""
-        cluster = self._cluster() if self._cluster else None
-        if cluster is not None and self.job_id is not None:
-            await cluster._submitter.cancel([self.job_id])
-        await super().close()
-
-    def __repr__(self) -> str:
-        return f"<BatchJob {self.name} job_id={self.job_id} status={self.status.name}>"
 
 
 class BatchCluster(SpecCluster):
@@ -186,6 +122,9 @@ class BatchCluster(SpecCluster):
     job_pool : JobPool
         The jobs of the worker spec by name; scaling, ``adapt`` and the rotation
         change the cluster through it.
+    job_runner : JobRunner
+        Carries the spec out (one submission per scale-up) and takes the news
+        about the jobs (watcher, scheduler).
 
     Raises
     ------
@@ -273,14 +212,13 @@ class BatchCluster(SpecCluster):
             submitted=self._register,
             scheduler_address=lambda: getattr(self.scheduler, "address", None),
         )
-        self._runner = JobRunner(
+        self.job_runner = JobRunner(
             self,
             pool=self.job_pool,
             book=self._book,
             submitter=self._submitter,
             guard=self._orphans,
             watcher=self._batchctl.watcher,
-            make_job=lambda name, job_id: BatchJob(name=name, job_id=job_id, cluster=self),
         )
 
         scheduler_spec = self._placement.spec(security)
@@ -484,22 +422,15 @@ class BatchCluster(SpecCluster):
     async def _correct_state_internal(self) -> None:
         async with self._lock:
             self._correct_state_waiting = None
-            await self._runner.correct()
+            await self.job_runner.correct()
 
     # -- job states --------------------------------------------------------------------------
 
     def _on_change(self, job_id: str, old: JobState, record: JobRecord) -> None:
-        self._runner.on_change(job_id, old, record)  # the watcher holds this weakly
+        self.job_runner.on_change(job_id, old, record)  # the watcher holds this weakly
 
     def _update_worker_status(self, op: str, msg: Any) -> None:
-        if op == "add":
-            now = time.time()
-            for worker in msg.get("workers", {}).values():
-                self._runner.worker_arrived(str(worker.get("name", "")), now)
-        elif op == "remove":
-            worker = self.scheduler_info["workers"].get(msg)
-            if worker is not None:
-                self._runner.worker_left(str(worker.get("name", "")))
+        self.job_runner.worker_status(op, msg)  # before distributed forgets the worker
         super()._update_worker_status(op, msg)
 
     def reset_failures(self) -> None:
@@ -599,21 +530,8 @@ class BatchCluster(SpecCluster):
         None, or an awaitable when the cluster is asynchronous.
         """
         if self.asynchronous:
-            return asyncio.ensure_future(self._retire_job(job, replace))
-        return self.sync(self._retire_job, job, replace)
-
-    async def _retire_job(self, job: str, replace_it: bool) -> None:
-        name = self._book.name_of(job)
-        pool = self.job_pool
-        if name not in self.worker_spec:
-            raise KeyError(f"no live job {job!r} in this cluster")
-        if replace_it:
-            pool.add_replacement()
-        workers = pool.worker_names_of([name])
-        if workers and self.scheduler_comm is not None:
-            await self.scheduler_comm.retire_workers(names=workers, close_workers=True, remove=True)
-        pool.retired.add(name)
-        await pool.retire(name)
+            return asyncio.ensure_future(self.job_pool.retire_gracefully(job, replace))
+        return self.sync(self.job_pool.retire_gracefully, job, replace)
 
 
 class SLURMCluster(BatchCluster):

@@ -144,6 +144,20 @@ class JobPool:
         del self._spec[name]
         await self.apply()
 
+    async def retire_gracefully(self, job: str, replace: bool) -> None:
+        """Retire a job (id or name): its workers hand their data over, then it ends."""
+        name = self._book.name_of(job)
+        if name not in self._spec:
+            raise KeyError(f"no live job {job!r} in this cluster")
+        if replace:
+            self.add_replacement()
+        workers = self.worker_names_of([name])
+        comm: Any = self._cluster.scheduler_comm
+        if workers and comm is not None:
+            await comm.retire_workers(names=workers, close_workers=True, remove=True)
+        self.retired.add(name)
+        await self.retire(name)
+
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run ``coroutine`` as a task the pool keeps a reference to until it ends."""
         task = asyncio.ensure_future(coroutine)

@@ -14,7 +14,8 @@ the scheduler's worker arrivals and departures.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import time
+import weakref
 from typing import Any
 
 from distributed.core import Status
@@ -31,7 +32,58 @@ from jobstrap.errors import SubmitError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
-__all__ = ["JobRunner"]
+__all__ = ["BatchJob", "JobRunner"]
+
+
+class BatchJob(ProcessInterface):
+    """One batch job of Dask workers: the unit a :class:`BatchCluster` scales by.
+
+    The cluster submits jobs in batches (one batchctl call for every job a scale-up
+    adds) and hands each its id; :meth:`close` cancels the job through batch control.
+
+    Parameters
+    ----------
+    name
+        The job's name in the cluster; its workers are ``<name>-0``, ``<name>-1``...
+    job_id
+        The batch system's id, once submitted.
+    cluster
+        The cluster the job belongs to (it talks to the cluster's ``job_runner``).
+    """
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        name: str | None = None,
+        *,
+        job_id: str | None = None,
+        cluster: Any = None,
+    ) -> None:
+        super().__init__(scheduler=scheduler, name=name)
+        self.name = name
+        self.job_id = job_id
+        self._cluster = weakref.ref(cluster) if cluster is not None else None
+
+    async def start(self) -> None:
+        """Submit this job alone (the cluster normally submits jobs in batches)."""
+        cluster = self._cluster() if self._cluster else None
+        if cluster is None:
+            raise RuntimeError("a BatchJob is started by its cluster")
+        if self.job_id is None:
+            names, job_ids = await cluster.job_runner.submit(1)
+            self.name = names[0]
+            self.job_id = job_ids[0]
+        await super().start()
+
+    async def close(self) -> None:
+        """Cancel the job (no-op when it has ended)."""
+        cluster = self._cluster() if self._cluster else None
+        if cluster is not None and self.job_id is not None:
+            await cluster.job_runner.cancel([self.job_id])
+        await super().close()
+
+    def __repr__(self) -> str:
+        return f"<BatchJob {self.name} job_id={self.job_id} status={self.status.name}>"
 
 
 class JobRunner:
@@ -45,8 +97,6 @@ class JobRunner:
         The cluster's parts: the spec by name, the job book, submission, orphans.
     watcher
         Batch control's watcher (jobs that ended are no longer watched).
-    make_job
-        ``make_job(name, job_id)``: the process interface of a submitted job.
     """
 
     def __init__(
@@ -58,7 +108,6 @@ class JobRunner:
         submitter: WorkerSubmitter,
         guard: OrphanGuard,
         watcher: Watcher,
-        make_job: Callable[[str, str], ProcessInterface],
     ) -> None:
         self._cluster = cluster
         self._pool = pool
@@ -66,7 +115,8 @@ class JobRunner:
         self._submitter = submitter
         self._guard = guard
         self._watcher = watcher
-        self._make_job = make_job
+        self.submit = submitter.submit
+        self.cancel = submitter.cancel
 
     async def correct(self) -> None:
         """Stop the jobs the spec dropped, then submit the ones it added (under its lock)."""
@@ -99,7 +149,7 @@ class JobRunner:
                 orphans.append(job_id)  # scaled down while the submission was under way
                 continue
             cluster.worker_spec[name] = spec
-            job = self._make_job(name, job_id)
+            job = BatchJob(name=name, job_id=job_id, cluster=cluster)
             job.status = Status.running
             cluster.workers[name] = job
         if orphans:
@@ -151,6 +201,17 @@ class JobRunner:
         job._event_finished.set()
         if cluster.status == Status.running:
             self._pool.job_ended(info)
+
+    def worker_status(self, op: str, msg: Any) -> None:
+        """The scheduler's news of workers (``SpecCluster._update_worker_status``)."""
+        if op == "add":
+            now = time.time()
+            for worker in msg.get("workers", {}).values():
+                self.worker_arrived(str(worker.get("name", "")), now)
+        elif op == "remove":
+            state = self._cluster.scheduler_info["workers"].get(msg)
+            if state is not None:
+                self.worker_left(str(state.get("name", "")))
 
     def worker_arrived(self, worker: str, now: float) -> None:
         """A worker reached the scheduler: its job runs (and succeeded at starting)."""
