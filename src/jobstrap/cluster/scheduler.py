@@ -156,9 +156,9 @@ class SchedulerPlacement:
         submission = await loop.run_in_executor(None, submit)
         job_id = submission.job_ids[0]
         self.job_id = job_id
+        submitted(job_id)
         self._batchctl.watcher.configure(poll_interval=profile.poll_interval)
         self._batchctl.watcher.track([job_id], name=submission.name)
-        submitted(job_id)
         running_since: float | None = None
         try:
             while True:
