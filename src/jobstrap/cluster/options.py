@@ -10,15 +10,17 @@ sense here; every difference from dask-jobqueue is listed in ``docs/migration.md
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobstrap.config.profile import Profile, load_profile
 from jobstrap.config.units import parse_memory
 from jobstrap.errors import ConfigError
 
-__all__ = ["ClusterOptions", "split_options"]
+__all__ = ["ClusterOptions", "resolve_profile", "split_options"]
 
 #: dask-jobqueue keywords that mean nothing here; accepted so old code runs.
 _IGNORED = {
@@ -222,3 +224,37 @@ def _as_lines(value: object) -> tuple[object, ...]:
         # dask-jobqueue also takes {"--flag": "value"} for directives/arguments.
         return tuple(f"{k}={v}" if v not in (None, "") else str(k) for k, v in value.items())
     return (value,)
+
+
+def resolve_profile(
+    profile: str | Profile | None,
+    overrides: Mapping[str, Any],
+    system: str | None,
+    class_name: str,
+    class_of_system: Mapping[str | None, str],
+) -> Profile:
+    """The profile a cluster class is built from: named, given, or the defaults.
+
+    ``system`` is the class's batch system (``None`` for ``BatchCluster``): with no
+    profile named, the defaults on that system; a profile that chose another system
+    explicitly is refused, naming the class to use (``class_of_system``).
+    """
+    if isinstance(profile, Profile):
+        resolved = profile.with_overrides(overrides) if overrides else profile
+    else:
+        named = profile or os.environ.get("JOBSTRAP_PROFILE")
+        if system is not None and not named:
+            # SLURMCluster() with no profile: the defaults, on this class's system.
+            overrides = {"system": system, **overrides}
+        resolved = load_profile(profile, overrides)
+    if system is not None and resolved.system != system:
+        if resolved.sources.get("system") in ("default", None):
+            return resolved.with_overrides({"system": system})
+        raise ConfigError(
+            "system",
+            resolved.system,
+            f"{class_name} submits to {system}, but the profile is for"
+            f" {resolved.system} (from {resolved.sources.get('system')})",
+            f"use {class_of_system.get(resolved.system, 'BatchCluster')} for this profile",
+        )
+    return resolved

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from jobstrap.cluster.jobs import JobStatus
 from jobstrap.cluster.lifetime import (
@@ -37,12 +38,9 @@ from jobstrap.cluster.lifetime import (
     plan_retirements,
     replacement_due,
 )
-from jobstrap.states import JobState
+from jobstrap.config.profile import Profile
 
-if TYPE_CHECKING:
-    from jobstrap.cluster.core import BatchCluster
-
-__all__ = ["JobLifetime", "LifetimeManager"]
+__all__ = ["JobLifetime", "LifetimeManager", "RotatingJobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +67,57 @@ class JobLifetime:
     phase: str
 
 
+class RotatingJobs(Protocol):
+    """What the rotation needs of a cluster's jobs (:class:`jobstrap.cluster.pool.JobPool`)."""
+
+    def names(self) -> list[str]:
+        """Every job of the cluster's spec, by name."""
+        ...
+
+    def running_jobs(self) -> dict[str, tuple[float, float | None]]:
+        """Running jobs: name -> (started, first worker's arrival)."""
+        ...
+
+    def waiting_jobs(self) -> set[str]:
+        """Jobs without a worker at the scheduler yet."""
+        ...
+
+    def add_replacement(self) -> str:
+        """Add a job to the spec (submitted by the next :meth:`apply`)."""
+        ...
+
+    async def apply(self) -> None:
+        """Submit and cancel jobs until the cluster matches its spec."""
+        ...
+
+    async def retire(self, name: str) -> None:
+        """Drop a job: its workers hand their data over, then it is cancelled."""
+        ...
+
+    def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine on the cluster's loop, keeping a reference to it."""
+        ...
+
+
 class LifetimeManager:
     """Plans and carries out the retirement and replacement of a cluster's jobs.
 
     Parameters
     ----------
-    cluster
-        The cluster whose jobs it rotates (held strongly: the cluster owns the
-        manager and stops its periodic callback on close).
+    jobs
+        The cluster's jobs it rotates (held strongly: the cluster owns both and
+        stops the manager's periodic callback on close).
+    profile
+        The cluster's settings (walltime, ``lifetime_margin``, ``lifetime_stagger``).
     """
 
-    def __init__(self, cluster: BatchCluster) -> None:
-        self._cluster = cluster
-        walltime = int(cluster.profile.walltime)
+    def __init__(self, jobs: RotatingJobs, profile: Profile) -> None:
+        self._jobs = jobs
+        walltime = int(profile.walltime)
         self.walltime = walltime
-        margin = cluster.profile.lifetime_margin
+        margin = profile.lifetime_margin
         self.margin = int(default_margin(walltime) if margin is None else margin)
-        self._stagger_setting = cluster.profile.lifetime_stagger
+        self._stagger_setting = profile.lifetime_stagger
         self.queue_wait = QueueWaitEstimate()
         #: Jobs whose successor was submitted (or that are draining): not capacity.
         self.outgoing: set[str] = set()
@@ -137,7 +169,7 @@ class LifetimeManager:
         if self._busy:
             return
         self._busy = True
-        self._cluster._background(self._step_guarded())
+        self._jobs.background(self._step_guarded())
 
     async def _step_guarded(self) -> None:
         try:
@@ -149,20 +181,14 @@ class LifetimeManager:
 
     def _running(self) -> dict[str, tuple[float, float | None]]:
         """Running jobs of the spec: name -> (started, first worker's arrival)."""
-        cluster = self._cluster
-        running: dict[str, tuple[float, float | None]] = {}
-        for name in list(cluster.worker_spec):
-            info = cluster._info_of(name)
-            if info is None or info.started is None or info.state is not JobState.RUNNING:
-                continue
-            running[name] = (info.started, info.arrived)
-        return running
+        return self._jobs.running_jobs()
 
     async def step(self, now: float) -> None:
         """Plan, submit replacements that are due, retire the job whose time has come."""
-        cluster = self._cluster
+        jobs = self._jobs
+        names = set(jobs.names())
         for name in list(self.outgoing):
-            if name not in cluster.worker_spec and name not in self.draining:
+            if name not in names and name not in self.draining:
                 self.forget(name)
         running = self._running()
         lives = [
@@ -173,7 +199,7 @@ class LifetimeManager:
         if not lives:
             self.plan = {}
             return
-        capacity = len(cluster.worker_spec) - len(self.outgoing)
+        capacity = len(names) - len(self.outgoing)
         stagger = self.stagger(max(1, capacity))
         self.plan = plan_retirements(lives, margin=self.margin, stagger=stagger, now=now)
         changed = False
@@ -182,7 +208,7 @@ class LifetimeManager:
                 continue
             if now >= replacement_due(retire_at, self.queue_wait.expected, running[name][0]):
                 # The successor takes this job's place in the plan from now on.
-                cluster.worker_spec[cluster._provisional_name()] = dict(cluster.new_spec)
+                jobs.add_replacement()
                 self.outgoing.add(name)
                 self.replacements += 1
                 changed = True
@@ -190,7 +216,7 @@ class LifetimeManager:
                     "job %s retires in %.0f s: replacement submitted", name, retire_at - now
                 )
         if changed:
-            await cluster._correct_state()  # type: ignore[no-untyped-call]
+            await jobs.apply()
         due = sorted((when, name) for name, when in self.plan.items() if when <= now)
         if not due:
             return
@@ -203,18 +229,10 @@ class LifetimeManager:
 
     def _replacements_pending(self) -> bool:
         """True while a job that is not outgoing has no worker at the scheduler yet."""
-        cluster = self._cluster
-        for name in cluster.worker_spec:
-            if name in self.outgoing:
-                continue
-            info = cluster._info_of(name)
-            if info is None or info.arrived is None:
-                return True
-        return False
+        return bool(self._jobs.waiting_jobs() - self.outgoing)
 
     async def _retire(self, name: str) -> None:
-        cluster = self._cluster
-        if name not in cluster.worker_spec:
+        if name not in self._jobs.names():
             return
         self.outgoing.add(name)
         self.draining.add(name)
@@ -222,9 +240,8 @@ class LifetimeManager:
         logger.info("retiring job %s gracefully", name)
         # The cluster's stop path retires the job's workers through the scheduler
         # (their results move to the others) and then cancels the job.
-        del cluster.worker_spec[name]
         try:
-            await cluster._correct_state()  # type: ignore[no-untyped-call]
+            await self._jobs.retire(name)
         finally:
             self.forget(name)
 

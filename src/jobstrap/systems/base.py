@@ -75,12 +75,18 @@ class BatchSystem(Protocol):
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """The partitions in the output of one of :meth:`partition_argv`'s commands."""
         ...
+
     #: What ``launcher: auto`` means here: how a job starts its ranks.
     default_launcher: str
     #: The launcher a workers job always uses to start one bootstrap per node, whatever
     #: the profile says (``srun`` on Slurm, so signals and cleanup reach the workers),
     #: or None to use the profile's.
     node_launcher: str | None
+    #: Every job runs on the submitting machine (a scheduler may bind to loopback).
+    jobs_run_here: bool
+    #: Worker jobs ask for USR1 before their walltime (``JobSpec.signal``) as the
+    #: backstop of a cluster's planned rotation.
+    warns_before_walltime: bool
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Full directive lines for the script header (``#SBATCH --time=...``)."""
@@ -239,6 +245,7 @@ def fold_components(job_id: str, records: Mapping[str, JobRecord]) -> JobRecord 
     parts = [rec for key, rec in records.items() if key.startswith(job_id + "+")]
     if not parts:
         return None
+
     states = [p.state for p in parts]
     if JobState.RUNNING in states:
         state = JobState.RUNNING

@@ -64,8 +64,11 @@ class Local:
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """No partitions."""
         return {}
+
     default_launcher = "mpiexec"
     node_launcher: str | None = None
+    jobs_run_here = True
+    warns_before_walltime = False
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

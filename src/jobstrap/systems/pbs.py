@@ -87,10 +87,12 @@ def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
     """
     if state is not JobState.RUNNING:
         return ""
+
     limit = (attrs.get("Resource_List") or {}).get("walltime")
     used = (attrs.get("resources_used") or {}).get("walltime", "0")
     if not limit:
         return ""
+
     try:
         left = parse_walltime(str(limit)) - parse_walltime(str(used))
     except ConfigError:
@@ -124,8 +126,11 @@ class PBS:
     def parse_partitions(self, argv: Sequence[str], text: str) -> dict[str, Partition]:
         """``qstat -Qf``'s queue."""
         return parse_pbs_queue(text)
+
     default_launcher = "mpiexec"
     node_launcher: str | None = None
+    jobs_run_here = False
+    warns_before_walltime = False
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:

@@ -83,6 +83,7 @@ def expand_job_id(text: str) -> list[str]:
     match = _ARRAY_RE.match(text.strip())
     if not match:
         return [text.strip()]
+
     base = match["base"]
     ranges = match["ranges"].split("%")[0]
     ids: list[str] = []
@@ -144,10 +145,13 @@ class Slurm:
         if argv[0] == "sinfo":
             return parse_sinfo_partitions(text)
         return parse_slurm_partitions(text)
+
     default_launcher = "srun"
     # srun (without --mpi) starts one bootstrap per node and tracks it as a job step,
     # so Slurm's signals and cleanup reach the workers.
     node_launcher: str | None = "srun"
+    jobs_run_here = False
+    warns_before_walltime = True
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory

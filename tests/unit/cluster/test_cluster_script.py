@@ -45,8 +45,22 @@ def bootstrap_argv(argv: list[str], name: str) -> list[str]:
     return [*argv[start:], "--name", f"{name}-0"]
 
 
-def test_a_scale_up_of_six_jobs_is_one_array_of_six() -> None:
-    spec, names = name_jobs(spec_for(slurm_profile()).with_array(ArraySpec(0, 5)), "jobstrap", 3)
+@pytest.fixture
+def six_job_array() -> tuple[JobSpec, list[str]]:
+    """A scale-up of six jobs (submission 3 of prefix ``jobstrap``) on the Slurm profile."""
+    return name_jobs(spec_for(slurm_profile()).with_array(ArraySpec(0, 5)), "jobstrap", 3)
+
+
+@pytest.fixture
+def plain_job() -> JobSpec:
+    """One worker job ``c-0.0`` of the Slurm profile's defaults."""
+    return name_jobs(spec_for(slurm_profile()), "c", 0)[0]
+
+
+def test_a_scale_up_of_six_jobs_is_one_array_of_six(
+    six_job_array: tuple[JobSpec, list[str]],
+) -> None:
+    spec, names = six_job_array
 
     script = script_of(spec)
 
@@ -54,8 +68,10 @@ def test_a_scale_up_of_six_jobs_is_one_array_of_six() -> None:
     assert names == [f"jobstrap-3.{task}" for task in range(6)]
 
 
-def test_array_tasks_take_their_name_from_the_task_id() -> None:
-    spec, _ = name_jobs(spec_for(slurm_profile()).with_array(ArraySpec(0, 5)), "jobstrap", 3)
+def test_array_tasks_take_their_name_from_the_task_id(
+    six_job_array: tuple[JobSpec, list[str]],
+) -> None:
+    spec, _ = six_job_array
 
     argv = command_line(script_of(spec))
 
@@ -94,10 +110,8 @@ def test_the_workers_are_pointed_at_the_clusters_scheduler_with_its_settings() -
     assert options.run_dir == "/runs/cluster-1"
 
 
-def test_the_bootstrap_accepts_the_name_the_worker_shim_adds() -> None:
-    spec, _ = name_jobs(spec_for(slurm_profile()), "c", 0)
-
-    options = parse_args(bootstrap_argv(command_line(script_of(spec)), "c-0.0"))
+def test_the_bootstrap_accepts_the_name_the_worker_shim_adds(plain_job: JobSpec) -> None:
+    options = parse_args(bootstrap_argv(command_line(script_of(plain_job)), "c-0.0"))
 
     assert options.name == "c-0.0-0"
 
@@ -148,8 +162,10 @@ def test_bootstrap_worker_names_are_the_names_the_cluster_plans(nodes: int, proc
     assert {job_of_worker(n) for n in named} == {job}
 
 
-def test_the_start_method_is_the_bootstrap_s_unless_the_profile_says_otherwise() -> None:
-    default = script_of(name_jobs(spec_for(slurm_profile()), "c", 0)[0])
+def test_the_start_method_is_the_bootstrap_s_unless_the_profile_says_otherwise(
+    plain_job: JobSpec,
+) -> None:
+    default = script_of(plain_job)
     spawn = slurm_profile(env={"DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD": "spawn"})
     chosen = script_of(name_jobs(spec_for(spawn), "c", 0)[0])
 
