@@ -199,8 +199,16 @@ def write_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename: a run cut off while
     writing leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp's file is private (0600); keep the old file's mode, else the umask's.
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, mode)
         with os.fdopen(handle, "w") as out:
             out.write(json.dumps(data, indent=2) + "\n")
             out.flush()
