@@ -206,8 +206,9 @@ def row(name: str, data: Mapping[str, Any], measure: str, what: str, current: st
     runs = data.get("runs", [])
     fresh = _is_current(data, current)
     figure: Mapping[str, Any] | None
-    if fresh and measure in data.get("summary", {}):
-        figure = data["summary"][measure]
+    now = history.current_runs(runs) if fresh else []
+    if any(measure in r.get("measures", {}) for r in now):
+        figure = data.get("summary", {}).get(measure)
         key = history.code_key(runs[-1].get("code", {}))
         code = "current"
     else:
