@@ -28,7 +28,7 @@ also split at the batch script's launch (from slurmd's log, to the millisecond):
 Slurm starts a job when its scheduler next looks, 0.4 to 2 s here, a wait that
 says nothing about the method and that only many rounds average out.
 
-Run on the test cluster's login node; writes ``bench/results/batch.json``::
+Run on the test cluster's login node; appends a run to ``bench/results/batch.json``::
 
     scripts/testcluster on head .venv/bin/python bench/bench_batch.py [--repeats 3] [--size 10000]
 """

@@ -21,7 +21,7 @@ What it measures, all against the real Slurm of ``scripts/testcluster`` in one r
    loop of 100 plain submissions (one sbatch per job, as dask-jobqueue does).
 4. **Watcher memory for 1,000 tracked jobs** (tracemalloc, after a real poll).
 
-Writes ``bench/results/batchctl.json`` and prints the ratios.
+Appends a run to ``bench/results/batchctl.json`` and prints the ratios.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ each), then 64 ranks on this host with a plain ``mpiexec -n 64`` (oversubscribed
 the machine has a few cores). Runs are interleaved (one of each method per round) so the
 machine's load affects all alike.
 
-Run on the test cluster's login node; writes ``bench/results/bootstrap.json``::
+Run on the test cluster's login node; appends a run to ``bench/results/bootstrap.json``::
 
     scripts/testcluster on head .venv/bin/python bench/bench_bootstrap.py [--repeats 2]
 """

@@ -19,7 +19,7 @@ consuming two results of the level below, every result held (futures kept) to th
 end. Reported per contender: task starts per task (a scheduler plugin counts
 transitions into ``processing``), completion time (or ``null`` when it did not finish
 within ``--timeout``), minimum worker count after the first worker arrived, and
-throughput relative to ``no_rotation``. JSON to ``bench/results/lifetime.json``,
+throughput relative to ``no_rotation``. Appended to ``bench/results/lifetime.json``,
 workers over time to ``bench/results/lifetime.png``.
 """
 
