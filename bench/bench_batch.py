@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         | {"seed": args.seed, "run_timeout": args.run_timeout},
         series=series,
         measures=batch_measures(series),
+        workload={"array": {"n": args.size, "chunk": args.chunk}},
         detail=report,
         # A run that failed or hit --run-timeout is a round this run did not finish.
         finished=not any(failures[s][m] for s in scenarios for m in methods),

@@ -448,6 +448,7 @@ def main() -> int:
         },
         series=series,
         measures=bootstrap_measures(series),
+        workload={"nodes": NODES},
         detail={"results": results},
         # A launch that failed or hit --timeout is a round this run did not finish; its
         # error stays in detail.results[case].runs.

@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         date=results.pop("when"),
         versions={k: environment.pop(k) for k in ("python", "distributed", "dask_jobqueue")},
         settings={**environment, "seed": args.seed},
+        workload={"job_shape": JOB_SHAPE, "adapt": environment["adapt"]},
         series=cluster_series(scale_raw, burst_raw),
         measures=CLUSTER_MEASURES,
         detail=results,

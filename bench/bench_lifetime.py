@@ -229,6 +229,7 @@ def main() -> None:
         settings=vars(args),
         series=series,
         measures=lifetime_measures(series),
+        workload={k: v for k, v in vars(args).items() if k not in ("timeout", "only")},
         detail={"results": results},
         finished=all(entry.get("finished", True) for entry in results.values()),
     )

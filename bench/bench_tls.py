@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         series=series,
         measures=TLS_MEASURES,
+        workload={"messages": args.messages, "mib_per_message": args.mib},
         detail={"median": summary, "runs": runs},
     )
     append_run(

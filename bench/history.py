@@ -3,13 +3,15 @@
 A results file is ``{"benchmark": name, "script": ..., "runs": [...], "summary": {...}}``.
 Each run is appended, never replaced: choosing the best of several runs is how a table
 comes to say more than the measurements do. A run holds its ``date``, its ``code``
-identity (:func:`code_identity`), ``versions``, ``settings``, whether it ``finished``,
+identity (:func:`code_identity`), ``versions``, ``settings``, its ``workload`` (the
+settings that change what is measured), whether it ``finished``,
 the raw per-round values of every method (``series``), which pairs of them are compared
 (``measures``) and the script's own ``detail``.
 
-``summary`` is recomputed from the runs of the newest run's measured code on every
-append: their rounds are pooled (rounds are paired within a run: the same round saw the
-same cluster) and :mod:`stats`' paired bootstrap puts an interval around the ratio.
+``summary`` is recomputed on every append from the runs of the newest run's measured
+code and workload (:func:`pool_key`): their rounds are pooled (rounds are paired
+within a run: the same round saw the same cluster) and :mod:`stats`' paired bootstrap
+puts an interval around the ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,13 @@ def code_key(code: Mapping[str, Any]) -> str:
     return f"measured:{measured}" if measured else f"rev:{code.get('rev', '<unknown>')}"
 
 
+def pool_key(run: Mapping[str, Any]) -> str:
+    """What runs must share to be pooled: their code (:func:`code_key`) and their
+    ``workload``, the settings that change what is measured (array size, job shape)."""
+    workload = json.dumps(run.get("workload", {}), sort_keys=True)
+    return f"{code_key(run.get('code', {}))} {workload}"
+
+
 def _pairs(runs: Sequence[Mapping[str, Any]], measure: str) -> tuple[list[float], list[float]]:
     """The paired rounds of one measure pooled over runs; a round either side lacks is out."""
     ours: list[float] = []
@@ -115,7 +125,7 @@ def _pairs(runs: Sequence[Mapping[str, Any]], measure: str) -> tuple[list[float]
 
 
 def pool(runs: Sequence[Mapping[str, Any]], measure: str) -> dict[str, Any] | None:
-    """The pooled figure of one measure over ``runs`` (all of one code identity).
+    """The pooled figure of one measure over ``runs`` (all of one :func:`pool_key`).
 
     Returns
     -------
@@ -161,11 +171,11 @@ def pool(runs: Sequence[Mapping[str, Any]], measure: str) -> dict[str, Any] | No
 
 
 def current_runs(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The runs of the newest run's code identity (see :func:`code_key`)."""
+    """The runs of the newest run's code and workload (see :func:`pool_key`)."""
     if not runs:
         return []
-    key = code_key(runs[-1].get("code", {}))
-    return [r for r in runs if code_key(r.get("code", {})) == key]
+    key = pool_key(runs[-1])
+    return [r for r in runs if pool_key(r) == key]
 
 
 def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -183,12 +193,13 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def last_pooled(runs: Sequence[Mapping[str, Any]], measure: str) -> dict[str, Any] | None:
-    """The pooled figure of the newest code identity that has ``measure``, with its ``code``."""
+    """The pooled figure of the newest code and workload that has ``measure``, with its
+    ``code``."""
     holding = [r for r in runs if measure in r.get("measures", {})]
     if not holding:
         return None
-    key = code_key(holding[-1].get("code", {}))
-    same = [r for r in holding if code_key(r.get("code", {})) == key]
+    key = pool_key(holding[-1])
+    same = [r for r in holding if pool_key(r) == key]
     figure = pool(same, measure)
     if figure is None:
         return None
@@ -269,17 +280,21 @@ def new_run(
     series: Mapping[str, Mapping[str, Sequence[float | None]]],
     measures: Mapping[str, Mapping[str, str]],
     detail: Mapping[str, Any],
+    workload: Mapping[str, Any] | None = None,
     finished: bool = True,
     date: str | None = None,
 ) -> dict[str, Any]:
-    """A run entry for :func:`append_run`, stamped with the date and code identity."""
-    import time
+    """A run entry for :func:`append_run`, stamped with the date and code identity.
 
+    ``workload`` holds the settings that change what is measured: only runs with the
+    same workload (and code) are pooled.
+    """
     return {
         "date": date or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "code": code_identity(script),
         "versions": dict(versions),
         "settings": dict(settings),
+        "workload": dict(workload or {}),
         "finished": finished,
         "series": {k: {m: list(v) for m, v in s.items()} for k, s in series.items()},
         "measures": {k: dict(v) for k, v in measures.items()},

@@ -184,16 +184,16 @@ def _unpaired(runs: Sequence[Mapping[str, Any]], measure: str) -> str:
 
 
 def _others(runs: Sequence[Mapping[str, Any]], measure: str, skip: str) -> str:
-    """The ratio of every other code identity that measured it, oldest first."""
+    """The ratio of every other code (or workload) that measured it, oldest first."""
     keys: dict[str, None] = {}
     for run in runs:
         if measure in run.get("measures", {}):
-            keys[history.code_key(run.get("code", {}))] = None
+            keys[history.pool_key(run)] = None
     found = []
     for key in keys:
         if key == skip:
             continue
-        same = [r for r in runs if history.code_key(r.get("code", {})) == key]
+        same = [r for r in runs if history.pool_key(r) == key]
         figure = history.pool(same, measure)
         if figure is not None and figure["ratio"] is not None:
             rev = str(same[-1].get("code", {}).get("rev", "?"))[:7]
@@ -209,19 +209,19 @@ def row(name: str, data: Mapping[str, Any], measure: str, what: str, current: st
     now = history.current_runs(runs) if fresh else []
     if any(measure in r.get("measures", {}) for r in now):
         figure = data.get("summary", {}).get(measure)
-        key = history.code_key(runs[-1].get("code", {}))
+        key = history.pool_key(runs[-1])
         code = "current"
     else:
         figure = history.last_pooled(runs, measure)
         holding = [r for r in runs if measure in r.get("measures", {})]
         last = holding[-1]
-        key = history.code_key(last.get("code", {}))
+        key = history.pool_key(last)
         rev = str(last.get("code", {}).get("rev", "?"))[:7]
         date = str(last.get("date", "?"))[:10]
         code = f"**not rerun on the current code** (last: {rev}, {date})"
     code += _others(runs, measure, key)
     if figure is None:
-        pooled = [r for r in runs if history.code_key(r.get("code", {})) == key]
+        pooled = [r for r in runs if history.pool_key(r) == key]
         spec = [r for r in runs if measure in r.get("measures", {})][-1]["measures"][measure]
         anchor = str(spec["anchor"])
         cells = [what, _unpaired(pooled, measure), NAMES.get(anchor, anchor), "—", "—", "0 / 0"]

@@ -149,3 +149,13 @@ def test_the_measured_code_is_the_package_and_the_script_not_the_rest(tmp_path: 
     changed = measured()
     (tmp_path / "bench" / "bench_cluster.py").write_text("run faster\n")
     assert measured() != changed
+
+
+def test_runs_of_another_workload_are_not_pooled(results: Path) -> None:
+    small = run("a", [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    small["workload"] = {"array": {"n": 1000}}
+    large = run("a", [1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
+    large["workload"] = {"array": {"n": 10000}}
+    history.append_run(results, small)
+    data = history.append_run(results, large)
+    assert (data["summary"]["scale_12"]["ratio"], data["summary"]["scale_12"]["runs"]) == (0.5, 1)
