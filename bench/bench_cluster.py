@@ -25,8 +25,8 @@ oversubscribed on purpose so a dozen workers fit):
 
 The implementations alternate within every repeat (neither always goes first), the
 cluster is emptied between measurements, each measurement starts after a pause of a
-random part of Slurm's scheduling interval (``slurm_phase.py``), and medians are
-reported with the raw numbers in ``bench/results/cluster.json``. Timings are what they are on this
+random part of Slurm's scheduling interval (``slurm_phase.py``), and every run is
+appended, raw numbers included, to ``bench/results/cluster.json``. Timings are what they are on this
 machine (2 cores shared by three simulated nodes); the ratios are the point.
 """
 

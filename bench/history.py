@@ -127,6 +127,10 @@ def _pairs(runs: Sequence[Mapping[str, Any]], measure: str) -> tuple[list[float]
 def pool(runs: Sequence[Mapping[str, Any]], measure: str) -> dict[str, Any] | None:
     """The pooled figure of one measure over ``runs`` (all of one :func:`pool_key`).
 
+    The bootstrap resamples the pooled rounds as if independent: a shift between runs
+    (another day, another load on the machine) widens the spread of the rounds but is
+    not resampled as a unit, so with few runs the interval understates that part.
+
     Returns
     -------
     dict or None
