@@ -28,7 +28,7 @@ also split at the batch script's launch (from slurmd's log, to the millisecond):
 Slurm starts a job when its scheduler next looks, 0.4 to 2 s here, a wait that
 says nothing about the method and that only many rounds average out.
 
-Run on the test cluster's login node; writes ``bench/results/batch.json``::
+Run on the test cluster's login node; appends a run to ``bench/results/batch.json``::
 
     scripts/testcluster on head .venv/bin/python bench/bench_batch.py [--repeats 3] [--size 10000]
 """
@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from history import append_run, new_run
 from slurm_phase import pause_at_random_phase, sched_interval
 from stats import STATISTICS, paired_ratio
 
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "sbatch+dask-mpi": f"{ranks}: scheduler, client, 2 workers; TCP over ib0",
         "submitit": f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus, dask threaded scheduler",
     }
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "submit-to-result latency of one graph as one batch job",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cluster": "scripts/testcluster: Slurm, 3 compute nodes as namespaces, one 2-core machine",
@@ -508,11 +509,82 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(),
         "results": results,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    per_round: dict[str, dict[str, list[tuple[float, float | None] | None]]] = {
+        s: {m: [None] * args.repeats for m in methods} for s in scenarios
+    }
+    for s in scenarios:
+        for m in methods:
+            for r, sec, wait in zip(rounds_of[s][m], raw[s][m], waits[s][m], strict=True):
+                per_round[s][m][r] = (sec, wait)
+    series = batch_series(per_round)
+    entry = new_run(
+        "bench/bench_batch.py",
+        date=report.pop("date"),
+        versions=report.pop("versions"),
+        settings={
+            k: report.pop(k) for k in ("cluster", "layout", "array", "repeats", "start_phase")
+        }
+        | {"seed": args.seed, "run_timeout": args.run_timeout},
+        series=series,
+        measures=batch_measures(series),
+        workload={"array": {"n": args.size, "chunk": args.chunk}},
+        detail=report,
+        # A run that failed or hit --run-timeout is a round this run did not finish.
+        finished=not any(failures[s][m] for s in scenarios for m in methods),
+    )
+    append_run(output, entry, benchmark=report["benchmark"], script="bench/bench_batch.py")
     print(json.dumps(results, indent=2))
-    print(f"wrote {output}")
+    print(f"appended a run to {output}")
     return 0
+
+
+SCENARIO_TAGS = {"trivial": "trivial", "array_expression": "array"}
+SPAN_TAGS = {"submit_to_result": "submit_to_result", "start_to_result": "from_start"}
+ANCHOR_TAGS = {"sbatch+dask-mpi": "dask_mpi", "submitit": "submitit"}
+VARIANT_TAGS = {
+    "jobstrap": "",
+    "jobstrap(tls-everywhere)": "_tls_everywhere",
+    "jobstrap(tcp,no-nanny)": "_tcp_no_nanny",
+}
+
+
+def batch_series(
+    per_round: dict[str, dict[str, list[tuple[float, float | None] | None]]],
+) -> dict[str, dict[str, list[float | None]]]:
+    """Per-round seconds by series (``array_submit_to_result``, ``array_start_to_result``)
+    and method, from ``(submit-to-result, submit-to-start)`` per round (None: failed)."""
+    series: dict[str, dict[str, list[float | None]]] = {}
+    for scenario, methods in per_round.items():
+        tag = SCENARIO_TAGS.get(scenario, scenario)
+        total = series.setdefault(f"{tag}_submit_to_result", {})
+        net = series.setdefault(f"{tag}_start_to_result", {})
+        for method, rounds in methods.items():
+            total[method] = [None if r is None else round(r[0], 3) for r in rounds]
+            net[method] = [
+                None if r is None or r[1] is None else round(r[0] - r[1], 3) for r in rounds
+            ]
+    return series
+
+
+def batch_measures(series: dict[str, dict[str, list[float | None]]]) -> dict[str, dict[str, str]]:
+    """Every jobstrap variant against every anchor the run measured, per scenario and span:
+    ``array_from_start_vs_dask_mpi``, ``trivial_submit_to_result_tcp_no_nanny_vs_submitit``."""
+    measures: dict[str, dict[str, str]] = {}
+    for name, methods in series.items():
+        for tag in SCENARIO_TAGS.values():
+            for span, span_tag in SPAN_TAGS.items():
+                if name != f"{tag}_{span}":
+                    continue
+                for ours, variant in VARIANT_TAGS.items():
+                    for anchor, anchor_tag in ANCHOR_TAGS.items():
+                        if ours in methods and anchor in methods:
+                            measures[f"{tag}_{span_tag}{variant}_vs_{anchor_tag}"] = {
+                                "series": name,
+                                "ours": ours,
+                                "anchor": anchor,
+                                "unit": "s",
+                            }
+    return measures
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ What it measures, all against the real Slurm of ``scripts/testcluster`` in one r
    loop of 100 plain submissions (one sbatch per job, as dask-jobqueue does).
 4. **Watcher memory for 1,000 tracked jobs** (tracemalloc, after a real poll).
 
-Writes ``bench/results/batchctl.json`` and prints the ratios.
+Appends a run to ``bench/results/batchctl.json`` and prints the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -42,6 +41,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from history import append_run, new_run
 
 from jobstrap.batchctl.commands import TokenBucket
 from jobstrap.batchctl.control import BatchControl
@@ -333,8 +334,32 @@ def main(argv: list[str] | None = None) -> int:
     results["watcher_memory"] = watcher_memory(run_dir, args.memory_jobs)
     results["duration_seconds"] = round(time.time() - started, 1)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    series = batchctl_series(results)
+    run = new_run(
+        "bench/bench_batchctl.py",
+        date=results["started"],
+        versions={
+            "python": results["machine"]["python"],
+            "slurm": results["cluster"].get("SLURM_VERSION"),
+        },
+        settings={
+            "window": args.window,
+            "track_jobs": args.track_jobs,
+            "sizes": args.sizes,
+            "memory_jobs": args.memory_jobs,
+            "cluster": results["cluster"],
+            "cpus": results["machine"]["cpus"],
+        },
+        series=series,
+        measures=batchctl_measures(series),
+        detail=results,
+    )
+    append_run(
+        args.output,
+        run,
+        benchmark="batch control: sbatch calls, submit time, tracking, memory",
+        script="bench/bench_batchctl.py",
+    )
     shutil.rmtree(run_dir, ignore_errors=True)
 
     print("\n== batchctl benchmark ==")
@@ -355,8 +380,65 @@ def main(argv: list[str] | None = None) -> int:
     memory = results["watcher_memory"]
     print(f"watcher memory for {memory['jobs']} tracked jobs: {memory['mib']:.2f} MiB "
           f"({memory['bytes_per_job']} bytes/job)")  # fmt: skip
-    print(f"written to {args.output}")
+    print(f"appended a run to {args.output}")
     return 0
+
+
+# Who is who in the rows: dask-jobqueue's own submissions are the anchor; a loop of
+# single-job submissions through jobstrap's batch control is jobstrap code, shown only
+# to isolate what arrays save, never as dask-jobqueue's figure.
+OURS_ARRAYS = "jobstrap (arrays)"
+OURS_LOOP = "jobstrap batch control, one sbatch per job in a loop (not an anchor)"
+THEIRS = "dask-jobqueue"
+
+
+def batchctl_series(results: dict[str, Any]) -> dict[str, dict[str, list[float | None]]]:
+    """One round per run: submission seconds and sbatch calls per size, and the sbatch wall
+    time of arrays against jobstrap's own single-job loop."""
+    series: dict[str, dict[str, list[float | None]]] = {}
+    for n, row in results.get("scaling", {}).items():
+        ours, theirs = row["jobstrap"], row["dask_jobqueue"]
+        series[f"submit_{n}"] = {
+            OURS_ARRAYS: [ours["submit_seconds"]],
+            THEIRS: [theirs["submit_seconds"]],
+        }
+        series[f"sbatch_calls_{n}"] = {
+            OURS_ARRAYS: [ours["calls"]["sbatch"]],
+            THEIRS: [theirs["calls"]["sbatch"]],
+        }
+    wall = results.get("sbatch_wall_time")
+    if wall:
+        series[f"sbatch_wall_time_{wall['jobs']}"] = {
+            OURS_ARRAYS: [wall["array"]["seconds"]],
+            OURS_LOOP: [wall["loop"]["seconds"]],
+        }
+    return series
+
+
+def batchctl_measures(
+    series: dict[str, dict[str, list[float | None]]],
+) -> dict[str, dict[str, str]]:
+    """``submit_N_vs_dask_jobqueue`` and ``sbatch_calls_N_vs_dask_jobqueue`` against
+    dask-jobqueue's real submissions; ``sbatch_wall_time_N_arrays_vs_own_loop`` against
+    jobstrap's own loop."""
+    measures: dict[str, dict[str, str]] = {}
+    for name, methods in series.items():
+        if THEIRS in methods:
+            unit = "calls" if name.startswith("sbatch_calls") else "s"
+            measures[f"{name}_vs_dask_jobqueue"] = {
+                "series": name,
+                "ours": OURS_ARRAYS,
+                "anchor": THEIRS,
+                "unit": unit,
+            }
+        elif OURS_LOOP in methods:
+            measures[f"{name}_arrays_vs_own_loop"] = {
+                "series": name,
+                "ours": OURS_ARRAYS,
+                "anchor": OURS_LOOP,
+                "unit": "s",
+            }
+    return measures
 
 
 if __name__ == "__main__":

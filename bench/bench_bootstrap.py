@@ -35,7 +35,7 @@ each), then 64 ranks on this host with a plain ``mpiexec -n 64`` (oversubscribed
 the machine has a few cores). Runs are interleaved (one of each method per round) so the
 machine's load affects all alike.
 
-Run on the test cluster's login node; writes ``bench/results/bootstrap.json``::
+Run on the test cluster's login node; appends a run to ``bench/results/bootstrap.json``::
 
     scripts/testcluster on head .venv/bin/python bench/bench_bootstrap.py [--repeats 2]
 """
@@ -56,6 +56,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from history import append_run, new_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "bootstrap.json"
@@ -432,26 +434,83 @@ def main() -> int:
                 values[f"{key}_vs_dask_mpi"] = ratio(values.get(key), anchor.get(key))
         results[case] = {"summary": summary, "runs": by_method}
 
-    args.output.write_text(
-        json.dumps(
-            {
-                "settings": {
-                    "ranks": args.ranks,
-                    "oversubscribed": args.oversubscribed,
-                    "repeats": args.repeats,
-                    "nodes": NODES,
-                    "machine_cpus": os.cpu_count(),
-                },
-                "versions": _versions(),
-                "results": results,
-            },
-            indent=1,
-        )
-        + "\n"
+    series = bootstrap_series(raw)
+    run = new_run(
+        "bench/bench_bootstrap.py",
+        versions=_versions(),
+        settings={
+            "ranks": args.ranks,
+            "oversubscribed": args.oversubscribed,
+            "repeats": args.repeats,
+            "nodes": NODES,
+            "machine_cpus": os.cpu_count(),
+            "timeout": args.timeout,
+        },
+        series=series,
+        measures=bootstrap_measures(series),
+        workload={"nodes": NODES},
+        detail={"results": results},
+        # A launch that failed or hit --timeout is a round this run did not finish; its
+        # error stays in detail.results[case].runs.
+        finished=not any("error" in r for runs in raw.values() for rs in runs.values() for r in rs),
+    )
+    append_run(
+        args.output,
+        run,
+        benchmark="batch-mode start-up and memory vs dask-mpi",
+        script="bench/bench_bootstrap.py",
     )
     for case, data in results.items():
         print(case, json.dumps(data["summary"]))
     return 0
+
+
+# Series name -> the per-run key it holds.
+BOOTSTRAP_KEYS = {
+    "ready": "launch_to_ready_s",
+    "memory_per_worker": "pss_per_worker_mib",
+    "submit_to_done": "submit_to_done_s",
+}
+BOOTSTRAP_UNITS = {"ready": "s", "memory_per_worker": "MiB", "submit_to_done": "s"}
+BOOTSTRAP_VARIANTS = {"jobstrap": "", "jobstrap_no_nanny": "_no_nanny"}
+
+
+def case_tag(case: str) -> str:
+    """``32_ranks`` -> ``32``; ``64_ranks_one_node_mpiexec`` -> ``64_one_node``."""
+    ranks, _, rest = case.partition("_ranks")
+    return ranks + ("_one_node" if "one_node" in rest else "")
+
+
+def bootstrap_series(
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+) -> dict[str, dict[str, list[float | None]]]:
+    """Per-repeat values by series (``ready_32``, ``memory_per_worker_32``) and method."""
+    series: dict[str, dict[str, list[float | None]]] = {}
+    for case, by_method in raw.items():
+        for name, key in BOOTSTRAP_KEYS.items():
+            series[f"{name}_{case_tag(case)}"] = {
+                m: [None if "error" in r else r.get(key) for r in runs]
+                for m, runs in by_method.items()
+            }
+    return series
+
+
+def bootstrap_measures(
+    series: dict[str, dict[str, list[float | None]]],
+) -> dict[str, dict[str, str]]:
+    """Each jobstrap layout against dask-mpi in every series."""
+    measures: dict[str, dict[str, str]] = {}
+    for name, methods in series.items():
+        unit = next(u for k, u in BOOTSTRAP_UNITS.items() if name.startswith(k + "_"))
+        for ours, variant in BOOTSTRAP_VARIANTS.items():
+            if ours in methods and "dask_mpi" in methods:
+                measures[f"{name}{variant}"] = {
+                    "series": name,
+                    "ours": ours,
+                    "anchor": "dask_mpi",
+                    "unit": unit,
+                }
+    return measures
 
 
 if __name__ == "__main__":

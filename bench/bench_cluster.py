@@ -25,8 +25,8 @@ oversubscribed on purpose so a dozen workers fit):
 
 The implementations alternate within every repeat (neither always goes first), the
 cluster is emptied between measurements, each measurement starts after a pause of a
-random part of Slurm's scheduling interval (``slurm_phase.py``), and medians are
-reported with the raw numbers in ``bench/results/cluster.json``. Timings are what they are on this
+random part of Slurm's scheduling interval (``slurm_phase.py``), and every run is
+appended, raw numbers included, to ``bench/results/cluster.json``. Timings are what they are on this
 machine (2 cores shared by three simulated nodes); the ratios are the point.
 """
 
@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from history import append_run, new_run
 from slurm_phase import pause_at_random_phase, sched_interval
 from stats import STATISTICS, paired_ratio
 
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     sbatch_per_scale_up = {
         str(n): [r["calls"].get("sbatch", 0) for r in scale_raw[n]["jobstrap"]] for n in SIZES
     }
-    results = {
+    results: dict[str, Any] = {
         "benchmark": "notebook cluster: jobstrap SLURMCluster vs dask-jobqueue SLURMCluster",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": {
@@ -380,11 +381,69 @@ def main(argv: list[str] | None = None) -> int:
             ),
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    environment = results.pop("environment")
+    run = new_run(
+        "bench/bench_cluster.py",
+        date=results.pop("when"),
+        versions={k: environment.pop(k) for k in ("python", "distributed", "dask_jobqueue")},
+        settings={**environment, "seed": args.seed},
+        workload={"job_shape": JOB_SHAPE, "adapt": environment["adapt"]},
+        series=cluster_series(scale_raw, burst_raw),
+        measures=CLUSTER_MEASURES,
+        detail=results,
+        # A measurement cut at its timeout is a round this run did not finish.
+        finished=not any(
+            r.get("timed_out")
+            for raw in (*scale_raw.values(), burst_raw)
+            for runs in raw.values()
+            for r in runs
+        ),
+    )
+    append_run(args.output, run, benchmark=results["benchmark"], script="bench/bench_cluster.py")
     print(json.dumps(results["targets"], indent=2))
-    print(f"wrote {args.output}")
+    print(f"appended a run to {args.output}")
     return 0
+
+
+# Measure -> the series and the two methods it compares.
+CLUSTER_MEASURES: dict[str, dict[str, str]] = {
+    **{
+        f"scale_{n}{tail}": {
+            "series": f"scale_{n}{tail}",
+            "ours": "jobstrap",
+            "anchor": "dask-jobqueue",
+            "unit": "s",
+        }
+        for n in SIZES
+        for tail in ("", "_after_start")
+    },
+    **{
+        name: {"series": name, "ours": "jobstrap", "anchor": "dask-jobqueue", "unit": "s"}
+        for name in ("first_adapt_worker", "adapt_burst", "adapt_back_to_minimum")
+    },
+}
+BURST_SERIES = {
+    "first_adapt_worker": "first_worker_seconds",
+    "adapt_burst": "burst_seconds",
+    "adapt_back_to_minimum": "back_to_minimum_seconds",
+}
+
+
+def cluster_series(
+    scale_raw: dict[int, dict[str, list[dict[str, Any]]]],
+    burst_raw: dict[str, list[dict[str, Any]]],
+) -> dict[str, dict[str, list[float | None]]]:
+    """Per-round values by series and method (None: the round timed out)."""
+    names = {"jobstrap": "jobstrap", "dask_jobqueue": "dask-jobqueue"}
+    series: dict[str, dict[str, list[float | None]]] = {}
+    for n, raw in scale_raw.items():
+        for tail, key in (("", "seconds"), ("_after_start", "after_start_seconds")):
+            series[f"scale_{n}{tail}"] = {
+                names[m]: [r.get(key) for r in runs] for m, runs in raw.items()
+            }
+    for name, key in BURST_SERIES.items():
+        series[name] = {names[m]: [r.get(key) for r in runs] for m, runs in burst_raw.items()}
+    return series
 
 
 def _cpus() -> int:

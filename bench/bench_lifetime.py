@@ -19,14 +19,13 @@ consuming two results of the level below, every result held (futures kept) to th
 end. Reported per contender: task starts per task (a scheduler plugin counts
 transitions into ``processing``), completion time (or ``null`` when it did not finish
 within ``--timeout``), minimum worker count after the first worker arrived, and
-throughput relative to ``no_rotation``. JSON to ``bench/results/lifetime.json``,
+throughput relative to ``no_rotation``. Appended to ``bench/results/lifetime.json``,
 workers over time to ``bench/results/lifetime.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
+from history import append_run, new_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE: dict[str, Any] = {"cores": 1, "memory": "500MiB", "processes": 1}
@@ -130,7 +130,9 @@ def run(
         "task_starts": counter.starts,
         "starts_per_task": round(counter.starts / tasks, 3),
         "completion_s": None if finished is None else round(finished, 1),
-        "correct": correct,
+        # Cut at --timeout: unfinished, which says nothing about correctness.
+        "finished": finished is not None,
+        "correct": correct if finished is not None else None,
         "min_workers_after_first": None if first is None else min(counts[first:]),
         "workers_over_time": [(round(t - began, 1), n) for t, n in samples],
     }
@@ -216,17 +218,57 @@ def main() -> None:
     import distributed
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {
-        "settings": vars(args),
-        "versions": {
+    series = lifetime_series(results)
+    run = new_run(
+        "bench/bench_lifetime.py",
+        versions={
             "python": platform.python_version(),
             "distributed": getattr(distributed, "__version__", "?"),
             "dask_jobqueue": dask_jobqueue.__version__,
         },
-        "results": results,
-    }
-    (RESULTS / "lifetime.json").write_text(json.dumps(out, indent=1) + "\n")
+        settings=vars(args),
+        series=series,
+        measures=lifetime_measures(series),
+        workload={k: v for k, v in vars(args).items() if k not in ("timeout", "only")},
+        detail={"results": results},
+        finished=all(entry.get("finished", True) for entry in results.values()),
+    )
+    append_run(
+        RESULTS / "lifetime.json",
+        run,
+        benchmark="lifetime rotation under a dependent workload",
+        script="bench/bench_lifetime.py",
+    )
+    # The picture shows the newest run; every run's samples stay in lifetime.json.
     plot(results, RESULTS / "lifetime.png", args)
+
+
+LIFETIME_UNITS = {"starts_per_task": "starts/task", "completion": "s"}
+
+
+def lifetime_series(results: dict[str, Any]) -> dict[str, dict[str, list[float | None]]]:
+    """One round per run: starts per task and completion seconds (None: unfinished)."""
+    return {
+        "starts_per_task": {m: [e.get("starts_per_task")] for m, e in results.items()},
+        "completion": {m: [e.get("completion_s")] for m, e in results.items()},
+    }
+
+
+def lifetime_measures(
+    series: dict[str, dict[str, list[float | None]]],
+) -> dict[str, dict[str, str]]:
+    """jobstrap against dask-jobqueue's flags and against the run without rotation."""
+    measures: dict[str, dict[str, str]] = {}
+    for name, methods in series.items():
+        for anchor in ("dask_jobqueue", "no_rotation"):
+            if "jobstrap" in methods and anchor in methods:
+                measures[f"{name}_vs_{anchor}"] = {
+                    "series": name,
+                    "ours": "jobstrap",
+                    "anchor": anchor,
+                    "unit": LIFETIME_UNITS[name],
+                }
+    return measures
 
 
 def plot(results: dict[str, Any], path: Path, args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ with tornado's SSL stream reading as many TLS records per call as are available
 (instead of one 16 KB record per event-loop pass), to show whether the Python-level
 read loop is where the time goes.
 
-Writes ``bench/results/tls.json``::
+Appends a run to ``bench/results/tls.json``::
 
     .venv/bin/python bench/bench_tls.py [--messages 40] [--mib 8] [--repeats 3]
 """
@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from history import append_run, new_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tls.json"
 
@@ -138,24 +140,54 @@ def main(argv: list[str] | None = None) -> int:
     import distributed
     import tornado
 
-    report = {
-        "benchmark": "CPU per MiB moved by one distributed comm, both ends in one process",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {"messages": args.messages, "mib_per_message": args.mib},
-        "versions": {
+    series = tls_series(runs)
+    run = new_run(
+        "bench/bench_tls.py",
+        settings={"messages": args.messages, "mib_per_message": args.mib, "repeats": args.repeats},
+        versions={
             "python": platform.python_version(),
             "openssl": ssl.OPENSSL_VERSION,
             "distributed": getattr(distributed, "__version__", "?"),
             "tornado": tornado.version,
         },
-        "median": summary,
-        "runs": runs,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+        series=series,
+        measures=TLS_MEASURES,
+        workload={"messages": args.messages, "mib_per_message": args.mib},
+        detail={"median": summary, "runs": runs},
+    )
+    append_run(
+        args.output,
+        run,
+        benchmark="CPU per MiB moved by one distributed comm, both ends in one process",
+        script="bench/bench_tls.py",
+    )
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.output}")
+    print(f"appended a run to {args.output}")
     return 0
+
+
+# CPU per MiB of each TLS variant against plain TCP, paired by repeat.
+TLS_MEASURES = {
+    f"cpu_per_mib_{tag}_vs_tcp": {
+        "series": "cpu_ms_per_mib",
+        "ours": method,
+        "anchor": "tcp",
+        "unit": "ms/MiB",
+    }
+    for tag, method in (
+        ("tls", "tls"),
+        ("same_host_socket", "tls_same_host_socket"),
+        ("batched_reads", "tls_batched_reads"),
+    )
+}
+
+
+def tls_series(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float | None]]]:
+    """CPU ms and MiB/s per repeat by method."""
+    return {
+        key: {m: [r.get(key) for r in rs] for m, rs in runs.items()}
+        for key in ("cpu_ms_per_mib", "mib_per_s")
+    }
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-STATS = Path(__file__).resolve().parents[2] / "bench" / "stats.py"
+STATS = Path(__file__).resolve().parents[3] / "bench" / "stats.py"
 
 
 @pytest.fixture(scope="module")
