@@ -16,6 +16,7 @@ are errors with a "did you mean"; dask-jobqueue's keyword names are accepted as 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -269,7 +270,26 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
             raise
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
     _check_consistency(profile)
+    if profile.protocol == "tcp":
+        _warn_plaintext(profile.sources.get("protocol", "default"))
     return profile
+
+
+logger = logging.getLogger(__name__)
+_warned_plaintext = False
+
+
+def _warn_plaintext(source: str) -> None:
+    """Say once per process that TLS is off: every run and cluster decides it here."""
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    _warned_plaintext = True
+    logger.warning(
+        "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
+        "workers' ports can run code as you; use protocol tls unless that network is yours",
+        source,
+    )
 
 
 def _check_consistency(profile: Profile) -> None:

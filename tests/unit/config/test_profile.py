@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,47 @@ def test_cli_assignments_keep_clock_times_as_text() -> None:
 
 def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> None:
     assert parse_assignments(["account=a\n#SBATCH --uid=0"]) == {"account": "a\n#SBATCH --uid=0"}
+
+
+# --- TLS opt-out ---------------------------------------------
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget that this process already warned about protocol tcp."""
+    monkeypatch.setattr("jobstrap.config.profile._warned_plaintext", False)
+
+
+def test_protocol_tcp_warns_once_naming_the_risk(
+    user_dir: Path, fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    profile = load_profile(None, {"protocol": "tcp"}, environ=env_for(user_dir))
+    profile.with_overrides({"cores": 2})
+    load_profile(None, {"protocol": "tcp"}, environ=env_for(user_dir))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "anyone who can reach" in warnings[0].getMessage()
+    assert "run code as you" in warnings[0].getMessage()
+
+
+def test_protocol_tls_does_not_warn(
+    user_dir: Path, fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    load_profile(None, {"protocol": "tls"}, environ=env_for(user_dir))
+
+    assert not caplog.records
+
+
+def test_security_false_on_a_cluster_warns_that_tls_is_off(
+    fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jobstrap.cluster.options import split_options
+
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    overrides, _ = split_options({"security": False})
+    load_profile("default", overrides, environ={})
+
+    assert "TLS is off" in caplog.text
