@@ -30,6 +30,7 @@ from jobstrap.config import resources
 from jobstrap.config.choices import WORKER_LAYOUTS
 from jobstrap.config.units import format_memory, format_walltime_slurm
 from jobstrap.config.values import (
+    MAX_PORT,
     _boolean,
     _choice,
     _did_you_mean,
@@ -43,6 +44,7 @@ from jobstrap.config.values import (
     _optional_text,
     _optional_walltime,
     _path,
+    _site_name,
     _text,
     _walltime,
     _words,
@@ -98,9 +100,9 @@ class Profile:
     """
 
     system: str = _setting("local", _choice(SYSTEMS), "batch system: local, slurm or pbs")
-    queue: str | None = _setting(None, _optional_text, "partition (Slurm) or queue (PBS)")
-    account: str | None = _setting(None, _optional_text, "account/project charged")
-    qos: str | None = _setting(None, _optional_text, "quality of service")
+    queue: str | None = _setting(None, _site_name, "partition (Slurm) or queue (PBS)")
+    account: str | None = _setting(None, _site_name, "account/project charged")
+    qos: str | None = _setting(None, _site_name, "quality of service")
     walltime: int = _setting(3600, _walltime, "walltime per job (01:30:00, 90m, 1-00:00:00)")
     nodes: int = _setting(1, _integer(1), "nodes per job")
     cores: int = _setting(1, _integer(1), "cores per node for each job")
@@ -157,7 +159,7 @@ class Profile:
         "batch mode: node (one process per node forks the workers of its worker ranks) "
         "or rank (each worker rank runs its own)",
     )
-    dashboard_port: int = _setting(0, _integer(0), "dashboard port (0: a free port)")
+    dashboard_port: int = _setting(0, _integer(0, MAX_PORT), "dashboard port (0: a free port)")
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"
     )
@@ -339,7 +341,13 @@ def read_profile_file(path: Path) -> dict[str, object]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError("profile", str(path), f"not valid YAML: {error}") from None
+        raise ConfigError(
+            "profile", str(path), f"not valid YAML: {' '.join(str(error).split())}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError("profile", str(path), f"not UTF-8 text ({error.reason})") from None
+    except ValueError as error:  # a scalar YAML reads but Python cannot hold
+        raise ConfigError("profile", str(path), f"not a valid profile: {error}") from None
     except OSError as error:
         raise ConfigError("profile", str(path), f"cannot be read: {error.strerror}") from None
     if data is None:
@@ -457,7 +465,7 @@ def parse_assignments(items: Iterable[str]) -> dict[str, object]:
             continue
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int too long for Python
             parsed = value
         # Keep time-like strings as text: YAML 1.1 reads 01:30:00 as a sexagesimal int.
         if isinstance(parsed, int) and ":" in value:

@@ -17,6 +17,15 @@ from jobstrap.errors import ConfigError
 
 _JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Partition, queue (PBS: ``queue@server``), account and QOS names; Slurm takes a
+#: comma-separated list of partitions. Never a leading ``-`` (it would read as an option).
+_SITE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+,-]{0,255}$")
+#: Largest whole-number setting: batch systems keep counts in 32-bit integers.
+MAX_INTEGER = 2**31 - 1
+#: Longest path Linux opens (PATH_MAX, with its terminating NUL).
+_PATH_MAX = 4096
+#: Largest TCP port.
+MAX_PORT = 65535
 
 
 def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -65,16 +74,18 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
     return parse
 
 
-def _integer(minimum: int) -> Callable[[str, object], int]:
+def _integer(minimum: int, maximum: int = MAX_INTEGER) -> Callable[[str, object], int]:
     def parse(name: str, value: object) -> int:
         if isinstance(value, bool):
             raise ConfigError(name, value, "expected a whole number")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,30}\s*", value):
             value = int(value)
         if not isinstance(value, int):
             raise ConfigError(name, value, "expected a whole number")
         if value < minimum:
             raise ConfigError(name, value, f"must be at least {minimum}")
+        if value > maximum:
+            raise ConfigError(name, value, f"must be at most {maximum}")
         return value
 
     return parse
@@ -137,7 +148,23 @@ def _words(name: str, value: object) -> tuple[str, ...]:
 
 def _interfaces(name: str, value: object) -> tuple[str, ...]:
     words = _words(name, value)
-    return words or ("auto",)
+    if not words:
+        # Empty is more likely a variable that expanded to nothing than a wish for auto.
+        raise ConfigError(name, value, "must name interfaces (ib0,eth0) or auto, not be empty")
+    return words
+
+
+def _site_name(name: str, value: object) -> str | None:
+    """A queue, account or QOS: it goes as it is into a ``#SBATCH``/``#PBS`` line."""
+    text = _optional_text(name, value)
+    if text is not None and not _SITE_NAME_RE.match(text):
+        raise ConfigError(
+            name,
+            value,
+            "use letters, digits and _ . @ : + - , (a name as the batch system knows it);"
+            " spaces and shell characters would add options to the job script",
+        )
+    return text
 
 
 def _job_name(name: str, value: object) -> str:
@@ -180,4 +207,6 @@ def _environment(name: str, value: object) -> tuple[tuple[str, str], ...]:
 
 def _path(name: str, value: object) -> str | None:
     text = _optional_text(name, value)
+    if text is not None and len(text) >= _PATH_MAX:
+        raise ConfigError(name, f"{text[:40]}...", f"longer than a path can be ({_PATH_MAX})")
     return None if text is None else os.path.expanduser(text)

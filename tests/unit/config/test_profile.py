@@ -190,7 +190,7 @@ def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> Non
     assert parse_assignments(["account=a\n#SBATCH --uid=0"]) == {"account": "a\n#SBATCH --uid=0"}
 
 
-# --- TLS opt-out ---------------------------------------------
+# --- TLS opt-out, directive values, bounds ---------------------------------------------
 
 
 @pytest.fixture
@@ -232,3 +232,68 @@ def test_security_false_on_a_cluster_warns_that_tls_is_off(
     load_profile("default", overrides, environ={})
 
     assert "TLS is off" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["queue", "account", "qos"])
+@pytest.mark.parametrize(
+    "value", ["debug --uid=0", "debug\t-A x", "a;id", "$(id)", "`id`", "-x", "a|b", "a'b"]
+)
+def test_directive_values_are_plain_site_names(user_dir: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: invalid value") as caught:
+        load_profile(None, {name: value}, environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["debug", "gpu_a100", "workq@pbs01", "short,long", "p.1-x+y:z"])
+def test_site_names_as_batch_systems_spell_them_are_accepted(user_dir: Path, value: str) -> None:
+    assert load_profile(None, {"queue": value}, environ=env_for(user_dir)).queue == value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("memory", float("inf")),
+        ("memory", float("nan")),
+        ("memory", 2**70),
+        ("walltime", "²"),
+        ("walltime", "1-²"),
+        ("walltime", 10**20),
+        ("walltime", "9" * 5000),
+        ("death_timeout", "99999999999999999999s"),
+        ("dashboard_port", 99999),
+        ("cores", 2**40),
+        ("nodes", "9" * 5000),
+        ("interface", ""),
+        ("interface", []),
+        ("scheduler_interface", " , "),
+        ("template", "t" * 5000),
+    ],
+)
+def test_out_of_range_values_are_one_line_errors(user_dir: Path, name: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: invalid value") as caught:
+        load_profile(None, {name: value}, environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["memory: .inf\n", "memory: .nan\n", "walltime: ²\n"])
+def test_bad_values_in_a_profile_file_are_config_errors(user_dir: Path, text: str) -> None:
+    (user_dir / "bad.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"from .*bad\.yaml"):
+        load_profile("bad", environ=env_for(user_dir))
+
+
+def test_a_profile_file_that_is_not_utf8_is_a_config_error(user_dir: Path) -> None:
+    (user_dir / "latin.yaml").write_bytes("queue: d\xe9bogage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_profile("latin", environ=env_for(user_dir))
+
+
+def test_invalid_yaml_is_reported_on_one_line(user_dir: Path) -> None:
+    (user_dir / "broken.yaml").write_text("queue: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_profile("broken", environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_integer_too_long_for_python_in_set_is_kept_as_text() -> None:
+    assert parse_assignments(["nodes=" + "9" * 5000]) == {"nodes": "9" * 5000}
