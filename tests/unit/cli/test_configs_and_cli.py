@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jobstrap import __version__
 from jobstrap.cli import cli
-from jobstrap.config.profile import load_profile
+from jobstrap.config.profile import FIELD_NAMES, load_profile
 from jobstrap.config.resources import configs_dir
 
 SHIPPED = sorted(p.stem for p in configs_dir().glob("*.yaml"))
@@ -183,3 +185,29 @@ def test_a_command_on_a_damaged_record_exits_2_naming_the_file(
     assert result.exit_code == 2, result.output
     assert "run-bad.json: not a readable run record" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+#: Texts YAML and Python read in surprising ways, mixed into the arbitrary ones.
+AWKWARD = [".inf", "-.inf", ".nan", "²", "1-²", "١h", "1e400", "9" * 5000, "0x10", "1_000",
+           "-1", "0", "99999", "", " ", "~", "null", "true", "[]", "{}", "[1, [2]]", "{a: 1}",
+           "2001-01-01", "01:30:00", "a b", "a\nb", "\x00", "debug --uid=0", "$(id)"]  # fmt: skip
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    field=st.sampled_from(FIELD_NAMES),
+    text=st.one_of(st.sampled_from(AWKWARD), st.text(max_size=40)),
+    system=st.sampled_from(["local", "slurm", "pbs"]),
+)
+def test_any_text_for_any_setting_renders_or_exits_2(
+    isolated: Path, field: str, text: str, system: str
+) -> None:
+    result = CliRunner().invoke(cli, ["render", "--system", system, "--set", f"{field}={text}"])
+    assert result.exit_code in (0, 2), (result.output, result.exc_info)
+    if result.exit_code == 2:
+        assert result.output.startswith("error: ")
+        assert "Traceback" not in result.output
