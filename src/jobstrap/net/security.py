@@ -21,7 +21,10 @@ Three ways to use the files:
 * :func:`tls_env` returns them as ``DASK_DISTRIBUTED__COMM__...`` environment
   variables, so a plain ``distributed.Client()`` in a user's app picks TLS up.
 
-Opting out is explicit: run with protocol ``tcp`` and do not create the files.
+Opting out is explicit: run with protocol ``tcp`` and do not create the files (the
+profile logs one warning when it resolves to ``tcp``). The files are used only if the
+user owns them and nobody else could have replaced them
+(:func:`jobstrap.store.rundir.check_private`).
 """
 
 from __future__ import annotations
