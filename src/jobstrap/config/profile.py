@@ -16,9 +16,8 @@ are errors with a "did you mean"; dask-jobqueue's keyword names are accepted as 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,27 @@ import yaml
 from jobstrap.config import resources
 from jobstrap.config.choices import WORKER_LAYOUTS
 from jobstrap.config.plugins import available_systems
-from jobstrap.config.units import format_memory, format_walltime_slurm, parse_memory, parse_walltime
+from jobstrap.config.units import format_memory, format_walltime_slurm
+from jobstrap.config.values import (
+    MAX_PORT,
+    _boolean,
+    _choice,
+    _did_you_mean,
+    _environment,
+    _integer,
+    _interfaces,
+    _job_name,
+    _lines,
+    _memory,
+    _optional_integer,
+    _optional_text,
+    _optional_walltime,
+    _path,
+    _site_name,
+    _text,
+    _walltime,
+    _words,
+)
 from jobstrap.errors import ConfigError
 
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
@@ -67,172 +86,15 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            # the bootstrap's log level, passed to jobs like the rest
                            "LOG_LEVEL"})  # fmt: skip
 
-_JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-
-# --- value parsers: each takes (field name, raw value) and returns the typed value ---------
-
-
-def _check_text(name: str, value: object) -> str:
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ConfigError(name, value, "expected a string")
-    text = str(value)
-    if "\n" in text or "\r" in text or "\x00" in text:
-        # A newline would let a value start a new line in the script: a new directive.
-        raise ConfigError(name, value, "must be a single line (newlines would inject lines)")
-    return text
-
-
-def _optional_text(name: str, value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    return _check_text(name, value)
-
-
-def _text(name: str, value: object) -> str:
-    text = _check_text(name, value)
-    if not text:
-        raise ConfigError(name, value, "must not be empty")
-    return text
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
-    def parse(name: str, value: object) -> str:
-        text = _check_text(name, value).lower()
-        if text not in options:
-            hint = _did_you_mean(text, options)
-            raise ConfigError(name, value, f"must be one of {', '.join(options)}", hint)
-        return text
-
-    return parse
+def _setting(default: Any, parse: Callable[[str, object], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
 
 
 def _system(name: str, value: object) -> str:
     """A registered batch system's name (built in, or a ``jobstrap.systems`` plugin)."""
     return _choice(tuple(available_systems()))(name, value)
 
-
-def _integer(minimum: int) -> Callable[[str, object], int]:
-    def parse(name: str, value: object) -> int:
-        if isinstance(value, bool):
-            raise ConfigError(name, value, "expected a whole number")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            value = int(value)
-        if not isinstance(value, int):
-            raise ConfigError(name, value, "expected a whole number")
-        if value < minimum:
-            raise ConfigError(name, value, f"must be at least {minimum}")
-        return value
-
-    return parse
-
-
-def _optional_integer(minimum: int) -> Callable[[str, object], int | None]:
-    strict = _integer(minimum)
-
-    def parse(name: str, value: object) -> int | None:
-        return None if value is None or value == "" else strict(name, value)
-
-    return parse
-
-
-def _boolean(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(name, value, "expected true or false")
-
-
-def _memory(name: str, value: object) -> int | None:
-    return None if value is None or value == "" else parse_memory(value, name)
-
-
-def _walltime(name: str, value: object) -> int:
-    return parse_walltime(value, name)
-
-
-def _optional_walltime(name: str, value: object) -> int | None:
-    return None if value is None or value == "" else parse_walltime(value, name)
-
-
-def _lines(name: str, value: object) -> tuple[str, ...]:
-    """A list of script lines; a single string is split into its lines."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(line for line in value.splitlines() if line.strip())
-    if isinstance(value, list | tuple):
-        return tuple(_check_text(f"{name}[{i}]", item) for i, item in enumerate(value))
-    raise ConfigError(name, value, "expected a list of lines (or one string)")
-
-
-def _words(name: str, value: object) -> tuple[str, ...]:
-    """A list of words; a string is split on commas (``"ib0,eth0"``)."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items: Iterable[object] = [w.strip() for w in value.split(",") if w.strip()]
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise ConfigError(name, value, "expected a list (or a comma-separated string)")
-    return tuple(_text(f"{name}[{i}]", item) for i, item in enumerate(items))
-
-
-def _interfaces(name: str, value: object) -> tuple[str, ...]:
-    words = _words(name, value)
-    return words or ("auto",)
-
-
-def _job_name(name: str, value: object) -> str:
-    text = _text(name, value)
-    if not _JOB_NAME_RE.match(text):
-        raise ConfigError(
-            name,
-            value,
-            "use letters, digits and _ . + - (at most 64, starting with a letter or digit);"
-            " shell metacharacters are not allowed",
-        )
-    return text
-
-
-def _environment(name: str, value: object) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        pairs: list[tuple[object, object]] = []
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            var, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError(name, value, "expected KEY=VALUE[,KEY=VALUE...]")
-            pairs.append((var, text))
-    elif isinstance(value, Mapping):
-        pairs = list(value.items())
-    elif isinstance(value, list | tuple) and all(
-        isinstance(p, list | tuple) and len(p) == 2 for p in value
-    ):
-        pairs = [(p[0], p[1]) for p in value]
-    else:
-        raise ConfigError(name, value, "expected a mapping of variable names to values")
-    result = []
-    for key, val in pairs:
-        if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-            raise ConfigError(name, key, "environment variable names are letters, digits and _")
-        result.append((key, _check_text(f"{name}.{key}", "" if val is None else val)))
-    return tuple(result)
-
-
-def _path(name: str, value: object) -> str | None:
-    text = _optional_text(name, value)
-    return None if text is None else os.path.expanduser(text)
-
-
-def _setting(default: Any, parse: Callable[[str, object], Any], doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -243,10 +105,10 @@ class Profile:
     Sizes are bytes and durations are seconds.
     """
 
-    system: str = _setting("local", _system, "batch system: local, slurm or pbs")
-    queue: str | None = _setting(None, _optional_text, "partition (Slurm) or queue (PBS)")
-    account: str | None = _setting(None, _optional_text, "account/project charged")
-    qos: str | None = _setting(None, _optional_text, "quality of service")
+    system: str = _setting("local", _system, "batch system: local, slurm, pbs or a plugin's")
+    queue: str | None = _setting(None, _site_name, "partition (Slurm) or queue (PBS)")
+    account: str | None = _setting(None, _site_name, "account/project charged")
+    qos: str | None = _setting(None, _site_name, "quality of service")
     walltime: int = _setting(3600, _walltime, "walltime per job (01:30:00, 90m, 1-00:00:00)")
     nodes: int = _setting(1, _integer(1), "nodes per job")
     cores: int = _setting(1, _integer(1), "cores per node for each job")
@@ -303,7 +165,7 @@ class Profile:
         "batch mode: node (one process per node forks the workers of its worker ranks) "
         "or rank (each worker rank runs its own)",
     )
-    dashboard_port: int = _setting(0, _integer(0), "dashboard port (0: a free port)")
+    dashboard_port: int = _setting(0, _integer(0, MAX_PORT), "dashboard port (0: a free port)")
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"
     )
@@ -385,15 +247,6 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
 FIELD_NAMES = tuple(f.name for f in fields())
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    options = list(candidates)
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not close:
-        # Same stem, different ending (wallclock -> walltime): a shared 4-letter prefix.
-        close = [o for o in options if len(word) >= 4 and o[:4] == word[:4]][:1]
-    return f"did you mean {close[0]!r}?" if close else None
-
-
 def _normalise(layer: Mapping[str, object], source: str) -> dict[str, object]:
     """Map aliases to field names and reject unknown keys with a suggestion."""
     out: dict[str, object] = {}
@@ -425,7 +278,26 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
             raise
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
     _check_consistency(profile)
+    if profile.protocol == "tcp":
+        _warn_plaintext(profile.sources.get("protocol", "default"))
     return profile
+
+
+logger = logging.getLogger(__name__)
+_warned_plaintext = False
+
+
+def _warn_plaintext(source: str) -> None:
+    """Say once per process that TLS is off: every run and cluster decides it here."""
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    _warned_plaintext = True
+    logger.warning(
+        "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
+        "workers' ports can run code as you; use protocol tls unless that network is yours",
+        source,
+    )
 
 
 def _check_consistency(profile: Profile) -> None:
@@ -475,7 +347,13 @@ def read_profile_file(path: Path) -> dict[str, object]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigError("profile", str(path), f"not valid YAML: {error}") from None
+        raise ConfigError(
+            "profile", str(path), f"not valid YAML: {' '.join(str(error).split())}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError("profile", str(path), f"not UTF-8 text ({error.reason})") from None
+    except ValueError as error:  # a scalar YAML reads but Python cannot hold
+        raise ConfigError("profile", str(path), f"not a valid profile: {error}") from None
     except OSError as error:
         raise ConfigError("profile", str(path), f"cannot be read: {error.strerror}") from None
     if data is None:
@@ -593,7 +471,7 @@ def parse_assignments(items: Iterable[str]) -> dict[str, object]:
             continue
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int too long for Python
             parsed = value
         # Keep time-like strings as text: YAML 1.1 reads 01:30:00 as a sexagesimal int.
         if isinstance(parsed, int) and ":" in value:

@@ -47,7 +47,12 @@ _MEMORY_UNITS: dict[str, int] = {
     "p": 2**50,
 }
 
-_MEMORY_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
+_MEMORY_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$", re.ASCII)
+
+#: Largest memory setting, 1 EiB: far beyond any node, and a typo if asked for.
+MAX_MEMORY = 2**60
+#: Largest walltime (and other duration) setting: 10 years, beyond any site's limit.
+MAX_WALLTIME = 3650 * 86400
 
 
 def parse_memory(value: object, field: str = "memory") -> int:
@@ -68,7 +73,7 @@ def parse_memory(value: object, field: str = "memory") -> int:
     Raises
     ------
     ConfigError
-        Unknown unit, negative, zero, or not a size at all.
+        Unknown unit, negative, zero, infinite, over :data:`MAX_MEMORY`, or not a size.
     """
     if isinstance(value, bool):
         raise ConfigError(field, value, "expected a size such as '4GiB' or '4000MB'")
@@ -91,6 +96,10 @@ def parse_memory(value: object, field: str = "memory") -> int:
             raise ConfigError(field, value, f"unknown unit {match['unit']!r} (use {allowed})")
     else:
         raise ConfigError(field, value, "expected a size such as '4GiB' or '4000MB'")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(field, value, "must be a finite size")  # YAML's .inf and .nan
+    if number * _MEMORY_UNITS[unit] > MAX_MEMORY:
+        raise ConfigError(field, value, "must be at most 1 EiB")
     if number < 0:
         raise ConfigError(field, value, "must be positive")
     nbytes = math.ceil(number * _MEMORY_UNITS[unit])
@@ -132,7 +141,12 @@ def format_memory_pbs(nbytes: int) -> str:
 
 
 _WALLTIME_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_UNIT_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?$")
+_UNIT_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?$", re.ASCII)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_walltime(value: object, field: str = "walltime") -> int:
@@ -154,7 +168,8 @@ def parse_walltime(value: object, field: str = "walltime") -> int:
     Raises
     ------
     ConfigError
-        Malformed, out-of-range fields (minutes over 59, ...), negative or zero.
+        Malformed, out-of-range fields (minutes over 59, ...), negative, zero or
+        over :data:`MAX_WALLTIME`.
     """
     if isinstance(value, bool):
         raise ConfigError(field, value, "expected a walltime such as '01:30:00' or '90m'")
@@ -168,13 +183,17 @@ def parse_walltime(value: object, field: str = "walltime") -> int:
         raise ConfigError(field, value, "must be positive")
     if seconds == 0:
         raise ConfigError(field, value, "must be more than zero")
+    if seconds > MAX_WALLTIME:
+        raise ConfigError(field, value, "must be at most 3650 days (10 years)")
     return seconds
 
 
 def _parse_walltime_text(text: str, original: object, field: str) -> int:
     if text.startswith("-"):
         raise ConfigError(field, original, "must be positive")
-    if text.isdigit():
+    if len(text) > 64:  # also keeps int() away from its digit limit
+        raise ConfigError(field, original, "too long for a walltime")
+    if _digits(text):
         return int(text)
     lowered = text.lower().replace(" ", "")
     match = _UNIT_RE.match(lowered)
@@ -188,11 +207,11 @@ def _parse_walltime_text(text: str, original: object, field: str) -> int:
     clock = text
     if "-" in text:
         day_text, clock = text.split("-", 1)
-        if not day_text.isdigit():
+        if not _digits(day_text):
             raise ConfigError(field, original, "expected D-HH:MM:SS with a whole number of days")
         days = int(day_text)
     parts = clock.split(":")
-    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+    if not all(_digits(p) for p in parts) or not 1 <= len(parts) <= 3:
         raise ConfigError(
             field, original, "expected HH:MM:SS, D-HH:MM:SS, MM:SS, or units like '90m', '1h30m'"
         )

@@ -21,7 +21,10 @@ Three ways to use the files:
 * :func:`tls_env` returns them as ``DASK_DISTRIBUTED__COMM__...`` environment
   variables, so a plain ``distributed.Client()`` in a user's app picks TLS up.
 
-Opting out is explicit: run with protocol ``tcp`` and do not create the files.
+Opting out is explicit: run with protocol ``tcp`` and do not create the files (the
+profile logs one warning when it resolves to ``tcp``). The files are used only if the
+user owns them and nobody else could have replaced them
+(:func:`jobstrap.store.rundir.check_private`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobstrap.errors import UserError
-from jobstrap.store.rundir import atomic_write_bytes, ensure_private_dir
+from jobstrap.store.rundir import atomic_write_bytes, check_private, ensure_private_dir
 
 if TYPE_CHECKING:
     from distributed import Security
@@ -287,7 +290,14 @@ def _require_files(run_dir: str | os.PathLike[str]) -> TLSFiles:
             f"{files.directory}: no TLS material (ca.pem, cert.pem, key.pem); create it "
             "with jobstrap.net.security.create_tls before submitting, or opt out with protocol tcp"
         )
+    _check_files(files)
     return files
+
+
+def _check_files(files: TLSFiles) -> None:
+    # Whoever can replace these can stand in for our scheduler (and so run code as us).
+    for path in (files.ca, files.cert, files.key):
+        check_private(path)
 
 
 def tls_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -343,7 +353,8 @@ def load_security(run_dir: str | os.PathLike[str], *, require: bool = True) -> S
     Raises
     ------
     UserError
-        If ``require`` and the files do not exist.
+        If ``require`` and the files do not exist, or if another user owns them or
+        could have replaced them (:class:`~jobstrap.store.rundir.UnsafePathError`).
     """
     from distributed import Security
 
@@ -352,6 +363,7 @@ def load_security(run_dir: str | os.PathLike[str], *, require: bool = True) -> S
         if require:
             _require_files(run_dir)
         return Security(require_encryption=False)  # type: ignore[no-untyped-call]
+    _check_files(files)
     paths = {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
     return Security(  # type: ignore[no-untyped-call]
         require_encryption=True,

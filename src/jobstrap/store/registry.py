@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -30,6 +31,7 @@ from jobstrap.store.rundir import atomic_write_json, ensure_private_dir
 
 __all__ = [
     "KINDS",
+    "DamagedRecordError",
     "RunRecord",
     "list",
     "load",
@@ -44,6 +46,29 @@ __all__ = [
 KINDS = ("app", "graph", "cluster", "probe")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _builtin_list = list
+
+#: The type each field of a record file must have (``created`` may be an int too).
+_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "run_id": str,
+    "kind": str,
+    "system": str,
+    "run_dir": str,
+    "job_ids": _builtin_list,
+    "tags": _builtin_list,
+    "profile": dict,
+    "logs": dict,
+    "created": (int, float),
+    "updated": (int, float),
+    "owner_pid": int,
+    "owner_host": str,
+    "status": str,
+    "extra": dict,
+}
+_REQUIRED = ("run_id", "kind", "system", "run_dir")
+
+
+class DamagedRecordError(UserError):
+    """A registry file that is not a run record (hand-edited, truncated, foreign)."""
 
 
 def state_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -125,7 +150,14 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
-        """Read a record; unknown keys (from a newer jobstrap) go to ``extra``."""
+        """Read a record; unknown keys (from a newer jobstrap) go to ``extra``.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` is not an object with the fields of a record, each of its type.
+        """
+        _check_shape(data)
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         extra = dict(values.pop("extra", None) or {})
@@ -141,6 +173,33 @@ class RunRecord:
         return os.path.join(log_dir, f"{job_id}.out"), os.path.join(log_dir, f"{job_id}.err")
 
 
+def _check_shape(data: object) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    for key, kind in _SHAPE.items():
+        value = data.get(key)
+        if key in data and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ValueError(f"{key} is {type(value).__name__}, not {_type_name(kind)}")
+    for key in ("job_ids", "tags"):
+        if not all(isinstance(item, str) for item in data.get(key, ())):
+            raise ValueError(f"{key} must be a list of strings")
+    for job_id, paths in data.get("logs", {}).items():
+        if not (
+            isinstance(paths, dict)
+            and isinstance(paths.get("out"), str)
+            and isinstance(paths.get("err"), str)
+        ):
+            raise ValueError(f"logs of {job_id} must have 'out' and 'err' paths")
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
 def _path(run_id: str, directory: Path) -> Path:
     return directory / f"{run_id}.json"
 
@@ -153,8 +212,15 @@ def save(record: RunRecord, *, directory: Path | None = None) -> Path:
 
 
 def _read(path: Path) -> RunRecord:
-    with open(path, encoding="utf-8") as handle:
-        return RunRecord.from_json(json.load(handle))
+    """Read one record file; a damaged one is a one-line :class:`DamagedRecordError`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return RunRecord.from_json(json.load(handle))
+    except (ValueError, TypeError, UserError) as error:  # JSON, UTF-8, shape, run id
+        problem = " ".join(str(error).split())
+        raise DamagedRecordError(
+            f"{path}: not a readable run record ({problem}); fix or delete the file"
+        ) from None
 
 
 def load(run_id: str, *, directory: Path | None = None) -> RunRecord:
@@ -178,16 +244,29 @@ def load(run_id: str, *, directory: Path | None = None) -> RunRecord:
     raise UserError(f"run {run_id!r} is ambiguous: {shown}")
 
 
-def list(*, directory: Path | None = None) -> _builtin_list[RunRecord]:
-    """Every saved record, oldest first (unreadable files are skipped)."""
+def list(
+    *, directory: Path | None = None, report: Callable[[str], None] | None = None
+) -> _builtin_list[RunRecord]:
+    """Every saved record, oldest first.
+
+    A file that cannot be read or is not a record is skipped, so one damaged file
+    does not stop ``status`` or ``cancel --all`` for every other run; ``report`` gets
+    one line naming it (default: printed on stderr).
+    """
     where = directory or registry_dir()
     records: _builtin_list[RunRecord] = []
-    for path in where.glob("*.json") if where.is_dir() else ():
+    for path in sorted(where.glob("*.json")) if where.is_dir() else ():
         try:
             records.append(_read(path))
-        except (OSError, ValueError, TypeError, UserError):
-            continue  # half-migrated or foreign file: listing must still work
+        except DamagedRecordError as error:
+            (report or _to_stderr)(f"skipped {error}")
+        except OSError as error:
+            (report or _to_stderr)(f"skipped {path}: {error.strerror}")
     return sorted(records, key=lambda r: (r.created, r.run_id))
+
+
+def _to_stderr(line: str) -> None:
+    print(f"jobstrap: {line}", file=sys.stderr)
 
 
 @contextlib.contextmanager

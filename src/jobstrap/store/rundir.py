@@ -20,6 +20,12 @@ Layout (see ``docs/internals.md``)::
       progress.json            task progress
       exit_code                the app's exit code
       drain                    exists once the batch system asked the job to wind down
+
+Reading trusts nothing it did not write: pickles and TLS files are only read from a
+directory the current user owns, under a chain of directories nobody else can
+rewrite (:func:`check_private`, the rule OpenSSH applies to ``authorized_keys``).
+Otherwise another user of a shared, writable ``run_root`` could swap in a run
+directory of their own and have their pickle loaded as ours.
 """
 
 from __future__ import annotations
@@ -36,20 +42,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobstrap.errors import ConfigError
+from jobstrap.errors import ConfigError, UserError
 
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
     "RunDir",
     "SchedulerInfo",
+    "UnsafePathError",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_private",
     "default_run_root",
     "ensure_private_dir",
     "new_run_id",
     "read_json",
+    "read_private_bytes",
 ]
 
 #: Mode of every directory jobstrap creates for a run.
@@ -58,6 +67,84 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class UnsafePathError(UserError):
+    """A run directory or a file in it that someone other than us could have written."""
+
+
+def _describe(mode: int) -> str:
+    return f"mode {stat.S_IMODE(mode):04o}"
+
+
+def _check_ancestors(start: Path, uid: int) -> None:
+    """Every directory from ``start`` up to ``/``: owned by us or root, not writable
+    by group or others unless sticky (so nobody else can rename what is inside)."""
+    for directory in (start, *start.parents):
+        info = os.stat(directory)
+        if info.st_uid not in (uid, 0):
+            raise UnsafePathError(
+                f"{directory} is owned by uid {info.st_uid}, not by you or root, so its "
+                "owner can replace the run directories under it; choose a run_root you own"
+            )
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+            raise UnsafePathError(
+                f"{directory} is writable by other users ({_describe(info.st_mode)}, no "
+                f"sticky bit), so they can replace run directories under it; "
+                f"run 'chmod go-w {directory}' or choose a run_root you own"
+            )
+
+
+def _check_own(path: Path, info: os.stat_result, uid: int) -> None:
+    if info.st_uid != uid:
+        raise UnsafePathError(
+            f"{path} is owned by uid {info.st_uid}, not by you (uid {uid}): refusing to "
+            "use it; another user may have planted it (choose a run_root you own)"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePathError(
+            f"{path} is writable by other users ({_describe(info.st_mode)}); "
+            f"run 'chmod go-w {path}' or choose a run_root you own"
+        )
+
+
+def check_private(path: str | os.PathLike[str]) -> None:
+    """Refuse a path of a run directory that someone else could have written.
+
+    ``path`` (a run directory or a file in one) must be owned by the current user and
+    not writable by group or others; each directory above it, up to ``/``, must be
+    owned by the current user or root and not writable by group or others unless it
+    has the sticky bit.
+
+    Raises
+    ------
+    UnsafePathError
+        Naming the path and the fix.
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    real = Path(os.path.realpath(path))
+    uid = os.geteuid()
+    _check_own(real, os.stat(real), uid)
+    _check_ancestors(real.parent, uid)
+
+
+def read_private_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a file of a run directory after :func:`check_private` has vouched for it.
+
+    The owner and mode are taken from the open file, so what is checked is what is read.
+
+    Raises
+    ------
+    UnsafePathError
+        If the file or a directory above it could have been written by another user.
+    FileNotFoundError
+        If the file does not exist.
+    """
+    with open(path, "rb") as handle:
+        _check_own(Path(path), os.fstat(handle.fileno()), os.geteuid())
+        _check_ancestors(Path(os.path.realpath(path)).parent, os.geteuid())
+        return handle.read()
 
 
 def default_run_root(configured: str | os.PathLike[str] | None = None) -> Path:
@@ -265,6 +352,7 @@ class RunDir:
         run = cls(Path(parent) / run_id)
         _mkdir_private(run.path)
         _mkdir_private(run.logs_dir)
+        check_private(run.path)  # fail before submitting, not when reading the result
         return run
 
     @classmethod
@@ -275,10 +363,13 @@ class RunDir:
         ------
         FileNotFoundError
             If ``path`` is not a directory.
+        UnsafePathError
+            If another user owns it or could have replaced it (:func:`check_private`).
         """
         run = cls(Path(path))
         if not run.path.is_dir():
             raise FileNotFoundError(f"run directory {run.path} does not exist")
+        check_private(run.path)
         return run
 
     # -------------------------------------------------------------------- paths
@@ -384,8 +475,10 @@ class RunDir:
             If the scheduler has not written it (yet).
         ValueError
             If it is not valid JSON with a ``scheduler_address``.
+        UnsafePathError
+            If another user could have written it (its address is where we connect).
         """
-        data = read_json(self.info_file)
+        data = json.loads(read_private_bytes(self.info_file).decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError(f"{self.info_file}: expected a JSON object")
         return SchedulerInfo.from_json(data)

@@ -111,7 +111,8 @@ def test_a_rejected_submission_is_one_line_with_sbatch_s_words_and_exit_2(
 ) -> None:
     fake_slurm.plan("sbatch", "reject:invalid partition specified")
 
-    done = jobstrap("submit", *SLURM, str(app))
+    # TLS on: with protocol tcp, stderr also carries the one warning that TLS is off.
+    done = jobstrap("submit", "--system", "slurm", "--set", "queue=debug", str(app))
 
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobstrap.store.rundir import RunDir, atomic_write_bytes, atomic_write_json
+from jobstrap.store.rundir import RunDir, atomic_write_bytes, atomic_write_json, read_private_bytes
 
 __all__ = [
     "MAGIC",
@@ -105,9 +105,7 @@ def write_framed(path: str | os.PathLike[str], payload: bytes) -> Path:
 
 def read_framed(path: str | os.PathLike[str]) -> bytes:
     """Read and check a framed file (``FileNotFoundError``, :class:`CorruptRunFileError`)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return unframe(data, os.fspath(path))
+    return unframe(read_private_bytes(path), os.fspath(path))
 
 
 def read_payload(path: str | os.PathLike[str]) -> Any:

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from jobstrap.engines.dask.graph_runner import read_framed, write_framed
 from jobstrap.errors import ConfigError
 from jobstrap.store.rundir import (
     RunDir,
     SchedulerInfo,
+    UnsafePathError,
     atomic_write_json,
     default_run_root,
     ensure_private_dir,
     new_run_id,
     read_json,
+    read_private_bytes,
 )
 
 
@@ -248,3 +255,104 @@ def test_ensure_private_dir_accepts_an_existing_directory_unchanged(tmp_path: Pa
     ensure_private_dir(existing)
 
     assert mode(existing) == 0o755
+
+
+# --- a run directory nobody else could have written -------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def reachable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A root-owned 0755 directory in /tmp that another uid can traverse."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as a second user")
+    path = Path(tempfile.mkdtemp(prefix="jobstrap-shared-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_nobody(action: Callable[[], None]) -> None:
+    """Run ``action`` in a forked child that has become uid/gid 65534."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the attacker's child failed"
+
+
+def test_a_result_planted_by_another_user_in_a_shared_run_root_is_refused(
+    reachable: Path,
+) -> None:
+    shared = reachable / "runs"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # group-shared by mistake, no sticky bit
+    run = RunDir.create(reachable / "mine", "run-1")
+    victim = RunDir(shared / "run-1")
+    os.rename(run.path, victim.path)  # what a user with run_root=shared ends up with
+    write_framed(victim.result_file, pickle.dumps("honest"))
+
+    def attack() -> None:
+        os.rename(victim.path, shared / "moved-away")
+        os.mkdir(victim.path, 0o700)
+        write_framed(victim.result_file, pickle.dumps("planted"))
+
+    _as_nobody(attack)
+    assert victim.result_file.stat().st_uid == NOBODY
+
+    with pytest.raises(UnsafePathError, match="owned by uid 65534") as caught:
+        read_framed(victim.result_file)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UnsafePathError, match="choose a run_root you own"):
+        RunDir.open(victim.path)
+
+
+def test_a_run_directory_under_a_world_writable_parent_without_sticky_bit_is_refused(
+    reachable: Path,
+) -> None:
+    shared = reachable / "runs"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+
+    with pytest.raises(UnsafePathError, match=f"chmod go-w {shared}"):
+        RunDir.create(shared, "run-1")
+
+
+def test_a_sticky_world_writable_run_root_is_accepted(reachable: Path) -> None:
+    shared = reachable / "runs"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp: others cannot rename what is ours
+    run = RunDir.create(shared, "run-1")
+    write_framed(run.result_file, pickle.dumps("honest"))
+
+    assert pickle.loads(read_framed(run.result_file)) == "honest"
+    assert RunDir.open(run.path) == run
+
+
+def test_a_group_writable_result_file_is_refused(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, "run-1")
+    write_framed(run.result_file, pickle.dumps("x"))
+    os.chmod(run.result_file, 0o620)
+
+    with pytest.raises(UnsafePathError, match=f"chmod go-w {run.result_file}"):
+        read_private_bytes(run.result_file)
+
+
+def test_tls_files_planted_by_another_user_are_refused(reachable: Path) -> None:
+    from jobstrap.net.security import create_tls, load_security
+
+    run = RunDir.create(reachable, "run-1")
+    create_tls(run.path)
+    os.chown(run.ca_file, NOBODY, NOBODY)
+
+    with pytest.raises(UnsafePathError, match=r"ca\.pem is owned by uid 65534"):
+        load_security(run)

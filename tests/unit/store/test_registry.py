@@ -174,3 +174,55 @@ def test_remove_deletes_the_record(where: Path) -> None:
     registry.remove("gone")
 
     assert registry.list() == []
+
+
+# --- damaged records are reported and skipped ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2, 3]",
+        '"a string"',
+        "{not json",
+        b"\xff\xfe not utf-8",
+        '{"kind": "app", "system": "slurm", "run_dir": "/r"}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": 7}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": "/r", "job_ids": "123"}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": "/r", "job_ids": [1]}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": "/r", "logs": {"1": 2}}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": "/r", "created": "now"}',
+        '{"run_id": "x", "kind": "app", "system": "slurm", "run_dir": "/r", "extra": []}',
+        '{"run_id": "../x", "kind": "app", "system": "slurm", "run_dir": "/r"}',
+        '{"run_id": "x", "kind": "nope", "system": "slurm", "run_dir": "/r"}',
+    ],
+)
+def test_a_damaged_record_is_reported_once_and_the_others_still_list(
+    where: Path, content: str | bytes
+) -> None:
+    registry.save(make_record("good"))
+    damaged = where / "damaged.json"
+    if isinstance(content, bytes):
+        damaged.write_bytes(content)
+    else:
+        damaged.write_text(content)
+    reported: list[str] = []
+
+    assert [r.run_id for r in registry.list(report=reported.append)] == ["good"]
+    assert len(reported) == 1
+    assert str(damaged) in reported[0]
+    assert "\n" not in reported[0]
+    with pytest.raises(registry.DamagedRecordError, match="fix or delete the file"):
+        registry.load("damaged")
+
+
+def test_a_damaged_record_is_reported_on_stderr_by_default(
+    where: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.save(make_record("good"))
+    (where / "list.json").write_text("[]")
+
+    assert [r.run_id for r in registry.list()] == ["good"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert str(where / "list.json") in err

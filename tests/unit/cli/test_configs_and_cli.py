@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jobstrap import __version__
 from jobstrap.cli import cli
-from jobstrap.config.profile import load_profile
+from jobstrap.config.profile import FIELD_NAMES, load_profile
 from jobstrap.config.resources import configs_dir
 
 SHIPPED = sorted(p.stem for p in configs_dir().glob("*.yaml"))
@@ -118,3 +120,94 @@ def test_import_has_no_side_effects(tmp_path: Path) -> None:
         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "memory=.inf"], "memory: invalid value inf"),
+        (["--set", "memory=.nan"], "memory: invalid value nan"),
+        (["--set", "walltime=²"], "walltime: invalid value '²'"),
+        (["--set", "walltime=100000000000000000000"], "at most 3650 days"),
+        (["--set", "dashboard_port=99999"], "at most 65535"),
+        (["--set", "interface="], "interface: invalid value ''"),
+        (["--system", "slurm", "--set", "queue=debug --uid=0"], "queue: invalid value"),
+        (["--system", "pbs", "--set", "account=a b"], "account: invalid value"),
+        (["--system", "slurm", "--set", "qos=x;id"], "qos: invalid value"),
+    ],
+)
+def test_values_that_used_to_crash_or_inject_exit_2_with_one_line(
+    args: list[str], message: str, isolated: Path
+) -> None:
+    result = CliRunner().invoke(cli, ["render", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_a_profile_file_that_is_not_utf8_exits_2(isolated: Path) -> None:
+    bad = isolated / "latin.yaml"
+    bad.write_bytes("queue: d\xe9bogage\n".encode("latin-1"))
+    for args in (["render", "--profile", str(bad)], ["config", "check", str(bad)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert "not UTF-8" in result.output
+        assert result.output.count("\n") == 1
+
+
+@pytest.fixture
+def registry_with_damage(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry holding only a file that is a JSON list, not a record."""
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(isolated / "state"))
+    runs = isolated / "state" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "run-bad.json").write_text("[1, 2]")
+    return runs
+
+
+@pytest.mark.parametrize("args", [["status"], ["cancel", "--all"]])
+def test_status_and_cancel_all_skip_a_damaged_record_naming_it(
+    registry_with_damage: Path, args: list[str]
+) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{registry_with_damage / 'run-bad.json'}" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["status", "run-bad"], ["logs", "run-bad"], ["cancel", "run-bad"]]
+)
+def test_a_command_on_a_damaged_record_exits_2_naming_the_file(
+    registry_with_damage: Path, args: list[str]
+) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "run-bad.json: not a readable run record" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+#: Texts YAML and Python read in surprising ways, mixed into the arbitrary ones.
+AWKWARD = [".inf", "-.inf", ".nan", "²", "1-²", "١h", "1e400", "9" * 5000, "0x10", "1_000",
+           "-1", "0", "99999", "", " ", "~", "null", "true", "[]", "{}", "[1, [2]]", "{a: 1}",
+           "2001-01-01", "01:30:00", "a b", "a\nb", "\x00", "debug --uid=0", "$(id)"]  # fmt: skip
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    field=st.sampled_from(FIELD_NAMES),
+    text=st.one_of(st.sampled_from(AWKWARD), st.text(max_size=40)),
+    system=st.sampled_from(["local", "slurm", "pbs"]),
+)
+def test_any_text_for_any_setting_renders_or_exits_2(
+    isolated: Path, field: str, text: str, system: str
+) -> None:
+    result = CliRunner().invoke(cli, ["render", "--system", system, "--set", f"{field}={text}"])
+    assert result.exit_code in (0, 2), (result.output, result.exc_info)
+    if result.exit_code == 2:
+        assert result.output.startswith("error: ")
+        assert "Traceback" not in result.output

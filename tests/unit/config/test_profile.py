@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,112 @@ def test_cli_assignments_keep_clock_times_as_text() -> None:
 
 def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> None:
     assert parse_assignments(["account=a\n#SBATCH --uid=0"]) == {"account": "a\n#SBATCH --uid=0"}
+
+
+# --- TLS opt-out, directive values, bounds ---------------------------------------------
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget that this process already warned about protocol tcp."""
+    monkeypatch.setattr("jobstrap.config.profile._warned_plaintext", False)
+
+
+def test_protocol_tcp_warns_once_naming_the_risk(
+    user_dir: Path, fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    profile = load_profile(None, {"protocol": "tcp"}, environ=env_for(user_dir))
+    profile.with_overrides({"cores": 2})
+    load_profile(None, {"protocol": "tcp"}, environ=env_for(user_dir))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "anyone who can reach" in warnings[0].getMessage()
+    assert "run code as you" in warnings[0].getMessage()
+
+
+def test_protocol_tls_does_not_warn(
+    user_dir: Path, fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    load_profile(None, {"protocol": "tls"}, environ=env_for(user_dir))
+
+    assert not caplog.records
+
+
+def test_security_false_on_a_cluster_warns_that_tls_is_off(
+    fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jobstrap.cluster.options import split_options
+
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    overrides, _ = split_options({"security": False})
+    load_profile("default", overrides, environ={})
+
+    assert "TLS is off" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["queue", "account", "qos"])
+@pytest.mark.parametrize(
+    "value", ["debug --uid=0", "debug\t-A x", "a;id", "$(id)", "`id`", "-x", "a|b", "a'b"]
+)
+def test_directive_values_are_plain_site_names(user_dir: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: invalid value") as caught:
+        load_profile(None, {name: value}, environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["debug", "gpu_a100", "workq@pbs01", "short,long", "p.1-x+y:z"])
+def test_site_names_as_batch_systems_spell_them_are_accepted(user_dir: Path, value: str) -> None:
+    assert load_profile(None, {"queue": value}, environ=env_for(user_dir)).queue == value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("memory", float("inf")),
+        ("memory", float("nan")),
+        ("memory", 2**70),
+        ("walltime", "²"),
+        ("walltime", "1-²"),
+        ("walltime", 10**20),
+        ("walltime", "9" * 5000),
+        ("death_timeout", "99999999999999999999s"),
+        ("dashboard_port", 99999),
+        ("cores", 2**40),
+        ("nodes", "9" * 5000),
+        ("interface", ""),
+        ("interface", []),
+        ("scheduler_interface", " , "),
+        ("template", "t" * 5000),
+    ],
+)
+def test_out_of_range_values_are_one_line_errors(user_dir: Path, name: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: invalid value") as caught:
+        load_profile(None, {name: value}, environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["memory: .inf\n", "memory: .nan\n", "walltime: ²\n"])
+def test_bad_values_in_a_profile_file_are_config_errors(user_dir: Path, text: str) -> None:
+    (user_dir / "bad.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"from .*bad\.yaml"):
+        load_profile("bad", environ=env_for(user_dir))
+
+
+def test_a_profile_file_that_is_not_utf8_is_a_config_error(user_dir: Path) -> None:
+    (user_dir / "latin.yaml").write_bytes("queue: d\xe9bogage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_profile("latin", environ=env_for(user_dir))
+
+
+def test_invalid_yaml_is_reported_on_one_line(user_dir: Path) -> None:
+    (user_dir / "broken.yaml").write_text("queue: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_profile("broken", environ=env_for(user_dir))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_integer_too_long_for_python_in_set_is_kept_as_text() -> None:
+    assert parse_assignments(["nodes=" + "9" * 5000]) == {"nodes": "9" * 5000}
