@@ -291,7 +291,7 @@ def test_dask_is_imported_without_collections_and_then_frozen() -> None:
     probe = textwrap.dedent(
         """
         import gc, sys
-        from jobstrap.bootstrap.main import _load_dask
+        from jobstrap.engines.dask.engine import load_dask as _load_dask
         assert "distributed" not in sys.modules
         collections = []
         gc.callbacks.append(lambda phase, info: collections.append(phase))
@@ -314,7 +314,7 @@ def test_dask_is_imported_without_collections_and_then_frozen() -> None:
 BLAS_PROBE = textwrap.dedent(
     """
     import ctypes, json, os, sys
-    from jobstrap.bootstrap.main import _load_dask
+    from jobstrap.engines.dask.engine import load_dask as _load_dask
     _load_dask(forks_workers=sys.argv[1] == "fork")
     import numpy  # loaded with distributed already; this only names it
     def blas_threads():
@@ -373,7 +373,7 @@ def test_the_pre_spawn_environment_is_the_one_distributed_ships() -> None:
 
     import yaml
 
-    from jobstrap.bootstrap.main import PRE_SPAWN_ENVIRON
+    from jobstrap.engines.dask.forkserver import PRE_SPAWN_ENVIRON
 
     spec = importlib.util.find_spec("distributed")
     assert spec is not None
@@ -704,8 +704,8 @@ def test_an_app_started_at_once_is_stopped_when_no_worker_joins() -> None:
     probe = textwrap.dedent(
         """
         from distributed import Security
-        from jobstrap.bootstrap.link import SchedulerLink
-        from jobstrap.engines.dask.servers import SchedulerRunner
+        from jobstrap.engines.dask.link import SchedulerLink
+        from jobstrap.engines.dask.scheduler import SchedulerRunner
 
         runner = SchedulerRunner(
             host="127.0.0.1", protocol="tcp", security=Security(), dashboard=False
@@ -1316,7 +1316,7 @@ def test_initialize_in_a_world_too_small_raises_dask_mpis_exception(tmp_path: Pa
 
 
 def test_the_batch_app_example_runs_in_batch_mode(run: RunDir) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "batch_app.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "batch_app.py"
 
     launch = mpiexec(4, [*bootstrap_argv(run), "--", str(example), "400"])
 
