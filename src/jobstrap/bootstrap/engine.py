@@ -158,6 +158,8 @@ def get_engine(name: str = DEFAULT_ENGINE) -> Engine:
         No engine of that name is installed.
     """
     factory: Any = None
+    if not name.isidentifier():
+        raise UserError(f"bootstrap: no engine named {name!r} (e.g. {DEFAULT_ENGINE!r})")
     try:
         module = importlib.import_module(f"jobstrap.engines.{name}")
         factory = getattr(module, "engine", None)
