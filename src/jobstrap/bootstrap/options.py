@@ -22,6 +22,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
        [--idle-timeout S] [--start-after-workers N] [--no-nanny] [--worker-layout node|rank]
+       [--engine NAME]
        -- app.py [args] | -m module [args]"""
 
 
@@ -53,6 +54,8 @@ class Options:
     #: ``node``: one process per node imports Dask and forks the workers of every
     #: worker rank there (the others stand by); ``rank``: each rank runs its own.
     worker_layout: str = "node"
+    #: The engine run in the job, by name (see :mod:`jobstrap.bootstrap.engine`).
+    engine: str = "dask"
     app: AppSpec | None = None
 
     @property
@@ -151,6 +154,7 @@ def _parser() -> _Parser:
         help="node: one process per node forks every local worker rank's workers; "
         "rank: each worker rank runs its own",
     )  # fmt: skip
+    p.add_argument("--engine", default="dask", help="the engine run in the job (default: dask)")
     return p
 
 
@@ -196,5 +200,6 @@ def parse_args(argv: Sequence[str]) -> Options:
         idle_timeout=ns.idle_timeout,
         start_after_workers=ns.start_after_workers,
         worker_layout=ns.worker_layout,
+        engine=ns.engine,
         app=app,
     )

@@ -16,8 +16,8 @@ __all__ = [
     "minimum_world_size",
     "node_groups",
     "role_of",
+    "worker_names",
 ]
-
 
 
 class Role(str, Enum):
@@ -120,3 +120,14 @@ def check_world_size(
     if launcher_hint:
         message += f"; {launcher_hint}"
     raise UserError(message)
+
+
+def worker_names(prefix: str, processes: int) -> list[str]:
+    """The names of one rank's ``processes`` workers: ``prefix``, or ``prefix-<k>``.
+
+    The cluster plans the same names for a job's workers, so both sides agree on
+    which job a worker is in.
+    """
+    if processes == 1:
+        return [prefix]
+    return [f"{prefix}-{i}" for i in range(processes)]

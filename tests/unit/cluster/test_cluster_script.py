@@ -151,7 +151,7 @@ def test_the_rank_comes_from_the_launcher() -> None:
 
 @pytest.mark.parametrize(("nodes", "processes"), [(1, 1), (2, 1), (1, 3), (2, 2)])
 def test_bootstrap_worker_names_are_the_names_the_cluster_plans(nodes: int, processes: int) -> None:
-    from jobstrap.bootstrap.main import _worker_names
+    from jobstrap.bootstrap.roles import worker_names as _worker_names
 
     shape = JobShape(nodes=nodes, processes=processes)
     job = "c-4.2"

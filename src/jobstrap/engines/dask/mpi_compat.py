@@ -43,10 +43,11 @@ import os
 import signal
 import socket
 import sys
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from jobstrap.bootstrap.ranks import bcast
+from jobstrap.bootstrap.signals import DRAIN_SIGNALS, SignalPolicy
 from jobstrap.errors import UserError
 
 __all__ = ["WorldTooSmallException", "initialize", "send_close_signal"]
@@ -275,7 +276,7 @@ def _scheduler(
     exit: bool,
 ) -> bool:
     from jobstrap.engines.dask.quiet import logger
-    from jobstrap.engines.dask.servers import SchedulerRunner
+    from jobstrap.engines.dask.scheduler import SchedulerRunner
     from jobstrap.net.network import choose_address
 
     error = None
@@ -309,17 +310,14 @@ def _scheduler(
             sys.exit(code)
         return False
     runner.watch_client(death_timeout=death_timeout, first_contact_timeout=death_timeout)
-    terms = 0
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal terms
-        if signum == signal.SIGTERM:
-            terms += 1
-            if terms > 1:
-                runner.finish(128 + signum, "SIGTERM again: stopping the run")
+    def stop(sig: signal.Signals) -> None:
+        runner.finish(128 + sig, f"{sig.name} again: stopping the run")
 
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, on_signal)
+    # The first SIGTERM (and any SIGUSR1) is the client rank's to act on.
+    SignalPolicy(lambda sig: None, stop, signals=DRAIN_SIGNALS, counted=(signal.SIGTERM,)).install(
+        replay_early=False
+    )
     code = runner.wait()
     if exit:
         sys.exit(code)
@@ -337,7 +335,7 @@ def _client(
     import dask
 
     from jobstrap.bootstrap import drain
-    from jobstrap.bootstrap.link import SchedulerLink
+    from jobstrap.engines.dask.link import SchedulerLink
     from jobstrap.engines.dask.quiet import logger
 
     config: dict[str, Any] = {"scheduler-address": address}
@@ -364,11 +362,10 @@ def _client(
 
     sys.excepthook = record_failure
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        drain.request_drain(signal.Signals(signum).name)
+    def tell_the_app(sig: signal.Signals) -> None:
+        drain.request_drain(sig.name)
 
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, on_signal)
+    SignalPolicy(tell_the_app, signals=DRAIN_SIGNALS).install(replay_early=False)
     if exit:
         # Registered after mpi4py's own hook, so it runs first (atexit is LIFO):
         # the cluster is closed before MPI is finalised.
@@ -408,7 +405,7 @@ def _workers(
     from distributed import Nanny, Worker
     from distributed.utils import import_term
 
-    from jobstrap.engines.dask.servers import WorkerOptions, serve_workers
+    from jobstrap.engines.dask.workers import WorkerOptions, serve_workers
 
     cls: Any = import_term(worker_class) if isinstance(worker_class, str) else worker_class
     if isinstance(cls, type) and issubclass(cls, Nanny):

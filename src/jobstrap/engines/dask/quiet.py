@@ -10,9 +10,9 @@ the run they stay as they are, so a real failure is still visible.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
+
+from jobstrap.bootstrap import messages
+from jobstrap.bootstrap.messages import logger, say
 
 __all__ = [
     "NOISY_LOGGERS",
@@ -40,10 +40,6 @@ NOISY_LOGGERS: tuple[str, ...] = (
     "tornado.general",
     "asyncio",
 )
-
-logger = logging.getLogger("jobstrap.bootstrap")
-
-_prefix = "jobstrap"
 
 
 class _NoClosedCommTraceback(logging.Filter):
@@ -77,31 +73,10 @@ def quiet_closed_comm_tracebacks() -> None:
 
 
 def configure_logging(rank: int | None = None) -> None:
-    """Send ``jobstrap.*`` log records to stderr, tagged with rank and host."""
-    global _prefix
+    """Send ``jobstrap.*`` log records to stderr (see :mod:`jobstrap.bootstrap.messages`),
+    and keep ``CommClosedError`` tracebacks out of them."""
     quiet_closed_comm_tracebacks()
-    host = socket.gethostname()
-    _prefix = f"jobstrap[{host}" + (f" rank {rank}]" if rank is not None else "]")
-    root = logging.getLogger("jobstrap")
-    for handler in list(root.handlers):
-        if getattr(handler, "_jobstrap", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._jobstrap = True  # type: ignore[attr-defined]
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s - {_prefix} - %(levelname)s - %(message)s")
-    )
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("JOBSTRAP_LOG_LEVEL", "INFO").upper())
-    root.propagate = False
-
-
-def say(message: str) -> None:
-    """Print one line to stderr, prefixed with this rank's identity, and flush."""
-    # One write of the whole line: ranks share the job log, and print() writes the
-    # text and the newline separately, so lines of different ranks could interleave.
-    sys.stderr.write(f"{_prefix}: {message}\n")
-    sys.stderr.flush()
+    messages.configure_logging(rank)
 
 
 def silence_for_shutdown() -> None:

@@ -9,9 +9,7 @@ variables, which is also how plain ``srun`` without ``--mpi`` starts them.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -25,17 +23,6 @@ from typing import Any
 
 import pytest
 
-from jobstrap.bootstrap.app import exit_code_of
-from jobstrap.bootstrap.options import parse_args
-from jobstrap.bootstrap.ranks import discover_world, env_rank, in_slurm_batch_script, launch_id
-from jobstrap.bootstrap.roles import (
-    Role,
-    check_world_size,
-    expected_workers,
-    node_groups,
-    role_of,
-)
-from jobstrap.errors import UserError
 from jobstrap.net.security import create_tls
 from jobstrap.store.rundir import RunDir
 
@@ -180,320 +167,6 @@ sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 """
 
 EXPECTED_SUM = sum(range(1_000_000))
-
-
-# ---------------------------------------------------------------------- pure pieces
-
-
-def test_roles_by_rank_are_scheduler_client_then_workers() -> None:
-    roles = [role_of(r) for r in range(4)]
-
-    assert roles == [Role.SCHEDULER, Role.CLIENT, Role.WORKER, Role.WORKER]
-
-
-def test_client_on_scheduler_rank_makes_every_other_rank_a_worker() -> None:
-    roles = [role_of(r, client_on_scheduler_rank=True) for r in range(3)]
-
-    assert roles == [Role.SCHEDULER_AND_CLIENT, Role.WORKER, Role.WORKER]
-
-
-def test_node_groups_give_each_host_s_worker_ranks_to_its_first_worker_rank() -> None:
-    hosts = ["n1", "n1", "n1", "n2", "n2", "n2", "n1", "n3"]
-
-    assert node_groups(hosts) == {2: (2, 6), 3: (3, 4, 5), 7: (7,)}
-    assert node_groups(hosts, client_on_scheduler_rank=True) == {
-        1: (1, 2, 6),
-        3: (3, 4, 5),
-        7: (7,),
-    }
-    assert node_groups(["n1", "n1"]) == {}
-
-
-@pytest.mark.parametrize(
-    ("size", "processes", "shared", "expected"),
-    [(4, 1, False, 2), (4, 3, False, 6), (2, 1, True, 1), (2, 1, False, 0)],
-)
-def test_expected_workers_counts_worker_ranks_times_processes(
-    size: int, processes: int, shared: bool, expected: int
-) -> None:
-    count = expected_workers(size, worker_processes=processes, client_on_scheduler_rank=shared)
-
-    assert count == expected
-
-
-def test_world_size_check_accepts_enough_ranks() -> None:
-    check_world_size(3)
-    check_world_size(2, client_on_scheduler_rank=True)
-
-
-def test_world_size_check_names_the_fix_in_one_line() -> None:
-    with pytest.raises(UserError) as error:
-        check_world_size(2)
-
-    message = str(error.value)
-    assert "\n" not in message
-    assert "at least 3 ranks" in message
-    assert "--client-on-scheduler-rank" in message
-
-
-def test_env_rank_reads_plain_srun_tasks() -> None:
-    env = {"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_ID": "0"}
-
-    assert env_rank(env) == (2, 4, "SLURM_PROCID")
-
-
-def test_env_rank_ignores_the_batch_script_itself() -> None:
-    # sbatch gives the batch script SLURM_PROCID=0 and the job's SLURM_NTASKS.
-    env = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "3"}
-
-    assert env_rank(env) is None
-    assert in_slurm_batch_script(env)
-
-
-def test_env_rank_prefers_pmi_over_slurm() -> None:
-    env = {
-        "PMI_RANK": "1",
-        "PMI_SIZE": "3",
-        "SLURM_PROCID": "5",
-        "SLURM_NTASKS": "8",
-        "SLURM_STEP_ID": "0",
-    }
-
-    assert env_rank(env) == (1, 3, "PMI_RANK")
-
-
-def test_env_rank_reads_open_mpi() -> None:
-    env = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}
-
-    assert env_rank(env) == (3, 4, "OMPI_COMM_WORLD_RANK")
-
-
-def test_launch_id_is_shared_by_the_tasks_of_one_step_and_differs_on_requeue() -> None:
-    base = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"}
-
-    same = launch_id({**base, "SLURM_PROCID": "3"})
-    requeued = launch_id({**base, "SLURM_RESTART_COUNT": "1"})
-
-    assert launch_id(base) == same
-    assert launch_id(base) != requeued
-
-
-def test_discover_world_without_a_launcher_is_a_world_of_one() -> None:
-    world = discover_world(use_mpi=False, environ={})
-
-    assert (world.rank, world.size, world.source) == (0, 1, "single")
-    assert world.warning is None
-
-
-def test_dask_is_imported_without_collections_and_then_frozen() -> None:
-    # Every rank imports Dask on start-up: no collection may run during it, the GC
-    # must be back on afterwards, and what the import made must be frozen.
-    probe = textwrap.dedent(
-        """
-        import gc, sys
-        from jobstrap.bootstrap.main import _load_dask
-        assert "distributed" not in sys.modules
-        collections = []
-        gc.callbacks.append(lambda phase, info: collections.append(phase))
-        _load_dask()
-        print(len(collections), gc.isenabled(), gc.get_freeze_count(), "distributed" in sys.modules)
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    ).stdout.split()
-    collections, enabled, frozen, imported = out
-    assert collections == "0"
-    assert enabled == "True"
-    assert imported == "True"
-    assert int(frozen) > 10_000
-
-
-#: Prints the process's thread-count variables and its BLAS thread count once Dask
-#: (and numpy) are loaded the way a rank loads them.
-BLAS_PROBE = textwrap.dedent(
-    """
-    import ctypes, json, os, sys
-    from jobstrap.bootstrap.main import _load_dask
-    _load_dask(forks_workers=sys.argv[1] == "fork")
-    import numpy  # loaded with distributed already; this only names it
-    def blas_threads():
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-        for path in paths:
-            library = ctypes.CDLL(path)
-            for symbol in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
-                if hasattr(library, symbol):
-                    return getattr(library, symbol)()
-        return None
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    print(json.dumps({"env": {k: os.environ.get(k) for k in keys}, "blas": blas_threads()}))
-    """
-)
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def _blas_probe(mode: str, **environ: str) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    env.update(environ)
-    done = subprocess.run(
-        [sys.executable, "-c", BLAS_PROBE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env=env,
-    )
-    return dict(json.loads(done.stdout))
-
-
-def test_a_rank_that_forks_its_workers_limits_their_threads_like_distributed() -> None:
-    # A nanny that forks cannot set these for its worker: numpy has read them by
-    # then. Without the limit every worker thread's BLAS calls use all the CPUs.
-    forked = _blas_probe("fork")
-    own = _blas_probe("own")  # a client or nanny-less worker rank: the user's tasks
-
-    assert forked == {"env": dict.fromkeys(THREAD_VARIABLES, "1"), "blas": 1}
-    assert own["env"] == dict.fromkeys(THREAD_VARIABLES)  # untouched
-    assert own["blas"] is not None
-    assert own["blas"] >= 1
-
-
-def test_the_users_dask_config_of_the_pre_spawn_environment_wins() -> None:
-    setting = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": '{"OPENBLAS_NUM_THREADS": 2}'}
-
-    forked = _blas_probe("fork", **setting)
-
-    assert forked["env"]["OPENBLAS_NUM_THREADS"] == "2"
-    assert forked["env"]["OMP_NUM_THREADS"] == "1"
-
-
-def test_the_pre_spawn_environment_is_the_one_distributed_ships() -> None:
-    import importlib.util
-
-    import yaml
-
-    from jobstrap.bootstrap.main import PRE_SPAWN_ENVIRON
-
-    spec = importlib.util.find_spec("distributed")
-    assert spec is not None
-    assert spec.submodule_search_locations
-    shipped = Path(next(iter(spec.submodule_search_locations))) / "distributed.yaml"
-    config = yaml.safe_load(shipped.read_text(encoding="utf-8"))
-
-    assert config["distributed"]["nanny"]["pre-spawn-environ"] == PRE_SPAWN_ENVIRON
-
-
-def test_options_split_the_app_after_the_double_dash() -> None:
-    options = parse_args(["--run-dir", "/r", "--nthreads", "2", "--", "app.py", "--nthreads", "9"])
-
-    assert options.nthreads == 2
-    assert options.app is not None
-    assert options.app.argv == ["app.py", "--nthreads", "9"]
-
-
-def test_options_accept_a_module_app() -> None:
-    options = parse_args(["--run-dir", "/r", "--", "-m", "pkg.main", "x"])
-
-    assert options.app is not None
-    assert (options.app.kind, options.app.target, options.app.args) == (
-        "module",
-        "pkg.main",
-        ("x",),
-    )
-
-
-def test_options_accept_durations_with_units() -> None:
-    options = parse_args(["--run-dir", "/r", "--death-timeout", "2 minutes", "--lifetime", "90"])
-
-    assert options.death_timeout == 120
-    assert options.lifetime == 90
-
-
-def test_options_for_nannies_and_the_app_start() -> None:
-    assert parse_args(["--run-dir", "/r"]).nanny is True
-    assert parse_args(["--run-dir", "/r"]).start_after_workers is None
-    options = parse_args(["--run-dir", "/r", "--no-nanny", "--start-after-workers", "1"])
-    assert options.nanny is False
-    assert options.start_after_workers == 1
-
-
-def test_options_scheduler_interface_defaults_to_interface() -> None:
-    options = parse_args(["--run-dir", "/r", "--interface", "ib0,eth0"])
-
-    assert options.effective_scheduler_interface == "ib0,eth0"
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--run-dir", "/r", "--mode", "nope"],
-        ["--run-dir", "/r", "--protocol", "udp"],
-        ["--run-dir", "/r", "--worker-processes", "0"],
-        ["--run-dir", "/r", "--death-timeout", "soon"],
-        ["--run-dir", "/r", "--mode", "workers", "--", "app.py"],
-        ["--run-dir", "/r", "--", "-m"],
-    ],
-)
-def test_invalid_options_are_one_line_user_errors(argv: list[str]) -> None:
-    with pytest.raises(UserError) as error:
-        parse_args(argv)
-
-    assert "\n" not in str(error.value)
-
-
-def test_run_dir_comes_from_the_environment_when_not_given(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("JOBSTRAP_RUN_DIR", "/from/env")
-
-    assert parse_args([]).run_dir == "/from/env"
-
-
-@pytest.mark.parametrize(
-    ("code", "expected"), [(None, 0), (0, 0), (3, 3), (256 + 7, 7), (True, 1), ("bye", 1)]
-)
-def test_exit_codes_follow_python(code: object, expected: int) -> None:
-    assert exit_code_of(code) == expected
-
-
-def test_drain_request_sets_the_flag_runs_callbacks_and_writes_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from jobstrap.bootstrap import drain
-
-    drain._reset_for_tests()
-    monkeypatch.setenv(drain.DRAIN_FILE_ENV, str(tmp_path / "drain"))
-    heard: list[str] = []
-    drain.on_drain(lambda: heard.append("first"))
-    try:
-        accepted = drain.request_drain("SIGUSR1")
-        again = drain.request_drain("SIGTERM")
-        wait_until(lambda: heard, 10, "the callback")
-
-        assert accepted
-        assert not again
-        assert drain.draining()
-        assert drain.drain_reason() == "SIGUSR1"
-        assert (tmp_path / "drain").read_text().startswith("SIGUSR1")
-        assert heard == ["first"]
-    finally:
-        drain._reset_for_tests()
-
-
-def test_drain_file_alone_tells_another_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from jobstrap.bootstrap import drain
-
-    drain._reset_for_tests()
-    flag = tmp_path / "drain"
-    monkeypatch.setenv(drain.DRAIN_FILE_ENV, str(flag))
-    assert not drain.draining()
-
-    flag.write_text("SIGTERM 0\n")
-
-    assert drain.draining()
 
 
 # -------------------------------------------------------------------------- the happy path
@@ -704,8 +377,8 @@ def test_an_app_started_at_once_is_stopped_when_no_worker_joins() -> None:
     probe = textwrap.dedent(
         """
         from distributed import Security
-        from jobstrap.bootstrap.link import SchedulerLink
-        from jobstrap.engines.dask.servers import SchedulerRunner
+        from jobstrap.engines.dask.link import SchedulerLink
+        from jobstrap.engines.dask.scheduler import SchedulerRunner
 
         runner = SchedulerRunner(
             host="127.0.0.1", protocol="tcp", security=Security(), dashboard=False
@@ -1316,7 +989,7 @@ def test_initialize_in_a_world_too_small_raises_dask_mpis_exception(tmp_path: Pa
 
 
 def test_the_batch_app_example_runs_in_batch_mode(run: RunDir) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "batch_app.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "batch_app.py"
 
     launch = mpiexec(4, [*bootstrap_argv(run), "--", str(example), "400"])
 
@@ -1524,29 +1197,3 @@ def test_a_drain_signal_while_a_worker_rank_starts_ends_it_cleanly(run: RunDir) 
     assert workers.returncode == 0, err
     assert "SIGUSR1" in err
     assert "Traceback" not in err
-
-
-def test_a_closed_comm_is_logged_as_one_line_without_its_traceback() -> None:
-    from distributed.comm.core import CommClosedError
-
-    from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
-
-    quiet_closed_comm_tracebacks()
-    quiet_closed_comm_tracebacks()  # idempotent: one filter
-    batched = logging.getLogger("distributed.batched")
-    assert len(batched.filters) == 1
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    batched.addHandler(handler)
-    try:
-        for error in (CommClosedError("gone"), ValueError("real")):
-            try:
-                raise error
-            except Exception:
-                batched.info("Batched Comm Closed <TLS>", exc_info=True)
-    finally:
-        batched.removeHandler(handler)
-    text = stream.getvalue()
-    assert text.count("Batched Comm Closed") == 2
-    assert "CommClosedError" not in text  # the line stays, its traceback goes
-    assert "ValueError: real" in text  # any other error keeps its traceback

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from distributed import Security
 
 from jobstrap.engines.dask.quiet import say
-from jobstrap.engines.dask.servers import scheduler_rpc
+from jobstrap.engines.dask.scheduler import scheduler_rpc
 
 __all__ = ["SchedulerLink"]
 

@@ -1,0 +1,156 @@
+"""Where a worker rank's workers run: its own process, or its node's first worker rank.
+
+In the ``node`` layout the first worker rank of a node runs the workers of every
+worker rank there (one interpreter imports the engine and forks them all); the
+node's other worker ranks stand by until it ends. Engine-agnostic: only hosts, pids
+and CPU bindings, gathered in one allgather.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jobstrap.bootstrap.messages import logger
+from jobstrap.bootstrap.options import Options
+from jobstrap.bootstrap.ranks import World
+from jobstrap.bootstrap.roles import node_groups
+from jobstrap.bootstrap.signals import BATCH_SIGNALS, ignore
+
+__all__ = [
+    "NODE_LAYOUT_MIN_RANKS",
+    "Peer",
+    "Placement",
+    "gather_peers",
+    "placement",
+    "single_host",
+    "stand_by",
+    "widen_binding",
+]
+
+#: Fewest worker ranks on a node for the ``node`` layout to group them. The group's
+#: workers come from a fork server, itself an interpreter that imports Dask: with two
+#: ranks that is as many imports as each rank running its own, plus a standing rank.
+NODE_LAYOUT_MIN_RANKS = 3
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What every rank tells the others before the roles start."""
+
+    host: str
+    pid: int
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this rank's workers run (worker ranks only).
+
+    ``ranks`` are the worker ranks whose workers this process runs: its own in the
+    ``rank`` layout; in the ``node`` layout, every worker rank of the node for the
+    node's first worker rank and none for the others, which stand by for
+    ``leader``. ``cpus`` is the CPU set the workers may use (the union of their
+    ranks' bindings), ``None`` to leave the binding alone.
+    """
+
+    ranks: tuple[int, ...]
+    leader: Peer | None = None
+    cpus: frozenset[int] | None = None
+
+
+def _cpus() -> tuple[int, ...]:
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return ()
+
+
+def gather_peers(world: World) -> list[Peer]:
+    """Every rank's host, pid and CPU binding (one allgather; just this rank without MPI)."""
+    me = Peer(world.hostname, os.getpid(), _cpus())
+    return list(world.allgather(me)) if world.uses_mpi else [me]
+
+
+def placement(options: Options, world: World, peers: Sequence[Peer]) -> Placement:
+    """Decide which workers this worker rank runs (see :class:`Placement`)."""
+    own = Placement((world.rank,))
+    # Without MPI the ranks cannot agree on a node's first rank; without nannies
+    # one process's workers would share one interpreter (and its GIL).
+    if options.worker_layout != "node" or not options.nanny or len(peers) != world.size:
+        return own
+    groups = node_groups(
+        [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
+    )
+    for first, ranks in groups.items():
+        if world.rank not in ranks or len(ranks) < NODE_LAYOUT_MIN_RANKS:
+            continue
+        if first != world.rank:
+            return Placement((), leader=peers[first])
+        cpus = frozenset(c for r in ranks for c in peers[r].cpus)
+        return Placement(ranks, cpus=cpus or None)
+    return own
+
+
+def single_host(world: World, peers: Sequence[Peer]) -> bool:
+    """Whether every rank runs on this host (then loopback is allowed)."""
+    if world.uses_mpi:
+        return len({p.host for p in peers}) == 1
+    if world.size == 1:
+        return True
+    for name in ("SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        value = os.environ.get(name)
+        if value:
+            return value.strip() == "1"
+    return False
+
+
+def widen_binding(where: Placement) -> None:
+    """Let this process use the CPUs of every worker rank it runs the workers of."""
+    if where.cpus is None:
+        return
+    # This process starts the workers of the node's other worker ranks too (their
+    # fork server inherits the binding): let them use those ranks' CPUs. The
+    # step's cpuset allows it; a binding finer than the step's stays as it was.
+    try:
+        os.sched_setaffinity(0, where.cpus)
+    except (AttributeError, OSError) as error:
+        logger.debug("could not widen the CPU binding to %s: %s", sorted(where.cpus), error)
+
+
+def stand_by(leader: Peer) -> int:
+    """Keep this rank's place in the launch while its node's first worker rank runs.
+
+    The rank stays (a launcher may end a step whose first task exits, e.g. Slurm's
+    ``WaitTime``) but holds no work, so it ignores the batch system's signals: the
+    rank running the workers drains them. It ends when that rank ends.
+    """
+    ignore(BATCH_SIGNALS)
+    logger.debug("workers run in pid %d on this node; standing by", leader.pid)
+    _wait_for_exit(leader.pid)
+    return 0
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Block until process ``pid`` (not a child) has ended."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # before Linux 5.3: look once a second
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)

@@ -1,0 +1,258 @@
+"""The workers of one rank (or of a node's worker ranks), from start to drain.
+
+:func:`serve_workers` runs one or more nannies (or workers) until the scheduler
+closes them, the scheduler disappears (``death_timeout``) or the batch system asks
+the rank to drain (SIGTERM/SIGUSR1/SIGINT: retire gracefully, data moves away; a
+second signal closes them at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+from distributed import Security
+
+from jobstrap.bootstrap.signals import BATCH_SIGNALS, SignalPolicy
+from jobstrap.engines.dask.forkserver import start_resource_tracker_ignoring_sigusr1
+from jobstrap.engines.dask.quiet import logger, say, silence_for_shutdown
+from jobstrap.engines.dask.scheduler import SchedulerPinger, scheduler_rpc
+from jobstrap.engines.dask.servers import BatchNanny, BatchWorker, HeadlessWorker
+
+__all__ = ["WorkerOptions", "serve_workers"]
+
+
+@dataclass
+class WorkerOptions:
+    """How the workers of one rank are started.
+
+    Attributes
+    ----------
+    host
+        Address to listen on.
+    security
+        The run's ``distributed.Security``.
+    processes
+        Worker processes (nannies) on this rank.
+    nthreads
+        Threads per worker process (``None``: the rank's cores divided by ``processes``).
+    memory_limit
+        Per worker process: bytes, a string like ``"4GiB"``, or ``"auto"``.
+    local_directory
+        Scratch directory for spilling.
+    death_timeout
+        Seconds a worker keeps trying to reach a lost scheduler before it exits.
+    lifetime
+        Seconds after which each worker retires gracefully (walltime-aware pilots).
+    dashboard
+        Whether workers serve their HTTP endpoints.
+    names
+        One name per worker process.
+    nanny
+        Run each worker in its own process under a nanny (restarts, memory
+        limits); if false, workers run in this process.
+    worker_class
+        The worker class (default: jobstrap's, silenceable at shutdown and
+        headless without a dashboard).
+    extra
+        More keyword arguments for the worker (``worker_options``).
+    max_memory_kills
+        End the rank once the job's memory limit has killed a worker this many times
+        (see :class:`BatchNanny`); None restarts it every time.
+    """
+
+    host: str
+    security: Security
+    processes: int = 1
+    nthreads: int | None = None
+    memory_limit: str | int | float = "auto"
+    local_directory: str | None = None
+    death_timeout: float = 60.0
+    lifetime: float | None = None
+    dashboard: bool = True
+    names: Sequence[str] = ()
+    nanny: bool = True
+    worker_class: Any = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    max_memory_kills: int | None = None
+
+
+def _nthreads(options: WorkerOptions) -> int:
+    if options.nthreads:
+        return options.nthreads
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT) // options.processes)
+
+
+async def serve_workers(
+    scheduler_address: str,
+    options: WorkerOptions,
+    *,
+    on_started: Callable[[list[str]], None] | None = None,
+) -> int:
+    """Run this rank's workers until they are closed; return the rank's exit code.
+
+    Returns
+    -------
+    int
+        0 when the scheduler closed the workers (normal end) or they retired on a
+        drain request; 1 when the scheduler vanished or the workers could not start.
+    """
+    if options.nanny and dask.config.get("distributed.worker.multiprocessing-method") != "fork":
+        # Forked workers share unnamed semaphores, which need no tracker (nor its
+        # process); spawned and fork-server workers use named ones, tracked.
+        start_resource_tracker_ignoring_sigusr1()
+    nannies: list[Any] = []  # nannies, or the workers themselves without nannies
+    # Handlers first: the batch system may signal while the workers still start.
+    loop = asyncio.get_running_loop()
+    state = {"lost": False, "drains": 0}
+    started = asyncio.Event()
+    tasks: set[asyncio.Future[Any]] = set()  # keep references until done
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def retire_once_started() -> None:
+        await started.wait()
+        await _retire(nannies, scheduler_address, options.security)
+
+    def retire(sig: signal.Signals) -> None:
+        state["drains"] += 1
+        logger.info("%s: retiring this rank's workers gracefully", sig.name)
+        spawn(retire_once_started())
+
+    def close_now(sig: signal.Signals) -> None:
+        state["drains"] += 1
+        logger.info("%s again: closing this rank's workers now", sig.name)
+        silence_for_shutdown()
+        for nanny in nannies:
+            spawn(nanny.close(reason="jobstrap: signal"))
+
+    # SIGINT too: Ctrl-C under mpiexec reaches every rank, and a worker rank should
+    # leave in order rather than die with a KeyboardInterrupt traceback. Signals that
+    # arrived while this rank was still importing are handled now.
+    SignalPolicy(retire, close_now, signals=BATCH_SIGNALS).install_on(loop)
+
+    worker_kwargs: dict[str, Any] = dict(options.extra)
+    if options.lifetime:
+        worker_kwargs["lifetime"] = f"{options.lifetime}s"
+    worker_class = options.worker_class or (BatchWorker if options.dashboard else HeadlessWorker)
+    common: dict[str, Any] = {
+        "host": options.host,
+        "nthreads": _nthreads(options),
+        "memory_limit": options.memory_limit,
+        "local_directory": options.local_directory,
+        "death_timeout": options.death_timeout,
+        "security": options.security,
+    }
+    for i in range(options.processes):
+        name = options.names[i] if i < len(options.names) else None
+        if options.nanny:
+            nanny_class: Any = BatchNanny
+            nanny = nanny_class(
+                scheduler_address,
+                name=name,
+                worker_class=worker_class,
+                **common,
+                **worker_kwargs,
+            )
+            nanny.max_memory_kills = options.max_memory_kills
+            nannies.append(nanny)
+        else:
+            nannies.append(worker_class(scheduler_address, name=name, **common, **worker_kwargs))
+    try:
+        await asyncio.gather(*(nanny.start() for nanny in nannies))
+    except Exception as error:
+        silence_for_shutdown()
+        await asyncio.gather(
+            *(n.close(reason="jobstrap: start failed") for n in nannies), return_exceptions=True
+        )
+        if state["drains"]:
+            # Asked to go away while starting: a worker process signalled before it
+            # could ignore the signal may have died; either way this rank is done.
+            logger.info("drain requested while the workers started; leaving")
+            return 0
+        say(
+            f"workers on {options.host} could not join the scheduler at {scheduler_address} "
+            f"within {options.death_timeout:.0f} s ({type(error).__name__}: {error}); "
+            "check that this node can reach the scheduler's network (--interface)"
+        )
+        return 1
+    addresses = [_worker_address(n) for n in nannies]
+    started.set()
+    logger.info("workers %s joined %s", ", ".join(addresses), scheduler_address)
+    if on_started is not None:
+        on_started(addresses)
+
+    async def watchdog() -> None:
+        interval = max(0.5, min(5.0, options.death_timeout / 4))
+        pinger = SchedulerPinger(scheduler_address, options.security, interval * 2)
+        try:
+            await _watch(pinger, interval)
+        finally:
+            await pinger.close()
+
+    async def _watch(pinger: SchedulerPinger, interval: float) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if await pinger.ping(interval * 2):
+                last_ok = time.monotonic()
+            elif time.monotonic() - last_ok > options.death_timeout:
+                state["lost"] = True
+                silence_for_shutdown()
+                say(
+                    f"scheduler at {scheduler_address} unreachable for "
+                    f"{options.death_timeout:.0f} s; stopping this rank's workers"
+                )
+                await asyncio.gather(
+                    *(n.close(reason="jobstrap: scheduler lost") for n in nannies),
+                    return_exceptions=True,
+                )
+                return
+
+    watcher = asyncio.ensure_future(watchdog())
+    try:
+        await asyncio.gather(*(nanny.finished() for nanny in nannies))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    out_of_memory = any(
+        options.max_memory_kills and getattr(n, "memory_kills", 0) >= options.max_memory_kills
+        for n in nannies
+    )
+    return 1 if state["lost"] or out_of_memory else 0
+
+
+def _worker_address(server: Any) -> str:
+    """The worker address of a nanny, or of a worker itself."""
+    return str(getattr(server, "worker_address", None) or server.address)
+
+
+async def _retire(nannies: Sequence[Any], scheduler_address: str, security: Security) -> None:
+    addresses = [_worker_address(n) for n in nannies]
+    try:
+        async with scheduler_rpc(scheduler_address, security) as scheduler:
+            await scheduler.retire_workers(
+                workers=addresses,
+                close_workers=True,
+                remove=True,
+                stimulus_id=f"jobstrap-drain-{time.time()}",
+            )
+    except Exception as error:
+        logger.info("graceful retirement failed (%s); closing workers", error)
+    # Whatever the scheduler did, this rank is going away.
+    silence_for_shutdown()
+    await asyncio.gather(
+        *(n.close(reason="jobstrap: drained") for n in nannies), return_exceptions=True
+    )

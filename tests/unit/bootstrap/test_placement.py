@@ -1,0 +1,51 @@
+"""Where a worker rank's workers run: the node layout's grouping, standing ranks, one host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobstrap.bootstrap.options import parse_args
+from jobstrap.bootstrap.placement import Peer, Placement, placement, single_host
+from jobstrap.bootstrap.ranks import World
+
+#: Rank 0 scheduler, rank 1 client, three worker ranks on n1 and one on n2.
+HOSTS = ["n1", "n1", "n1", "n1", "n1", "n2"]
+
+
+@pytest.fixture
+def peers() -> list[Peer]:
+    return [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(HOSTS)]
+
+
+def mpi_world(rank: int) -> World:
+    comm: Any = object()  # only its presence matters here: ranks agree through MPI
+    return World(rank=rank, size=len(HOSTS), source="mpi", comm=comm, hostname=HOSTS[rank])
+
+
+def test_the_node_layout_gives_a_host_s_worker_ranks_to_its_first(peers: list[Peer]) -> None:
+    options = parse_args(["--run-dir", "/r"])
+
+    first = placement(options, mpi_world(2), peers)
+    other = placement(options, mpi_world(3), peers)
+    alone = placement(options, mpi_world(5), peers)
+
+    assert first == Placement((2, 3, 4), cpus=frozenset({2, 3, 4}))
+    assert other == Placement((), leader=peers[2])
+    assert alone == Placement((5,))  # fewer than NODE_LAYOUT_MIN_RANKS on n2
+
+
+@pytest.mark.parametrize("flag", ["--no-nanny", "--worker-layout=rank"])
+def test_each_rank_runs_its_own_workers_without_nannies_or_in_the_rank_layout(
+    peers: list[Peer], flag: str
+) -> None:
+    options = parse_args(["--run-dir", "/r", flag])
+
+    assert placement(options, mpi_world(3), peers) == Placement((3,))
+
+
+def test_loopback_is_allowed_only_when_every_rank_shares_the_host(peers: list[Peer]) -> None:
+    assert not single_host(mpi_world(0), peers)
+    assert single_host(mpi_world(0), [Peer("n1", 1, ()), Peer("n1", 2, ())])
+    assert single_host(World(rank=0, size=1, source="single"), [])
