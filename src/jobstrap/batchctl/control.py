@@ -27,18 +27,10 @@ __all__ = ["BatchControl"]
 class BatchControl(Submitter, StatusQueries):
     """Runs one batch system's commands: timeouts, retries, rate limit, a watcher.
 
-    Parameters
-    ----------
-    system
-        The batch system (name or builders object).
-    retry
-        Retry policy for transient failures.
-    timeout
-        Default seconds before a call is killed.
-    bucket
-        Rate limiter (default: the one shared by the whole process).
-    sleep
-        Injectable for tests.
+    Takes :class:`~jobstrap.batchctl.commands.CommandRunner`'s parameters; submission
+    comes from :class:`~jobstrap.batchctl.submit.Submitter`, status from
+    :class:`~jobstrap.batchctl.query.StatusQueries`. :meth:`for_system` gives the one
+    instance per system of the process.
     """
 
     _instances: ClassVar[dict[tuple[str, int], BatchControl]] = {}

@@ -32,26 +32,23 @@ class _Follower:
         self.offset = 0
 
     def read_new(self) -> bytes:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except OSError:
-            return b""
-        # Only whole lines, so a line is never split by the progress display.
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end]
+        """The new complete lines, so a line is never split by the progress display."""
+        return self._read(whole_lines=True)
 
     def read_rest(self) -> bytes:
+        """Everything not yet copied, a last unfinished line included."""
+        return self._read(whole_lines=False)
+
+    def _read(self, *, whole_lines: bool) -> bytes:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
                 data = handle.read()
         except OSError:
             return b""
-        self.offset += len(data)
-        return data
+        end = data.rfind(b"\n") + 1 if whole_lines else len(data)
+        self.offset += end
+        return data[:end]
 
 
 def _follow(future: JobFuture, quiet: bool) -> int:

@@ -177,16 +177,31 @@ def jobs_for(
     ConfigError
         A negative or non-numeric count, or ``memory`` without a memory setting.
     """
+    return _jobs_at_least(shape, ("jobs", "n", "cores", "memory"), jobs, workers, cores, memory)
+
+
+def _jobs_at_least(
+    shape: JobShape,
+    names: tuple[str, str, str, str],
+    jobs: object,
+    workers: object,
+    cores: object,
+    memory: object,
+) -> int:
+    """The fewest whole jobs that hold every request given (None: not asked for).
+
+    ``names`` are the keywords of the four requests, for error messages.
+    """
     needed = 0
     if jobs is not None:
-        needed = max(needed, _count("jobs", jobs))
+        needed = max(needed, _count(names[0], jobs))
     if workers is not None:
-        needed = max(needed, math.ceil(_count("n", workers) / shape.workers))
+        needed = max(needed, math.ceil(_count(names[1], workers) / shape.workers))
     if cores is not None:
-        needed = max(needed, math.ceil(_count("cores", cores) / shape.cores))
+        needed = max(needed, math.ceil(_count(names[2], cores) / shape.cores))
     if memory is not None:
-        wanted = _bytes("memory", memory)
-        needed = max(needed, math.ceil(wanted / _job_memory(shape, "memory")))
+        wanted = _bytes(names[3], memory)
+        needed = max(needed, math.ceil(wanted / _job_memory(shape, names[3])))
     return needed
 
 
@@ -227,17 +242,15 @@ def adapt_bounds(
     ConfigError
         A negative bound, or a minimum above the maximum.
     """
-    low = 0
+    low = _jobs_at_least(
+        shape,
+        ("minimum_jobs", "minimum", "minimum_cores", "minimum_memory"),
+        minimum_jobs,
+        minimum,
+        minimum_cores,
+        minimum_memory,
+    )
     high: float = math.inf
-    if minimum_jobs is not None:
-        low = max(low, _count("minimum_jobs", minimum_jobs))
-    if minimum is not None:
-        low = max(low, math.ceil(_count("minimum", minimum) / shape.workers))
-    if minimum_cores is not None:
-        low = max(low, math.ceil(_count("minimum_cores", minimum_cores) / shape.cores))
-    if minimum_memory is not None:
-        wanted = _bytes("minimum_memory", minimum_memory)
-        low = max(low, math.ceil(wanted / _job_memory(shape, "minimum_memory")))
     if maximum_jobs is not None and not _is_inf(maximum_jobs):
         high = min(high, _count("maximum_jobs", maximum_jobs))
     if maximum is not None and not _is_inf(maximum):

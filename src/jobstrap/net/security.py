@@ -140,17 +140,7 @@ def generate_tls_material(*, valid_days: int = 90, common_name: str = _CERT_NAME
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(ca=True),
             critical=True,
         )
         .add_extension(ca_ski, critical=False)
@@ -168,17 +158,7 @@ def generate_tls_material(*, valid_days: int = 90, common_name: str = _CERT_NAME
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(ca=False),
             critical=True,
         )
         .add_extension(
@@ -374,4 +354,21 @@ def load_security(run_dir: str | os.PathLike[str], *, require: bool = True) -> S
         tls_worker_key=paths["key"],
         tls_client_cert=paths["cert"],
         tls_client_key=paths["key"],
+    )
+
+
+def _key_usage(*, ca: bool) -> Any:
+    """What a key may do: a CA signs certificates; a process's key signs handshakes."""
+    from cryptography import x509  # heavy: only where certificates are made
+
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )

@@ -303,3 +303,30 @@ def current_user() -> str:
 def quote_argv(argv: Sequence[str]) -> str:
     """A copy-pasteable shell form of an argv (for messages and logs)."""
     return shlex.join(argv)
+
+
+class UnderscoreArrayIds:
+    """Job ids as Slurm writes them, shared by every system that copies its style.
+
+    Array tasks are ``<job>_<task>`` (``123_4``) and heterogeneous components
+    ``<job>+<k>``; the local queue uses the same form, so both take these methods.
+    """
+
+    def base_job_id(self, job_id: str) -> str:
+        """``123_4`` (array task) or ``123+1`` (heterogeneous component) -> ``123``."""
+        for separator in ("_", "+"):
+            if separator in job_id:
+                return job_id.split(separator, 1)[0]
+        return job_id
+
+    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
+        """``123`` -> ``123_0``, ``123_1``, ..."""
+        return [f"{job_id}_{i}" for i in array.task_ids]
+
+    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
+        """``job_id``'s record, its heterogeneous components folded, or its unsplit array's."""
+        return find_record(job_id, records)
+
+    def id_order(self, job_id: str) -> tuple[int, str]:
+        """Order of ids: numerically by job, then by task."""
+        return job_id_order(job_id)

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from jobstrap.config.units import format_walltime_pbs
-from jobstrap.jobs.model import ArraySpec, JobSpec
+from jobstrap.jobs.model import JobSpec
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
     JobRecord,
+    UnderscoreArrayIds,
     apply_extras,
     directive_value,
-    find_record,
-    job_id_order,
 )
 from jobstrap.systems.partitions import Partition
 
@@ -42,7 +41,7 @@ def _clock(seconds: str) -> str:
     return format_walltime_pbs(int(seconds)) if seconds.isdigit() else ""
 
 
-class Local:
+class Local(UnderscoreArrayIds):
     """Builders and parsers for the local process-group backend."""
 
     name = "local"
@@ -164,23 +163,6 @@ class Local:
     def parse_max_array_size(self, stdout: str) -> int | None:
         text = stdout.strip()
         return int(text.split("=")[-1]) if text else None
-
-    def base_job_id(self, job_id: str) -> str:
-        """``12_3`` (array task) -> ``12``."""
-        for separator in ("_", "+"):
-            if separator in job_id:
-                return job_id.split(separator, 1)[0]
-        return job_id
-
-    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
-        """``12`` -> ``12_0``, ``12_1``, ..."""
-        return [f"{job_id}_{i}" for i in array.task_ids]
-
-    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
-        return find_record(job_id, records)
-
-    def id_order(self, job_id: str) -> tuple[int, str]:
-        return job_id_order(job_id)
 
 
 SYSTEM = Local()

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
-from jobstrap.jobs.model import ArraySpec, JobSpec, Role
+from jobstrap.jobs.model import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
     JobRecord,
+    UnderscoreArrayIds,
     apply_extras,
     current_user,
     directive_value,
-    find_record,
     is_transient,
-    job_id_order,
 )
 from jobstrap.systems.partitions import Partition, parse_sinfo_partitions, parse_slurm_partitions
 
@@ -118,7 +117,7 @@ def _names(directive: str) -> set[str]:
     return {head}
 
 
-class Slurm:
+class Slurm(UnderscoreArrayIds):
     """Pure builders and parsers for Slurm."""
 
     name = "slurm"
@@ -326,24 +325,6 @@ class Slurm:
         """``MaxArraySize = 1001`` -> 1001 (task ids must be below it)."""
         match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", stdout, re.MULTILINE)
         return int(match.group(1)) if match else None
-
-    def base_job_id(self, job_id: str) -> str:
-        """``123_4`` (array task) or ``123+1`` (heterogeneous component) -> ``123``."""
-        for separator in ("_", "+"):
-            if separator in job_id:
-                return job_id.split(separator, 1)[0]
-        return job_id
-
-    def array_task_ids(self, job_id: str, array: ArraySpec) -> list[str]:
-        """``123`` -> ``123_0``, ``123_1``, ..."""
-        return [f"{job_id}_{i}" for i in array.task_ids]
-
-    def find_record(self, job_id: str, records: Mapping[str, JobRecord]) -> JobRecord | None:
-        """``job_id``'s record, its heterogeneous components folded, or its unsplit array's."""
-        return find_record(job_id, records)
-
-    def id_order(self, job_id: str) -> tuple[int, str]:
-        return job_id_order(job_id)
 
 
 def _base_id(job_id: str) -> str:
