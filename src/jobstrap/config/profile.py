@@ -51,6 +51,7 @@ from jobstrap.config.values import (
     _words,
 )
 from jobstrap.errors import ConfigError
+from jobstrap.net.security import warn_plaintext
 
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
@@ -279,27 +280,11 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
     _check_consistency(profile)
     if profile.protocol == "tcp":
-        _warn_plaintext(profile.sources.get("protocol", "default"))
+        warn_plaintext(profile.sources.get("protocol", "default"))
     return profile
 
 
 logger = logging.getLogger(__name__)
-_warned_plaintext = False
-
-
-def _warn_plaintext(source: str) -> None:
-    """Say once per process that TLS is off: every run and cluster decides it here."""
-    global _warned_plaintext
-    if _warned_plaintext:
-        return
-    _warned_plaintext = True
-    logger.warning(
-        "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
-        "workers' ports can run code as you; use protocol tls unless that network is yours",
-        source,
-    )
-
-
 def _check_consistency(profile: Profile) -> None:
     if profile.processes > profile.cores and profile.threads is None:
         raise ConfigError(

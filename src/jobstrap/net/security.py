@@ -30,6 +30,7 @@ user owns them and nobody else could have replaced them
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,4 +372,27 @@ def _key_usage(*, ca: bool) -> Any:
         crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
+    )
+
+
+_warned_plaintext = False
+
+
+def warn_plaintext(source: str) -> None:
+    """Say once per process that TLS is off (a profile's ``protocol: tcp``, or
+    ``jobstrap.mpi.initialize(protocol="tcp")``), naming the risk.
+
+    Parameters
+    ----------
+    source
+        Where the choice came from, for the message.
+    """
+    global _warned_plaintext
+    if _warned_plaintext:
+        return
+    _warned_plaintext = True
+    logging.getLogger("jobstrap").warning(
+        "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
+        "workers' ports can run code as you; use protocol tls unless that network is yours",
+        source,
     )

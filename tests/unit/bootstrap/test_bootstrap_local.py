@@ -938,7 +938,10 @@ from jobstrap.mpi import initialize
 from distributed import Client
 import dask.array as da
 
-initialize(protocol=sys.argv[1], dashboard=False)
+if sys.argv[1] == "default":
+    initialize(dashboard=False)
+else:
+    initialize(protocol=sys.argv[1], dashboard=False)
 client = Client()
 print("scheduler", client.scheduler.address, flush=True)
 print("workers", len(client.scheduler_info()["workers"]), flush=True)
@@ -958,6 +961,21 @@ def test_a_dask_mpi_script_runs_unchanged_but_for_the_import(tmp_path: Path, pro
     assert "workers 2" in launch.stdout
     assert f"sum {EXPECTED_SUM}" in launch.stdout
     assert_quiet(launch)
+
+
+def test_a_dask_mpi_script_gets_tls_by_default_and_a_warning_when_it_opts_out(
+    tmp_path: Path,
+) -> None:
+    script = write_app(tmp_path, DASK_MPI_SCRIPT)
+
+    default = mpiexec(4, [sys.executable, str(script), "default", "0"])
+    plain = mpiexec(4, [sys.executable, str(script), "tcp", "0"])
+
+    assert default.returncode == 0, default.output
+    assert "scheduler tls://" in default.stdout
+    assert "TLS is off" not in default.output
+    assert plain.returncode == 0, plain.output
+    assert plain.output.count("TLS is off") == 1, plain.output
 
 
 def test_a_dask_mpi_scripts_exit_code_is_the_launch_exit_code(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> Non
 @pytest.fixture
 def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forget that this process already warned about protocol tcp."""
-    monkeypatch.setattr("jobstrap.config.profile._warned_plaintext", False)
+    monkeypatch.setattr("jobstrap.net.security._warned_plaintext", False)
 
 
 def test_protocol_tcp_warns_once_naming_the_risk(

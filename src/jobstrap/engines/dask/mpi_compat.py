@@ -19,8 +19,8 @@ ends the run, and the end of the script closes workers and scheduler without a
 ``CommClosedError`` in sight.
 
 ``protocol="tls"`` gives the launch its own CA and certificate, made on rank 0 and
-broadcast over MPI (kept in memory, never written to disk). The default, like
-dask-mpi's, is ``tcp``.
+broadcast over MPI (kept in memory, never written to disk). It is the default;
+``protocol="tcp"`` (dask-mpi's default) is an explicit opt-out and warns.
 
 Call ``initialize()`` at the top of the script, before importing ``distributed``
 or numpy, as dask-mpi's documentation shows: MPI is initialised inside it, and with
@@ -97,7 +97,9 @@ def initialize(
     dashboard_address
         ``":8787"`` (a port on the chosen address) or ``"host:port"``.
     protocol
-        ``"tcp"`` (default) or ``"tls"`` (a fresh CA and certificate for this launch).
+        ``"tls"`` (default: a fresh CA and certificate for this launch, kept in memory)
+        or ``"tcp"`` (plain TCP, as dask-mpi's default; warns: anyone who can reach the
+        ports can run code as you).
     worker_class
         Worker class or its dotted name (``"distributed.Nanny"`` means nanny=True).
     worker_options
@@ -147,7 +149,11 @@ def initialize(
         raise WorldTooSmallException(message)
 
     single_host = len(set(comm.allgather(socket.gethostname()))) == 1
-    protocol = protocol or "tcp"
+    protocol = protocol or "tls"
+    if protocol == "tcp" and rank == 0:
+        from jobstrap.net.security import warn_plaintext
+
+        warn_plaintext('initialize(protocol="tcp")')
     material = None
     if protocol == "tls":
         from jobstrap.net.security import generate_tls_material
