@@ -126,6 +126,9 @@ def _result(entry: Mapping[str, Any]) -> str:
         return "passed"
     if result == "skipped":
         return f"skipped: {message}" if message else "skipped"
+    if result == "flaky":
+        first = str(entry.get("first_failure") or "")[:300]
+        return f"**flaky** (passed on its rerun; first attempt: {first})"
     label = "**FAILED**" if result == "failed" else result
     return f"{label}: {message[:300]}" if message else label
 

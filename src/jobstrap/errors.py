@@ -41,10 +41,8 @@ class ConfigError(UserError, ValueError):
         self.value = value
         self.problem = problem
         self.suggestion = suggestion
-        message = f"{field}: invalid value {value!r}: {problem}"
-        if suggestion:
-            message += f" ({suggestion})"
-        super().__init__(message)
+        hint = f" ({suggestion})" if suggestion else ""
+        super().__init__(f"{field}: invalid value {value!r}: {problem}{hint}")
 
 
 class BatchCommandError(JobstrapError):
@@ -100,9 +98,7 @@ class JobFailedError(JobstrapError):
         self.job_id = job_id
         self.state = state
         self.stderr_tail = stderr_tail
-        message = f"job {job_id} ended {state}"
-        if detail:
-            message += f": {detail}"
+        message = f"job {job_id} ended {state}" + (f": {detail}" if detail else "")
         if stderr_tail.strip():
             message += "\n--- stderr tail ---\n" + stderr_tail.rstrip()
         super().__init__(message)

@@ -10,7 +10,14 @@ from __future__ import annotations
 from enum import Enum
 
 
-class JobState(str, Enum):
+class TextEnum(str, Enum):
+    """An enum whose members print as their value (Python 3.11's ``StrEnum``, on 3.10)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class JobState(TextEnum):
     """The state of one batch job (or one array task)."""
 
     PENDING = "PENDING"
@@ -40,9 +47,6 @@ class JobState(str, Enum):
     def is_active(self) -> bool:
         """True while the job is queued or running."""
         return self in (JobState.PENDING, JobState.RUNNING)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _TERMINAL = frozenset(

@@ -63,8 +63,15 @@ _OUTCOMES: dict[str, FaultOutcome] = {}
 
 @pytest.fixture
 def fault_report(request: pytest.FixtureRequest) -> FaultOutcome:
-    """This test's entry in ``bench/results/faults.json``."""
+    """This test's entry in ``bench/results/faults.json``.
+
+    On a rerun (``--reruns``) the first attempt's failure is kept: a test that passes
+    only on its rerun is recorded as ``flaky`` with that failure, never as passed.
+    """
+    earlier = _OUTCOMES.get(request.node.nodeid)
     outcome = FaultOutcome(test=request.node.nodeid)
+    if earlier is not None and earlier.result not in ("passed", "not run"):
+        outcome.first_failure = earlier.first_failure or earlier.message or earlier.result
     _OUTCOMES[request.node.nodeid] = outcome
     return outcome
 
@@ -147,6 +154,9 @@ def _short(report: pytest.TestReport) -> str:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Merge this session's fault records into ``bench/results/faults.json``."""
     ran = [o for o in _OUTCOMES.values() if o.result != "not run"]
+    for outcome in ran:
+        if outcome.first_failure and outcome.result == "passed":
+            outcome.result = "flaky"
     if not ran:
         return
     write_results(ran)

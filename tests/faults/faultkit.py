@@ -530,7 +530,10 @@ class FaultOutcome:
     job_ids
         The jobs involved.
     result
-        ``passed``, ``failed`` or ``skipped`` (filled in from the test's report).
+        ``passed``, ``failed``, ``skipped`` or ``flaky`` (failed, then passed on its
+        rerun), filled in from the test's reports.
+    first_failure
+        The first attempt's failure, for a test that was run again.
     """
 
     test: str
@@ -546,6 +549,7 @@ class FaultOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     result: str = "not run"
     message: str = ""
+    first_failure: str = ""
     duration_seconds: float | None = None
     recorded: str = ""
 

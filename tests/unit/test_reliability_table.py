@@ -102,3 +102,11 @@ def test_missing_results_are_a_usage_error(
 
     assert code == 2
     assert "run the fault suite first" in capsys.readouterr().err
+
+
+def test_a_test_that_passed_only_on_its_rerun_is_flaky_with_its_first_failure() -> None:
+    data = {"faults": [entry(result="flaky", first_failure="AssertionError: job 9 PENDING")]}
+    text = table.render(data)
+    assert "1 faults: 1 flaky." in text
+    assert "**flaky** (passed on its rerun; first attempt: AssertionError: job 9 PENDING)" in text
+    assert "| passed |" not in text

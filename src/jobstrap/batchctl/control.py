@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 from typing import ClassVar
 
-from jobstrap.batchctl.commands import RetryPolicy, TokenBucket
 from jobstrap.batchctl.query import StatusQueries
 from jobstrap.batchctl.submit import Submitter
 from jobstrap.batchctl.watcher import Watcher
-from jobstrap.systems import BatchSystem
 
 __all__ = ["BatchControl"]
 
@@ -36,18 +32,11 @@ class BatchControl(Submitter, StatusQueries):
     _instances: ClassVar[dict[tuple[str, int], BatchControl]] = {}
     _instances_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(
-        self,
-        system: BatchSystem | str,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float = 60.0,
-        bucket: TokenBucket | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(system, retry=retry, timeout=timeout, bucket=bucket, sleep=sleep)
-        self._watcher: Watcher | None = None
-        self._watcher_lock = threading.Lock()
+    # The watcher is made on first use; one lock for all instances is enough, as an
+    # instance makes its watcher once. Class attributes keep CommandRunner's
+    # constructor the only one.
+    _watcher: Watcher | None = None
+    _watcher_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def for_system(cls, name: str) -> BatchControl:

@@ -20,11 +20,5 @@ from jobstrap.bootstrap.drain import (
     wait_for_drain,
 )
 
-__all__ = [
-    "DRAIN_FILE_ENV",
-    "drain_file",
-    "drain_reason",
-    "draining",
-    "on_drain",
-    "wait_for_drain",
-]
+# request_drain stays in bootstrap.drain: applications read the drain, jobstrap sets it.
+__all__ = ["DRAIN_FILE_ENV", "drain_file", "drain_reason", "draining", "on_drain", "wait_for_drain"]

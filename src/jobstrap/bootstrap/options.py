@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from jobstrap.bootstrap.app import AppSpec, parse_app
 from jobstrap.config.choices import WORKER_LAYOUTS
@@ -26,7 +26,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        -- app.py [args] | -m module [args]"""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Options:
     """Parsed bootstrap options; see ``python -m jobstrap.bootstrap --help``."""
 
@@ -179,27 +179,6 @@ def parse_args(argv: Sequence[str]) -> Options:
     app = parse_app(app_argv)
     if app is not None and ns.mode != "mpi":
         raise UserError(f"bootstrap: an app (after --) only runs in mpi mode, not {ns.mode!r}")
-    return Options(
-        run_dir=ns.run_dir,
-        mode=ns.mode,
-        interface=ns.interface,
-        scheduler_interface=ns.scheduler_interface,
-        protocol=ns.protocol,
-        nthreads=ns.nthreads,
-        worker_processes=ns.worker_processes,
-        memory_limit=ns.memory_limit,
-        local_directory=ns.local_directory,
-        death_timeout=ns.death_timeout,
-        dashboard=ns.dashboard,
-        nanny=ns.nanny,
-        dashboard_port=ns.dashboard_port,
-        client_on_scheduler_rank=ns.client_on_scheduler_rank,
-        lifetime=ns.lifetime,
-        scheduler_address=ns.scheduler_address,
-        name=ns.name,
-        idle_timeout=ns.idle_timeout,
-        start_after_workers=ns.start_after_workers,
-        worker_layout=ns.worker_layout,
-        engine=ns.engine,
-        app=app,
-    )
+    # The parser's destinations are Options' field names, one for one.
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Options) if f.name != "app"}
+    return Options(**given, app=app)

@@ -162,10 +162,8 @@ class WorkerSubmitter:
         if spec.memory is not None:
             asked.append(f"memory {format_bytes(spec.memory)} per node")
         asked.append(f"walltime {format_walltime_slurm(spec.walltime)}")
-        if spec.queue:
-            asked.append(f"queue {spec.queue}")
-        if spec.account:
-            asked.append(f"account {spec.account}")
+        named = (("queue", spec.queue), ("account", spec.account))
+        asked += [f"{key} {value}" for key, value in named if value]
         add_note = getattr(error, "add_note", None)  # Python 3.11+
         if add_note is not None:
             add_note(f"each worker job asked for: {', '.join(asked)}")

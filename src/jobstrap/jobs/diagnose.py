@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from enum import Enum
 
-from jobstrap.states import JobState
+from jobstrap.states import JobState, TextEnum
 from jobstrap.systems.base import JobRecord
 
 __all__ = [
@@ -46,7 +45,7 @@ FIX_PYTHON = (
 )
 
 
-class FailureKind(str, Enum):
+class FailureKind(TextEnum):
     """What kind of failure a job had."""
 
     #: The profile's python does not exist on the node.
@@ -67,9 +66,6 @@ class FailureKind(str, Enum):
     CANCELLED = "CANCELLED"
     #: Anything else: the last line of stderr says more.
     FAILED = "FAILED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Failures that would repeat on every node: the profile or the environment is wrong.

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 from jobstrap.errors import NetworkError
 
@@ -386,22 +387,13 @@ def _choose_explicit(names: Sequence[str], table: Sequence[Interface], node: str
 
 
 def choose_address(
-    preference: Sequence[str] | str | None = "auto",
-    *,
-    interfaces: Sequence[Interface] | None = None,
-    peer: str | None = None,
-    allow_loopback: bool = False,
-    route: RouteLookup | None = None,
-    hostname: str | None = None,
+    preference: Sequence[str] | str | None = "auto", *, peer: str | None = None, **more: Any
 ) -> str:
-    """Return the IPv4 address of :func:`choose_interface`'s choice (same parameters)."""
-    iface = choose_interface(
-        preference,
-        interfaces=interfaces,
-        peer=peer,
-        allow_loopback=allow_loopback,
-        route=route,
-        hostname=hostname,
-    )
+    """Return the IPv4 address of :func:`choose_interface`'s choice.
+
+    Takes :func:`choose_interface`'s parameters (``allow_loopback``, ``interfaces``,
+    ...), forwarded as they are.
+    """
+    iface = choose_interface(preference, peer=peer, **more)
     assert iface.address is not None  # _usable guarantees an address
     return iface.address

@@ -7,10 +7,10 @@ Every check is OK, WARN or FAIL, with a fix for everything that is not OK;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from jobstrap.config.units import format_memory
+from jobstrap.states import TextEnum
 
 __all__ = [
     "FIX_RUN_ROOT",
@@ -32,15 +32,12 @@ FIX_RUN_ROOT = (
 )
 
 
-class Status(str, Enum):
+class Status(TextEnum):
     """The verdict of one check."""
 
     OK = "OK"
     WARN = "WARN"
     FAIL = "FAIL"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

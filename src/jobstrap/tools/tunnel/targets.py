@@ -235,24 +235,19 @@ def remote_target_argv(
 
 
 def remote_target(
-    reference: str,
-    via: Sequence[str],
-    *,
-    remote_jobstrap: str = "jobstrap",
-    ssh: str = "ssh",
-    ssh_options: Sequence[str] = (),
-    timeout: float = 60.0,
+    reference: str, via: Sequence[str], *, timeout: float = 60.0, **ssh_settings: Any
 ) -> RunTarget:
-    """Look a run up on the login node over ssh (see :func:`remote_target_argv`).
+    """Look a run up on the login node over ssh.
+
+    ``ssh_settings`` are :func:`remote_target_argv`'s keywords (``remote_jobstrap``,
+    ``ssh``, ``ssh_options``), forwarded as they are.
 
     Raises
     ------
     UserError
         ssh failed, timed out, or the login node did not know the run (its words).
     """
-    argv = remote_target_argv(
-        reference, via, remote_jobstrap=remote_jobstrap, ssh=ssh, ssh_options=ssh_options
-    )
+    argv = remote_target_argv(reference, via, **ssh_settings)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -260,7 +255,7 @@ def remote_target(
             f"asking {via[-1]} for {reference!r} timed out after {timeout:.0f} s"
         ) from None
     except OSError as error:
-        raise UserError(f"cannot run {ssh!r}: {error.strerror}") from None
+        raise UserError(f"cannot run {argv[0]!r}: {error.strerror}") from None
     if done.returncode != 0:
         words = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         raise UserError(f"{via[-1]} does not know {reference!r}: {words}")
