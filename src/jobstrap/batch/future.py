@@ -13,10 +13,11 @@ import contextlib
 import pickle
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobstrap.backoff import exponential_delay
 from jobstrap.batch.progress import (
     Progress,
     ProgressDisplay,
@@ -27,6 +28,7 @@ from jobstrap.batch.progress import (
 from jobstrap.batch.remote import rebuild
 from jobstrap.engines.dask.graph_runner import CorruptRunFileError, read_framed
 from jobstrap.errors import JobFailedError, UserError
+from jobstrap.jobs.diagnose import diagnose_record
 from jobstrap.states import JobState
 from jobstrap.store.files import read_tail
 from jobstrap.store.rundir import RunDir
@@ -51,16 +53,18 @@ def result_poll_delays(
 
     A look is a stat or two on the run directory, cheap even on a parallel file
     system, and a short job's result should be seen when it lands, not up to half
-    a second later: ``fast`` apart for the first ``fast_for`` seconds of a wait,
-    then backing off by half each time to ``slow``. The controller is never asked
-    more often for this (job states come from the shared watcher).
+    a second later: the one backoff schedule (:func:`jobstrap.backoff.exponential_delay`)
+    from ``first``, capped at ``fast`` for the first ``fast_for`` seconds of a wait and
+    at ``slow`` after. The controller is never asked more often for this (job states
+    come from the shared watcher).
     """
     started = time.monotonic()
-    delay = first
+    attempt = 1
     while True:
-        yield delay
         cap = fast if time.monotonic() - started < fast_for else slow
-        delay = min(cap, delay * 1.5)
+        yield exponential_delay(attempt, initial=first, maximum=cap)
+        if exponential_delay(attempt, initial=first, maximum=slow) < cap:
+            attempt += 1  # only while it grows: the schedule's doubling stays finite
 
 
 @dataclass(frozen=True)
@@ -247,22 +251,22 @@ class JobFuture:
         return self._outcome
 
     def _failure(self, record: JobRecord) -> JobFailedError:
-        details = []
-        if record.reason and record.reason != "None":
-            details.append(record.reason)
-        code = self._run.read_exit_code()
-        if code is None:
-            code = record.exit_code
-        if code is not None:
-            details.append(f"exit code {code}")
+        """The error of a job that ended without an outcome, explained by :func:`diagnose`."""
+        code = self._run.read_exit_code()  # the app's own, when the client rank wrote it
+        tail = self._stderr_tail()
+        python = _profile_value(self._record, "python")
+        diagnosis = diagnose_record(
+            replace(record, exit_code=record.exit_code if code is None else code),
+            tail,
+            python if isinstance(python, str) else "python3",
+        )
+        details = [diagnosis.message]
         damaged = self._damaged()
         if damaged:
             details.append(damaged)
         elif record.state is JobState.COMPLETED:
             details.append("the job ended without writing result.pkl")
-        return JobFailedError(
-            self.job_id, record.state.value, self._stderr_tail(), "; ".join(details)
-        )
+        return JobFailedError(self.job_id, record.state.value, tail, "; ".join(details))
 
     def _damaged(self) -> str:
         for path in (self._run.result_file, self._run.error_file):
@@ -440,9 +444,14 @@ class JobFuture:
         return render_text(state, self.progress(), reason=reason, waited=waited)
 
 
-def _profile_poll(record: RunRecord) -> float | None:
+def _profile_value(record: RunRecord, name: str) -> object:
+    """A setting of the profile the run was submitted with (None when not saved)."""
     resolved = record.profile.get("resolved") if isinstance(record.profile, dict) else None
-    value = resolved.get("poll_interval") if isinstance(resolved, dict) else None
+    return resolved.get(name) if isinstance(resolved, dict) else None
+
+
+def _profile_poll(record: RunRecord) -> float | None:
+    value = _profile_value(record, "poll_interval")
     return float(value) if isinstance(value, int | float) else None
 
 

@@ -244,10 +244,13 @@ def submit_run(
     )
     spec = tagged(local_launch(spec, profile))
     script = render_script(spec, get_system(profile.system), template=profile.template)
+    batchctl = BatchControl.for_system(profile.system)
     record = RunRecord(
         run_id=run.run_id,
         kind=kind,
         system=profile.system,
+        # Job ids mean something only to the controller that gave them.
+        controller=batchctl.controller(),
         run_dir=str(run.path),
         tags=[tag],
         profile={
@@ -260,7 +263,6 @@ def submit_run(
     # Saved before submitting: if this process dies mid-submit, the run is still
     # findable and its tag tells which queued job is ours.
     registry.save(record)
-    batchctl = BatchControl.for_system(profile.system)
     try:
         submission = batchctl.submit(spec, script, script_name="job.sh")
     except Exception:

@@ -61,6 +61,22 @@ class StatusQueries(CommandRunner):
         super().__init__(*args, **kwargs)
         #: Whether the system's history (sacct) answers; False once it said it is off.
         self.history_available = True
+        self._controller: str | None = None
+
+    def controller(self) -> str:
+        """The name of the controller numbering this system's jobs ("" if it cannot say).
+
+        Asked once per batchctl (one cheap command: ``scontrol show config`` on Slurm);
+        a failure is not kept, so a later call asks again.
+        """
+        if self._controller is None:
+            try:
+                result = self.run(self.system.controller_argv(), timeout=30)
+            except BatchCommandError as error:
+                log.warning("cannot tell which %s controller this is (%s)", self.system.name, error)
+                return ""
+            self._controller = self.system.parse_controller(result.stdout)
+        return self._controller
 
     @property
     def has_history(self) -> bool:

@@ -15,26 +15,54 @@ from jobstrap.errors import BatchCommandError, UserError
 from jobstrap.states import JobState
 from jobstrap.store import registry
 from jobstrap.store.files import read_tail
-from jobstrap.store.registry import RunRecord
+from jobstrap.store.registry import JobKey, RunRecord
 from jobstrap.systems import JobRecord
 
 _COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT")
 
 
-def _ask(runs: Sequence[RunRecord]) -> tuple[dict[str, JobRecord], list[str]]:
-    """Every job of ``runs``: one status query per batch system. Returns records, errors."""
-    by_system: dict[str, list[str]] = defaultdict(list)
+def _elsewhere(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """Runs whose jobs were numbered by another controller than the one here.
+
+    Returns run id -> why they are not asked about. Their ids mean other jobs (or
+    nothing) on this controller: asking, and worse cancelling, would hit the wrong job.
+    A record without a controller (older versions) or a controller that cannot say
+    its name is asked, as before; the tag check then tells its jobs from others.
+    """
+    away: dict[str, str] = {}
     for run in runs:
-        by_system[run.system].extend(run.job_ids)
-    found: dict[str, JobRecord] = {}
+        if not run.controller:
+            continue
+        here = BatchControl.for_system(run.system).controller()
+        if here and here != run.controller:
+            away[run.run_id] = f"submitted to {run.system} {run.controller}, this is {here}"
+    return away
+
+
+def _ask(runs: Sequence[RunRecord]) -> tuple[dict[JobKey, JobRecord], list[str]]:
+    """Every job of ``runs``: one status query per batch system. Returns records, errors.
+
+    Records are keyed by :class:`JobKey`, never by the id alone: a local run and a
+    Slurm run (or two Slurm runs either side of a controller restart) may both have
+    job ``5``, and each must get its own system's answer.
+    """
+    by_system: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        by_system[run.system].append(run)
+    found: dict[JobKey, JobRecord] = {}
     errors: list[str] = []
-    for system, ids in by_system.items():
+    for system, group in by_system.items():
+        ids = [job_id for run in group for job_id in run.job_ids]
         try:
-            found.update(BatchControl.for_system(system).status(ids))
+            answer = BatchControl.for_system(system).status(ids)
         except BatchCommandError as error:
             errors.append(f"cannot ask {system}: {error}")
-            for job_id in ids:
-                found[job_id] = JobRecord(job_id, JobState.UNKNOWN, reason="no answer")
+            for run in group:
+                for key in run.job_keys():
+                    found[key] = JobRecord(key.job_id, JobState.UNKNOWN, reason="no answer")
+            continue
+        for run in group:
+            found.update((k, answer[k.job_id]) for k in run.job_keys() if k.job_id in answer)
     return found, errors
 
 
@@ -70,8 +98,12 @@ def _is_ours(run: RunRecord, record: JobRecord) -> bool:
     return not record.name or any(record.name.endswith(tag) for tag in run.tags)
 
 
-def _row(run: RunRecord, job_id: str, record: JobRecord | None) -> tuple[str, ...]:
-    if record is None or not _is_ours(run, record):
+def _row(
+    run: RunRecord, job_id: str, record: JobRecord | None, away: str | None = None
+) -> tuple[str, ...]:
+    if away is not None:
+        state, nodes, reason, elapsed, left = "UNKNOWN", "", away, "", ""
+    elif record is None or not _is_ours(run, record):
         # Gone from the controller and its history (or the id now serves another job).
         state, nodes, reason, elapsed, left = "MISSING", "", "not known to the batch system", "", ""
     else:
@@ -101,14 +133,19 @@ def status(runs: tuple[str, ...]) -> None:
         click.echo(f"no runs saved in {registry.registry_dir()}")
         return
     records = _recover(records)
-    found, errors = _ask(records)
+    away = _elsewhere(records)
+    found, errors = _ask([run for run in records if run.run_id not in away])
     for message in errors:
         click.echo(f"warning: {message}", err=True)
-    rows = [_row(run, job_id, found.get(job_id)) for run in records for job_id in run.job_ids]
+    rows = [
+        _row(run, key.job_id, found.get(key), away.get(run.run_id))
+        for run in records
+        for key in run.job_keys()
+    ]
     click.echo(_table(rows))
     for run in records:
-        if run.status == "submitted" and run.job_ids and not errors:
-            states = [found.get(j) for j in run.job_ids]
+        if run.status == "submitted" and run.job_ids and not errors and run.run_id not in away:
+            states = [found.get(key) for key in run.job_keys()]
             if all(r is None or r.state.is_terminal for r in states):
                 registry.update(run.run_id, status="finished")
 
@@ -128,6 +165,10 @@ def cancel(runs: tuple[str, ...], everything: bool) -> None:
     if not records:
         click.echo("nothing to cancel")
         return
+    away = _elsewhere(records)
+    for run_id, why in away.items():
+        click.echo(f"{run_id}: not cancelled: {why}", err=True)
+    records = [run for run in records if run.run_id not in away]
     found, errors = _ask(records)
     if errors:
         raise UserError("; ".join(errors))
@@ -135,9 +176,9 @@ def cancel(runs: tuple[str, ...], everything: bool) -> None:
         # Only ids that still carry the run's tag: after a controller restart an old id
         # may belong to somebody else's job, which must never be cancelled.
         live = [
-            job_id
-            for job_id in run.job_ids
-            if (rec := found.get(job_id)) is not None
+            key.job_id
+            for key in run.job_keys()
+            if (rec := found.get(key)) is not None
             and _is_ours(run, rec)
             and not rec.state.is_terminal
         ]

@@ -153,6 +153,7 @@ class RegistryEntry:
                         run_id=self.run_id,
                         kind="cluster",
                         system=self._profile.system,
+                        controller=BatchControl.for_system(self._profile.system).controller(),
                         run_dir=str(self._run_dir),
                         job_ids=ids,
                         profile={"name": self._profile_name, "resolved": self._profile.to_dict()},

@@ -10,6 +10,7 @@ cluster would. Commands (argv only; ``jobstrap.systems.local`` builds them)::
     python -m jobstrap.localq signal --signal=SIG ID [ID ...]
     python -m jobstrap.localq find NAME                         -> ids of live jobs so named
     python -m jobstrap.localq limits                            -> MaxArraySize=1001
+                                                                   Controller=HOST:SPOOL
     python -m jobstrap.localq launch -n N -- COMMAND            -> N ranks, without MPI
 
 ``submit`` reads ``#JOBSTRAP --key=value`` directives from the script's header (the
@@ -49,13 +50,14 @@ any more) and become ``FAILED``; both with reason ``SupervisorLost``.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
 
 from jobstrap.localq.control import cmd_cancel, cmd_find, cmd_signal, cmd_status
 from jobstrap.localq.directives import MAX_ARRAY_SIZE
 from jobstrap.localq.launch import cmd_launch
-from jobstrap.localq.spool import LocalQueueError
+from jobstrap.localq.spool import LocalQueueError, spool_dir
 from jobstrap.localq.submit import cmd_submit
 from jobstrap.localq.supervisor import cmd_supervise
 
@@ -118,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(job_id)
         elif args.command == "limits":
             print(f"MaxArraySize={MAX_ARRAY_SIZE}")
+            # Job ids count per spool and host: this names whose ids they are.
+            print(f"Controller={socket.gethostname()}:{spool_dir().resolve()}")
         elif args.command == "_supervise":
             cmd_supervise(args.job_id)
         elif args.command == "launch":

@@ -32,6 +32,7 @@ from jobstrap.store.rundir import atomic_write_json, ensure_private_dir
 __all__ = [
     "KINDS",
     "DamagedRecordError",
+    "JobKey",
     "RunRecord",
     "list",
     "load",
@@ -52,6 +53,7 @@ _SHAPE: dict[str, type | tuple[type, ...]] = {
     "run_id": str,
     "kind": str,
     "system": str,
+    "controller": str,
     "run_dir": str,
     "job_ids": _builtin_list,
     "tags": _builtin_list,
@@ -89,6 +91,34 @@ def registry_dir(environ: Mapping[str, str] | None = None) -> Path:
     return state_dir(environ) / "runs"
 
 
+@dataclass(frozen=True)
+class JobKey:
+    """What names one job across every saved run: never its id alone.
+
+    A job id is unique only within one batch system and one controller's lifetime
+    (a local spool and Slurm both hand out ``5``; a Slurm cluster restarted with an
+    empty state hands out ``5`` again). Every lookup that spans runs is keyed by this.
+
+    Attributes
+    ----------
+    system
+        The batch system's name.
+    controller
+        The controller that numbered the job (Slurm cluster, PBS server, local spool);
+        "" in records written before it was saved.
+    job_id
+        The id that controller gave.
+    submitted
+        When the run was submitted (epoch seconds): a later run reusing the id after a
+        controller restart has another key.
+    """
+
+    system: str
+    controller: str
+    job_id: str
+    submitted: float
+
+
 @dataclass
 class RunRecord:
     """What was submitted for one run or cluster, and how to find it again.
@@ -101,6 +131,9 @@ class RunRecord:
         ``app``, ``graph``, ``cluster`` or ``probe``.
     system
         The batch system's name (``slurm``, ``pbs``, ``local``).
+    controller
+        The controller that numbered the jobs (Slurm's cluster name, the PBS server,
+        the local spool); "" when unknown (records of older versions).
     run_dir
         Absolute path of the run directory.
     job_ids
@@ -137,6 +170,7 @@ class RunRecord:
     owner_host: str = field(default_factory=socket.gethostname)
     status: str = "submitted"
     extra: dict[str, Any] = field(default_factory=dict)
+    controller: str = ""
 
     def __post_init__(self) -> None:
         if not _RUN_ID.match(self.run_id):
@@ -163,6 +197,14 @@ class RunRecord:
         extra = dict(values.pop("extra", None) or {})
         extra.update({k: v for k, v in data.items() if k not in known})
         return cls(**values, extra=extra)
+
+    def job_key(self, job_id: str) -> JobKey:
+        """The key of this run's job ``job_id`` (see :class:`JobKey`)."""
+        return JobKey(self.system, self.controller, job_id, self.created)
+
+    def job_keys(self) -> _builtin_list[JobKey]:
+        """The keys of every job of the run, in the order of :attr:`job_ids`."""
+        return [self.job_key(job_id) for job_id in self.job_ids]
 
     def log_paths(self, job_id: str) -> tuple[str, str]:
         """The ``(stdout, stderr)`` files of ``job_id``."""

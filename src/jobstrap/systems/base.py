@@ -158,6 +158,18 @@ class BatchSystem(Protocol):
         """argv printing the site's limits (for :meth:`parse_max_array_size`)."""
         ...
 
+    def controller_argv(self) -> list[str]:
+        """argv printing what names the controller that numbers the jobs (one call)."""
+        ...
+
+    def parse_controller(self, stdout: str) -> str:
+        """The controller's name in :meth:`controller_argv`'s output ("" if not there).
+
+        Job ids are unique only within one controller (Slurm cluster, PBS server,
+        local spool): the name, with the system's, tells whose id a saved id is.
+        """
+        ...
+
     def parse_max_array_size(self, stdout: str) -> int | None:
         """The largest array the site accepts (task ids below it), or None."""
         ...

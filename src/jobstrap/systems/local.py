@@ -9,6 +9,7 @@ without a batch system runs exactly the scripts a cluster would.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -161,8 +162,16 @@ class Local(UnderscoreArrayIds):
         return _localq("limits")
 
     def parse_max_array_size(self, stdout: str) -> int | None:
-        text = stdout.strip()
-        return int(text.split("=")[-1]) if text else None
+        match = re.search(r"^MaxArraySize=(\d+)", stdout, re.MULTILINE)
+        return int(match.group(1)) if match else None
+
+    def controller_argv(self) -> list[str]:
+        return _localq("limits")
+
+    def parse_controller(self, stdout: str) -> str:
+        """``Controller=host:/spool`` -> ``host:/spool`` (each spool counts its own ids)."""
+        match = re.search(r"^Controller=(.+)$", stdout, re.MULTILINE)
+        return match.group(1).strip() if match else ""
 
 
 SYSTEM = Local()

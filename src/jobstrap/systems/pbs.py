@@ -282,6 +282,14 @@ class PBS:
         match = re.search(r"max_array_size\s*=\s*(\d+)", stdout)
         return int(match.group(1)) if match else None
 
+    def controller_argv(self) -> list[str]:
+        return ["qmgr", "-c", "list server"]
+
+    def parse_controller(self, stdout: str) -> str:
+        """``Server pbs-head`` (qmgr's first line) -> ``pbs-head``."""
+        match = re.search(r"^Server\s+(\S+)", stdout, re.MULTILINE)
+        return match.group(1) if match else ""
+
     def base_job_id(self, job_id: str) -> str:
         """A subjob ``7[2].srv`` -> its array ``7[].srv``; other ids are their own base."""
         if "[" in job_id:

@@ -326,6 +326,14 @@ class Slurm(UnderscoreArrayIds):
         match = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", stdout, re.MULTILINE)
         return int(match.group(1)) if match else None
 
+    def controller_argv(self) -> list[str]:
+        return ["scontrol", "show", "config"]
+
+    def parse_controller(self, stdout: str) -> str:
+        """``ClusterName = jobstrap`` -> ``jobstrap``."""
+        match = re.search(r"^\s*ClusterName\s*=\s*(\S+)", stdout, re.MULTILINE)
+        return match.group(1) if match else ""
+
 
 def _base_id(job_id: str) -> str:
     return re.split(r"[_+.]", job_id, maxsplit=1)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -250,8 +251,10 @@ def test_status_of_an_unknown_id_prints_nothing(spool: Path) -> None:
     assert localq("status", "999").stdout == ""
 
 
-def test_limits_reports_the_array_size_limit(spool: Path) -> None:
-    assert localq("limits").stdout.strip() == "MaxArraySize=1001"
+def test_limits_reports_the_array_size_limit_and_whose_ids_these_are(spool: Path) -> None:
+    lines = localq("limits").stdout.splitlines()
+
+    assert lines == ["MaxArraySize=1001", f"Controller={socket.gethostname()}:{spool.resolve()}"]
 
 
 # ------------------------------------------------------------------------------- arrays

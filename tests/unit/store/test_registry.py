@@ -226,3 +226,39 @@ def test_a_damaged_record_is_reported_on_stderr_by_default(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert str(where / "list.json") in err
+
+
+# --- job keys -----------------------------------------------------------------------------
+
+
+def test_a_record_written_before_controllers_were_saved_still_loads(where: Path) -> None:
+    data = make_record().to_json()
+    del data["controller"]
+    where.mkdir(parents=True)
+    (where / f"{data['run_id']}.json").write_text(json.dumps(data))
+
+    record = registry.load(data["run_id"])
+
+    assert record.controller == ""
+    assert record.job_keys() == [registry.JobKey("slurm", "", "123", record.created)]
+
+
+def test_a_controller_that_is_not_text_makes_the_record_damaged(where: Path) -> None:
+    data = make_record().to_json()
+    data["controller"] = 5
+    where.mkdir(parents=True)
+    (where / f"{data['run_id']}.json").write_text(json.dumps(data))
+
+    with pytest.raises(registry.DamagedRecordError, match="controller is int, not str"):
+        registry.load(data["run_id"])
+
+
+def test_one_job_id_in_two_systems_or_two_lifetimes_of_a_controller_is_two_keys() -> None:
+    local = make_record("run-a", system="local", controller="login1:/home/ada/.jobstrap/local")
+    slurm = make_record("run-b", controller="hpc", created=local.created + 1)
+    restarted = make_record("run-c", controller="hpc", created=local.created + 2)
+
+    keys = {local.job_key("123"), slurm.job_key("123"), restarted.job_key("123")}
+
+    assert len(keys) == 3
+    assert slurm.job_key("123") == registry.JobKey("slurm", "hpc", "123", slurm.created)

@@ -22,7 +22,7 @@ State lives in ``$FAKESLURM_DIR/state.json`` (guarded by an flock):
     transiently); ``reject:MESSAGE``; ``recorded:FILE`` (sbatch: print a rejection
     recorded from the real sbatch, ``golden/slurm/FILE``, exit 1); ``disabled``
     (sacct: accounting is off).
-``max_array_size``
+``max_array_size``, ``cluster_name``
     What ``scontrol show config`` reports.
 
 Every call is appended to ``$FAKESLURM_DIR/calls.log`` (one argv per line, JSON).
@@ -217,11 +217,13 @@ def scontrol(argv: list[str]) -> int:
     with Locked() as state:
         action = next_action(state, "scontrol")
         size = state.get("max_array_size", 1001)
+        state.setdefault("cluster_name", "jobstrap")
     if action == "transient":
         print(f"scontrol: error: {TRANSIENT}", file=sys.stderr)
         return 1
     print("Configuration data as of 2024-05-06T10:00:00")
     print("AccountingStorageType   = accounting_storage/slurmdbd")
+    print(f"ClusterName             = {state.get('cluster_name', 'jobstrap')}")
     print(f"MaxArraySize            = {size}")
     print("MaxJobCount             = 10000")
     return 0
