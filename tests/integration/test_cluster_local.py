@@ -151,9 +151,11 @@ time.sleep(600)
 """
 
 
-def test_jobstrap_cancel_cleans_up_after_a_killed_client_through_the_registry(
+def test_status_and_cancel_all_see_a_killed_clients_jobs_through_the_registry(
     tmp_path: Path,
 ) -> None:
+    """The registry keeps the cluster's submission tags: without them every job of a
+    cluster run was listed MISSING and `cancel --all` skipped it."""
     script = tmp_path / "client.py"
     script.write_text(textwrap.dedent(KILLED_CLIENT))
     process = subprocess.Popen(
@@ -165,9 +167,20 @@ def test_jobstrap_cancel_cleans_up_after_a_killed_client_through_the_registry(
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         assert len(live(ids)) == 2  # a long death timeout: the jobs would stay for now
+        shown = subprocess.run(
+            [sys.executable, "-m", "jobstrap", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        rows = [line.split() for line in shown.stdout.splitlines() if line.startswith(run_id)]
+        assert sorted(row[2] for row in rows) == sorted(ids), shown.stdout
+        assert {row[3] for row in rows} == {"RUNNING"}, shown.stdout
 
         cancelled = subprocess.run(
-            [sys.executable, "-m", "jobstrap", "cancel", run_id],
+            [sys.executable, "-m", "jobstrap", "cancel", "--all"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -298,8 +298,9 @@ class BatchCluster(SpecCluster):
         if self._placement.job_id:
             ids.add(self._placement.job_id)
         address = getattr(self.scheduler, "address", None)
+        tags = [*self._submitter.tags, *filter(None, [self._placement.tag])]
         self._registry.save(
-            ids, {"scheduler_address": address, "scheduler_job": self._placement.job_id}
+            ids, {"scheduler_address": address, "scheduler_job": self._placement.job_id}, tags
         )
 
     async def _close(self) -> None:

@@ -140,11 +140,11 @@ class RegistryEntry:
         self._profile_name = profile_name
         self.registered = False
 
-    def save(self, job_ids: Iterable[str], extra: dict[str, Any]) -> None:
-        """Create the record, or update its job ids and logs."""
+    def save(self, job_ids: Iterable[str], extra: dict[str, Any], tags: Iterable[str]) -> None:
+        """Create the record, or update its job ids, tags and logs."""
         from jobstrap.store import registry
 
-        ids = sorted(job_ids)
+        ids, tags = sorted(job_ids), list(tags)
         logs = self._log_paths(ids)
         try:
             if not self.registered:
@@ -156,6 +156,7 @@ class RegistryEntry:
                         controller=BatchControl.for_system(self._profile.system).controller(),
                         run_dir=str(self._run_dir),
                         job_ids=ids,
+                        tags=tags,
                         profile={"name": self._profile_name, "resolved": self._profile.to_dict()},
                         logs=logs,
                         extra=extra,
@@ -163,7 +164,7 @@ class RegistryEntry:
                 )
                 self.registered = True
             else:
-                registry.update(self.run_id, job_ids=ids, logs=logs)
+                registry.update(self.run_id, job_ids=ids, tags=tags, logs=logs)
         except Exception as error:  # bookkeeping must never break the cluster
             logger.warning("could not record cluster %s in the registry: %s", self.run_id, error)
 

@@ -99,6 +99,7 @@ class SchedulerPlacement:
         self.in_job = profile.scheduler == "job"
         #: The scheduler job's id, once submitted.
         self.job_id: str | None = None
+        self.tag: str | None = None  # of the scheduler job, once submitted
 
     def security(self) -> Any:
         """The cluster's ``Security``: fresh TLS material in the run directory for ``tls``."""
@@ -149,6 +150,7 @@ class SchedulerPlacement:
         """
         profile = self._profile
         spec = scheduler_job(profile, str(self._run_dir), new_tag())
+        self.tag = spec.tag
         loop = asyncio.get_running_loop()
         submit = functools.partial(
             self._batchctl.submit, spec, None, count=1, template=profile.template

@@ -85,6 +85,9 @@ class WorkerSubmitter:
         self._submitted = submitted
         self._scheduler_address = scheduler_address
         self._serials = itertools.count()
+        #: The tag of every submission (job names end with them): the registry keeps
+        #: them so that `jobstrap status/cancel` can tell our jobs from reused ids.
+        self.tags: list[str] = []
 
     def spec(self, tag: str) -> JobSpec:
         """The worker job every scale-up submits (names are added per array)."""
@@ -135,6 +138,7 @@ class WorkerSubmitter:
         if len(names) != len(submission.job_ids):  # pragma: no cover - batchctl contract
             raise RuntimeError(f"{len(names)} names for {len(submission.job_ids)} jobs")
         self._book.record(names, submission.job_ids, self._profile.walltime)
+        self.tags.append(spec.tag)
         self._guard.add(submission.job_ids)
         watcher = self._batchctl.watcher
         watcher.configure(poll_interval=self._profile.poll_interval)
