@@ -619,9 +619,7 @@ def test_dashboard_binds_the_node_s_loopback_not_the_scheduler_s_interface(
     assert run.read_info().dashboard_address == f"http://127.0.0.1:{port}/status"
 
 
-def test_dashboard_binds_the_scheduler_s_interface_when_asked(
-    run: RunDir, tmp_path: Path
-) -> None:
+def test_dashboard_binds_the_scheduler_s_interface_when_asked(run: RunDir, tmp_path: Path) -> None:
     app = write_app(tmp_path, LISTENERS_APP)
     options = ("--interface", _an_interface(), "--dashboard-bind", "interface")
 
