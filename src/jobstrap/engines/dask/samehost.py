@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
+from dask.utils import parse_timedelta
 from distributed.comm import registry
 from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.comm.core import CommClosedError
@@ -99,9 +100,6 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 _HELLO = b"jobstrap-samehost-1"
 _NONCE = 16
 _MAC = hashlib.sha256().digest_size
-#: Seconds a listener waits for a connector's proof (a peer that connected and went
-#: silent must not hold a task forever).
-_PROOF_TIMEOUT = 10.0
 
 
 def enabled() -> bool:
@@ -404,9 +402,10 @@ class SameHostTLSListener(TLSListener):
         if self._key is not None:
             try:
                 connection.setblocking(False)
-                same_run = await asyncio.wait_for(
-                    _prove_listener(connection, self._key), _PROOF_TIMEOUT
-                )
+                # As long as a TLS handshake may take: a peer that connected and went
+                # silent must not hold a task forever, a busy one must not be cut off.
+                timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"))
+                same_run = await asyncio.wait_for(_prove_listener(connection, self._key), timeout)
             except (OSError, asyncio.TimeoutError):
                 same_run = False
         if not same_run:
