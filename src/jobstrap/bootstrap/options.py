@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from jobstrap.bootstrap.app import AppSpec, parse_app
-from jobstrap.config.choices import WORKER_LAYOUTS
+from jobstrap.config.choices import DASHBOARD_BINDS, WORKER_LAYOUTS
 from jobstrap.errors import UserError
 
 __all__ = ["MODES", "Options", "parse_args"]
@@ -21,6 +21,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
+       [--dashboard-bind loopback|interface]
        [--idle-timeout S] [--start-after-workers N] [--no-nanny] [--worker-layout node|rank]
        [--engine NAME]
        -- app.py [args] | -m module [args]"""
@@ -44,6 +45,9 @@ class Options:
     #: Workers in processes of their own under a nanny (restarts after memory kills).
     nanny: bool = True
     dashboard_port: int = 8787
+    #: ``loopback`` (the node's 127.0.0.1, reached through ``jobstrap tunnel``) or
+    #: ``interface`` (the scheduler's address: anyone on that network).
+    dashboard_bind: str = "loopback"
     client_on_scheduler_rank: bool = False
     lifetime: float | None = None
     scheduler_address: str | None = None
@@ -139,6 +143,11 @@ def _parser() -> _Parser:
         help="workers in the rank's own process (no restarts after memory kills)",
     )  # fmt: skip
     p.add_argument("--dashboard-port", type=_port, default=8787)
+    p.add_argument(
+        "--dashboard-bind", choices=DASHBOARD_BINDS, default="loopback",
+        help="loopback: the node's 127.0.0.1 (reach it with jobstrap tunnel); interface: "
+        "the scheduler's address, readable by anyone on that network",
+    )  # fmt: skip
     p.add_argument("--client-on-scheduler-rank", action="store_true")
     p.add_argument("--lifetime", type=_seconds, default=None)
     p.add_argument("--scheduler-address", default=None)

@@ -411,6 +411,20 @@ class BatchCluster(SpecCluster):
         return self._submitter.script()
 
     @property
+    def dashboard_link(self) -> str:
+        """The dashboard's URL where it listens (by default this node's loopback).
+
+        ``distributed`` builds the link from the scheduler's address, which is not
+        where a loopback-bound dashboard answers.
+        """
+        try:
+            port = int(self.scheduler_info["services"]["dashboard"])
+        except (KeyError, TypeError, ValueError):
+            port = None
+        placement = getattr(self, "_placement", None)  # None while __init__ fails
+        return (placement.dashboard_link(port) if placement else None) or ""
+
+    @property
     def job_header(self) -> str:
         """The directive lines of the worker jobs' scripts."""
         return self._submitter.header()

@@ -50,7 +50,9 @@ class ClusterOptions:
     scheduler_host
         Address the scheduler binds to, overriding the interface choice.
     dashboard_address
-        ``host:port`` of the dashboard, overriding the default (internal address).
+        ``host:port`` of the dashboard, overriding the default (the scheduler node's
+        loopback, or its address with ``dashboard_bind: interface``); ``":8787"``
+        sets only the port.
     scheduler_cls
         The scheduler class (default ``distributed.Scheduler``).
     job_cpu

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import os
 import socket
 import time
@@ -42,6 +43,13 @@ __all__ = ["SCHEDULER_START_TIMEOUT", "SchedulerJob", "SchedulerPlacement"]
 
 #: Seconds a running scheduler job may take to publish its address.
 SCHEDULER_START_TIMEOUT = 120.0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class SchedulerJob(ProcessInterface):
@@ -100,6 +108,9 @@ class SchedulerPlacement:
         #: The scheduler job's id, once submitted.
         self.job_id: str | None = None
         self.tag: str | None = None  # of the scheduler job, once submitted
+        #: Where the dashboard listens (in-process), or its URL from ``info.json`` (job).
+        self._dashboard_host: str | None = None
+        self._dashboard_url: str | None = None
 
     def security(self) -> Any:
         """The cluster's ``Security``: fresh TLS material in the run directory for ``tls``."""
@@ -126,7 +137,7 @@ class SchedulerPlacement:
         if self.in_job:
             return None
         host = self.host()
-        dashboard = self._options.dashboard_address or f"{host}:{self._profile.dashboard_port}"
+        dashboard = self._dashboard_address(host)
         options: dict[str, Any] = {
             "host": host,
             "port": 0,
@@ -137,6 +148,35 @@ class SchedulerPlacement:
         }
         options.update(self._options.scheduler_options)
         return {"cls": self._options.scheduler_cls or Scheduler, "options": options}
+
+    def _dashboard_address(self, host: str) -> str:
+        """``host:port`` for the in-process dashboard: the profile's ``dashboard_bind``
+        (loopback unless asked) unless ``dashboard_address`` names a host itself."""
+        from jobstrap.engines.dask.scheduler import dashboard_host
+
+        given = self._options.dashboard_address
+        chosen = dashboard_host(host, self._profile.dashboard_bind)
+        if given is None:
+            address = f"{chosen}:{self._profile.dashboard_port}"
+        elif given.startswith(":") or given.isdigit():
+            # ":8787" would be every interface to distributed: the bind decides instead.
+            address = f"{chosen}:{given.lstrip(':')}"
+        else:
+            address = given  # an explicit host:port is the user's own choice
+            if not _loopback(address.rsplit(":", 1)[0].strip("[]")):
+                from jobstrap.net.security import warn_open_dashboard
+
+                warn_open_dashboard(f"dashboard_address={given!r}")
+        self._dashboard_host = address.rsplit(":", 1)[0]
+        return address
+
+    def dashboard_link(self, port: int | None) -> str | None:
+        """The dashboard's URL: where it really listens, not the scheduler's address."""
+        if self.in_job:
+            return self._dashboard_url
+        if port is None or self._dashboard_host is None:
+            return None
+        return f"http://{self._dashboard_host}:{port}/status"
 
     async def start_job(
         self,
@@ -167,6 +207,7 @@ class SchedulerPlacement:
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     # The run directory is new and private: any info.json is our scheduler's.
                     info = self._run_dir.read_info()
+                    self._dashboard_url = info.dashboard_address
                     return SchedulerJob(info.scheduler_address, job_id, self._batchctl)
                 record = self._batchctl.watcher.record(job_id)
                 if record.state.is_terminal:

@@ -6,8 +6,13 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["WORKER_LAYOUTS"]
+__all__ = ["DASHBOARD_BINDS", "WORKER_LAYOUTS"]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
 WORKER_LAYOUTS = ("node", "rank")
+
+#: Where the scheduler's dashboard (plain HTTP, no login) listens: the node's loopback
+#: (the default; ``jobstrap tunnel`` reaches it through the scheduler's node), or the
+#: scheduler's network interface, where anyone on that network can read it.
+DASHBOARD_BINDS = ("loopback", "interface")

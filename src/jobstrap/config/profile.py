@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import WORKER_LAYOUTS
+from jobstrap.config.choices import DASHBOARD_BINDS, WORKER_LAYOUTS
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
 from jobstrap.config.values import (
@@ -51,7 +51,7 @@ from jobstrap.config.values import (
     _words,
 )
 from jobstrap.errors import ConfigError
-from jobstrap.net.security import warn_plaintext
+from jobstrap.net.security import warn_open_dashboard, warn_plaintext
 
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
@@ -167,6 +167,12 @@ class Profile:
         "or rank (each worker rank runs its own)",
     )
     dashboard_port: int = _setting(0, _integer(0, MAX_PORT), "dashboard port (0: a free port)")
+    dashboard_bind: str = _setting(
+        "loopback",
+        _choice(DASHBOARD_BINDS),
+        "where the dashboard (plain HTTP, no login) listens: loopback (reach it with "
+        "jobstrap tunnel) or interface (the scheduler's address: anyone on that network)",
+    )
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"
     )
@@ -281,6 +287,8 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
     _check_consistency(profile)
     if profile.protocol == "tcp":
         warn_plaintext(profile.sources.get("protocol", "default"))
+    if profile.dashboard and profile.dashboard_bind == "interface":
+        warn_open_dashboard(profile.sources.get("dashboard_bind", "default"))
     return profile
 
 

@@ -104,6 +104,9 @@ def _bootstrap_argv(
     if profile.dashboard:
         # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
         argv += ["--dashboard-port", str(profile.dashboard_port)]
+        if profile.dashboard_bind != "loopback":
+            # Only the opt-in is spelled out: the default needs no flag.
+            argv += ["--dashboard-bind", profile.dashboard_bind]
     else:
         argv.append("--no-dashboard")
     return argv

@@ -53,6 +53,8 @@ __all__ = [
     "tls_config_from_material",
     "tls_env",
     "tls_files",
+    "warn_open_dashboard",
+    "warn_plaintext",
 ]
 
 #: Subject/SAN of the run's certificate; ``distributed`` does not check hostnames.
@@ -375,7 +377,15 @@ def _key_usage(*, ca: bool) -> Any:
     )
 
 
-_warned_plaintext = False
+#: The risks already named in this process (each warning is given once).
+_warned: set[str] = set()
+
+
+def _warn_once(risk: str, message: str, *args: object) -> None:
+    if risk in _warned:
+        return
+    _warned.add(risk)
+    logging.getLogger("jobstrap").warning(message, *args)
 
 
 def warn_plaintext(source: str) -> None:
@@ -387,12 +397,29 @@ def warn_plaintext(source: str) -> None:
     source
         Where the choice came from, for the message.
     """
-    global _warned_plaintext
-    if _warned_plaintext:
-        return
-    _warned_plaintext = True
-    logging.getLogger("jobstrap").warning(
+    _warn_once(
+        "plaintext",
         "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
         "workers' ports can run code as you; use protocol tls unless that network is yours",
+        source,
+    )
+
+
+def warn_open_dashboard(source: str) -> None:
+    """Say once per process that the dashboard listens on a network interface
+    (a profile's ``dashboard_bind: interface``, or
+    ``jobstrap.mpi.initialize(dashboard_bind="interface")``), naming the risk.
+
+    Parameters
+    ----------
+    source
+        Where the choice came from, for the message.
+    """
+    _warn_once(
+        "dashboard",
+        "dashboard_bind interface (from %s): the dashboard is plain HTTP without a login, so "
+        "anyone who can reach the scheduler's address reads your tasks, logs and stack "
+        "traces; keep the default (loopback) and use `jobstrap tunnel` unless that network "
+        "is yours",
         source,
     )

@@ -257,7 +257,9 @@ class SchedulerInfo:
     scheduler_address
         e.g. ``"tls://10.1.0.1:41234"``.
     dashboard_address
-        ``"http://10.1.0.1:8787/status"``, or ``None`` when the dashboard is off.
+        Where the dashboard listens: ``"http://127.0.0.1:8787/status"`` (the loopback
+        of ``host``, the default) or the scheduler's address with ``dashboard_bind:
+        interface``; ``None`` when the dashboard is off.
     host
         Host name of the scheduler's node.
     job_id

@@ -585,12 +585,45 @@ def test_no_dashboard_job_listens_on_the_dask_comms_only(run: RunDir, tmp_path: 
     assert every == expected
 
 
-def test_dashboard_binds_the_chosen_address_not_every_interface(
+def _an_interface() -> str:
+    """A non-loopback interface with an IPv4 address that is up (skip without one)."""
+    import socket as sockets
+
+    import psutil
+
+    stats = psutil.net_if_stats()
+    for name, entries in psutil.net_if_addrs().items():
+        up = name in stats and stats[name].isup
+        if up and any(
+            e.family == sockets.AF_INET and not e.address.startswith("127.") for e in entries
+        ):
+            return name
+    pytest.skip("this machine has no non-loopback IPv4 interface that is up")
+
+
+def test_dashboard_binds_the_node_s_loopback_not_the_scheduler_s_interface(
     run: RunDir, tmp_path: Path
 ) -> None:
     app = write_app(tmp_path, LISTENERS_APP)
 
-    launch = mpiexec(3, [*bootstrap_argv(run), "--", str(app)])
+    launch = mpiexec(3, [*bootstrap_argv(run, "--interface", _an_interface()), "--", str(app)])
+
+    assert launch.returncode == 0, launch.output
+    report = report_of(launch)
+    host = str(report["scheduler"]).removeprefix("tls://").rsplit(":", 1)[0]
+    assert not host.startswith("127.")
+    port = report["scheduler_services"]["dashboard"]
+    listening = report["listening"][str(report["scheduler_pid"])]
+    assert f"127.0.0.1:{port}" in listening
+    assert f"{host}:{port}" not in listening
+    assert run.read_info().dashboard_address == f"http://127.0.0.1:{port}/status"
+
+
+def test_dashboard_binds_the_scheduler_s_interface_when_asked(run: RunDir, tmp_path: Path) -> None:
+    app = write_app(tmp_path, LISTENERS_APP)
+    options = ("--interface", _an_interface(), "--dashboard-bind", "interface")
+
+    launch = mpiexec(3, [*bootstrap_argv(run, *options), "--", str(app)])
 
     assert launch.returncode == 0, launch.output
     report = report_of(launch)
@@ -598,6 +631,7 @@ def test_dashboard_binds_the_chosen_address_not_every_interface(
     port = report["scheduler_services"]["dashboard"]
     assert f"{host}:{port}" in report["listening"][str(report["scheduler_pid"])]
     assert run.read_info().dashboard_address == f"http://{host}:{port}/status"
+    assert "dashboard_bind interface" in launch.output
 
 
 def test_explicit_interface_is_used_by_scheduler_and_workers(run: RunDir, tmp_path: Path) -> None:

@@ -72,3 +72,12 @@ def test_run_dir_comes_from_the_environment_when_not_given(
     monkeypatch.setenv("JOBSTRAP_RUN_DIR", "/from/env")
 
     assert parse_args([]).run_dir == "/from/env"
+
+
+def test_the_dashboard_binds_loopback_unless_the_interface_is_asked_for() -> None:
+    assert parse_args(["--run-dir", "/r"]).dashboard_bind == "loopback"
+    assert parse_args(["--run-dir", "/r", "--dashboard-bind", "interface"]).dashboard_bind == (
+        "interface"
+    )
+    with pytest.raises(UserError, match="dashboard-bind"):
+        parse_args(["--run-dir", "/r", "--dashboard-bind", "everywhere"])

@@ -61,3 +61,41 @@ def test_only_systems_that_warn_before_the_walltime_get_the_usr1_backstop(
     spec = submitter(profile_for(system), run_dir).spec("js0")
 
     assert spec.signal == signal
+
+
+def _spec_dashboard(run_dir: RunDir, overrides: dict[str, Any], **kwargs: Any) -> str:
+    profile = load_profile(None, {"system": "slurm", **overrides}, environ={})
+    _, options = split_options(kwargs)
+    placement = SchedulerPlacement(profile, options, get_system("slurm"), run_dir, None)  # type: ignore[arg-type]
+    spec = placement.spec(None)
+    assert spec is not None
+    return str(spec["options"]["dashboard_address"])
+
+
+def test_an_in_process_dashboard_listens_on_loopback_by_default(run_dir: RunDir) -> None:
+    assert _spec_dashboard(run_dir, {}, host="10.0.0.7") == "127.0.0.1:0"
+    # dask-jobqueue's ":8787" means every interface to distributed: the bind decides.
+    assert _spec_dashboard(run_dir, {}, host="10.0.0.7", dashboard_address=":8787") == (
+        "127.0.0.1:8787"
+    )
+
+
+def test_an_in_process_dashboard_listens_on_the_scheduler_s_address_when_asked(
+    run_dir: RunDir,
+) -> None:
+    overrides = {"dashboard_bind": "interface", "dashboard_port": 8787}
+    assert _spec_dashboard(run_dir, overrides, host="10.0.0.7") == "10.0.0.7:8787"
+
+
+def test_an_explicit_dashboard_host_is_used_and_warned_about(
+    run_dir: RunDir, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    monkeypatch.setattr("jobstrap.net.security._warned", set())
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+
+    address = _spec_dashboard(run_dir, {}, host="10.0.0.7", dashboard_address="0.0.0.0:8787")
+
+    assert address == "0.0.0.0:8787"
+    assert any("plain HTTP without a login" in r.getMessage() for r in caplog.records)

@@ -195,8 +195,8 @@ def test_cli_assignment_with_a_newline_is_kept_for_validation_to_reject() -> Non
 
 @pytest.fixture
 def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forget that this process already warned about protocol tcp."""
-    monkeypatch.setattr("jobstrap.net.security._warned_plaintext", False)
+    """Forget which risks this process already warned about."""
+    monkeypatch.setattr("jobstrap.net.security._warned", set())
 
 
 def test_protocol_tcp_warns_once_naming_the_risk(
@@ -297,3 +297,30 @@ def test_invalid_yaml_is_reported_on_one_line(user_dir: Path) -> None:
 
 def test_an_integer_too_long_for_python_in_set_is_kept_as_text() -> None:
     assert parse_assignments(["nodes=" + "9" * 5000]) == {"nodes": "9" * 5000}
+
+
+# --- where the dashboard listens ----------------------------------------------------------
+
+
+def test_the_dashboard_listens_on_loopback_unless_asked_and_asking_warns(
+    user_dir: Path, fresh_warning: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jobstrap.jobs.spec import scheduler_job
+
+    caplog.set_level(logging.WARNING, logger="jobstrap")
+    default = load_profile(None, {}, environ=env_for(user_dir))
+    assert default.dashboard_bind == "loopback"
+    assert "--dashboard-bind" not in scheduler_job(default, "/runs/r", "t").command
+    assert not caplog.records
+
+    opted = load_profile(None, {"dashboard_bind": "interface"}, environ=env_for(user_dir))
+    argv = scheduler_job(opted, "/runs/r", "t").command
+    assert argv[argv.index("--dashboard-bind") + 1] == "interface"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "plain HTTP without a login" in warnings[0]
+
+
+def test_an_unknown_dashboard_bind_is_an_error_naming_the_field(user_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="dashboard_bind"):
+        load_profile(None, {"dashboard_bind": "everywhere"}, environ=env_for(user_dir))

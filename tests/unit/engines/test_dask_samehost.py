@@ -44,6 +44,12 @@ def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def socket_of(contact: str, security: Security) -> Path:
+    """The socket file a listener of ``security``'s run at ``contact`` has."""
+    context = security.get_listen_args("scheduler")["ssl_context"]
+    return samehost.socket_path(contact.removeprefix("tls://"), context)
+
+
 async def echo(comm: Any) -> None:
     while True:
         try:
@@ -61,7 +67,7 @@ async def round_trip(security: Security, *, stock_client: bool = False) -> tuple
     listener = listen("tls://127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
     await listener.start()
     contact = listener.contact_address
-    existed = samehost.socket_path(contact.removeprefix("tls://")).exists()
+    existed = socket_of(contact, security).exists()
     if stock_client:
         registry.backends["tls"] = TLSBackend()
     comm = await connect(contact, **security.get_connection_args("worker"))  # type: ignore[no-untyped-call]
@@ -89,7 +95,7 @@ def test_same_host_peers_talk_over_a_private_unix_socket(
     assert comm.extra_info["same_host_socket"] is True
     directory = samehost.socket_dir()
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert not samehost.socket_path(contact.removeprefix("tls://")).exists()  # removed on stop
+    assert not socket_of(contact, security).exists()  # removed on stop
     # distributed's TCP keep-alive options are not tried (and failed) on the socket.
     assert "Could not set timeout" not in caplog.text
 
@@ -100,7 +106,7 @@ def test_the_socket_file_is_0600_in_a_0700_directory(security: Security) -> None
     async def main() -> tuple[int, int]:
         listener = listen("tls://127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
         await listener.start()
-        path = samehost.socket_path(listener.contact_address.removeprefix("tls://"))
+        path = socket_of(listener.contact_address, security)
         modes = stat.S_IMODE(path.stat().st_mode), stat.S_IMODE(path.parent.stat().st_mode)
         assert stat.S_ISSOCK(path.stat().st_mode)
         listener.stop()
@@ -190,7 +196,7 @@ def test_a_socket_left_by_a_killed_listener_falls_back_to_tls(security: Security
         listener = TLSListener("127.0.0.1:0", echo, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
         await listener.start()
         contact = listener.contact_address
-        path = samehost.socket_path(contact.removeprefix("tls://"))
+        path = socket_of(contact, security)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(path))
@@ -243,3 +249,142 @@ def test_workers_of_one_host_move_data_over_the_socket_and_stay_tls_for_others(
     assert size == 8 * 2**20
     assert SameHostComm in pooled
     assert TLS not in pooled  # every peer of b is on this host
+
+
+# ------------------------------------------------------- two runs of one user on one node
+
+
+def test_a_peer_of_another_run_never_reaches_the_listener_over_the_socket() -> None:
+    """Run B (its own CA) connecting to run A's listener on this host: before, the
+    socket took it straight to A's handler; now it goes over TLS, which refuses it."""
+    samehost.install()
+    run_a = security_from_material(generate_tls_material())
+    run_b = security_from_material(generate_tls_material())
+    reached: list[Any] = []
+
+    async def handler(comm: Any) -> None:
+        reached.append(comm)
+        await echo(comm)
+
+    async def main() -> object:
+        listener = listen("tls://127.0.0.1:0", handler, **run_a.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        try:
+            comm = await connect(  # type: ignore[no-untyped-call]
+                listener.contact_address, timeout=3, **run_b.get_connection_args("worker")
+            )
+        except OSError as error:  # TLS: B's certificate is not signed by A's CA
+            return error
+        finally:
+            listener.stop()
+        await comm.close()
+        return comm
+
+    outcome = asyncio.run(main())
+
+    assert not isinstance(outcome, SameHostComm)
+    assert not [comm for comm in reached if isinstance(comm, SameHostComm)]
+    assert isinstance(outcome, OSError), f"run B got a connection to run A: {outcome!r}"
+
+
+def test_peers_of_one_run_with_contexts_of_their_own_still_use_the_socket() -> None:
+    samehost.install()
+    material = generate_tls_material()
+    listening, connecting = security_from_material(material), security_from_material(material)
+
+    comm, _, existed = asyncio.run(round_trip_between(listening, connecting))
+
+    assert existed
+    assert isinstance(comm, SameHostComm)
+
+
+async def round_trip_between(listening: Security, connecting: Security) -> tuple[Any, str, bool]:
+    listener = listen("tls://127.0.0.1:0", echo, **listening.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+    await listener.start()
+    contact = listener.contact_address
+    existed = socket_of(contact, listening).exists()
+    comm = await connect(contact, **connecting.get_connection_args("worker"))  # type: ignore[no-untyped-call]
+    await comm.write("ping")
+    assert await comm.read() == "ping"
+    await comm.close()
+    listener.stop()
+    return comm, contact, existed
+
+
+def test_the_socket_of_another_run_has_another_name(security: Security) -> None:
+    other = security_from_material(generate_tls_material())
+
+    assert socket_of("127.0.0.1:8786", security) != socket_of("127.0.0.1:8786", other)
+    assert socket_of("127.0.0.1:8786", security).name.startswith("127.0.0.1-8786-")
+
+
+@pytest.mark.parametrize("attempt", ["another run's key", "nothing", "garbage"])
+def test_a_process_that_finds_the_socket_file_cannot_connect_by_guessing(
+    security: Security, attempt: str
+) -> None:
+    """Listing the user's socket directory gives the file; without the run's key the
+    listener hands nothing to Dask and closes."""
+    samehost.install()
+    other_run = security_from_material(generate_tls_material())
+    wrong_key = samehost.run_key(other_run.get_connection_args("worker")["ssl_context"])
+    assert wrong_key is not None
+    reached: list[Any] = []
+
+    async def handler(comm: Any) -> None:
+        reached.append(comm)
+
+    async def main() -> bool | bytes:
+        listener = listen("tls://127.0.0.1:0", handler, **security.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        path = socket_of(listener.contact_address, security)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, str(path))
+            if attempt == "another run's key":
+                return await samehost._prove_connector(sock, wrong_key)
+            if attempt == "garbage":
+                await loop.sock_sendall(sock, os.urandom(200))
+            else:
+                sock.shutdown(socket.SHUT_WR)
+            # The listener closes: the read ends with EOF (or a reset), never Dask's bytes.
+            try:
+                return await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 15)
+            except ConnectionResetError:
+                return b""
+        finally:
+            sock.close()
+            await asyncio.sleep(0.05)
+            listener.stop()
+
+    outcome = asyncio.run(main())
+
+    assert outcome in (False, b"")
+    assert not reached
+
+
+def test_material_without_a_ca_uses_the_socket_and_never_meets_a_run_s() -> None:
+    """``Security.temporary()`` (a self-signed leaf, no CA to key on) keeps the socket
+    between its own ends; a jobstrap run connecting to it goes over TLS."""
+    samehost.install()
+    keyless = Security.temporary()  # type: ignore[no-untyped-call]
+    run = security_from_material(generate_tls_material())
+
+    comm, _, existed = asyncio.run(round_trip(keyless))
+    assert existed
+    assert isinstance(comm, SameHostComm)
+
+    async def cross() -> object:
+        listener = listen("tls://127.0.0.1:0", echo, **keyless.get_listen_args("scheduler"))  # type: ignore[no-untyped-call]
+        await listener.start()
+        try:
+            return await connect(  # type: ignore[no-untyped-call]
+                listener.contact_address, timeout=3, **run.get_connection_args("worker")
+            )
+        except OSError as error:
+            return error
+        finally:
+            listener.stop()
+
+    assert not isinstance(asyncio.run(cross()), SameHostComm)

@@ -127,6 +127,53 @@ def test_a_node_name_replaces_the_advertised_address(plan_to: PlanTo) -> None:
     assert "127.0.0.1:8787:node1:8787" in plan.argv()
 
 
+LOOPBACK_INFO = {**INFO, "dashboard_address": "http://127.0.0.1:8787/status"}
+
+
+def test_a_loopback_dashboard_is_reached_by_ssh_to_its_node_through_the_login_node() -> None:
+    plan = plan_for(target_from_info(LOOPBACK_INFO), ["login"], port_is_free=fixed_ports)
+
+    argv = plan.argv()
+    assert "127.0.0.1:8787:127.0.0.1:8787" in argv
+    assert argv[argv.index("-J") + 1] == "login"
+    assert argv[-2:] == ["--", "node1"]
+
+
+def test_a_loopback_dashboard_keeps_the_scheduler_forward_on_its_address() -> None:
+    plan = plan_for(
+        target_from_info(LOOPBACK_INFO), ["gw", "login"], scheduler=True, port_is_free=fixed_ports
+    )
+
+    argv = plan.argv()
+    assert "127.0.0.1:41234:10.78.0.11:41234" in argv
+    assert argv[argv.index("-J") + 1] == "gw,login"
+    assert argv[-2:] == ["--", "node1"]
+
+
+def test_a_loopback_dashboard_on_the_login_node_itself_needs_no_hop() -> None:
+    info = {**LOOPBACK_INFO, "host": "login"}
+    plan = plan_for(target_from_info(info), ["login"], port_is_free=fixed_ports)
+
+    assert "-J" not in plan.argv()
+    assert plan.argv()[-2:] == ["--", "login"]
+
+
+def test_a_loopback_dashboard_of_an_unknown_node_asks_for_node() -> None:
+    target = RunTarget(dashboard=Endpoint("127.0.0.1", 8787, "http"), scheduler=None)
+
+    with pytest.raises(UserError, match="--node"):
+        plan_for(target, ["login"], port_is_free=fixed_ports)
+
+
+def test_the_node_option_names_the_host_of_a_loopback_dashboard() -> None:
+    plan = plan_for(
+        target_from_info(LOOPBACK_INFO), ["login"], node="n1.fast", port_is_free=fixed_ports
+    )
+
+    assert "127.0.0.1:8787:127.0.0.1:8787" in plan.argv()
+    assert plan.argv()[-2:] == ["--", "n1.fast"]
+
+
 def test_user_ssh_options_follow_the_defaults(plan_to: PlanTo) -> None:
     argv = plan_to(["login"], ssh_options=["BatchMode=yes"]).argv()
 
@@ -434,14 +481,21 @@ def get(url: str) -> int | str:
         return f"{type(error).__name__}: {error}"
 
 
-def dashboard_target(port: int) -> RunTarget:
-    return RunTarget(dashboard=Endpoint("127.0.0.1", port, "http", "/health"), scheduler=None)
+def dashboard_target(port: int, node: str) -> RunTarget:
+    """A dashboard on the loopback of ``node`` (the sshd's host, so no hop is needed)."""
+    return RunTarget(
+        dashboard=Endpoint("127.0.0.1", port, "http", "/health"), scheduler=None, node=node
+    )
 
 
 def test_the_keeper_brings_the_tunnel_up_and_the_dashboard_answers(
     sshd: Sshd, dashboard: int
 ) -> None:
-    plan = plan_for(dashboard_target(dashboard), [sshd.destination], ssh_options=sshd.options())
+    plan = plan_for(
+        dashboard_target(dashboard, sshd.destination),
+        [sshd.destination],
+        ssh_options=sshd.options(),
+    )
 
     with TunnelKeeper(plan, backoff=Backoff(initial=0.2)) as keeper:
         assert keeper.wait_up(20), "tunnel never came up"
@@ -450,7 +504,11 @@ def test_the_keeper_brings_the_tunnel_up_and_the_dashboard_answers(
 
 
 def test_the_keeper_reconnects_after_ssh_is_killed(sshd: Sshd, dashboard: int) -> None:
-    plan = plan_for(dashboard_target(dashboard), [sshd.destination], ssh_options=sshd.options())
+    plan = plan_for(
+        dashboard_target(dashboard, sshd.destination),
+        [sshd.destination],
+        ssh_options=sshd.options(),
+    )
     url = f"http://127.0.0.1:{plan.local_ports[0]}/health"
     with TunnelKeeper(plan, backoff=Backoff(initial=0.2)) as keeper:
         assert keeper.wait_up(20), "tunnel never came up"
@@ -466,7 +524,11 @@ def test_the_keeper_reconnects_after_ssh_is_killed(sshd: Sshd, dashboard: int) -
 
 def test_the_keeper_gives_up_when_ssh_refuses_the_key(sshd: Sshd, tmp_path: Path) -> None:
     stranger = keygen(tmp_path / "stranger")
-    plan = plan_for(dashboard_target(9), [sshd.destination], ssh_options=sshd.options(key=stranger))
+    plan = plan_for(
+        dashboard_target(9, sshd.destination),
+        [sshd.destination],
+        ssh_options=sshd.options(key=stranger),
+    )
     keeper = TunnelKeeper(plan, backoff=Backoff(initial=0.1))
 
     with pytest.raises(UserError, match="Permission denied"):
@@ -478,7 +540,11 @@ def test_a_keeper_thread_that_gives_up_says_why_and_never_comes_up(
     sshd: Sshd, tmp_path: Path
 ) -> None:
     stranger = keygen(tmp_path / "stranger")
-    plan = plan_for(dashboard_target(9), [sshd.destination], ssh_options=sshd.options(key=stranger))
+    plan = plan_for(
+        dashboard_target(9, sshd.destination),
+        [sshd.destination],
+        ssh_options=sshd.options(key=stranger),
+    )
 
     with TunnelKeeper(plan, backoff=Backoff(initial=0.1)) as keeper:
         assert not keeper.wait_up(20)

@@ -90,12 +90,18 @@ class DaskEngine:
         self.load()
         from jobstrap.engines.dask.scheduler import SchedulerRunner
 
+        if options.dashboard and options.dashboard_bind == "interface":
+            from jobstrap.net.security import warn_open_dashboard
+
+            warn_open_dashboard("--dashboard-bind interface")
+
         runner = SchedulerRunner(
             host=host,
             protocol=options.protocol,
             security=security,
             dashboard=options.dashboard,
             dashboard_port=options.dashboard_port,
+            dashboard_bind=options.dashboard_bind,
             idle_timeout=idle_timeout,
         )
         runner.start()

@@ -11,12 +11,13 @@ An existing dask-mpi script keeps working with one changed import::
 
 and gets jobstrap's behaviour: rank 0 listens on the fastest network (``ib*``,
 then ``hsn*``, then Ethernet) instead of whatever the hostname resolves to, the
-dashboard binds that address instead of every interface (and ``dashboard=False``
-binds no HTTP port at all), a world that is too small or a plain ``srun``
-without ``--mpi`` is named with its fix, a missing interface fails every rank
-fast instead of hanging, the client rank heartbeats so a dead client or scheduler
-ends the run, and the end of the script closes workers and scheduler without a
-``CommClosedError`` in sight.
+dashboard listens on rank 0's loopback (``127.0.0.1``) instead of every interface,
+since it is plain HTTP without a login (``dashboard_bind="interface"`` puts it on the
+scheduler's address and warns; ``dashboard=False`` binds no HTTP port at all), a
+world that is too small or a plain ``srun`` without ``--mpi`` is named with its fix,
+a missing interface fails every rank fast instead of hanging, the client rank
+heartbeats so a dead client or scheduler ends the run, and the end of the script
+closes workers and scheduler without a ``CommClosedError`` in sight.
 
 ``protocol="tls"`` gives the launch its own CA and certificate, made on rank 0 and
 broadcast over MPI (kept in memory, never written to disk). It is the default;
@@ -76,6 +77,7 @@ def initialize(
     *,
     scheduler_interface: str | None = None,
     death_timeout: float = 60.0,
+    dashboard_bind: str = "loopback",
 ) -> bool:
     """Turn an MPI launch into a Dask cluster: rank 0 scheduler, rank 1 client, others workers.
 
@@ -95,7 +97,8 @@ def initialize(
     dashboard
         Serve the scheduler's dashboard; if false, no HTTP port is bound anywhere.
     dashboard_address
-        ``":8787"`` (a port on the chosen address) or ``"host:port"``.
+        ``":8787"``: the dashboard's port (a free one if taken). A host before the
+        colon is ignored: where it listens is ``dashboard_bind``'s choice.
     protocol
         ``"tls"`` (default: a fresh CA and certificate for this launch, kept in memory)
         or ``"tcp"`` (plain TCP, as dask-mpi's default; warns: anyone who can reach the
@@ -114,6 +117,10 @@ def initialize(
         Interface for the scheduler if it differs from the workers'.
     death_timeout
         Seconds a rank waits for a lost peer before ending the run.
+    dashboard_bind
+        ``"loopback"`` (default): the dashboard listens on rank 0's ``127.0.0.1``
+        (reach it with ``ssh -L PORT:127.0.0.1:PORT NODE``); ``"interface"``: on the
+        scheduler's address, where anyone on that network reads it (warns once).
 
     Returns
     -------
@@ -150,6 +157,11 @@ def initialize(
 
     single_host = len(set(comm.allgather(socket.gethostname()))) == 1
     protocol = protocol or "tls"
+    _check_dashboard_bind(dashboard_bind)
+    if dashboard and dashboard_bind == "interface" and rank == 0:
+        from jobstrap.net.security import warn_open_dashboard
+
+        warn_open_dashboard('initialize(dashboard_bind="interface")')
     if protocol == "tcp" and rank == 0:
         from jobstrap.net.security import warn_plaintext
 
@@ -170,6 +182,7 @@ def initialize(
             protocol=protocol,
             dashboard=dashboard,
             dashboard_address=dashboard_address,
+            dashboard_bind=dashboard_bind,
             death_timeout=death_timeout,
             exit=exit,
         )
@@ -264,6 +277,15 @@ def _stop(code: int, exit: bool, message: str | None) -> None:
     raise UserError(message or "another rank could not start; see its message")
 
 
+def _check_dashboard_bind(bind: str) -> None:
+    from jobstrap.config.choices import DASHBOARD_BINDS
+
+    if bind not in DASHBOARD_BINDS:
+        raise UserError(
+            f"initialize(dashboard_bind={bind!r}): expected one of {', '.join(DASHBOARD_BINDS)}"
+        )
+
+
 def _dashboard_port(address: str) -> int:
     port = address.rsplit(":", 1)[-1]
     return int(port) if port.isdigit() else 8787
@@ -280,6 +302,7 @@ def _scheduler(
     dashboard_address: str,
     death_timeout: float,
     exit: bool,
+    dashboard_bind: str = "loopback",
 ) -> bool:
     from jobstrap.engines.dask.quiet import logger
     from jobstrap.engines.dask.scheduler import SchedulerRunner
@@ -295,6 +318,7 @@ def _scheduler(
             security=security,
             dashboard=dashboard,
             dashboard_port=_dashboard_port(dashboard_address),
+            dashboard_bind=dashboard_bind,
         )
         runner.start()
     except UserError as exc:

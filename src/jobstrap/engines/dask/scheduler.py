@@ -26,7 +26,32 @@ from distributed.core import rpc
 from jobstrap.engines.dask.quiet import say, silence_for_shutdown
 from jobstrap.engines.dask.servers import HeadlessScheduler
 
-__all__ = ["SchedulerPinger", "SchedulerRunner", "scheduler_rpc", "shutdown_scheduler"]
+__all__ = [
+    "LOOPBACK",
+    "SchedulerPinger",
+    "SchedulerRunner",
+    "dashboard_host",
+    "scheduler_rpc",
+    "shutdown_scheduler",
+]
+
+#: Where a dashboard listens by default: the node's own loopback.
+LOOPBACK = "127.0.0.1"
+
+
+def dashboard_host(host: str, bind: str) -> str:
+    """The address the dashboard listens on: loopback, or ``host`` for ``"interface"``.
+
+    Raises
+    ------
+    ValueError
+        For a ``bind`` that is neither ``"loopback"`` nor ``"interface"``.
+    """
+    if bind == "loopback":
+        return LOOPBACK
+    if bind == "interface":
+        return host
+    raise ValueError(f"dashboard_bind must be loopback or interface, not {bind!r}")
 
 
 @dataclass
@@ -49,9 +74,14 @@ class SchedulerRunner:
     security
         The run's ``distributed.Security``.
     dashboard
-        Serve the dashboard on ``host:dashboard_port``; if false bind no HTTP port.
+        Serve the dashboard; if false bind no HTTP port.
     dashboard_port
         Preferred dashboard port (a free one if busy or 0).
+    dashboard_bind
+        ``"loopback"`` (default): the dashboard listens on this node's ``127.0.0.1``
+        only, since it is plain HTTP without a login and shows tasks, logs and stack
+        traces; ``jobstrap tunnel`` reaches it through the node. ``"interface"``: on
+        ``host``, where anyone on that network can read it (the caller warns).
     idle_timeout
         Close when no client has been active for this long (scheduler mode).
     """
@@ -64,6 +94,7 @@ class SchedulerRunner:
         security: Security,
         dashboard: bool = True,
         dashboard_port: int = 8787,
+        dashboard_bind: str = "loopback",
         idle_timeout: float | None = None,
     ) -> None:
         self.host = host
@@ -71,6 +102,8 @@ class SchedulerRunner:
         self.security = security
         self.dashboard = dashboard
         self.dashboard_port = dashboard_port
+        #: The address the dashboard listens on.
+        self.dashboard_host = dashboard_host(host, dashboard_bind)
         self.idle_timeout = idle_timeout
         self.scheduler: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -105,7 +138,7 @@ class SchedulerRunner:
         server = self.scheduler.services.get("dashboard")
         if server is None:
             return None
-        return f"http://{self.host}:{server.port}/status"
+        return f"http://{self.dashboard_host}:{server.port}/status"
 
     def identity(self, timeout: float = 30.0) -> dict[str, Any]:
         """The scheduler's ``identity()`` (the content of ``scheduler.json``)."""
@@ -186,7 +219,7 @@ class SchedulerRunner:
         }
         cls: Any = Scheduler
         if self.dashboard:
-            kwargs["dashboard_address"] = f"{self.host}:{self.dashboard_port}"
+            kwargs["dashboard_address"] = f"{self.dashboard_host}:{self.dashboard_port}"
         else:
             cls = HeadlessScheduler
         with warnings.catch_warnings():

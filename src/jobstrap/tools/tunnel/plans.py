@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import shlex
 import socket
@@ -261,8 +262,17 @@ def plan_for(
             f"(or set {VIA_ENV}=LOGIN, or tunnel_via in the profile)"
         )
     forwards: list[Forward] = []
+    destination, jumps = hops[-1], hops[:-1]
     if target.dashboard is not None:
-        remote = replace(target.dashboard, host=node) if node else target.dashboard
+        if is_loopback(target.dashboard.host):
+            # The dashboard answers on its node's loopback only (the default): ssh on
+            # through the login node to that node, and forward to its 127.0.0.1.
+            remote = target.dashboard
+            destination = _scheduler_node(target, node)
+            # A scheduler on the login node itself (a notebook's cluster) needs no hop.
+            jumps = hops[:-1] if destination == hops[-1] else hops
+        else:
+            remote = replace(target.dashboard, host=node) if node else target.dashboard
         port = local_port if local_port else port_is_free(remote.port)
         forwards.append(Forward(port, remote, "dashboard"))
     if scheduler:
@@ -280,13 +290,34 @@ def plan_for(
             "scheduler port"
         )
     return TunnelPlan(
-        destination=hops[-1],
-        jumps=hops[:-1],
+        destination=destination,
+        jumps=jumps,
         forwards=tuple(forwards),
         options=(*DEFAULT_SSH_OPTIONS, *ssh_options),
         ssh=ssh,
         node=node or target.node,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback of the machine it is resolved on."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _scheduler_node(target: RunTarget, node: str | None) -> str:
+    """The host to ssh to for a loopback dashboard: ``--node``, else the run's node."""
+    name = node or target.node or (target.scheduler.host if target.scheduler else "")
+    if not name or is_loopback(name):
+        raise UserError(
+            "the dashboard listens on its node's loopback and the run does not say which "
+            "node that is; name it with --node NODE"
+        )
+    return name
 
 
 def dashboard_link(

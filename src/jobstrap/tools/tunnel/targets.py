@@ -124,8 +124,9 @@ def target_from_info(info: Mapping[str, Any], run_dir: str | None = None) -> Run
     """Build a :class:`RunTarget` from the JSON object of a run's ``info.json``.
 
     A dashboard listening on every interface (``0.0.0.0``) is reached through the
-    node's host name; otherwise through the address it advertises, which is the one
-    the scheduler chose and certainly listens on.
+    node's host name; one on the node's loopback (the default, ``127.0.0.1``) keeps
+    that address, which the plan reaches by ssh to the node itself; otherwise through
+    the address it advertises, which is the one the scheduler chose and listens on.
     """
     node = str(info.get("host") or "")
     dashboard: Endpoint | None = None
