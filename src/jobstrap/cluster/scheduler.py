@@ -164,9 +164,9 @@ class SchedulerPlacement:
         else:
             address = given  # an explicit host:port is the user's own choice
             if not _loopback(address.rsplit(":", 1)[0].strip("[]")):
-                from jobstrap.net.security import warn_open_dashboard
+                from jobstrap.net.security import warn_insecure
 
-                warn_open_dashboard(f"dashboard_address={given!r}")
+                warn_insecure("dashboard", f"dashboard_address={given!r}")
         self._dashboard_host = address.rsplit(":", 1)[0]
         return address
 

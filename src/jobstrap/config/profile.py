@@ -51,7 +51,7 @@ from jobstrap.config.values import (
     _words,
 )
 from jobstrap.errors import ConfigError
-from jobstrap.net.security import warn_open_dashboard, warn_plaintext
+from jobstrap.net.security import warn_insecure
 
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
@@ -286,9 +286,9 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
     _check_consistency(profile)
     if profile.protocol == "tcp":
-        warn_plaintext(profile.sources.get("protocol", "default"))
+        warn_insecure("plaintext", profile.sources.get("protocol", "default"))
     if profile.dashboard and profile.dashboard_bind == "interface":
-        warn_open_dashboard(profile.sources.get("dashboard_bind", "default"))
+        warn_insecure("dashboard", profile.sources.get("dashboard_bind", "default"))
     return profile
 
 

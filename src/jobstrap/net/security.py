@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from distributed import Security
 
 __all__ = [
+    "INSECURE_CHOICES",
     "TLSFiles",
     "TLSMaterial",
     "create_tls",
@@ -53,8 +54,7 @@ __all__ = [
     "tls_config_from_material",
     "tls_env",
     "tls_files",
-    "warn_open_dashboard",
-    "warn_plaintext",
+    "warn_insecure",
 ]
 
 #: Subject/SAN of the run's certificate; ``distributed`` does not check hostnames.
@@ -377,49 +377,37 @@ def _key_usage(*, ca: bool) -> Any:
     )
 
 
-#: The risks already named in this process (each warning is given once).
+#: The insecure choices a user can make, and the risk each warning names.
+INSECURE_CHOICES = {
+    "plaintext": (
+        "protocol tcp (from {source}): TLS is off, so anyone who can reach the scheduler's "
+        "or workers' ports can run code as you; use protocol tls unless that network is yours"
+    ),
+    "dashboard": (
+        "dashboard_bind interface (from {source}): the dashboard is plain HTTP without a "
+        "login, so anyone who can reach the scheduler's address reads your tasks, logs and "
+        "stack traces; keep the default (loopback) and use `jobstrap tunnel` unless that "
+        "network is yours"
+    ),
+}
+
+#: The choices already warned about in this process (each warning is given once).
 _warned: set[str] = set()
 
 
-def _warn_once(risk: str, message: str, *args: object) -> None:
-    if risk in _warned:
+def warn_insecure(choice: str, source: str) -> None:
+    """Say once per process that an insecure choice is in force, naming its risk.
+
+    Parameters
+    ----------
+    choice
+        A key of :data:`INSECURE_CHOICES`: ``"plaintext"`` (``protocol: tcp``, or
+        ``jobstrap.mpi.initialize(protocol="tcp")``) or ``"dashboard"``
+        (``dashboard_bind: interface``, or an explicit dashboard host).
+    source
+        Where the choice came from, for the message.
+    """
+    if choice in _warned:
         return
-    _warned.add(risk)
-    logging.getLogger("jobstrap").warning(message, *args)
-
-
-def warn_plaintext(source: str) -> None:
-    """Say once per process that TLS is off (a profile's ``protocol: tcp``, or
-    ``jobstrap.mpi.initialize(protocol="tcp")``), naming the risk.
-
-    Parameters
-    ----------
-    source
-        Where the choice came from, for the message.
-    """
-    _warn_once(
-        "plaintext",
-        "protocol tcp (from %s): TLS is off, so anyone who can reach the scheduler's or "
-        "workers' ports can run code as you; use protocol tls unless that network is yours",
-        source,
-    )
-
-
-def warn_open_dashboard(source: str) -> None:
-    """Say once per process that the dashboard listens on a network interface
-    (a profile's ``dashboard_bind: interface``, or
-    ``jobstrap.mpi.initialize(dashboard_bind="interface")``), naming the risk.
-
-    Parameters
-    ----------
-    source
-        Where the choice came from, for the message.
-    """
-    _warn_once(
-        "dashboard",
-        "dashboard_bind interface (from %s): the dashboard is plain HTTP without a login, so "
-        "anyone who can reach the scheduler's address reads your tasks, logs and stack "
-        "traces; keep the default (loopback) and use `jobstrap tunnel` unless that network "
-        "is yours",
-        source,
-    )
+    _warned.add(choice)
+    logging.getLogger("jobstrap").warning(INSECURE_CHOICES[choice].format(source=source))

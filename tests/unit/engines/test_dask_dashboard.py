@@ -168,11 +168,11 @@ def test_initialize_refuses_an_unknown_dashboard_bind() -> None:
 def test_the_interface_opt_in_warns_once_naming_the_risk(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from jobstrap.net.security import warn_open_dashboard
+    from jobstrap.net.security import warn_insecure
 
     caplog.set_level(logging.WARNING, logger="jobstrap")
-    warn_open_dashboard("a test")
-    warn_open_dashboard("a test")
+    warn_insecure("dashboard", "a test")
+    warn_insecure("dashboard", "a test")
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

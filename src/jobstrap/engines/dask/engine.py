@@ -91,9 +91,9 @@ class DaskEngine:
         from jobstrap.engines.dask.scheduler import SchedulerRunner
 
         if options.dashboard and options.dashboard_bind == "interface":
-            from jobstrap.net.security import warn_open_dashboard
+            from jobstrap.net.security import warn_insecure
 
-            warn_open_dashboard("--dashboard-bind interface")
+            warn_insecure("dashboard", "--dashboard-bind interface")
 
         runner = SchedulerRunner(
             host=host,

@@ -159,13 +159,13 @@ def initialize(
     protocol = protocol or "tls"
     _check_dashboard_bind(dashboard_bind)
     if dashboard and dashboard_bind == "interface" and rank == 0:
-        from jobstrap.net.security import warn_open_dashboard
+        from jobstrap.net.security import warn_insecure
 
-        warn_open_dashboard('initialize(dashboard_bind="interface")')
+        warn_insecure("dashboard", 'initialize(dashboard_bind="interface")')
     if protocol == "tcp" and rank == 0:
-        from jobstrap.net.security import warn_plaintext
+        from jobstrap.net.security import warn_insecure
 
-        warn_plaintext('initialize(protocol="tcp")')
+        warn_insecure("plaintext", 'initialize(protocol="tcp")')
     material = None
     if protocol == "tls":
         from jobstrap.net.security import generate_tls_material
