@@ -11,9 +11,10 @@ retirement of the same cluster. For each job it then
    queue waits this cluster observed, at most half a margin ahead), so the successor
    runs when its predecessor starts draining; from then on the old job is
    *outgoing*: scaling and the adaptive loop count the replacement, not the old job;
-2. drains it at its planned time, once the replacements are up (or, at the latest,
-   ``margin`` before its walltime): its workers take no new task, the tasks they run
-   finish if the scheduler expects them to within the drain
+2. drains it once its replacement's workers are up (so at most half a margin before
+   its planned time, the lead; at the latest ``margin`` before its walltime): its
+   workers take no new task, the tasks they run finish if the scheduler expects
+   them to within the drain
    (:mod:`jobstrap.engines.dask.drain`), their results move to the other workers and
    the job is cancelled. A replacement and its predecessor overlap for at most
    :func:`jobstrap.cluster.lifetime.overlap_limit` seconds.
@@ -245,16 +246,22 @@ class LifetimeManager:
                 )
         if changed:
             await jobs.apply()
+        pending = self._replacements_pending()
         due = []
         for name in self.plan:
             latest = running[name][0] + self.walltime - self.margin
             when = min(self.drain_at.get(name, self.plan[name]), latest)
+            if name in self.drain_at and not pending:
+                # Its successor's workers are here: two jobs doing one job's work is
+                # the waste the overlap bound limits, so the old one drains now (at
+                # most half a margin early: that is the lead).
+                when = min(when, now)
             if when <= now:
                 due.append((when, latest, name))
         if not due:
             return
         _, latest, name = min(due)
-        if self._replacements_pending() and now < latest:
+        if pending and now < latest:
             return  # keep the old job until its successor's workers are here
         self._start_drain(name, running[name][0], now)
 

@@ -117,3 +117,18 @@ def test_the_backstop_signal_comes_after_the_drain_and_the_handover(profile: Pro
     manager = LifetimeManager(FakeJobs({}), profile)
     assert manager.signal_seconds == 7
     assert manager.parts.drain + manager.parts.handover + manager.signal_seconds == 60
+
+
+def test_a_job_drains_as_soon_as_its_replacement_is_up(profile: Profile) -> None:
+    # Two jobs doing one job's work is waste: once the successor's workers are here
+    # the old job drains, up to the lead (half a margin) before its planned time.
+    jobs = FakeJobs({"old": 0.0})
+    manager = LifetimeManager(jobs, profile)
+    asyncio.run(manager.step(now=510.0))
+    assert jobs.added == ["new0"]
+    assert manager.draining == set()
+    jobs.arrived.add("new0")
+    asyncio.run(manager.step(now=515.0))
+    assert manager.draining == {"old"}
+    jobs.run_background()
+    assert jobs.drained == [("old", 46.0)]
