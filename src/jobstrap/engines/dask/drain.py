@@ -12,6 +12,8 @@ the ``jobstrap_drain`` handler this module adds to the scheduler:
    estimate for its prefix, less what it has run) fits in the seconds the cluster
    grants, the drain waits (:func:`drain_decision`); a task that cannot finish in
    time is not waited for (it restarts elsewhere now rather than later);
+   Tasks queued on them but not started move to running workers (the work-stealing
+   extension's confirmed move), so they too start only once;
 3. ``retire_workers(close_workers=True)`` then moves their results to the other
    workers and closes them; the cluster cancels the job.
 
@@ -149,6 +151,7 @@ async def drain_workers(
         ws.processing and ws.last_seen <= seen for ws in workers if ws.address in scheduler.workers
     ):
         await asyncio.sleep(POLL_SECONDS)
+    _move_queued_tasks(scheduler, workers)
     interrupted = 0
     while True:
         live = [ws for ws in workers if ws.address in scheduler.workers]
@@ -167,6 +170,28 @@ async def drain_workers(
     if interrupted:
         logger.info("drained %s after %.1f s; %d task(s) restart", names, waited, interrupted)
     return {"retired": list(retired), "waited": waited, "interrupted": interrupted}
+
+
+def _move_queued_tasks(scheduler: Any, workers: Iterable[Any]) -> None:
+    """Hand the tasks queued on draining workers (not started) to running workers.
+
+    Through the work-stealing extension's request, which the worker confirms only
+    for a task it has not started: the task moves without a new start, where
+    removing the worker later would send it through ``processing`` again.
+    """
+    stealing = scheduler.extensions.get("stealing")
+    thieves = list(scheduler.running)
+    if stealing is None or not thieves:
+        return
+    for ws in workers:
+        for ts in list(ws.processing):
+            if ts in ws.executing or ts in ws.long_running:
+                continue
+            thief = min(thieves, key=lambda candidate: candidate.occupancy)
+            try:
+                stealing.move_task_request(ts, ws, thief)
+            except Exception:  # best effort: the task starts again elsewhere otherwise
+                logger.debug("could not move %s off a draining worker", ts.key, exc_info=True)
 
 
 def install_drain(scheduler: Any) -> None:
