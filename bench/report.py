@@ -106,8 +106,24 @@ ROWS: list[tuple[str, str, str]] = [
         r"starts_per_task_vs_dask_jobqueue",
         "lifetime rotation: task starts per task",
     ),
+    (
+        "lifetime.json",
+        r"starts_per_task_vs_no_rotation",
+        "lifetime rotation: task starts per task",
+    ),
     ("lifetime.json", r"completion_vs_dask_jobqueue", "lifetime rotation: completion"),
     ("lifetime.json", r"completion_vs_no_rotation", "lifetime rotation: completion"),
+    (
+        "lifetime.json",
+        r"throughput_per_worker_s_vs_dask_jobqueue",
+        "lifetime rotation: tasks per worker-second",
+    ),
+    (
+        "lifetime.json",
+        r"throughput_per_worker_s_vs_no_rotation",
+        "lifetime rotation: tasks per worker-second",
+    ),
+    ("lifetime.json", r"peak_workers_vs_target", "lifetime rotation: peak workers vs target"),
     ("tls.json", r"cpu_per_mib_tls_vs_tcp", "CPU per MiB moved by one Dask comm: TLS"),
     (
         "tls.json",
@@ -127,6 +143,7 @@ NAMES = {
     "sbatch+dask-mpi": "sbatch + dask-mpi",
     "tcp": "plain TCP",
     "no_rotation": "jobstrap without rotation",
+    "target": "target (workers asked for)",
 }
 
 HEADER = (

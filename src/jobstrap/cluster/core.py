@@ -66,6 +66,7 @@ from jobstrap.cluster.scaling import (
 from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
+from jobstrap.engines.dask.drain import install_drain
 from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
 from jobstrap.engines.dask.watchdog import HEARTBEAT_KEY
 from jobstrap.errors import JobFailedError
@@ -274,9 +275,11 @@ class BatchCluster(SpecCluster):
         await super()._start()
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(AdaptOnNewWork(self))
+            install_drain(self.scheduler)  # the rotation drains jobs through it
         elif self._placement.in_job:
             self._beat()
             await self._placement.install_watchdog(self.scheduler_comm)
+            await self._placement.install_drain(self.scheduler_comm)
         self._placement.publish(self.scheduler, self.dashboard_link)
         self._register()
         initial = getattr(self, "_initial_jobs", 0)

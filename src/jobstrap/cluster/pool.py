@@ -16,6 +16,7 @@ scaling and the adaptive loop count its replacement instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -143,6 +144,31 @@ class JobPool:
         """Drop a job from the spec: its workers are retired, then it is cancelled."""
         del self._spec[name]
         await self.apply()
+
+    async def drain(self, name: str, seconds: float) -> None:
+        """Retire a job's workers after up to ``seconds`` for their running tasks.
+
+        The scheduler's ``jobstrap_drain`` (:mod:`jobstrap.engines.dask.drain`) stops
+        sending them tasks, waits while a running task is expected to finish in
+        time, then retires them (their results move to the other workers); the job
+        is cancelled after. Without the handler (a scheduler that does not have it),
+        the workers are retired at once.
+        """
+        workers = self.worker_names_of([name])
+        comm: Any = self._cluster.scheduler_comm
+        if workers and comm is not None:
+            try:
+                report = await comm.jobstrap_drain(names=workers, seconds=seconds)
+            except Exception as error:
+                logger.info("draining %s failed (%s): retiring at once", name, error)
+                with contextlib.suppress(Exception):
+                    await comm.retire_workers(names=workers, close_workers=True, remove=True)
+            else:
+                if self.lifetime is not None and isinstance(report, dict):
+                    self.lifetime.drains.append({"job": name, **report})
+        self.retired.add(name)
+        if name in self._spec:
+            await self.retire(name)
 
     async def retire_gracefully(self, job: str, replace: bool) -> None:
         """Retire a job (id or name): its workers hand their data over, then it ends."""

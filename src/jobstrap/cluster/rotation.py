@@ -8,14 +8,16 @@ before its walltime at the latest, and never within ``stagger`` of another
 retirement of the same cluster. For each job it then
 
 1. submits a replacement at :func:`jobstrap.cluster.lifetime.replacement_due` (from the
-   queue waits this cluster observed), so the successor runs before its
-   predecessor leaves; from then on the old job is *outgoing*: scaling and the
-   adaptive loop count the replacement, not the old job;
-2. retires it at its planned time, once the replacements are up (or, at the
-   latest, halfway through the margin): its spec entry goes and the cluster's
-   ordinary stop path asks the scheduler to ``retire_workers(close_workers=True)``
-   (their in-memory results move to the surviving workers) before the job is
-   cancelled.
+   queue waits this cluster observed, at most half a margin ahead), so the successor
+   runs when its predecessor starts draining; from then on the old job is
+   *outgoing*: scaling and the adaptive loop count the replacement, not the old job;
+2. drains it once its replacement's workers are up (so at most half a margin before
+   its planned time, the lead; at the latest ``margin`` before its walltime): its
+   workers take no new task, the tasks they run finish if the scheduler expects
+   them to within the drain
+   (:mod:`jobstrap.engines.dask.drain`), their results move to the other workers and
+   the job is cancelled. A replacement and its predecessor overlap for at most
+   :func:`jobstrap.cluster.lifetime.overlap_limit` seconds.
 
 Per-worker timers (``--lifetime``) cannot do this: they do not know about each
 other, so jobs started together retire together, and nobody submits a successor.
@@ -35,6 +37,10 @@ from jobstrap.cluster.lifetime import (
     QueueWaitEstimate,
     default_margin,
     default_stagger,
+    margin_parts,
+    max_lead,
+    overlap_limit,
+    peak_jobs,
     plan_retirements,
     replacement_due,
 )
@@ -94,6 +100,10 @@ class RotatingJobs(Protocol):
         """Drop a job: its workers hand their data over, then it is cancelled."""
         ...
 
+    async def drain(self, name: str, seconds: float) -> None:
+        """Retire a job's workers after up to ``seconds`` for their running tasks."""
+        ...
+
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine on the cluster's loop, keeping a reference to it."""
         ...
@@ -117,6 +127,7 @@ class LifetimeManager:
         self.walltime = walltime
         margin = profile.lifetime_margin
         self.margin = int(default_margin(walltime) if margin is None else margin)
+        self.parts = margin_parts(self.margin)
         self._stagger_setting = profile.lifetime_stagger
         self.queue_wait = QueueWaitEstimate()
         #: Jobs whose successor was submitted (or that are draining): not capacity.
@@ -124,6 +135,11 @@ class LifetimeManager:
         #: Jobs whose workers are being retired.
         self.draining: set[str] = set()
         self.plan: dict[str, float] = {}
+        #: When each outgoing job drains: its planned time when it was replaced (the
+        #: lead, hence the overlap, was measured from it).
+        self.drain_at: dict[str, float] = {}
+        #: What each drain reported (``waited`` seconds, ``interrupted`` tasks).
+        self.drains: list[dict[str, object]] = []
         self.retirements = 0
         self.replacements = 0
         self._busy = False
@@ -141,11 +157,20 @@ class LifetimeManager:
     def signal_seconds(self) -> int:
         """When (before the walltime) the batch system's USR1 backstop arrives.
 
-        Half the margin: the planned retirement at ``margin`` comes first; the signal
+        The margin's last part: the drain and the handover come first; the signal
         only matters when the cluster's process could not act (it makes the job's
         bootstrap retire its own workers). Slurm may send it up to a minute early.
         """
-        return max(1, self.margin // 2)
+        return self.parts.backstop
+
+    @property
+    def overlap_limit(self) -> float:
+        """The most seconds a replacement's job and its predecessor run side by side."""
+        return overlap_limit(self.margin)
+
+    def peak_jobs(self, jobs: int) -> int:
+        """The most jobs a cluster asked for ``jobs`` holds while rotating them."""
+        return peak_jobs(jobs, self.margin, self.stagger(jobs))
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -161,6 +186,7 @@ class LifetimeManager:
         self.outgoing.discard(name)
         self.draining.discard(name)
         self.plan.pop(name, None)
+        self.drain_at.pop(name, None)
 
     # -- the periodic step -----------------------------------------------------------------
 
@@ -203,13 +229,16 @@ class LifetimeManager:
         stagger = self.stagger(max(1, capacity))
         self.plan = plan_retirements(lives, margin=self.margin, stagger=stagger, now=now)
         changed = False
+        lead = max_lead(self.margin)
         for name, retire_at in self.plan.items():
             if name in self.outgoing:
                 continue
-            if now >= replacement_due(retire_at, self.queue_wait.expected, running[name][0]):
+            wait = self.queue_wait.expected
+            if now >= replacement_due(retire_at, wait, running[name][0], lead_limit=lead):
                 # The successor takes this job's place in the plan from now on.
                 jobs.add_replacement()
                 self.outgoing.add(name)
+                self.drain_at[name] = retire_at
                 self.replacements += 1
                 changed = True
                 logger.info(
@@ -217,31 +246,54 @@ class LifetimeManager:
                 )
         if changed:
             await jobs.apply()
-        due = sorted((when, name) for name, when in self.plan.items() if when <= now)
+        pending = self._replacements_pending()
+        due = []
+        for name in self.plan:
+            latest = running[name][0] + self.walltime - self.margin
+            when = min(self.drain_at.get(name, self.plan[name]), latest)
+            if name in self.drain_at and not pending:
+                # Its successor's workers are here: two jobs doing one job's work is
+                # the waste the overlap bound limits, so the old one drains now (at
+                # most half a margin early: that is the lead).
+                when = min(when, now)
+            if when <= now:
+                due.append((when, latest, name))
         if not due:
             return
-        _, name = due[0]
-        started = running[name][0]
-        last_call = started + self.walltime - self.margin / 2
-        if self._replacements_pending() and now < last_call:
+        _, latest, name = min(due)
+        if pending and now < latest:
             return  # keep the old job until its successor's workers are here
-        await self._retire(name)
+        self._start_drain(name, running[name][0], now)
+
+    def drain_seconds(self, started: float, now: float) -> float:
+        """How long a drain starting ``now`` may wait for running tasks.
+
+        The margin's drain part, and never into the handover and backstop before
+        the walltime (a drain started late has less).
+        """
+        end = started + self.walltime - self.parts.handover - self.parts.backstop
+        return max(0.0, min(now + self.parts.drain, end) - now)
 
     def _replacements_pending(self) -> bool:
         """True while a job that is not outgoing has no worker at the scheduler yet."""
         return bool(self._jobs.waiting_jobs() - self.outgoing)
 
-    async def _retire(self, name: str) -> None:
-        if name not in self._jobs.names():
+    def _start_drain(self, name: str, started: float, now: float) -> None:
+        if name not in self._jobs.names() or name in self.draining:
             return
         self.outgoing.add(name)
         self.draining.add(name)
         self.retirements += 1
-        logger.info("retiring job %s gracefully", name)
-        # The cluster's stop path retires the job's workers through the scheduler
-        # (their results move to the others) and then cancels the job.
+        seconds = self.drain_seconds(started, now)
+        logger.info("draining job %s (up to %.0f s for its running tasks)", name, seconds)
+        # In the background: other jobs' replacements must not wait for this drain.
+        self._jobs.background(self._drain(name, seconds))
+
+    async def _drain(self, name: str, seconds: float) -> None:
         try:
-            await self._jobs.retire(name)
+            await self._jobs.drain(name, seconds)
+        except Exception:
+            logger.warning("draining job %s failed", name, exc_info=True)
         finally:
             self.forget(name)
 

@@ -31,6 +31,7 @@ from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.jobs import explain_failure, stderr_tail
 from jobstrap.cluster.options import ClusterOptions
 from jobstrap.config.profile import Profile
+from jobstrap.engines.dask.drain import WorkerDrain
 from jobstrap.engines.dask.watchdog import ManagerWatchdog
 from jobstrap.errors import BatchCommandError, JobFailedError
 from jobstrap.jobs.spec import new_tag, scheduler_job
@@ -239,6 +240,12 @@ class SchedulerPlacement:
         watchdog = ManagerWatchdog(timeout=float(self._profile.death_timeout))
         await comm.register_scheduler_plugin(
             plugin=pickle.dumps(watchdog), name=ManagerWatchdog.name, idempotent=True
+        )
+
+    async def install_drain(self, comm: Any) -> None:
+        """Give the scheduler job the handler the rotation drains worker jobs with."""
+        await comm.register_scheduler_plugin(
+            plugin=pickle.dumps(WorkerDrain()), name=WorkerDrain.name, idempotent=True
         )
 
     def publish(self, scheduler: Any, dashboard_link: str | None) -> None:

@@ -132,3 +132,30 @@ def test_files_without_runs_are_not_read(tmp_path: Path) -> None:
     (tmp_path / "faults.json").write_text('{"faults": []}')
     history.append_run(tmp_path / "tls.json", run("r", "h", {}, {}), script="bench/bench_tls.py")
     assert list(report.load_results(tmp_path)) == ["tls.json"]
+
+
+def test_the_lifetime_rows_show_throughput_per_worker_second_and_the_peak() -> None:
+    measures = {
+        name: {"series": series, "ours": "jobstrap", "anchor": anchor, "unit": unit}
+        for name, series, anchor, unit in [
+            ("starts_per_task_vs_no_rotation", "starts", "no_rotation", "starts/task"),
+            ("throughput_per_worker_s_vs_no_rotation", "tput", "no_rotation", "tasks/worker-s"),
+            ("peak_workers_vs_target", "peak", "target", "workers"),
+        ]
+    }
+    series: dict[str, dict[str, list[float | None]]] = {
+        "starts": {"jobstrap": [1.01], "no_rotation": [1.0]},
+        "tput": {"jobstrap": [0.075], "no_rotation": [0.08]},
+        "peak": {"jobstrap": [4.0], "target": [3.0]},
+    }
+    data = results_file("bench/bench_lifetime.py", [run("fffffff6", "l1", series, measures)])
+    text = report.table({"lifetime.json": data}, CURRENT.get)
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert (
+        "jobstrap without rotation: 1 starts/task"
+        in lines["| lifetime rotation: task starts per task"]
+    )
+    assert "0.075 tasks/worker-s" in lines["| lifetime rotation: tasks per worker-second"]
+    peak = lines["| lifetime rotation: peak workers vs target"]
+    assert "4 workers" in peak
+    assert "target (workers asked for): 3 workers" in peak

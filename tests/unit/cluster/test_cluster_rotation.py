@@ -20,6 +20,8 @@ class FakeJobs:
         self.arrived: set[str] = set(started)
         self.added: list[str] = []
         self.retired: list[str] = []
+        self.drained: list[tuple[str, float]] = []
+        self.pending: list[Coroutine[Any, Any, Any]] = []
 
     def names(self) -> list[str]:
         return [*self.started, *self.added]
@@ -42,8 +44,16 @@ class FakeJobs:
         self.retired.append(name)
         del self.started[name]
 
+    async def drain(self, name: str, seconds: float) -> None:
+        self.drained.append((name, seconds))
+        await self.retire(name)
+
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        coroutine.close()
+        self.pending.append(coroutine)
+
+    def run_background(self) -> None:
+        while self.pending:
+            asyncio.run(self.pending.pop(0))
 
 
 @pytest.fixture
@@ -63,8 +73,62 @@ def test_an_ageing_job_gets_a_successor_then_retires_once_it_arrived(profile: Pr
 
     jobs.arrived.add("new0")
     asyncio.run(manager.step(now=541.0))
+    assert manager.draining == {"old"}
+    jobs.run_background()
 
     assert checked is jobs
     assert jobs.retired == ["old"]
+    # A 60 s margin: 46 s of drain, 7 s of handover and 7 s of backstop before 600 s.
+    assert jobs.drained == [("old", 45.0)]
     assert manager.retirements == 1
     assert manager.outgoing == set()
+
+
+def test_a_replacement_is_submitted_at_most_half_a_margin_before_the_drain(
+    profile: Profile,
+) -> None:
+    # The first expected queue wait (30 s) asks for a lead of 70 s; the limit is 30 s,
+    # so the replacement and its predecessor overlap for at most 90 s.
+    jobs = FakeJobs({"old": 0.0})
+    manager = LifetimeManager(jobs, profile)
+    asyncio.run(manager.step(now=509.0))
+    assert jobs.added == []
+    asyncio.run(manager.step(now=510.0))
+    assert jobs.added == ["new0"]
+    assert manager.overlap_limit == 90.0
+
+
+def test_a_late_replacement_delays_the_drain_until_the_margin_but_no_further(
+    profile: Profile,
+) -> None:
+    jobs = FakeJobs({"a": 0.0})
+    manager = LifetimeManager(jobs, profile)
+    asyncio.run(manager.step(now=520.0))
+    assert jobs.added == ["new0"]
+    asyncio.run(manager.step(now=539.0))
+    assert manager.draining == set()  # the successor has no worker yet
+    asyncio.run(manager.step(now=540.0))  # the latest start: the whole drain is left
+    assert manager.draining == {"a"}
+    jobs.run_background()
+    assert jobs.drained == [("a", 46.0)]
+
+
+def test_the_backstop_signal_comes_after_the_drain_and_the_handover(profile: Profile) -> None:
+    manager = LifetimeManager(FakeJobs({}), profile)
+    assert manager.signal_seconds == 7
+    assert manager.parts.drain + manager.parts.handover + manager.signal_seconds == 60
+
+
+def test_a_job_drains_as_soon_as_its_replacement_is_up(profile: Profile) -> None:
+    # Two jobs doing one job's work is waste: once the successor's workers are here
+    # the old job drains, up to the lead (half a margin) before its planned time.
+    jobs = FakeJobs({"old": 0.0})
+    manager = LifetimeManager(jobs, profile)
+    asyncio.run(manager.step(now=510.0))
+    assert jobs.added == ["new0"]
+    assert manager.draining == set()
+    jobs.arrived.add("new0")
+    asyncio.run(manager.step(now=515.0))
+    assert manager.draining == {"old"}
+    jobs.run_background()
+    assert jobs.drained == [("old", 46.0)]

@@ -8,26 +8,71 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobstrap.cluster.lifetime import (
+    MAX_MARGIN,
     JobLife,
     QueueWaitEstimate,
+    concurrent_replacements,
     default_margin,
     default_stagger,
+    margin_parts,
+    max_lead,
+    overlap_limit,
+    peak_jobs,
     plan_retirements,
     replacement_due,
 )
 
 
-def test_margin_is_a_tenth_of_the_walltime_within_bounds() -> None:
-    assert default_margin(3600) == 300
-    assert default_margin(1200) == 120
+def test_margin_leaves_a_drain_of_a_tenth_of_the_walltime_within_bounds() -> None:
+    assert default_margin(3600) == 480
+    assert default_margin(1200) == 160
     assert default_margin(60) == 20
-    assert default_margin(86400) == 300
+    assert default_margin(86400) == MAX_MARGIN
+
+
+@given(walltime=st.integers(min_value=60, max_value=int(MAX_MARGIN * 7.5)))
+def test_a_task_of_a_tenth_of_the_walltime_fits_in_the_default_drain(walltime: int) -> None:
+    margin = default_margin(walltime)
+    parts = margin_parts(margin)
+    assert parts.drain >= walltime / 10
+    assert parts.drain + parts.handover + parts.backstop == margin
+
+
+@given(margin=st.integers(min_value=1, max_value=100_000))
+def test_the_margin_parts_are_positive_and_add_up(margin: int) -> None:
+    parts = margin_parts(margin)
+    assert parts.drain >= 0
+    assert parts.handover >= 0
+    assert parts.backstop >= 1
+    assert parts.drain + parts.handover + parts.backstop == margin
 
 
 def test_stagger_spreads_rotations_over_a_jobs_useful_life() -> None:
-    assert default_stagger(3600, jobs=4) == (3600 - 300) // 4 // 2
-    assert default_stagger(150, jobs=3, margin=30) == 20
+    assert default_stagger(3600, jobs=8) == (3600 - 480) // 8
+    assert default_stagger(3600, jobs=2) == 600  # at most 10 minutes
+    assert default_stagger(150, jobs=3, margin=30) == 40
     assert default_stagger(60, jobs=50) == 5
+
+
+def test_the_overlap_of_a_replacement_and_its_predecessor_is_bounded_by_the_margin() -> None:
+    # Submitted at most half a margin before the drain, gone a margin after it.
+    assert max_lead(20) == 10.0
+    assert overlap_limit(20) == 30.0
+    # 3 jobs of 2 minutes: retirements 33 s apart, overlaps of at most 30 s never meet.
+    stagger = default_stagger(120, jobs=3)
+    assert stagger == 33
+    assert concurrent_replacements(3, 20, stagger) == 1
+    assert peak_jobs(3, 20, stagger) == 4
+    # Retirements closer than an overlap: two meet; never more than the jobs.
+    assert concurrent_replacements(3, 20, 16) == 2
+    assert concurrent_replacements(2, 20, 1) == 2
+    assert peak_jobs(0, 20, 10) == 0
+
+
+def test_a_slow_queue_does_not_make_the_lead_longer_than_its_limit() -> None:
+    # Expected wait 30 s (lead 70 s), limited to 10 s: the overlap stays bounded.
+    assert replacement_due(100.0, queue_wait=30.0, startup=10.0, lead_limit=10.0) == 90.0
+    assert replacement_due(100.0, queue_wait=1.0, startup=2.0, lead_limit=10.0) == 96.0
 
 
 def test_jobs_started_together_retire_one_stagger_apart() -> None:

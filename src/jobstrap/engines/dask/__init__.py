@@ -1,5 +1,6 @@
 """Dask's engine: scheduler and worker servers, the graph runner, dask-mpi
-compatibility, same-host comms and the scheduler job's watchdog plugin.
+compatibility, same-host comms, the scheduler job's watchdog plugin and the drain
+that retires a worker job's workers without interrupting their tasks (``drain``).
 
 :func:`engine` is what the bootstrap finds by name (``dask``); importing this package
 imports nothing of Dask.
