@@ -208,7 +208,7 @@ class BatchCluster(SpecCluster):
             book=self._book,
             guard=self._orphans,
             prefix=prefix,
-            signal_seconds=self._lifetime.signal_seconds,
+            signal_seconds=self._lifetime.backstop(self._system.signal_early_by),
             watch=weak_callback(self._on_change),
             submitted=self._register,
             scheduler_address=lambda: getattr(self.scheduler, "address", None),

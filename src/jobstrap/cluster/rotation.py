@@ -155,13 +155,26 @@ class LifetimeManager:
 
     @property
     def signal_seconds(self) -> int:
-        """When (before the walltime) the batch system's USR1 backstop arrives.
+        """When (before the walltime) the batch system's USR1 backstop is asked for.
 
         The margin's last part: the drain and the handover come first; the signal
         only matters when the cluster's process could not act (it makes the job's
-        bootstrap retire its own workers). Slurm may send it up to a minute early.
+        bootstrap retire its own workers).
         """
         return self.parts.backstop
+
+    def backstop(self, early_by: int) -> int | None:
+        """The backstop's seconds before the walltime, or None to ask for no signal.
+
+        A batch system may send the signal ``early_by`` seconds before the time asked
+        for (Slurm: up to a minute). The job retires its workers at once on it, which
+        interrupts their running tasks: a signal that can arrive before the planned
+        drain has finished would throw away the work the drain saves. So it is asked
+        for only when its earliest arrival falls in the handover, after the drain
+        (with the default margin, for walltimes of about an hour and more); shorter
+        jobs rely on the planned rotation alone.
+        """
+        return self.parts.backstop if early_by <= self.parts.handover else None
 
     @property
     def overlap_limit(self) -> float:

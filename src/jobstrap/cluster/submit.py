@@ -47,7 +47,7 @@ class WorkerSubmitter:
     prefix
         The jobs' name prefix (``<prefix>-<serial>.<task>``).
     signal_seconds
-        When before the walltime the rotation's USR1 backstop arrives.
+        When before the walltime the rotation's USR1 backstop is asked for (None: no signal).
     watch
         The watcher callback for the jobs' state changes.
     submitted
@@ -67,7 +67,7 @@ class WorkerSubmitter:
         book: JobBook,
         guard: OrphanGuard,
         prefix: str,
-        signal_seconds: int,
+        signal_seconds: int | None,
         watch: WatchCallback,
         submitted: Callable[[], None],
         scheduler_address: Callable[[], str | None],
@@ -99,7 +99,7 @@ class WorkerSubmitter:
             job_cpu=self._options.job_cpu,
             job_mem=self._options.job_mem,
         )
-        if self._system.warns_before_walltime:
+        if self._system.warns_before_walltime and self._signal_seconds is not None:
             # Backstop for the planned rotation: USR1 makes the job retire its workers.
             spec = dataclasses.replace(spec, signal=("USR1", self._signal_seconds))
         return spec

@@ -87,6 +87,9 @@ class BatchSystem(Protocol):
     #: Worker jobs ask for USR1 before their walltime (``JobSpec.signal``) as the
     #: backstop of a cluster's planned rotation.
     warns_before_walltime: bool
+    #: How many seconds before the time asked for the warning signal may arrive (Slurm:
+    #: "up to 60 seconds earlier than specified", sbatch(1) ``--signal``).
+    signal_early_by: int
 
     def directives(self, spec: JobSpec) -> list[str]:
         """Full directive lines for the script header (``#SBATCH --time=...``)."""

@@ -69,6 +69,7 @@ class Local(UnderscoreArrayIds):
     node_launcher: str | None = None
     jobs_run_here = True
     warns_before_walltime = False
+    signal_early_by = 0
 
     def directives(self, spec: JobSpec) -> list[str]:
         stem = "%A_%a" if spec.array else "%j"

@@ -131,6 +131,7 @@ class PBS:
     node_launcher: str | None = None
     jobs_run_here = False
     warns_before_walltime = False
+    signal_early_by = 0
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:

@@ -151,6 +151,7 @@ class Slurm(UnderscoreArrayIds):
     node_launcher: str | None = "srun"
     jobs_run_here = False
     warns_before_walltime = True
+    signal_early_by = 60
 
     def directives(self, spec: JobSpec) -> list[str]:
         log_dir = spec.log_directory

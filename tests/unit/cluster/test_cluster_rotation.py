@@ -119,6 +119,20 @@ def test_the_backstop_signal_comes_after_the_drain_and_the_handover(profile: Pro
     assert manager.parts.drain + manager.parts.handover + manager.signal_seconds == 60
 
 
+def test_no_backstop_is_asked_for_when_it_could_arrive_during_the_drain(
+    profile: Profile,
+) -> None:
+    # Slurm may send the signal up to 60 s early: with a 60 s margin it could come
+    # while the drain waits for running tasks, and the job would retire them at once.
+    manager = LifetimeManager(FakeJobs({}), profile)
+    assert manager.backstop(0) == manager.signal_seconds
+    assert manager.backstop(60) is None
+    hour = load_profile(None, {"system": "local", "walltime": "01:00:00"})
+    long_jobs = LifetimeManager(FakeJobs({}), hour)
+    assert long_jobs.parts.handover >= 60
+    assert long_jobs.backstop(60) == long_jobs.signal_seconds
+
+
 def test_a_job_drains_as_soon_as_its_replacement_is_up(profile: Profile) -> None:
     # Two jobs doing one job's work is waste: once the successor's workers are here
     # the old job drains, up to the lead (half a margin) before its planned time.
