@@ -89,7 +89,9 @@ def _follow(future: JobFuture, quiet: bool) -> int:
         return 130
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# Everything after APP is the app's (see `jobstrap submit`); an unknown option before
+# APP is a usage error rather than being taken for the app.
+@click.command(context_settings={"allow_interspersed_args": False})
 @profile_options
 @click.option(
     "--module",

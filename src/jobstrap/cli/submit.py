@@ -18,7 +18,8 @@ from jobstrap.systems import JobRecord
 
 
 def _print_transition(job_id: str, old: JobState, new: JobRecord) -> None:
-    detail = " ".join(x for x in (new.nodes, new.reason) if x)
+    # Some batch systems say "None" for "no reason": not worth a word.
+    detail = " ".join(x for x in (new.nodes, new.reason) if x and x != "None")
     click.echo(f"{job_id}: {old} -> {new.state}" + (f" ({detail})" if detail else ""))
 
 
@@ -37,7 +38,9 @@ def _wait(batchctl: BatchControl, submission: Submission, run: RunDir, profile: 
     return code if code is not None else (record.exit_code or 0)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+# Everything after APP is the app's, as in `python app.py -s 5`, srun and mpirun: option
+# parsing stops at the first positional, so `-s 5` reaches the app unchanged.
+@click.command(context_settings={"allow_interspersed_args": False})
 @profile_options
 @click.option("--wait", "wait", is_flag=True, help="Follow the job and exit with the app's code.")
 @click.argument("app", type=click.Path(exists=True, dir_okay=False))
