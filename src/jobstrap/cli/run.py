@@ -16,6 +16,7 @@ from jobstrap.batch.client import submit_app
 from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import ProgressDisplay
 from jobstrap.batch.remote import RemoteError
+from jobstrap.cli.complete import file_names
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.store.rundir import atomic_write_bytes
@@ -101,7 +102,7 @@ def _follow(future: JobFuture, quiet: bool) -> int:
     help="APP is a module name (python -m APP) rather than a file.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Do not copy the app's stdout here.")
-@click.argument("app")
+@click.argument("app", shell_complete=file_names)  # a file, or a module name with -m
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(app: str, args: tuple[str, ...], module: bool, quiet: bool, **options: Any) -> None:
     """Run APP (a Python file, or a module with -m) with ARGS as one batch job and wait.
