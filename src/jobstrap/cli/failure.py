@@ -67,7 +67,9 @@ def explain_failure(
     if len(block) >= 2:
         click.echo("\n".join(_app_frames(block)), err=True)
     why = diagnose(state, exit_code, nodes, tail, python)
-    click.echo(f"error: run {run_id} (job {job_id}) {why.message}", err=True)
+    # TIMEOUT, CANCELLED, NODE_FAIL, ...: the batch system's word comes first.
+    ended = "" if state in (JobState.COMPLETED, JobState.FAILED) else f"ended {state}: "
+    click.echo(f"error: run {run_id} (job {job_id}) {ended}{why.message}", err=True)
     if why.kind is not FailureKind.FAILED:  # FAILED's fix only says "read the log"
         click.echo(f"fix: {why.fix}", err=True)
     click.echo(f"logs: {err_path}", err=True)
