@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from jobstrap._version import __version__
+from jobstrap.cli.complete import attach_run_ids
 from jobstrap.errors import UserError
 
 #: Modules that each define ``register(group)``.
@@ -46,6 +47,8 @@ def cli() -> None:
 def _register() -> None:
     for module in COMMANDS:
         import_module(module).register(cli)
+    # Tab completes run ids wherever a command takes a RUN (see jobstrap.cli.complete).
+    attach_run_ids(cli)
 
 
 _register()

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from jobstrap.cli.complete import profile_names
 from jobstrap.config.profile import Profile, load_profile, parse_assignments
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -15,8 +16,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def profile_options(function: F) -> F:
     """Add ``--profile``, ``--set``, ``--system``, ``--nodes``, ``--ntasks-per-node``."""
     decorators = [
-        click.option("--profile", "-p", "profile_name", metavar="P", help=(
-                     "Site profile name or YAML file (default: $JOBSTRAP_PROFILE, else default).")),
+        click.option("--profile", "-p", "profile_name", metavar="P", shell_complete=profile_names,
+                     help=("Site profile name or YAML file "
+                           "(default: $JOBSTRAP_PROFILE, else default).")),
         click.option("--set", "-s", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="Override one setting (repeatable), e.g. --set walltime=2h."),
         click.option("--system", type=click.Choice(["slurm", "pbs", "local"]),

@@ -13,7 +13,7 @@ from jobstrap.jobs.spec import app_job, new_tag, scheduler_job, worker_job
 from jobstrap.systems import get_system
 
 
-@click.command()
+@click.command(context_settings={"allow_interspersed_args": False})  # APP's options are its own
 @profile_options
 @click.option(
     "--role",

@@ -16,8 +16,12 @@ from jobstrap.batch.client import submit_app
 from jobstrap.batch.future import JobFuture
 from jobstrap.batch.progress import ProgressDisplay
 from jobstrap.batch.remote import RemoteError
+from jobstrap.cli.complete import file_names
+from jobstrap.cli.failure import explain_failure
+from jobstrap.cli.interrupt import Interrupted, handle_interrupt, interrupts
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.errors import JobFailedError, UserError
+from jobstrap.states import JobState
 from jobstrap.store.rundir import atomic_write_bytes
 
 #: Seconds between looks at the job's output and progress while following it.
@@ -51,10 +55,14 @@ class _Follower:
         return data[:end]
 
 
-def _follow(future: JobFuture, quiet: bool) -> int:
-    """Stream state, progress and the app's stdout until the job ends; return the exit code."""
+def _follow(future: JobFuture, quiet: bool, python: str) -> int:
+    """Stream state, progress and the app's stdout until the job ends; return the exit code.
+
+    A failed app or job ends with its reason (traceback, explanation, log path); an
+    interrupt cancels the job (see :mod:`jobstrap.cli.interrupt`).
+    """
     display = ProgressDisplay(future.run_id)
-    out_path, _ = future.log_files()
+    out_path, err_path = future.log_files()
     follower = _Follower(out_path)
 
     def emit(data: bytes) -> None:
@@ -63,33 +71,36 @@ def _follow(future: JobFuture, quiet: bool) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
 
-    try:
-        while True:
-            emit(follower.read_new())
-            future.show_progress(display)
-            try:
-                code = future.result(timeout=_FOLLOW_INTERVAL)
-            except TimeoutError:
-                continue
-            emit(follower.read_rest())
+    with interrupts():
+        try:
+            while True:
+                emit(follower.read_new())
+                future.show_progress(display)
+                try:
+                    code = int(future.result(timeout=_FOLLOW_INTERVAL))
+                except TimeoutError:
+                    continue
+                state = future.state
+                break
+        except JobFailedError as error:
+            code, state = 1, JobState.__members__.get(error.state, JobState.UNKNOWN)
+        except (KeyboardInterrupt, Interrupted) as error:
+            # `run` means "run it now": an interrupt stops the job (use `jobstrap
+            # submit` for jobs that outlive the terminal).
             display.close()
-            return int(code)
-    except JobFailedError as error:
-        emit(follower.read_rest())
-        display.close()
-        click.echo(f"error: {error}", err=True)
-        click.echo(f"logs: {future.run_dir / 'logs'}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        # `run` means "run it now": interrupting it stops the job (use `jobstrap submit`
-        # for jobs that outlive the terminal).
-        display.close()
-        click.echo(f"\ninterrupted: cancelling run {future.run_id}", err=True)
-        future.cancel()
-        return 130
+            return handle_interrupt(
+                error, future.run_id, future.job_id, future.cancel, cancel_by_default=True
+            )
+    emit(follower.read_rest())
+    display.close()
+    if code != 0 or state is not JobState.COMPLETED:
+        explain_failure(future.run_id, future.job_id, err_path, state, code, python)
+    return code
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+# Everything after APP is the app's (see `jobstrap submit`); an unknown option before
+# APP is a usage error rather than being taken for the app.
+@click.command(context_settings={"allow_interspersed_args": False})
 @profile_options
 @click.option(
     "--module",
@@ -99,14 +110,16 @@ def _follow(future: JobFuture, quiet: bool) -> int:
     help="APP is a module name (python -m APP) rather than a file.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Do not copy the app's stdout here.")
-@click.argument("app")
+@click.argument("app", shell_complete=file_names)  # a file, or a module name with -m
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(app: str, args: tuple[str, ...], module: bool, quiet: bool, **options: Any) -> None:
     """Run APP (a Python file, or a module with -m) with ARGS as one batch job and wait.
 
     The job is a whole Dask cluster: scheduler, the app (where ``distributed.Client()``
     connects to it) and workers. State, task progress and the app's output are shown as
-    the job runs; the exit code is the app's. Ctrl-C cancels the job.
+    the job runs; the exit code is the app's, and a failure ends with the app's
+    exception and the log path. Ctrl-C asks whether to cancel (in a terminal); SIGTERM,
+    or SIGINT without a terminal, cancels the job.
 
     With the default profile (``system: local``) the job runs on this machine: no
     batch system needed.
@@ -121,7 +134,7 @@ def run(app: str, args: tuple[str, ...], module: bool, quiet: bool, **options: A
     out, err = future.log_files()
     click.echo(f"run {future.run_id}: job {future.job_id} on {future.system}", err=True)
     click.echo(f"logs {out} {err}", err=True)
-    sys.exit(_follow(future, quiet))
+    sys.exit(_follow(future, quiet, profile.python))
 
 
 def _save(value: Any, path: Path) -> None:

@@ -7,9 +7,12 @@ import sys
 
 import click
 
+from jobstrap.batch.future import JobFuture
 from jobstrap.batch.submit import submit_run
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.batchctl.submit import Submission
+from jobstrap.cli.failure import explain_failure
+from jobstrap.cli.interrupt import Interrupted, handle_interrupt, interrupts
 from jobstrap.cli.options import profile_options, resolve
 from jobstrap.config.profile import Profile
 from jobstrap.states import JobState
@@ -18,26 +21,37 @@ from jobstrap.systems import JobRecord
 
 
 def _print_transition(job_id: str, old: JobState, new: JobRecord) -> None:
-    detail = " ".join(x for x in (new.nodes, new.reason) if x)
+    # Some batch systems say "None" for "no reason": not worth a word.
+    detail = " ".join(x for x in (new.nodes, new.reason) if x and x != "None")
     click.echo(f"{job_id}: {old} -> {new.state}" + (f" ({detail})" if detail else ""))
 
 
-def _wait(batchctl: BatchControl, submission: Submission, run: RunDir, profile: Profile) -> int:
-    """Follow the job to its end, printing transitions; return the app's exit code."""
+def _wait(
+    batchctl: BatchControl, submission: Submission, run: RunDir, profile: Profile, err: str
+) -> int:
+    """Follow the job to its end, printing transitions; return the app's exit code.
+
+    A job that failed, or an app that exited non-zero, ends with its reason.
+    """
     job_id = submission.job_ids[0]
     watcher = batchctl.watcher
     watcher.configure(poll_interval=profile.poll_interval)
     watcher.track(submission.job_ids, on_change=_print_transition, name=submission.name)
     record = watcher.wait(submission.job_ids)[job_id]
     code = run.read_exit_code()  # the app's own word, written by the client rank
-    if record.state is not JobState.COMPLETED:
-        click.echo(f"job {job_id} ended {record.state}; logs: {run.logs_dir}", err=True)
+    if record.state is JobState.COMPLETED:
+        code = code if code is not None else (record.exit_code or 0)
+    else:
         # Killed before the app could say (walltime, cancel, node failure): never 0.
-        return code if code is not None else (record.exit_code or 1)
-    return code if code is not None else (record.exit_code or 0)
+        code = code if code is not None else (record.exit_code or 1)
+    if code != 0 or record.state is not JobState.COMPLETED:
+        explain_failure(run.run_id, job_id, err, record.state, code, profile.python, record.nodes)
+    return code
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+# Everything after APP is the app's, as in `python app.py -s 5`, srun and mpirun: option
+# parsing stops at the first positional, so `-s 5` reaches the app unchanged.
+@click.command(context_settings={"allow_interspersed_args": False})
 @profile_options
 @click.option("--wait", "wait", is_flag=True, help="Follow the job and exit with the app's code.")
 @click.argument("app", type=click.Path(exists=True, dir_okay=False))
@@ -47,6 +61,8 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
 
     The run directory and its TLS files are created first, then the job is submitted
     and saved, so ``jobstrap status``, ``logs`` and ``cancel`` find it from anywhere.
+    With --wait, Ctrl-C asks whether to cancel (in a terminal); SIGTERM, or SIGINT
+    without a terminal, detaches and the job keeps running.
     """
     profile_name = options.get("profile_name")
     app_path = os.path.abspath(app)  # the file system is shared: the nodes read it in place
@@ -70,12 +86,15 @@ def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> No
     click.echo(f"stderr   {logs[job_id]['err']}")
     if not wait:
         return
-    # Ctrl-C detaches: the job is the user's; `jobstrap cancel` stops it on purpose.
-    try:
-        code = _wait(submitted.batchctl, submission, run, submitted.profile)
-    except KeyboardInterrupt:
-        click.echo(f"\ndetached; the job keeps running (jobstrap cancel {run.run_id})", err=True)
-        sys.exit(130)
+    # An interrupt detaches: the job is the batch system's, `jobstrap cancel` stops it.
+    with interrupts():
+        try:
+            code = _wait(
+                submitted.batchctl, submission, run, submitted.profile, logs[job_id]["err"]
+            )
+        except (KeyboardInterrupt, Interrupted) as error:
+            cancel = JobFuture.attach(run.run_id).cancel
+            code = handle_interrupt(error, run.run_id, job_id, cancel, cancel_by_default=False)
     sys.exit(code)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "diagnose",
     "diagnose_record",
     "killed_for_memory",
+    "last_traceback",
 ]
 
 _NOT_FOUND = re.compile(r"(?P<path>[^\s:'\"]+): (?:No such file or directory|command not found)")
@@ -34,6 +35,9 @@ _SRUN_NODE = re.compile(r"srun: error: (?P<node>[\w.-]+): task \d+")
 #: Slurm's words for a step the memory limit killed (srun's and slurmstepd's).
 _OOM = re.compile(r"tasks? [\d,-]+: Out Of Memory|Detected \d+ oom.kill event")
 _NO_MODULE = re.compile(r"No module named '?(?P<module>[\w.]+)'?")
+_TRACEBACK = "Traceback (most recent call last):"
+#: A routine log record of a rank (Dask's and jobstrap's format): never a reason.
+_ROUTINE_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - .* - (?:DEBUG|INFO) - ")
 #: Packages every job needs: without one of them no job can start anywhere.
 _REQUIRED_PACKAGES = ("jobstrap", "distributed", "dask")
 
@@ -133,6 +137,25 @@ def killed_for_memory(tail: str) -> bool:
     return bool(_OOM.search(tail))
 
 
+def last_traceback(tail: str) -> list[str]:
+    """The last Python traceback in ``tail``: its header, frames and exception line.
+
+    A job's stderr interleaves every rank's log lines, so the traceback is found by
+    its shape (the header, indented frame lines, then the first unindented line: the
+    exception) rather than taken as the last lines. Empty when there is none.
+    """
+    lines = tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
+    if not starts:
+        return []
+    block = [lines[starts[-1]]]
+    for line in lines[starts[-1] + 1 :]:
+        block.append(line)
+        if line.strip() and not line[0].isspace():
+            break  # the exception itself ends the traceback
+    return block
+
+
 def _node_of(record_nodes: str, tail: str) -> str:
     match = _SRUN_NODE.search(tail)
     if match:
@@ -198,7 +221,10 @@ def diagnose(
     if state is JobState.MISSING:
         message = f"ended{where} without any worker reaching the scheduler"
         return _make(FailureKind.NO_WORKER, message, node)
-    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+    # The exception a traceback ends with, else stderr's last line that is not one of
+    # the ranks' routine log records (they go on after the app has said why).
+    said = [line for line in tail.strip().splitlines() if not _ROUTINE_LOG.match(line)]
+    last = (last_traceback(tail) or said or [""])[-1].strip()
     code = f" (exit {exit_code})" if exit_code is not None else ""
     failed = f"failed{where}{code}" + (f": {last}" if last else "")
     if module:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from jobstrap.jobs.diagnose import FailureKind, diagnose, diagnose_record, killed_for_memory
+from jobstrap.jobs.diagnose import (
+    FailureKind,
+    diagnose,
+    diagnose_record,
+    killed_for_memory,
+    last_traceback,
+)
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
@@ -127,3 +133,44 @@ def test_a_record_is_read_like_its_fields() -> None:
         JobState.OUT_OF_MEMORY, 137, "node3", "", "python"
     )
     assert diagnose_record(None, BOOM, "python").message == "failed: RuntimeError: boom"
+
+
+INTERLEAVED = """\
+2026-12-06 17:03:18,309 - distributed.worker - INFO - Run out-of-band function
+Traceback (most recent call last):
+  File "/home/u/old.py", line 3, in <module>
+KeyError: 'first'
+2026-12-06 17:03:18,310 - distributed.worker - INFO - Starting Worker plugin
+Traceback (most recent call last):
+  File "/home/u/app.py", line 1, in <module>
+    import nonexistent_pkg_xyz
+ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'
+2026-12-06 17:03:18,322 - distributed.scheduler - INFO - Remove client Client-ef08
+2026-12-06 17:03:18,340 - jobstrap[vm rank 2] - INFO - workers joined
+"""
+
+
+def test_the_last_traceback_is_found_between_the_ranks_log_lines() -> None:
+    assert last_traceback(INTERLEAVED) == [
+        "Traceback (most recent call last):",
+        '  File "/home/u/app.py", line 1, in <module>',
+        "    import nonexistent_pkg_xyz",
+        "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'",
+    ]
+    assert last_traceback("no traceback here\n") == []
+
+
+def test_the_message_quotes_the_exception_not_the_log_lines_after_it() -> None:
+    found = diagnose(JobState.FAILED, 1, "", INTERLEAVED, "python")
+
+    assert found.message == "failed (exit 1): " + (
+        "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'"
+    )
+
+
+def test_without_a_traceback_the_last_line_that_is_not_routine_logging_is_quoted() -> None:
+    tail = "no input files found\n2026-12-06 17:03:18,340 - jobstrap[vm rank 2] - INFO - bye\n"
+
+    assert message(JobState.FAILED, 1, "", tail, "python") == (
+        "failed (exit 1): no input files found"
+    )

@@ -442,7 +442,10 @@ def run_app(run_dir: str | os.PathLike[str], app: Sequence[str]) -> int:
     except SystemExit as exit_:
         code = _exit_code(exit_.code)
     except BaseException:
-        traceback.print_exc()
+        # One write: the job's stderr is shared by every rank, and a traceback printed
+        # line by line gets other ranks' log lines spliced into it.
+        sys.stderr.write(traceback.format_exc())
+        sys.stderr.flush()
         code = 1
     finally:
         sys.argv = saved_argv
