@@ -92,13 +92,20 @@ class JobFailedError(JobstrapError):
         The final :class:`jobstrap.states.JobState` name (TIMEOUT, CANCELLED, ...).
     stderr_tail
         The last lines of the job's stderr, if they could be read.
+    log_path
+        Where the whole of that stderr is (the message's last line names it).
     """
 
-    def __init__(self, job_id: str, state: str, stderr_tail: str = "", detail: str = "") -> None:
+    def __init__(
+        self, job_id: str, state: str, stderr_tail: str = "", detail: str = "", log_path: str = ""
+    ) -> None:
         self.job_id = job_id
         self.state = state
         self.stderr_tail = stderr_tail
+        self.log_path = log_path
         message = f"job {job_id} ended {state}" + (f": {detail}" if detail else "")
         if stderr_tail.strip():
             message += "\n--- stderr tail ---\n" + stderr_tail.rstrip()
+        if log_path:
+            message += f"\nlogs: {log_path}"
         super().__init__(message)

@@ -28,7 +28,7 @@ from jobstrap.batch.progress import (
 from jobstrap.batch.remote import rebuild
 from jobstrap.engines.dask.graph_runner import CorruptRunFileError, read_framed
 from jobstrap.errors import JobFailedError, UserError
-from jobstrap.jobs.diagnose import diagnose_record
+from jobstrap.jobs.diagnose import diagnose_record, last_traceback
 from jobstrap.states import JobState
 from jobstrap.store.files import read_tail
 from jobstrap.store.rundir import RunDir
@@ -266,7 +266,12 @@ class JobFuture:
             details.append(damaged)
         elif record.state is JobState.COMPLETED:
             details.append("the job ended without writing result.pkl")
-        return JobFailedError(self.job_id, record.state.value, tail, "; ".join(details))
+        # The app's traceback says why; the ranks' log lines around it rarely do.
+        shown = "\n".join(last_traceback(tail)) or tail
+        _, err = self._record.log_paths(self.job_id) if self.job_id else ("", "")
+        return JobFailedError(
+            self.job_id, record.state.value, shown, "; ".join(details), log_path=err
+        )
 
     def _damaged(self) -> str:
         for path in (self._run.result_file, self._run.error_file):

@@ -70,7 +70,28 @@ def test_the_app_s_own_exit_code_wins_over_the_batch_system_s(tmp_path: Path) ->
 def test_a_completed_job_without_a_result_says_so(tmp_path: Path) -> None:
     error = failure(future_of(tmp_path, ""), JobState.COMPLETED, 0)
 
-    assert str(error).endswith("the job ended without writing result.pkl")
+    first, last = str(error).splitlines()
+    assert first.endswith("the job ended without writing result.pkl")
+    assert last == f"logs: {error.log_path}"
+    assert error.log_path.endswith("7.err")
+
+
+def test_the_app_s_traceback_is_shown_without_the_ranks_log_lines_around_it(
+    tmp_path: Path,
+) -> None:
+    tail = (
+        "2026-12-06 INFO - distributed.worker - Start worker\n"
+        "Traceback (most recent call last):\n"
+        '  File "app.py", line 3, in <module>\n'
+        "    import nonexistent_pkg_xyz\n"
+        "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'\n"
+        "2026-12-06 INFO - distributed.worker - Stopping worker\n"
+    )
+    error = failure(future_of(tmp_path, tail), JobState.FAILED, 1)
+
+    assert error.stderr_tail.splitlines()[0] == "Traceback (most recent call last):"
+    assert error.stderr_tail.splitlines()[-1].startswith("ModuleNotFoundError")
+    assert "Stopping worker" not in str(error)
 
 
 def test_result_polls_follow_the_backoff_schedule_capped_fast_then_slow() -> None:
