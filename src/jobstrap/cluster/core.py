@@ -541,7 +541,7 @@ class SLURMCluster(BatchCluster):
 
 
 class PBSCluster(BatchCluster):
-    """A Dask cluster of PBS Pro / OpenPBS / Torque jobs (see :class:`BatchCluster`)."""
+    """A Dask cluster of PBS Pro / OpenPBS jobs (see :class:`BatchCluster`)."""
 
     system: ClassVar[str | None] = "pbs"
 

@@ -1,11 +1,13 @@
 """PBS Pro / OpenPBS: directives, command lines and output parsers (pure).
 
-There is no PBS server to test against here. The formats come from the PBS Pro /
-OpenPBS reference guides: ``qsub`` prints ``123.server`` (arrays ``123[].server``);
-``qstat -f -F json`` (PBS Pro 19+) prints ``{"Jobs": {"123.server": {...}}}`` with
-``job_state`` letters; ``qstat -x`` keeps finished jobs (``F``, subjobs ``X``) with
-their ``Exit_status``. Exit statuses >= 256 mean "killed by signal (status - 256)";
-the walltime and memory kills are told apart by the job's ``comment``.
+Checked against a real OpenPBS 23.06 server (the golden files in the unit tests are
+its output): ``qsub`` prints ``7.server`` (arrays ``7[].server``); ``qstat -x -t -f
+-F json`` prints ``{"Jobs": {"7.server": {...}}}`` with ``job_state`` letters and,
+with ``-x``, finished jobs (``F``, subjobs ``X``) with their ``Exit_status`` and
+``substate``. PBS's own kills have negative statuses (walltime ``-29``, substate 93);
+a ``qdel`` of a running job ends with 256 + SIGTERM (``271``) in substate 91, a
+queued one in substate 91 without a status. Statuses >= 256 mean "killed by signal
+(status - 256)". Torque is not supported: its ``qstat`` has no JSON output.
 """
 
 from __future__ import annotations
@@ -60,21 +62,46 @@ def _names(directive: str) -> set[str]:
     return {parts[0]}
 
 
-def finished_state(exit_status: int | None, comment: str) -> JobState:
-    """The final state of a finished (``F``/``X``) job from its exit status and comment."""
+#: ``substate`` of a finished job that was deleted (``qdel``), running or queued.
+SUBSTATE_TERMINATED = 91
+#: PBS's own ``Exit_status`` codes for jobs its MoM killed over a resource limit.
+EXIT_KILL_WALLTIME = -29
+_EXIT_KILL_MEMORY = (-26, -27)  # vmem, mem
+#: Codes for "the job could not start on its node" (JOB_EXEC_FAIL1 .. JOB_EXEC_INITRMG).
+_EXIT_NODE_FAIL = (-1, -2, -3, -4, -5, -6)
+
+
+def finished_state(exit_status: int | None, comment: str, substate: int | None = None) -> JobState:
+    """The final state of a finished (``F``/``X``) job.
+
+    Parameters
+    ----------
+    exit_status
+        ``Exit_status`` (absent for a job deleted before it ran).
+    comment
+        The job's ``comment``; older servers and site hooks say "walltime ...
+        exceeded" there instead of the negative status.
+    substate
+        ``substate``: 91 is a deleted job, whatever it was doing.
+    """
     text = comment.lower()
-    if "walltime" in text and ("exceeded" in text or "limit" in text):
+    if exit_status == EXIT_KILL_WALLTIME or (
+        "walltime" in text and ("exceeded" in text or "limit" in text)
+    ):
         return JobState.TIMEOUT
-    if re.search(r"\b(v?mem|memory)\b", text) and "exceeded" in text:
+    if exit_status in _EXIT_KILL_MEMORY or (
+        re.search(r"\b(v?mem|memory)\b", text) and "exceeded" in text
+    ):
         return JobState.OUT_OF_MEMORY
+    if substate == SUBSTATE_TERMINATED:
+        return JobState.CANCELLED
     if exit_status is None:
         return JobState.UNKNOWN
     if exit_status == 0:
         return JobState.COMPLETED
     if exit_status < 0:
-        # Negative statuses are PBS's own "could not start the job" codes.
-        return JobState.NODE_FAIL if exit_status in (-1, -2, -3, -4, -5, -6) else JobState.FAILED
-    if exit_status in (256 + 15, 256 + 9, 128 + 15, 128 + 9) and "delete" in text:
+        return JobState.NODE_FAIL if exit_status in _EXIT_NODE_FAIL else JobState.FAILED
+    if exit_status in (256 + 15, 256 + 9) and ("terminated" in text or "delete" in text):
         return JobState.CANCELLED
     return JobState.FAILED
 
@@ -198,9 +225,8 @@ class PBS:
         text = stdout.strip()
         if not text:
             return {}
-        if text.startswith("{"):
-            return self._parse_json(text)
-        return self._parse_table(text)
+        # Always JSON (status_argv asks for it); the classic table is never parsed.
+        return self._parse_json(text)
 
     def _parse_json(self, text: str) -> dict[str, JobRecord]:
         try:
@@ -214,7 +240,10 @@ class PBS:
             exit_status = attrs.get("Exit_status")
             exit_code = int(exit_status) if exit_status is not None else None
             if letter in _FINISHED:
-                state = finished_state(exit_code, comment)
+                substate = attrs.get("substate")
+                state = finished_state(
+                    exit_code, comment, int(substate) if substate is not None else None
+                )
             else:
                 state = STATES.get(letter, JobState.UNKNOWN)
             if exit_code is not None and exit_code >= 256:
@@ -231,22 +260,6 @@ class PBS:
                 raw_state=letter,
                 elapsed=str(used.get("walltime", "")),
                 time_left=_time_left(state, attrs),
-            )
-        return records
-
-    def _parse_table(self, text: str) -> dict[str, JobRecord]:
-        """The classic ``qstat`` table (``Job id  Name  User  Time Use S Queue``)."""
-        records: dict[str, JobRecord] = {}
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) < 6 or not _JOB_ID_RE.match(parts[0]):
-                continue
-            letter = parts[4]
-            state = (
-                JobState.UNKNOWN if letter in _FINISHED else STATES.get(letter, JobState.UNKNOWN)
-            )
-            records[parts[0]] = JobRecord(
-                job_id=parts[0], state=state, name=parts[1], raw_state=letter
             )
         return records
 
@@ -273,7 +286,9 @@ class PBS:
         return is_transient(stderr)
 
     def is_unknown_job_error(self, stderr: str) -> bool:
-        return "unknown job id" in stderr.lower()
+        # "Job has finished": qdel of a job already in the history (exit 35).
+        text = stderr.lower()
+        return "unknown job id" in text or "job has finished" in text
 
     def limits_argv(self) -> list[str]:
         return ["qmgr", "-c", "list server max_array_size"]
