@@ -178,14 +178,16 @@ class PBS:
             lines.append("-l place=scatter")
         lines.append(f"-l walltime={format_walltime_pbs(spec.walltime)}")
         # PBS arrays need at least two subjobs; a one-task "array" is a plain job.
-        if spec.array and spec.array.size > 1:
+        is_array = bool(spec.array and spec.array.size > 1)
+        if spec.array and is_array:
             lines.append(f"-J {spec.array.start}-{spec.array.stop}")
         # PBS cannot name logs by job id in -o/-e; the script redirects itself instead
         # and PBS's own copies go to the log directory too.
         lines.append(f"-o {directive_value(spec.log_directory + os.sep)}")
         lines.append(f"-e {directive_value(spec.log_directory + os.sep)}")
-        if spec.role in (Role.WORKERS, Role.SCHEDULER):
+        if spec.role in (Role.WORKERS, Role.SCHEDULER) and not is_array:
             # Not rerunnable: a notebook cluster replaces a lost job itself (see slurm.py).
+            # PBS refuses it for arrays ("cannot submit non-rerunable Array Job").
             lines.append("-r n")
         return apply_extras(
             lines, spec.extra_directives, spec.skip_directives, prefix="#PBS", names_of=_names
