@@ -139,12 +139,10 @@ class PBS:
     discard_log_directives = ("-o /dev/null", "-e /dev/null")
 
     def log_stems(self, job_id: str) -> list[str]:
-        """The id, and its numeric part with an array index as ``_<index>``.
-
-        ``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2`` (the names the templates give).
-        """
+        """The numeric part with an array index as ``_<index>`` (what the templates
+        write: ``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2``), then the id itself."""
         stem = re.sub(r"\[(\d+)\]", r"_\1", job_id.split(".", 1)[0])
-        return list(dict.fromkeys([job_id, stem]))
+        return list(dict.fromkeys([stem, job_id]))
 
     def partition_argv(self, queue: str | None) -> list[list[str]]:
         """``qstat -Qf QUEUE`` for the profile's queue (nothing to ask without one)."""

@@ -1,0 +1,281 @@
+"""PBS on the test cluster: real OpenPBS (run on the login node ``head``).
+
+``scripts/testcluster install`` builds OpenPBS into ``/opt/pbs`` and ``up`` runs
+``pbs_server``, ``pbs_sched``, ``pbs_comm`` and PBS's PostgreSQL on head and one
+``pbs_mom`` on each of node1..node3. These tests run every PBS path through the real
+commands: ``qsub`` (arrays with ``-J``), ``qstat -x -t -f -F json`` through the
+watcher, ``qdel``, walltime kills, exit codes, ``PBSCluster`` scaling in arrays,
+batch mode across three nodes with ``mpiexec`` from ``PBS_NODEFILE``, and ``jobstrap
+doctor``. They skip only where OpenPBS is not installed at all; an installed PBS that
+does not answer is a failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import COMPUTE_NODES, IB_SUBNET, STATE_ROOT, TestCluster
+
+from jobstrap import PBSCluster
+from jobstrap.batchctl.control import BatchControl
+from jobstrap.jobs.spec import JobSpec, Role, new_tag
+from jobstrap.states import JobState
+
+PBS_EXEC = Path(os.environ.get("JOBSTRAP_PBS_EXEC", "/opt/pbs"))
+PBS_BIN = PBS_EXEC / "bin"
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        not (PBS_BIN / "qsub").exists(),
+        reason=f"OpenPBS is not installed in {PBS_EXEC} (scripts/testcluster install)",
+    ),
+]
+
+PROFILE = "testcluster-pbs"
+SMALL = {"cores": 1, "memory": "500MiB", "walltime": "00:10:00"}
+#: The mpich wheel's mpiexec knows nothing of PBS: hosts from PBS_NODEFILE, proxies
+#: started through PBS's TM (pbs_tmrsh behind the rsh `up` writes), as in the profile.
+HYDRA_ENV = {"HYDRA_LAUNCHER": "rsh", "HYDRA_LAUNCHER_EXEC": str(STATE_ROOT / "pbs/bin/rsh")}
+
+
+def job_env() -> dict[str, str]:
+    """The profile's ``env``, and the sources under test if they are not installed.
+
+    qsub does not pass the submitter's environment on; a session that tests sources
+    through PYTHONPATH hands it to its jobs explicitly.
+    """
+    env = dict(HYDRA_ENV)
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pbs_on_path(testcluster: TestCluster) -> Iterator[None]:
+    """PBS's commands on PATH, and a server that answers (else fail: it is installed)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{PBS_BIN}:{os.environ['PATH']}")
+        done = subprocess.run(["qstat", "-B"], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            pytest.fail(f"OpenPBS is installed but its server does not answer: {done.stderr}")
+        yield
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval=0.5
+) -> None:
+    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def batchctl() -> Iterator[BatchControl]:
+    batchctl = BatchControl("pbs")
+    batchctl.watcher.configure(poll_interval=1, max_interval=2, missing_grace=60)
+    yield batchctl
+    batchctl.watcher.close()
+    leftover = [j for j, r in batchctl.watcher.records().items() if not r.state.is_terminal]
+    if leftover:
+        batchctl.cancel(leftover)
+
+
+@pytest.fixture
+def run_dir(shared_scratch: Path) -> Path:
+    path = shared_scratch / "run"
+    (path / "logs").mkdir(parents=True)
+    return path
+
+
+def job_spec(run_dir: Path, *command: str, **changes: Any) -> JobSpec:
+    values: dict[str, Any] = {
+        "name": "pbstest",
+        "role": Role.WORKERS,
+        "run_dir": str(run_dir),
+        "tag": new_tag(),
+        "command": command or ("sleep", "300"),
+        "walltime": 600,
+        "queue": "workq",
+        "memory": 100 * 2**20,
+        "launcher": "none",
+        "log_directory": str(run_dir / "logs"),
+    }
+    values.update(changes)
+    return JobSpec(**values)
+
+
+def on_ib0(address: str) -> bool:
+    return ipaddress.ip_address(address) in ipaddress.ip_network(IB_SUBNET)
+
+
+def qstat_jobs() -> list[str]:
+    """Every job the server still has queued or running (any user)."""
+    done = subprocess.run(["qstat"], capture_output=True, text=True, timeout=60, check=True)
+    return [line.split()[0] for line in done.stdout.splitlines()[2:] if line.strip()]
+
+
+# --- one job through its life --------------------------------------------------------------
+
+
+def test_a_job_runs_on_a_compute_node_and_completes(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir, "sh", "-c", "hostname; sleep 2"))
+    (job_id,) = submission.job_ids
+
+    final = batchctl.watcher.wait([job_id], timeout=120)[job_id]
+
+    assert job_id.endswith(".head")
+    assert final.state is JobState.COMPLETED
+    assert final.exit_code == 0
+    assert final.nodes.split("/")[0] in COMPUTE_NODES
+
+
+def test_a_job_that_fails_reports_its_exit_code(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir, "sh", "-c", "exit 3"))
+
+    final = batchctl.watcher.wait(submission.job_ids, timeout=120)[submission.job_ids[0]]
+
+    assert final.state is JobState.FAILED
+    assert final.exit_code == 3
+
+
+def test_a_deleted_running_job_ends_cancelled(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir))
+    (job_id,) = submission.job_ids
+    batchctl.watcher.wait([job_id], lambda r: r.state is JobState.RUNNING, 120)
+
+    batchctl.cancel([job_id])
+    final = batchctl.watcher.wait([job_id], timeout=120)[job_id]
+
+    assert final.state is JobState.CANCELLED
+    assert final.raw_state == "F"
+
+
+def test_a_job_killed_at_its_walltime_is_timeout(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir, "sleep", "600", walltime=5))
+
+    final = batchctl.watcher.wait(submission.job_ids, timeout=180)[submission.job_ids[0]]
+
+    assert final.state is JobState.TIMEOUT
+    assert final.exit_code == -29
+
+
+def test_cancelling_a_finished_job_is_not_an_error(batchctl: BatchControl, run_dir: Path) -> None:
+    submission = batchctl.submit(job_spec(run_dir, "true"))
+    batchctl.watcher.wait(submission.job_ids, timeout=120)
+
+    batchctl.cancel(submission.job_ids)  # qdel: "Job has finished", exit 35
+
+
+# --- arrays --------------------------------------------------------------------------------
+
+
+def test_four_jobs_go_out_as_one_array_and_each_subjob_is_watched(
+    batchctl: BatchControl, run_dir: Path
+) -> None:
+    spec = job_spec(run_dir, "sh", "-c", 'exit "$PBS_ARRAY_INDEX"')
+
+    submission = batchctl.submit(spec, count=4)
+    finals = batchctl.watcher.wait(submission.job_ids, timeout=180)
+
+    assert batchctl.calls["qsub"] == 1
+    (array,) = submission.batch_ids
+    assert array.endswith("[].head")
+    assert len(submission.job_ids) == 4
+    assert {batchctl.system.base_job_id(j) for j in submission.job_ids} == {array}
+    codes = sorted(r.exit_code for r in finals.values() if r.exit_code is not None)
+    assert len(codes) == 4
+    assert codes == sorted(int(j.split("[")[1].split("]")[0]) for j in submission.job_ids)
+
+
+# --- PBSCluster ----------------------------------------------------------------------------
+
+
+def test_a_scale_up_of_six_jobs_is_one_qsub_and_closing_leaves_qstat_empty() -> None:
+    with PBSCluster(PROFILE, **SMALL, env=job_env()) as cluster:
+        qsub_before = cluster.batchctl.calls["qsub"]
+
+        cluster.scale(jobs=6)
+
+        assert cluster.batchctl.calls["qsub"] - qsub_before == 1
+        assert len({cluster.batchctl.system.base_job_id(j) for j in cluster.jobs}) == 1
+        cluster.wait_for_workers(6, timeout=300)
+        workers = cluster.scheduler_info["workers"].values()
+        assert len(workers) == 6
+        hosts = {str(w["host"]) for w in workers}
+        assert all(on_ib0(h) for h in hosts), hosts
+        job_ids = list(cluster.jobs)
+    wait_until(lambda: not set(qstat_jobs()) & set(job_ids), 120, lambda: (qstat_jobs(), job_ids))
+
+
+# --- batch mode, doctor --------------------------------------------------------------------
+
+
+def cli_env(shared_scratch: Path) -> dict[str, str]:
+    return {**os.environ, "JOBSTRAP_STATE_DIR": str(shared_scratch / "state"),
+            "JOBSTRAP_RUN_ROOT": str(shared_scratch / "runs")}  # fmt: skip
+
+
+def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
+    shared_scratch: Path,
+) -> None:
+    app = shared_scratch / "app.py"
+    app.write_text(
+        "import socket, sys\n"
+        "from distributed import Client\n"
+        "client = Client()\n"
+        "client.wait_for_workers(4)\n"
+        "info = client.scheduler_info()\n"
+        "print('WORKERS', ' '.join(sorted(w['host'] for w in info['workers'].values())))\n"
+        "print('HOSTS', ' '.join(sorted(set(client.run(socket.gethostname).values()))))\n"
+        "sys.exit(5)\n"
+    )
+    env_setting = ",".join(f"{k}={v}" for k, v in job_env().items())
+
+    # Six ranks, two per node: scheduler and client share a node, workers on the other two.
+    done = subprocess.run(
+        [sys.executable, "-m", "jobstrap", "submit", "--system", "pbs", "-p", PROFILE,
+         "--nodes", "3", "--ntasks-per-node", "2", "--set", "poll_interval=1",
+         "--set", f"env={env_setting}", "--wait", str(app)],
+        capture_output=True, text=True, timeout=600, env=cli_env(shared_scratch),
+    )  # fmt: skip
+
+    assert done.returncode == 5, done.stdout + done.stderr
+    running = next(line for line in done.stdout.splitlines() if "-> RUNNING" in line)
+    assert all(f"{node}/" in running for node in COMPUTE_NODES), done.stdout
+    out_path = next(line.split(None, 1)[1] for line in done.stdout.splitlines()
+                    if line.startswith("stdout"))  # fmt: skip
+    output = Path(out_path.strip()).read_text()
+    lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
+    assert len(lines["WORKERS"]) == 4, output
+    assert all(on_ib0(address) for address in lines["WORKERS"]), output
+    # Workers on the two nodes that do not hold the scheduler and client ranks.
+    assert len(lines["HOSTS"]) == 2, output
+    assert set(lines["HOSTS"]) < set(COMPUTE_NODES), output
+
+
+def test_doctor_checks_the_pbs_profile(shared_scratch: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jobstrap", "doctor", "-p", PROFILE],
+        capture_output=True, text=True, timeout=600, env=cli_env(shared_scratch),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert rows["batch"].split()[2] == "OK", done.stdout
+    assert str(PBS_BIN) in rows["batch"], done.stdout
+    assert rows["probe"].split()[2] == "OK", done.stdout
+    assert ".head ran on node" in rows["probe"], done.stdout
+    assert rows["worker"].split()[2] == "OK", done.stdout
+    assert "on ib0" in rows["worker"], done.stdout
