@@ -97,6 +97,7 @@ def _system(name: str, value: object) -> str:
     return _choice(tuple(available_systems()))(name, value)
 
 
+
 @dataclass(frozen=True)
 class Profile:
     """Every setting a job needs, validated, with the source of each value.
@@ -284,8 +285,6 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
 
 
 logger = logging.getLogger(__name__)
-
-
 def _check_consistency(profile: Profile) -> None:
     if profile.processes > profile.cores and profile.threads is None:
         raise ConfigError(

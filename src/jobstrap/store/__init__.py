@@ -1,1 +1,2 @@
-"""What is kept on disk: the run directory layout and the registry of runs."""
+"""What is kept on disk: the run directory layout and the registry of runs.
+"""
