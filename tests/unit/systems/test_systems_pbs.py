@@ -4,8 +4,8 @@ The golden files under ``golden/pbs/`` are real output of OpenPBS 23.06.06 (serv
 ``vm``; jobs: ``0`` exits 0, ``1[]`` an array ``-J 1-4``, ``2`` deleted while running,
 ``3`` killed at its walltime, ``4`` exits 3, ``5`` deleted while queued and held,
 ``6`` running, ``13`` three nodes), stderr of the failing commands in ``err_*.txt``
-with the exit code on the last line. Still written by hand: ``qselect.txt`` (one id a
-line, as ``qselect`` prints) and ``qstat_no_server.txt``.
+with the exit code on the last line. ``qselect.txt``, ``qmgr_list_*`` and
+``err_qstat_no_server.txt`` come from the test cluster's OpenPBS (server ``head``).
 """
 
 from __future__ import annotations
@@ -189,14 +189,17 @@ def test_a_rejected_submission_is_neither_transient_nor_an_unknown_job(name: str
 
 
 def test_an_unreachable_server_is_transient() -> None:
-    assert PBS.is_transient_error(golden("qstat_no_server.txt"))
+    stderr, rc = golden_error("err_qstat_no_server.txt")
+    assert rc == 255
+    assert PBS.is_transient_error(stderr)
+    assert not PBS.is_unknown_job_error(stderr)
 
 
 def test_find_by_name_uses_qselect() -> None:
     user = pwd.getpwuid(os.getuid()).pw_name
     # -u: only the current user's jobs; another user's job of the same name is not ours.
     assert PBS.find_by_name_argv("jobstrap-js1") == ["qselect", "-u", user, "-N", "jobstrap-js1"]
-    assert PBS.parse_find_by_name(golden("qselect.txt")) == ["1234.pbs01", "1250[].pbs01"]
+    assert PBS.parse_find_by_name(golden("qselect.txt")) == ["27.head", "28[].head"]
 
 
 def test_cancel_and_signal_argv() -> None:
@@ -206,6 +209,7 @@ def test_cancel_and_signal_argv() -> None:
 
 def test_the_site_s_array_limit_comes_from_qmgr() -> None:
     assert PBS.limits_argv() == ["qmgr", "-c", "list server max_array_size"]
+    assert PBS.parse_max_array_size(golden("qmgr_list_server_max_array_size.txt")) == 33
     assert PBS.parse_max_array_size(golden("qmgr_print_server.txt")) == 10000
 
 
