@@ -59,11 +59,12 @@ install_openpbs() {
         return 0
     fi
     id=$(openpbs_source_id "$src")
+    # Also for a reused install: PBS runs on PostgreSQL, libical, Tcl, ... from them.
+    install_apt_packages "${PBS_APT_PACKAGES[@]}"
     if pbs_installed && [[ $(cat "$PBS_STAMP") == "$id" ]]; then
         note "OpenPBS ${id:0:12} already installed in $PBS_EXEC"
         return 0
     fi
-    install_apt_packages "${PBS_APT_PACKAGES[@]}"
     build=$(mktemp -d /var/tmp/openpbs-build.XXXXXX)
     log=$build/build.log
     note "building OpenPBS ${id:0:12} from $src (log: $log)"
