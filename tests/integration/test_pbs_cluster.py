@@ -13,7 +13,9 @@ does not answer is a failure.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,9 +25,12 @@ from typing import Any
 
 import pytest
 from conftest import COMPUTE_NODES, IB_SUBNET, STATE_ROOT, TestCluster
+from distributed import Client
 
+import jobstrap
 from jobstrap import PBSCluster
 from jobstrap.batchctl.control import BatchControl
+from jobstrap.cluster.core import SchedulerJob
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 from jobstrap.states import JobState
 
@@ -217,6 +222,105 @@ def test_a_scale_up_of_six_jobs_is_one_qsub_and_closing_leaves_qstat_empty() -> 
         assert all(on_ib0(h) for h in hosts), hosts
         job_ids = list(cluster.jobs)
     wait_until(lambda: not set(qstat_jobs()) & set(job_ids), 120, lambda: (qstat_jobs(), job_ids))
+
+
+def live_in_pbs(job_ids: list[str]) -> dict[str, JobState]:
+    """States of the jobs PBS still has queued or running."""
+    records = BatchControl.for_system("pbs").status(job_ids)
+    return {j: r.state for j, r in records.items() if r.state.is_active}
+
+
+def test_adapt_follows_a_burst_of_tasks_and_returns_to_the_minimum() -> None:
+    with PBSCluster(PROFILE, **SMALL, env=job_env()) as cluster:
+        adaptive = cluster.adapt(minimum_jobs=1, maximum_jobs=3, interval="500ms", wait_count=4)
+        cluster.wait_for_workers(1, timeout=120)
+        peak = 0
+        with Client(cluster) as client:
+            futures = client.map(time.sleep, [1.0] * 40, pure=False)
+
+            def done() -> bool:
+                nonlocal peak
+                peak = max(peak, len(cluster.worker_spec))
+                return all(f.done() for f in futures)
+
+            wait_until(done, 120, lambda: (cluster.jobs, adaptive.log))
+            assert client.gather(futures) == [None] * 40
+
+        assert peak == 3
+        wait_until(lambda: len(cluster.worker_spec) == 1, 90, lambda: (cluster.jobs, adaptive.log))
+
+
+def test_the_scheduler_can_run_in_its_own_pbs_job() -> None:
+    with PBSCluster(PROFILE, **SMALL, env=job_env(), scheduler="job") as cluster:
+        assert isinstance(cluster.scheduler, SchedulerJob)
+        scheduler_job = cluster.scheduler.job_id
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(1, timeout=120)
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+
+    wait_until(lambda: not live_in_pbs([scheduler_job]), 60, lambda: live_in_pbs([scheduler_job]))
+
+
+CLIENT_SCRIPT = """
+import json, sys, time
+import jobstrap
+from jobstrap import PBSCluster
+cluster = PBSCluster("testcluster-pbs", cores=1, memory="500MiB", walltime="00:10:00",
+                     death_timeout=15, env=json.loads(sys.argv[1]))
+cluster.scale(jobs=2)
+cluster.wait_for_workers(2, timeout=120)
+print(" ".join(cluster.jobs), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_client_leaves_no_job_after_the_death_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(job_env())], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        ids = process.stdout.readline().split()
+        assert len(ids) == 2, ids
+        assert len(live_in_pbs(ids)) == 2
+
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+        # The workers give up after the death timeout (15 s); then PBS's obit.
+        wait_until(lambda: not live_in_pbs(ids), 15 + 60, lambda: live_in_pbs(ids), 1.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture
+def graph_state(shared_scratch: Path) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JOBSTRAP_RUN_ROOT", str(shared_scratch / "runs"))
+        patch.setenv("JOBSTRAP_STATE_DIR", str(shared_scratch / "state"))
+        patch.delenv("JOBSTRAP_PROFILE", raising=False)
+        yield shared_scratch
+
+
+def hosts_of_workers() -> list[str]:
+    import socket
+
+    from distributed import get_client
+
+    return sorted(set(get_client().run(socket.gethostname).values()))
+
+
+def test_a_graph_job_runs_its_workers_on_the_compute_nodes(graph_state: Path) -> None:
+    job = {"profile": PROFILE, "nodes": 2, "walltime": "00:10:00", "memory": "1GiB"}
+
+    hosts = jobstrap.submit(hosts_of_workers, **job, env=job_env()).result(timeout=300)
+
+    assert hosts
+    assert set(hosts) <= set(COMPUTE_NODES)
 
 
 # --- batch mode, doctor --------------------------------------------------------------------

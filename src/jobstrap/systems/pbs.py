@@ -1,8 +1,9 @@
 """PBS Pro / OpenPBS: directives, command lines and output parsers (pure).
 
 Checked against a real OpenPBS 23.06 server (the golden files in the unit tests are
-its output): ``qsub`` prints ``7.server`` (arrays ``7[].server``); ``qstat -x -t -f
--F json`` prints ``{"Jobs": {"7.server": {...}}}`` with ``job_state`` letters and,
+its output): ``qsub`` prints ``7.server`` (arrays ``7[].server``); ``qstat -x -t -f``
+prints a ``Job Id:`` block of ``name = value`` lines per job (``-F json`` the same as
+``{"Jobs": {...}}``, but for the first job id only) with ``job_state`` letters and,
 with ``-x``, finished jobs (``F``, subjobs ``X``) with their ``Exit_status`` and
 ``substate``. PBS's own kills have negative statuses (walltime ``-29``, substate 93);
 a ``qdel`` of a running job ends with 256 + SIGTERM (``271``) in substate 91, a
@@ -106,7 +107,7 @@ def finished_state(exit_status: int | None, comment: str, substate: int | None =
     return JobState.FAILED
 
 
-def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
+def _time_left(state: JobState, attrs: Mapping[str, Any]) -> str:
     """A running job's walltime left: ``Resource_List.walltime - resources_used.walltime``.
 
     PBS reports both (``resources_used`` is refreshed by the MoM every poll cycle, so the
@@ -125,6 +126,34 @@ def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
     except ConfigError:
         return ""
     return format_walltime_pbs(max(0, left))
+
+
+def parse_full_text(text: str) -> dict[str, dict[str, Any]]:
+    """``qstat -f``'s text blocks as the JSON form's ``Jobs`` mapping.
+
+    ``Job Id: 7.srv`` opens a block; ``    name = value`` lines follow, long values
+    wrapped onto lines that start with a tab (joined as they are: PBS cuts anywhere);
+    ``Resource_List.walltime`` becomes ``{"Resource_List": {"walltime": ...}}``.
+    """
+    jobs: dict[str, dict[str, Any]] = {}
+    attrs: dict[str, Any] | None = None
+    last: tuple[dict[str, Any], str] | None = None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            attrs = jobs.setdefault(line.partition(":")[2].strip(), {})
+            last = None
+        elif line.startswith("\t") and last is not None:
+            where, key = last
+            where[key] += line[1:]
+        elif attrs is not None and " = " in line and line[:1] == " ":
+            # Only the indent goes: a wrapped value may end in the space PBS cut at.
+            name, _, value = line.lstrip().partition(" = ")
+            group, dot, key = name.partition(".")
+            where = attrs.setdefault(group, {}) if dot else attrs
+            key = key if dot else name
+            where[key] = value
+            last = (where, key)
+    return jobs
 
 
 class PBS:
@@ -218,23 +247,27 @@ class PBS:
         return lines[-1]
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
-        # -x includes finished jobs, -t expands array subjobs, -F json is unambiguous.
-        return ["qstat", "-x", "-t", "-f", "-F", "json", *job_ids]
+        # -x includes finished jobs, -t expands array subjobs. Not -F json: OpenPBS 23.06
+        # prints only the first of several job ids in JSON (the text form has them all).
+        return ["qstat", "-x", "-t", "-f", *job_ids]
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        """``qstat -f``'s text form, or its ``-F json`` form (one job id per call)."""
         text = stdout.strip()
         if not text:
             return {}
-        # Always JSON (status_argv asks for it); the classic table is never parsed.
-        return self._parse_json(text)
+        if text.startswith("{"):
+            try:
+                jobs = json.loads(text).get("Jobs") or {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"qstat printed invalid JSON: {error}") from None
+        else:
+            jobs = parse_full_text(text)
+        return self._records(jobs)
 
-    def _parse_json(self, text: str) -> dict[str, JobRecord]:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"qstat printed invalid JSON: {error}") from None
+    def _records(self, jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
-        for job_id, attrs in (data.get("Jobs") or {}).items():
+        for job_id, attrs in jobs.items():
             letter = str(attrs.get("job_state", "")).strip()
             comment = str(attrs.get("comment", ""))
             exit_status = attrs.get("Exit_status")

@@ -19,7 +19,7 @@ import pytest
 from jobstrap.jobs.spec import ArraySpec
 from jobstrap.states import JobState
 from jobstrap.systems.pbs import SYSTEM as PBS
-from jobstrap.systems.pbs import finished_state
+from jobstrap.systems.pbs import finished_state, parse_full_text
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "pbs"
 
@@ -155,10 +155,52 @@ def test_invalid_json_is_a_value_error() -> None:
         PBS.parse_status('{"Jobs": {')
 
 
-def test_status_asks_for_history_and_subjobs_in_json() -> None:
-    assert PBS.status_argv(["0.vm", "1[2].vm"]) == [
-        "qstat", "-x", "-t", "-f", "-F", "json", "0.vm", "1[2].vm",
-    ]  # fmt: skip
+def test_status_asks_for_history_and_subjobs_in_the_text_form() -> None:
+    # Not -F json: OpenPBS 23.06 prints only the first of several ids in JSON.
+    assert PBS.status_argv(["0.vm", "1[2].vm"]) == ["qstat", "-x", "-t", "-f", "0.vm", "1[2].vm"]
+
+
+def test_the_text_form_of_several_jobs_reports_every_one() -> None:
+    # qstat -x -t -f 13.head 14.head 15.head 16.head 17[0].head 17[2].head 18.head 999.head
+    records = PBS.parse_status(golden("qstat_x_t_f_mixed.txt"))
+
+    assert {j: r.state for j, r in records.items()} == {
+        "13.head": JobState.RUNNING,
+        "14.head": JobState.RUNNING,
+        "15.head": JobState.TIMEOUT,  # walltime=3: Exit_status -29, substate 93
+        "16.head": JobState.CANCELLED,  # qdel'd while running: substate 91
+        "17[0].head": JobState.RUNNING,
+        "17[2].head": JobState.RUNNING,
+        "18.head": JobState.RUNNING,
+    }
+    assert records["15.head"].exit_code == -29
+    assert records["13.head"].nodes == "node1/0"
+    assert "00:09:00" < records["18.head"].time_left <= "00:10:00"  # walltime 10 min
+    stderr, rc = golden_error("err_qstat_x_t_f_mixed.txt")
+    assert rc == 153
+    assert PBS.is_unknown_job_error(stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "json_form"),
+    [
+        ("qstat_x_f_hello.txt", "qstat_x_hello.json"),
+        ("qstat_x_f_2.vm.txt", "qstat_x_2.vm.json"),
+        ("qstat_x_f_3.vm.txt", "qstat_x_3.vm.json"),
+        ("qstat_x_f_4.vm.txt", "qstat_x_4.vm.json"),
+        ("qstat_x_f_5.vm.txt", "qstat_x_5.vm.json"),
+    ],
+)
+def test_the_text_and_json_forms_of_one_job_agree(text: str, json_form: str) -> None:
+    assert PBS.parse_status(golden(text)) == PBS.parse_status(golden(json_form))
+
+
+def test_a_value_wrapped_onto_tab_lines_is_joined_where_pbs_cut_it() -> None:
+    jobs = parse_full_text(golden("qstat_x_f_3.vm.txt"))
+    (attrs,) = jobs.values()
+
+    assert attrs["comment"].endswith("and exceeded resource walltime")
+    assert attrs["Resource_List"]["walltime"] == "00:00:05"
 
 
 def test_the_live_view_already_includes_finished_jobs() -> None:
