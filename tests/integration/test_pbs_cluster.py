@@ -183,6 +183,63 @@ def test_cancelling_a_finished_job_is_not_an_error(batchctl: BatchControl, run_d
     batchctl.cancel(submission.job_ids)  # qdel: "Job has finished", exit 35
 
 
+# --- the server goes away ------------------------------------------------------------------
+
+#: How scripts/testcluster starts PBS's daemons: a clean environment, head's pbs.conf.
+DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+              "HOME": "/root", "LANG": "C.UTF-8",
+              "PBS_CONF_FILE": str(STATE_ROOT / "pbs" / "head.conf")}  # fmt: skip
+
+
+def start_server() -> None:
+    """Start pbs_server as scripts/testcluster does (it puts itself in the background)."""
+    argv = [str(PBS_EXEC / "sbin" / "pbs_server")]
+    subprocess.run(argv, env=DAEMON_ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                   check=True, timeout=120)  # fmt: skip
+
+
+def server_answers() -> bool:
+    done = subprocess.run(["qstat", "-B"], capture_output=True, text=True, timeout=60)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[], None]]:
+    """Stops pbs_server on demand (jobs keep running); it is running again afterwards."""
+
+    def stop() -> None:
+        subprocess.run(["qterm", "-t", "quick"], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: not server_answers(), 60, lambda: "qstat -B still answers")
+
+    yield stop
+    if not server_answers():
+        start_server()
+        wait_until(server_answers, 120, lambda: "pbs_server does not answer")
+
+
+def test_a_stopped_server_makes_states_unknown_until_it_is_back(
+    batchctl: BatchControl, run_dir: Path, server: Callable[[], None]
+) -> None:
+    submission = batchctl.submit(job_spec(run_dir))
+    (job_id,) = submission.job_ids
+    batchctl.watcher.wait([job_id], lambda r: r.state is JobState.RUNNING, 120)
+
+    server()
+    wait_until(
+        lambda: batchctl.watcher.state(job_id) is JobState.UNKNOWN, 60, batchctl.watcher.records
+    )
+    unknown = batchctl.watcher.record(job_id)
+    error = batchctl.watcher.last_error
+    start_server()
+    back = batchctl.watcher.wait([job_id], lambda r: r.state is JobState.RUNNING, 120)[job_id]
+
+    assert unknown.last_state is JobState.RUNNING
+    assert error is not None
+    assert error.transient
+    assert back.state is JobState.RUNNING  # the job ran on through the outage
+    assert batchctl.calls["qsub"] == 1
+
+
 # --- arrays --------------------------------------------------------------------------------
 
 
