@@ -25,8 +25,7 @@ PBS_APT_PACKAGES=(
 openpbs_source() {
     local given=${1:-} f
     if [[ -n $given ]]; then
-        [[ -f $given ]] || die "--openpbs-source: no such file: $given"
-        printf '%s' "$given"
+        printf '%s' "$given" # checked by the caller: a die here would end only $(...)
         return 0
     fi
     for f in "$REPO"/../shared/vendor/openpbs-*.tar.gz; do
@@ -54,8 +53,13 @@ install_openpbs() {
     local src=$1 id t0 build log
     t0=$(now)
     if [[ -z $src ]]; then
-        note "no OpenPBS source (../shared/vendor/openpbs-*.tar.gz or --openpbs-source):" \
-            "PBS is skipped; its tests will skip"
+        if pbs_installed; then
+            note "no OpenPBS source given: keeping the OpenPBS in $PBS_EXEC" \
+                "($(cut -c1-12 "$PBS_STAMP"))"
+        else
+            note "no OpenPBS source (../shared/vendor/openpbs-*.tar.gz or --openpbs-source):" \
+                "PBS is skipped; its tests will skip"
+        fi
         return 0
     fi
     id=$(openpbs_source_id "$src")
