@@ -380,6 +380,35 @@ def test_a_graph_job_runs_its_workers_on_the_compute_nodes(graph_state: Path) ->
     assert set(hosts) <= set(COMPUTE_NODES)
 
 
+@pytest.mark.slow
+def test_a_computation_longer_than_every_walltime_finishes_by_rotation_alone() -> None:
+    # PBS sends no signal before the walltime: the planned rotation alone must retire
+    # every job (60 s, retired 20 s before its end) and replace it without a loss.
+    from test_lifetime_cluster import CountStarts, WorkerSampler, expected_result, submit_graph
+
+    width, levels, seconds = 4, 40, 1.5  # about 2 minutes on two workers
+    counter = CountStarts()
+    with (
+        PBSCluster(PROFILE, **{**SMALL, "walltime": "00:01:00"}, lifetime_margin=20,
+                   env=job_env()) as cluster,
+        Client(cluster) as client,
+        WorkerSampler(lambda: len(cluster.scheduler.workers)) as sampler,
+    ):  # fmt: skip
+        cluster.scheduler.add_plugin(counter, name="count-starts")
+        cluster.scale(jobs=2)
+        rows = submit_graph(client, width, levels, seconds)
+        result = client.gather(rows[-1], errors="raise")
+        jobs_seen = set(cluster.job_history)
+
+    tasks = width * levels
+    assert result == expected_result(width, levels)
+    assert len(jobs_seen) > 2, f"no job was rotated: {sorted(jobs_seen)}"
+    assert counter.starts <= 1.05 * tasks, f"{counter.starts} starts for {tasks} tasks"
+    minimum = sampler.minimum_after_first_worker()
+    assert minimum is not None, "no worker ever arrived"
+    assert minimum > 0, f"the worker count dropped to zero; samples: {sampler.samples}"
+
+
 # --- batch mode, doctor --------------------------------------------------------------------
 
 
