@@ -1,8 +1,16 @@
-"""Notebook clusters against dask-jobqueue 0.9.0: same Slurm cluster, same run.
+"""Notebook clusters against dask-jobqueue 0.9.0: same Slurm (or PBS) cluster, same run.
 
 Run on the test cluster's login node::
 
     scripts/testcluster on head .venv/bin/python bench/bench_cluster.py [--repeats 3]
+    scripts/testcluster on head env PATH=/opt/pbs/bin:$PATH \
+        .venv/bin/python bench/bench_cluster.py --system pbs
+
+With ``--system pbs`` the same measurements compare jobstrap's ``PBSCluster`` with
+dask-jobqueue's ``PBSCluster`` on the test cluster's OpenPBS (profile
+``testcluster-pbs``, results in ``bench/results/cluster_pbs.json``); PBS has no
+scheduling pass to phase against and no start times to the millisecond, so the
+``after_start`` split and the random start phase are Slurm's only.
 
 Measures, for jobstrap's ``SLURMCluster`` and dask-jobqueue's ``SLURMCluster`` with
 the same job shape (``cores=1``, ``memory=500MiB``: the test nodes are
@@ -52,7 +60,15 @@ from history import append_run, new_run
 from slurm_phase import pause_at_random_phase, sched_interval
 from stats import STATISTICS, paired_ratio
 
-RESULTS = Path(__file__).resolve().parent / "results" / "cluster.json"
+RESULTS = {
+    "slurm": Path(__file__).resolve().parent / "results" / "cluster.json",
+    "pbs": Path(__file__).resolve().parent / "results" / "cluster_pbs.json",
+}
+#: Per batch system: the jobstrap profile, dask-jobqueue's queue, the submit command.
+SYSTEMS = {
+    "slurm": {"profile": "testcluster", "queue": "debug", "submit": "sbatch"},
+    "pbs": {"profile": "testcluster-pbs", "queue": "workq", "submit": "qsub"},
+}
 SIZES = (2, 6, 12)
 BURST_TASKS = 60
 BURST_MAX_JOBS = 3
@@ -95,19 +111,21 @@ class Contender:
         return len(self.cluster.worker_spec)
 
 
-def make_jobstrap() -> Contender:
-    from jobstrap import SLURMCluster
+def make_jobstrap(system: str) -> Contender:
+    from jobstrap import PBSCluster, SLURMCluster
 
-    cluster = SLURMCluster("testcluster", job_name=JOBSTRAP_NAME, **JOB_SHAPE)
+    kind = PBSCluster if system == "pbs" else SLURMCluster
+    cluster = kind(SYSTEMS[system]["profile"], job_name=JOBSTRAP_NAME, **JOB_SHAPE)
     return Contender("jobstrap", cluster, lambda: cluster.batchctl.calls)
 
 
-def make_jobqueue(log_directory: Path) -> Contender:
-    from dask_jobqueue import SLURMCluster
+def make_jobqueue(log_directory: Path, system: str) -> Contender:
+    from dask_jobqueue import PBSCluster, SLURMCluster
 
     _count_jobqueue_calls()
-    cluster = SLURMCluster(
-        queue="debug",
+    kind = PBSCluster if system == "pbs" else SLURMCluster
+    cluster = kind(
+        queue=SYSTEMS[system]["queue"],
         job_name=JOBQUEUE_NAME,
         interface="ib0",
         death_timeout=30,
@@ -118,8 +136,14 @@ def make_jobqueue(log_directory: Path) -> Contender:
     return Contender("dask_jobqueue", cluster, lambda: _jobqueue_calls)
 
 
-def live_jobs(name: str) -> int:
-    """Jobs of ours Slurm still has (any state but ended), by job name prefix."""
+def live_jobs(name: str, system: str = "slurm") -> int:
+    """Jobs of ours the batch system still has (any state but ended), by name prefix."""
+    if system == "pbs":
+        # qstat -t: "Job id  Name  User  Time  S  Queue" rows, subjobs but no history;
+        # an array's own row ("7[].head") is not a job of its own.
+        table = subprocess.run(["qstat", "-t"], capture_output=True, text=True, check=False)
+        rows = [line.split() for line in table.stdout.splitlines()[2:]]
+        return sum(1 for r in rows if len(r) > 1 and "[]" not in r[0] and r[1].startswith(name))
     out = subprocess.run(
         ["squeue", "--noheader", "--array", "--format=%j"],
         capture_output=True,
@@ -139,11 +163,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.perf_counter()
 
 
-def empty(contender: Contender, job_name: str) -> None:
+def empty(contender: Contender, job_name: str, system: str) -> None:
     """Scale to nothing and wait until no worker and no job is left."""
     contender.cluster.scale(0)
     wait_for(lambda: contender.workers() == 0, 120, f"{contender.name}: workers gone")
-    wait_for(lambda: live_jobs(job_name) == 0, 120, f"{contender.name}: jobs gone")
+    wait_for(lambda: live_jobs(job_name, system) == 0, 120, f"{contender.name}: jobs gone")
 
 
 def settle() -> None:
@@ -188,7 +212,9 @@ def last_slurm_start(since: float, until: float) -> float | None:
     return last
 
 
-def measure_scale(contender: Contender, job_name: str, jobs: int) -> dict[str, Any]:
+def measure_scale(
+    contender: Contender, job_name: str, jobs: int, system: str = "slurm"
+) -> dict[str, Any]:
     before = contender.calls()
     wall = time.time()
     start = time.perf_counter()
@@ -199,7 +225,7 @@ def measure_scale(contender: Contender, job_name: str, jobs: int) -> dict[str, A
     except TimeoutError:  # recorded, not fatal: the other numbers are still worth having
         return {"seconds": None, "timed_out": True, "calls": dict(contender.calls() - before)}
     calls = contender.calls() - before
-    started = last_slurm_start(wall, wall + (done - start))
+    started = last_slurm_start(wall, wall + (done - start)) if system == "slurm" else None
     return {
         "seconds": done - start,
         "scale_call_seconds": submitted - start,
@@ -248,9 +274,9 @@ def measure_burst(contender: Contender, job_name: str) -> dict[str, Any]:
 
 
 @contextmanager
-def contenders(log_directory: Path) -> Iterator[list[Contender]]:
-    ours = make_jobstrap()
-    theirs = make_jobqueue(log_directory)
+def contenders(log_directory: Path, system: str) -> Iterator[list[Contender]]:
+    ours = make_jobstrap(system)
+    theirs = make_jobqueue(log_directory, system)
     try:
         yield [ours, theirs]
     finally:
@@ -291,8 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start phases")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="slurm")
+    parser.add_argument("--output", type=Path, help="default: bench/results/cluster[_pbs].json")
     args = parser.parse_args(argv)
+    system = args.system
+    output = args.output or RESULTS[system]
+    submit = SYSTEMS[system]["submit"]
 
     import dask_jobqueue
     import distributed
@@ -306,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     names = {"jobstrap": JOBSTRAP_NAME, "dask_jobqueue": JOBQUEUE_NAME}
 
     rng = random.Random(args.seed)
-    interval = sched_interval()
-    with contenders(log_directory) as pair:
+    # PBS has no periodic pass to phase against: its scheduler runs on each submission.
+    interval = sched_interval() if system == "slurm" else 0.0
+    with contenders(log_directory, system) as pair:
         for repeat in range(args.repeats):
             order = pair if repeat % 2 == 0 else pair[::-1]
             for jobs in SIZES:
@@ -315,22 +346,22 @@ def main(argv: list[str] | None = None) -> int:
                     # Both empty before every measurement: idle workers of one must not
                     # share the nodes with the other's start-up.
                     for each in pair:
-                        empty(each, names[each.name])
+                        empty(each, names[each.name], system)
                     settle()
                     pause_at_random_phase(rng, interval)
-                    result = measure_scale(contender, names[contender.name], jobs)
+                    result = measure_scale(contender, names[contender.name], jobs, system)
                     scale_raw[jobs][contender.name].append(result)
                     print(f"scale {jobs:2d} {contender.name:13s} {result}", flush=True)
             for contender in order:
                 for each in pair:
-                    empty(each, names[each.name])
+                    empty(each, names[each.name], system)
                 settle()
                 pause_at_random_phase(rng, interval)
                 result = measure_burst(contender, names[contender.name])
                 burst_raw[contender.name].append(result)
                 print(f"burst    {contender.name:13s} {result}", flush=True)
         for contender in pair:
-            empty(contender, names[contender.name])
+            empty(contender, names[contender.name], system)
 
     scale = {
         str(n): {
@@ -345,11 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("first_worker_seconds", "burst_seconds", "back_to_minimum_seconds")
     }
     burst["raw"] = burst_raw
-    sbatch_per_scale_up = {
-        str(n): [r["calls"].get("sbatch", 0) for r in scale_raw[n]["jobstrap"]] for n in SIZES
+    submits_per_scale_up = {
+        str(n): [r["calls"].get(submit, 0) for r in scale_raw[n]["jobstrap"]] for n in SIZES
     }
+    kind = "PBSCluster" if system == "pbs" else "SLURMCluster"
     results: dict[str, Any] = {
-        "benchmark": "notebook cluster: jobstrap SLURMCluster vs dask-jobqueue SLURMCluster",
+        "benchmark": f"notebook cluster: jobstrap {kind} vs dask-jobqueue {kind}",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": {
             "python": platform.python_version(),
@@ -359,16 +391,21 @@ def main(argv: list[str] | None = None) -> int:
             "job_shape": JOB_SHAPE,
             "adapt": {**ADAPT, "minimum_jobs": 0, "maximum_jobs": BURST_MAX_JOBS},
             "repeats": args.repeats,
-            "start_phase": f"uniform over Slurm's {interval:g} s sched_interval, seed {args.seed}",
+            "system": system,
+            "start_phase": (
+                f"uniform over Slurm's {interval:g} s sched_interval, seed {args.seed}"
+                if system == "slurm"
+                else "none (PBS schedules on submission)"
+            ),
             "notes": (
                 "jobstrap: TLS with per-cluster certificates (its default); dask-jobqueue:"
                 " plain TCP (its default), interface ib0. jobstrap's calls include the"
-                " watcher's squeue polls; dask-jobqueue never asks for job states."
+                " watcher's squeue/qstat polls; dask-jobqueue never asks for job states."
             ),
         },
         "scale_to_workers_seconds": scale,
         "adapt_burst": burst,
-        "jobstrap_sbatch_calls_per_scale_up": sbatch_per_scale_up,
+        f"jobstrap_{submit}_calls_per_scale_up": submits_per_scale_up,
         "targets": {
             "scale_12_ratio_at_most": 0.6,
             "scale_12_ratio": scale["12"]["ratio"],
@@ -376,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             "scale_12_ratio_after_start": scale["12"]["after_start"]["ratio"],
             "first_worker_ratio_at_most": 0.7,
             "first_worker_ratio": burst["first_worker_seconds"]["ratio"],
-            "one_sbatch_per_scale_up": all(
-                c == 1 for calls in sbatch_per_scale_up.values() for c in calls
+            f"one_{submit}_per_scale_up": all(
+                c == 1 for calls in submits_per_scale_up.values() for c in calls
             ),
         },
     }
@@ -399,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         ),
     )
-    append_run(args.output, run, benchmark=results["benchmark"], script="bench/bench_cluster.py")
+    append_run(output, run, benchmark=results["benchmark"], script="bench/bench_cluster.py")
     print(json.dumps(results["targets"], indent=2))
-    print(f"appended a run to {args.output}")
+    print(f"appended a run to {output}")
     return 0
 
 

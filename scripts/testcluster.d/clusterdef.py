@@ -19,6 +19,7 @@ Command line (used by ``scripts/testcluster``)::
                   [--cgroup-plugin P] [--cgroup-memory] [--pmix] [--user U ...]
     clusterdef.py hosts-table          # "name eth0/len ib0/len ib0-mtu" lines
     clusterdef.py qos-list             # QOS to create before loading accounting.cfg
+    clusterdef.py node-limits          # "cpus memory-MB max-array-size" (PBS gets Slurm's)
     clusterdef.py write-compose        # regenerate docker-compose-slurm/ files
 """
 
@@ -531,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rend.add_argument("--user", action="append", dest="users", help="user to give accounts")
     sub.add_parser("hosts-table", help="print 'name eth0/len ib0/len ib0-mtu' per host")
     sub.add_parser("qos-list", help="print the QOS to create before loading accounts")
+    sub.add_parser("node-limits", help="print 'cpus memory-MB max-array-size' of the nodes")
     sub.add_parser("write-compose", help="regenerate docker-compose-slurm/ (configs + yml)")
     args = parser.parse_args(argv)
 
@@ -554,6 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(_hosts_table())
     elif args.command == "qos-list":
         sys.stdout.write("".join(q + "\n" for q in EXTRA_QOS))
+    elif args.command == "node-limits":
+        print(NODE_CPUS, NODE_MEMORY_MB, MAX_ARRAY_SIZE)
     else:
         for path in write_compose():
             print(path)

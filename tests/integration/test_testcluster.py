@@ -311,6 +311,7 @@ def test_down_leaves_no_process_and_no_namespace_behind(testcluster: TestCluster
         assert leftovers == {}
         assert not STATE_ROOT.exists()
         assert not Path("/etc/slurm/slurm.conf").exists()
+        assert not Path("/etc/pbs.conf").exists()  # written by `up` when OpenPBS is installed
     finally:
         # Leave the machine as we found it.  This session stays in the old head
         # namespace, which is why this test is ordered last.

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from jobstrap.config.profile import Profile
     from jobstrap.jobs.spec import JobSpec
     from jobstrap.store.registry import RunRecord
+    from jobstrap.systems import BatchSystem
 
 __all__ = [
     "SubmittedRun",
@@ -92,16 +93,16 @@ def local_launch(spec: JobSpec, profile: Profile) -> JobSpec:
     return replace(spec, launcher="none", command=tuple(command))
 
 
-def job_logs(spec: JobSpec, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+def job_logs(
+    spec: JobSpec, job_ids: Sequence[str], system: BatchSystem
+) -> dict[str, dict[str, str]]:
     """The ``{"out": ..., "err": ...}`` log files of each job, as the run record keeps them."""
-    # Every template names its logs <job id>.out/.err in the log directory.
-    return {
-        j: {
-            "out": os.path.join(spec.log_directory, f"{j}.out"),
-            "err": os.path.join(spec.log_directory, f"{j}.err"),
-        }
-        for j in job_ids
-    }
+    # The templates name logs by the system's first stem: 123.out, PBS's 7.srv -> 7.out.
+    logs = {}
+    for j in job_ids:
+        stem = os.path.join(spec.log_directory, system.log_stems(j)[0])
+        logs[j] = {"out": f"{stem}.out", "err": f"{stem}.err"}
+    return logs
 
 
 def graph_argv(run: RunDir) -> list[str]:
@@ -271,7 +272,7 @@ def submit_run(
     record = registry.update(
         record.run_id,
         job_ids=submission.job_ids,
-        logs=job_logs(spec, submission.job_ids),
+        logs=job_logs(spec, submission.job_ids, batchctl.system),
         status="submitted",
     )
     run.write_json("run.json", record.to_json())

@@ -559,7 +559,7 @@ class SLURMCluster(BatchCluster):
 
 
 class PBSCluster(BatchCluster):
-    """A Dask cluster of PBS Pro / OpenPBS / Torque jobs (see :class:`BatchCluster`)."""
+    """A Dask cluster of PBS Pro / OpenPBS jobs (see :class:`BatchCluster`)."""
 
     system: ClassVar[str | None] = "pbs"
 

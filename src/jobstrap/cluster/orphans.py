@@ -23,7 +23,7 @@ from jobstrap.batchctl.control import BatchControl
 from jobstrap.config.profile import Profile
 from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir
-from jobstrap.systems import JobRecord
+from jobstrap.systems import JobRecord, get_system
 
 __all__ = ["OrphanGuard", "RegistryEntry", "weak_callback"]
 
@@ -177,10 +177,12 @@ class RegistryEntry:
                 registry.update(self.run_id, status="finished")
 
     def _log_paths(self, job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        if not self._profile.log_directory:
-            return {}  # the registry's default: <run_dir>/logs/<job id>.out/.err
-        base = self._profile.log_directory
-        return {
-            j: {"out": os.path.join(base, f"{j}.out"), "err": os.path.join(base, f"{j}.err")}
-            for j in job_ids
-        }
+        # Recorded even in the default place (<run dir>/logs): the registry alone would
+        # guess <job id>.out, and PBS's templates write 7.out for 7.server.
+        system = get_system(self._profile.system)
+        base = self._profile.log_directory or str(self._run_dir.logs_dir)
+        logs = {}
+        for j in job_ids:
+            stem = os.path.join(base, system.log_stems(j)[0])  # what the template writes
+            logs[j] = {"out": f"{stem}.out", "err": f"{stem}.err"}
+        return logs

@@ -1,11 +1,14 @@
 """PBS Pro / OpenPBS: directives, command lines and output parsers (pure).
 
-There is no PBS server to test against here. The formats come from the PBS Pro /
-OpenPBS reference guides: ``qsub`` prints ``123.server`` (arrays ``123[].server``);
-``qstat -f -F json`` (PBS Pro 19+) prints ``{"Jobs": {"123.server": {...}}}`` with
-``job_state`` letters; ``qstat -x`` keeps finished jobs (``F``, subjobs ``X``) with
-their ``Exit_status``. Exit statuses >= 256 mean "killed by signal (status - 256)";
-the walltime and memory kills are told apart by the job's ``comment``.
+Checked against a real OpenPBS 23.06 server (the golden files in the unit tests are
+its output): ``qsub`` prints ``7.server`` (arrays ``7[].server``); ``qstat -x -t -f``
+prints a ``Job Id:`` block of ``name = value`` lines per job (``-F json`` the same as
+``{"Jobs": {...}}``, but for the first job id only) with ``job_state`` letters and,
+with ``-x``, finished jobs (``F``, subjobs ``X``) with their ``Exit_status`` and
+``substate``. PBS's own kills have negative statuses (walltime ``-29``, substate 93);
+a ``qdel`` of a running job ends with 256 + SIGTERM (``271``) in substate 91, a
+queued one in substate 91 without a status. Statuses >= 256 mean "killed by signal
+(status - 256)". Torque is not supported: its ``qstat`` has no JSON output.
 """
 
 from __future__ import annotations
@@ -60,26 +63,51 @@ def _names(directive: str) -> set[str]:
     return {parts[0]}
 
 
-def finished_state(exit_status: int | None, comment: str) -> JobState:
-    """The final state of a finished (``F``/``X``) job from its exit status and comment."""
+#: ``substate`` of a finished job that was deleted (``qdel``), running or queued.
+SUBSTATE_TERMINATED = 91
+#: PBS's own ``Exit_status`` codes for jobs its MoM killed over a resource limit.
+EXIT_KILL_WALLTIME = -29
+_EXIT_KILL_MEMORY = (-26, -27)  # vmem, mem
+#: Codes for "the job could not start on its node" (JOB_EXEC_FAIL1 .. JOB_EXEC_INITRMG).
+_EXIT_NODE_FAIL = (-1, -2, -3, -4, -5, -6)
+
+
+def finished_state(exit_status: int | None, comment: str, substate: int | None = None) -> JobState:
+    """The final state of a finished (``F``/``X``) job.
+
+    Parameters
+    ----------
+    exit_status
+        ``Exit_status`` (absent for a job deleted before it ran).
+    comment
+        The job's ``comment``; older servers and site hooks say "walltime ...
+        exceeded" there instead of the negative status.
+    substate
+        ``substate``: 91 is a deleted job, whatever it was doing.
+    """
     text = comment.lower()
-    if "walltime" in text and ("exceeded" in text or "limit" in text):
+    if exit_status == EXIT_KILL_WALLTIME or (
+        "walltime" in text and ("exceeded" in text or "limit" in text)
+    ):
         return JobState.TIMEOUT
-    if re.search(r"\b(v?mem|memory)\b", text) and "exceeded" in text:
+    if exit_status in _EXIT_KILL_MEMORY or (
+        re.search(r"\b(v?mem|memory)\b", text) and "exceeded" in text
+    ):
         return JobState.OUT_OF_MEMORY
+    if substate == SUBSTATE_TERMINATED:
+        return JobState.CANCELLED
     if exit_status is None:
         return JobState.UNKNOWN
     if exit_status == 0:
         return JobState.COMPLETED
     if exit_status < 0:
-        # Negative statuses are PBS's own "could not start the job" codes.
-        return JobState.NODE_FAIL if exit_status in (-1, -2, -3, -4, -5, -6) else JobState.FAILED
-    if exit_status in (256 + 15, 256 + 9, 128 + 15, 128 + 9) and "delete" in text:
+        return JobState.NODE_FAIL if exit_status in _EXIT_NODE_FAIL else JobState.FAILED
+    if exit_status in (256 + 15, 256 + 9) and ("terminated" in text or "delete" in text):
         return JobState.CANCELLED
     return JobState.FAILED
 
 
-def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
+def _time_left(state: JobState, attrs: Mapping[str, Any]) -> str:
     """A running job's walltime left: ``Resource_List.walltime - resources_used.walltime``.
 
     PBS reports both (``resources_used`` is refreshed by the MoM every poll cycle, so the
@@ -100,6 +128,34 @@ def _time_left(state: JobState, attrs: dict[str, Any]) -> str:
     return format_walltime_pbs(max(0, left))
 
 
+def parse_full_text(text: str) -> dict[str, dict[str, Any]]:
+    """``qstat -f``'s text blocks as the JSON form's ``Jobs`` mapping.
+
+    ``Job Id: 7.srv`` opens a block; ``    name = value`` lines follow, long values
+    wrapped onto lines that start with a tab (joined as they are: PBS cuts anywhere);
+    ``Resource_List.walltime`` becomes ``{"Resource_List": {"walltime": ...}}``.
+    """
+    jobs: dict[str, dict[str, Any]] = {}
+    attrs: dict[str, Any] | None = None
+    last: tuple[dict[str, Any], str] | None = None
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            attrs = jobs.setdefault(line.partition(":")[2].strip(), {})
+            last = None
+        elif line.startswith("\t") and last is not None:
+            where, key = last
+            where[key] += line[1:]
+        elif attrs is not None and " = " in line and line[:1] == " ":
+            # Only the indent goes: a wrapped value may end in the space PBS cut at.
+            name, _, value = line.lstrip().partition(" = ")
+            group, dot, key = name.partition(".")
+            where = attrs.setdefault(group, {}) if dot else attrs
+            key = key if dot else name
+            where[key] = value
+            last = (where, key)
+    return jobs
+
+
 class PBS:
     """Pure builders and parsers for PBS Pro and OpenPBS."""
 
@@ -112,12 +168,10 @@ class PBS:
     discard_log_directives = ("-o /dev/null", "-e /dev/null")
 
     def log_stems(self, job_id: str) -> list[str]:
-        """The id, and its numeric part with an array index as ``_<index>``.
-
-        ``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2`` (the names the templates give).
-        """
+        """The numeric part with an array index as ``_<index>`` (what the templates
+        write: ``7.srv`` -> ``7``, ``7[2].srv`` -> ``7_2``), then the id itself."""
         stem = re.sub(r"\[(\d+)\]", r"_\1", job_id.split(".", 1)[0])
-        return list(dict.fromkeys([job_id, stem]))
+        return list(dict.fromkeys([stem, job_id]))
 
     def partition_argv(self, queue: str | None) -> list[list[str]]:
         """``qstat -Qf QUEUE`` for the profile's queue (nothing to ask without one)."""
@@ -152,14 +206,16 @@ class PBS:
             lines.append("-l place=scatter")
         lines.append(f"-l walltime={format_walltime_pbs(spec.walltime)}")
         # PBS arrays need at least two subjobs; a one-task "array" is a plain job.
-        if spec.array and spec.array.size > 1:
+        is_array = bool(spec.array and spec.array.size > 1)
+        if spec.array and is_array:
             lines.append(f"-J {spec.array.start}-{spec.array.stop}")
         # PBS cannot name logs by job id in -o/-e; the script redirects itself instead
         # and PBS's own copies go to the log directory too.
         lines.append(f"-o {directive_value(spec.log_directory + os.sep)}")
         lines.append(f"-e {directive_value(spec.log_directory + os.sep)}")
-        if spec.role in (Role.WORKERS, Role.SCHEDULER):
+        if spec.role in (Role.WORKERS, Role.SCHEDULER) and not is_array:
             # Not rerunnable: a notebook cluster replaces a lost job itself (see slurm.py).
+            # PBS refuses it for arrays ("cannot submit non-rerunable Array Job").
             lines.append("-r n")
         return apply_extras(
             lines, spec.extra_directives, spec.skip_directives, prefix="#PBS", names_of=_names
@@ -192,30 +248,36 @@ class PBS:
         return lines[-1]
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
-        # -x includes finished jobs, -t expands array subjobs, -F json is unambiguous.
-        return ["qstat", "-x", "-t", "-f", "-F", "json", *job_ids]
+        # -x includes finished jobs, -t expands array subjobs. Not -F json: OpenPBS 23.06
+        # prints only the first of several job ids in JSON (the text form has them all).
+        return ["qstat", "-x", "-t", "-f", *job_ids]
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:
+        """``qstat -f``'s text form, or its ``-F json`` form (one job id per call)."""
         text = stdout.strip()
         if not text:
             return {}
         if text.startswith("{"):
-            return self._parse_json(text)
-        return self._parse_table(text)
+            try:
+                jobs = json.loads(text).get("Jobs") or {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"qstat printed invalid JSON: {error}") from None
+        else:
+            jobs = parse_full_text(text)
+        return self._records(jobs)
 
-    def _parse_json(self, text: str) -> dict[str, JobRecord]:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"qstat printed invalid JSON: {error}") from None
+    def _records(self, jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
-        for job_id, attrs in (data.get("Jobs") or {}).items():
+        for job_id, attrs in jobs.items():
             letter = str(attrs.get("job_state", "")).strip()
             comment = str(attrs.get("comment", ""))
             exit_status = attrs.get("Exit_status")
             exit_code = int(exit_status) if exit_status is not None else None
             if letter in _FINISHED:
-                state = finished_state(exit_code, comment)
+                substate = attrs.get("substate")
+                state = finished_state(
+                    exit_code, comment, int(substate) if substate is not None else None
+                )
             else:
                 state = STATES.get(letter, JobState.UNKNOWN)
             if exit_code is not None and exit_code >= 256:
@@ -232,22 +294,6 @@ class PBS:
                 raw_state=letter,
                 elapsed=str(used.get("walltime", "")),
                 time_left=_time_left(state, attrs),
-            )
-        return records
-
-    def _parse_table(self, text: str) -> dict[str, JobRecord]:
-        """The classic ``qstat`` table (``Job id  Name  User  Time Use S Queue``)."""
-        records: dict[str, JobRecord] = {}
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) < 6 or not _JOB_ID_RE.match(parts[0]):
-                continue
-            letter = parts[4]
-            state = (
-                JobState.UNKNOWN if letter in _FINISHED else STATES.get(letter, JobState.UNKNOWN)
-            )
-            records[parts[0]] = JobRecord(
-                job_id=parts[0], state=state, name=parts[1], raw_state=letter
             )
         return records
 
@@ -274,7 +320,9 @@ class PBS:
         return is_transient(stderr)
 
     def is_unknown_job_error(self, stderr: str) -> bool:
-        return "unknown job id" in stderr.lower()
+        # "Job has finished": qdel of a job already in the history (exit 35).
+        text = stderr.lower()
+        return "unknown job id" in text or "job has finished" in text
 
     def limits_argv(self) -> list[str]:
         return ["qmgr", "-c", "list server max_array_size"]

@@ -7,7 +7,6 @@
 #PBS -J 0-9
 #PBS -o /home/ada/.jobstrap/runs/r1/logs/
 #PBS -e /home/ada/.jobstrap/runs/r1/logs/
-#PBS -r n
 # Rendered by jobstrap 0.1.0 for pbs: role workers, tag js0123456789.
 set -o pipefail
 exec >/home/ada/.jobstrap/runs/r1/logs/"${PBS_JOBID%%\[*}_${PBS_ARRAY_INDEX}".out 2>/home/ada/.jobstrap/runs/r1/logs/"${PBS_JOBID%%\[*}_${PBS_ARRAY_INDEX}".err
