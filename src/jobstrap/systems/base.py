@@ -320,6 +320,28 @@ def quote_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
+class ClusterNodes:
+    """Defaults of a batch system whose jobs run on other nodes (Slurm, PBS).
+
+    Results come back over a shared file system, whose attribute caches lag; ranks
+    are started by MPI or the site's launcher only; no warning signal unless the
+    system overrides it.
+    """
+
+    node_launcher: str | None = None
+    jobs_run_here = False
+    warns_before_walltime = False
+    signal_early_by = 0
+    #: NFS attribute caches lag: a finished job's result file may take this long to show.
+    result_grace = 30.0
+
+    def plain_launch_argv(
+        self, python: str, ntasks: int, command: Sequence[str]
+    ) -> list[str] | None:
+        """None: ranks are started by MPI (or the user's launcher) only."""
+        return None
+
+
 class UnderscoreArrayIds:
     """Job ids as Slurm writes them, shared by every system that copies its style.
 

@@ -25,6 +25,7 @@ from jobstrap.errors import ConfigError
 from jobstrap.jobs.model import ArraySpec, JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
+    ClusterNodes,
     JobRecord,
     apply_extras,
     current_user,
@@ -156,7 +157,7 @@ def parse_full_text(text: str) -> dict[str, dict[str, Any]]:
     return jobs
 
 
-class PBS:
+class PBS(ClusterNodes):
     """Pure builders and parsers for PBS Pro and OpenPBS."""
 
     name = "pbs"
@@ -182,10 +183,6 @@ class PBS:
         return parse_pbs_queue(text)
 
     default_launcher = "mpiexec"
-    node_launcher: str | None = None
-    jobs_run_here = False
-    warns_before_walltime = False
-    signal_early_by = 0
 
     def directives(self, spec: JobSpec) -> list[str]:
         if spec.qos:
@@ -228,15 +225,6 @@ class PBS:
             stem = '"${PBS_JOBID%%\\[*}_${PBS_ARRAY_INDEX}"'
         log_dir = shlex.quote(spec.log_directory)
         return [f"exec >{log_dir}/{stem}.out 2>{log_dir}/{stem}.err"]
-
-    #: NFS attribute caches lag: a finished job's result file may take this long to show.
-    result_grace = 30.0
-
-    def plain_launch_argv(
-        self, python: str, ntasks: int, command: Sequence[str]
-    ) -> list[str] | None:
-        """None: ranks are started by MPI (or the user's launcher) only."""
-        return None
 
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         return ["qsub", *spec.submit_args, script]

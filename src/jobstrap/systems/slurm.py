@@ -16,6 +16,7 @@ from jobstrap.config.units import format_memory_slurm, format_walltime_slurm
 from jobstrap.jobs.model import JobSpec, Role
 from jobstrap.states import JobState
 from jobstrap.systems.base import (
+    ClusterNodes,
     JobRecord,
     UnderscoreArrayIds,
     apply_extras,
@@ -117,7 +118,7 @@ def _names(directive: str) -> set[str]:
     return {head}
 
 
-class Slurm(UnderscoreArrayIds):
+class Slurm(ClusterNodes, UnderscoreArrayIds):
     """Pure builders and parsers for Slurm."""
 
     name = "slurm"
@@ -149,7 +150,6 @@ class Slurm(UnderscoreArrayIds):
     # srun (without --mpi) starts one bootstrap per node and tracks it as a job step,
     # so Slurm's signals and cleanup reach the workers.
     node_launcher: str | None = "srun"
-    jobs_run_here = False
     warns_before_walltime = True
     signal_early_by = 60
 
@@ -195,15 +195,6 @@ class Slurm(UnderscoreArrayIds):
     def script_setup(self, spec: JobSpec) -> list[str]:
         """Extra shell lines at the top of the body (none needed: Slurm names the logs)."""
         return []
-
-    #: NFS attribute caches lag: a finished job's result file may take this long to show.
-    result_grace = 30.0
-
-    def plain_launch_argv(
-        self, python: str, ntasks: int, command: Sequence[str]
-    ) -> list[str] | None:
-        """None: ranks are started by MPI (or the user's launcher) only."""
-        return None
 
     def submit_argv(self, script: str, spec: JobSpec) -> list[str]:
         return ["sbatch", "--parsable", *spec.submit_args, script]
