@@ -166,7 +166,7 @@ def test_submit_wait_reports_a_job_that_ended_badly(
     _, err = finish(process)
 
     assert process.returncode == 128 + 15
-    assert "job 100 ended TIMEOUT" in err
+    assert "(job 100) ended TIMEOUT" in err
 
 
 # --- status -------------------------------------------------------------------------------
