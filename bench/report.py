@@ -40,6 +40,9 @@ ROWS: list[tuple[str, str, str]] = [
     ),
     ("cluster.json", r"adapt_burst", "adapt burst: all tasks done"),
     ("cluster.json", r"adapt_back_to_minimum", "adapt burst: back to the minimum"),
+    ("cluster_pbs.json", r"scale_(\d+)", "PBS: `scale(jobs={0})` until {0} workers are connected"),
+    ("cluster_pbs.json", r"first_adapt_worker", "PBS: adapt burst: first worker"),
+    ("cluster_pbs.json", r"adapt_burst", "PBS: adapt burst: all tasks done"),
     (
         "batch.json",
         r"trivial_submit_to_result_vs_dask_mpi",
