@@ -289,27 +289,19 @@ def test_submit_wait_detaches_on_ctrl_c_without_a_terminal(
     assert active(job_id)
 
 
-def test_run_cancels_its_job_on_sigterm(sleeper: tuple[Path, list[str]]) -> None:
-    command, run_id, job_id = started_run(*sleeper)
-
-    command.process.send_signal(signal.SIGTERM)
-    code, lines = command.finish()
-
-    assert code == 143
-    assert lines[-1] == f"SIGTERM: cancelled run {run_id} (job {job_id})"
-    assert gone_within(job_id, 60)
-
-
-def test_run_cancels_its_job_on_ctrl_c_without_a_terminal(
-    sleeper: tuple[Path, list[str]],
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"]
+)
+def test_run_cancels_its_job_on_a_signal_without_a_terminal(
+    sleeper: tuple[Path, list[str]], sig: signal.Signals, code: int
 ) -> None:
     command, run_id, job_id = started_run(*sleeper)
 
-    command.process.send_signal(signal.SIGINT)
-    code, lines = command.finish()
+    command.process.send_signal(sig)
+    exit_code, lines = command.finish()
 
-    assert code == 130
-    assert lines[-1] == f"SIGINT: cancelled run {run_id} (job {job_id})"
+    assert exit_code == code
+    assert lines[-1] == f"{sig.name}: cancelled run {run_id} (job {job_id})"
     assert gone_within(job_id, 60)
 
 
