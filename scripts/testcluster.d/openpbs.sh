@@ -2,7 +2,8 @@
 # Sourced by scripts/testcluster (which defines ROOT, REPO, note, die, in_host, ...).
 #
 # No package registry ships OpenPBS, so `install` builds it from a source tarball
-# (by default ../shared/vendor/openpbs-*.tar.gz beside the repository) into
+# (by default ../shared/vendor/openpbs-*.tar.gz beside the repository, else the
+# same commit downloaded from github.com/openpbs/openpbs) into
 # /opt/pbs, and stamps the install with the source's commit: an install of the
 # same commit is reused, never rebuilt.  `up` then runs pbs_server, pbs_sched,
 # pbs_comm and PBS's own PostgreSQL on head and one pbs_mom per compute node,
@@ -21,17 +22,44 @@ PBS_APT_PACKAGES=(
     postgresql postgresql-contrib expat libedit2 libical3 libcjson1 tcl tk sudo
 )
 
-# The tarball to build from: --openpbs-source, else the one kept beside the repo.
+# The commit the tests are known to work with (OpenPBS 23.06.06), and its archive's
+# digest: a download is checked against it before anything is built from it.
+OPENPBS_COMMIT=cd7ab5edaf03dcac2f1cb9e2f42d75eb117d468a
+OPENPBS_URL=https://codeload.github.com/openpbs/openpbs/tar.gz/$OPENPBS_COMMIT
+OPENPBS_CACHE=/var/cache/jobstrap-testcluster
+
+# The tarball to build from: --openpbs-source, else the one kept beside the repo,
+# else the same commit downloaded from the public repository (kept in a root-only
+# cache so a rebuild does not download again).  Prints nothing when none is found.
 openpbs_source() {
     local given=${1:-} f
     if [[ -n $given ]]; then
         printf '%s' "$given" # checked by the caller: a die here would end only $(...)
         return 0
     fi
-    for f in "$REPO"/../shared/vendor/openpbs-*.tar.gz; do
+    for f in "$REPO"/../shared/vendor/openpbs-*.tar.gz "$OPENPBS_CACHE"/openpbs-*.tar.gz; do
         [[ -f $f ]] && { printf '%s' "$f"; return 0; }
     done
+    openpbs_download
     return 0
+}
+
+# Fetch $OPENPBS_COMMIT's archive; keep it only if git says it is that commit.
+openpbs_download() {
+    local out=$OPENPBS_CACHE/openpbs-${OPENPBS_COMMIT:0:7}.tar.gz tmp id
+    command -v curl >/dev/null || return 0
+    install -d -m 0700 "$OPENPBS_CACHE"
+    tmp=$(mktemp "$OPENPBS_CACHE/download.XXXXXX")
+    if curl -fsSL --retry 2 --max-time 300 -o "$tmp" "$OPENPBS_URL" 2>/dev/null; then
+        id=$(openpbs_source_id "$tmp")
+        if [[ $id == "$OPENPBS_COMMIT" ]]; then
+            mv "$tmp" "$out"
+            printf '%s' "$out"
+            return 0
+        fi
+        note "downloaded OpenPBS archive is not commit ${OPENPBS_COMMIT:0:12} ($id): not used" >&2
+    fi
+    rm -f "$tmp"
 }
 
 # The commit a `git archive` tarball was made from (its pax header), else its sha256.
@@ -57,8 +85,8 @@ install_openpbs() {
             note "no OpenPBS source given: keeping the OpenPBS in $PBS_EXEC" \
                 "($(cut -c1-12 "$PBS_STAMP"))"
         else
-            note "no OpenPBS source (../shared/vendor/openpbs-*.tar.gz or --openpbs-source):" \
-                "PBS is skipped; its tests will skip"
+            note "no OpenPBS source (../shared/vendor/openpbs-*.tar.gz, --openpbs-source," \
+                "or a download of ${OPENPBS_COMMIT:0:12}): PBS is skipped; its tests will skip"
         fi
         return 0
     fi
