@@ -10,6 +10,7 @@ what it last saw.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from conftest import DEFAULT_PARTITION, MAX_ARRAY_SIZE, SHORT_PARTITION, STATE_ROOT, TestCluster
 
+import support
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.batchctl.submit import Submission
 from jobstrap.batchctl.watcher import Watcher
@@ -34,6 +36,9 @@ from jobstrap.store import registry
 from jobstrap.store.registry import RunRecord
 from jobstrap.systems import JobRecord
 
+# Conditions here ask the batch system: poll at half the default pace.
+wait_until = functools.partial(support.wait_until, interval=0.5)
+
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs the Slurm test cluster"),
@@ -43,17 +48,6 @@ pytestmark = [
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "HOME": "/root", "LANG": "C.UTF-8"}  # fmt: skip
 SLURMCTLD_PID = STATE_ROOT / "run" / "slurmctld.pid"
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval: float = 0.5
-) -> None:
-    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from jobstrap import LocalBatchCluster
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
+from support import wait_until
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
 
@@ -33,14 +32,6 @@ def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
     monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
     monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(0.1)
 
 
 def live(job_ids: list[str]) -> dict[str, JobState]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import ClusterFailedError, SchedulerJob
 from jobstrap.errors import SubmitError
 from jobstrap.states import JobState
+from support import wait_until
 
 pytestmark = [
     pytest.mark.cluster,
@@ -37,17 +38,6 @@ pytestmark = [
 PROFILE = "testcluster"
 #: Small workers so a dozen fit on the test nodes (16 declared CPUs, 8000 MB each).
 SMALL = {"cores": 1, "memory": "500MiB", "walltime": "00:10:00"}
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval=0.2
-) -> None:
-    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(interval)
 
 
 def worker_names(cluster: SLURMCluster) -> list[str]:

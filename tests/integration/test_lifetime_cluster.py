@@ -9,6 +9,7 @@ that Slurm preempts (its SIGTERM, then its partition's grace time).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import threading
@@ -21,8 +22,12 @@ from conftest import COMPUTE_NODES, PREEMPT_GRACE_SECONDS, URGENT_PARTITION
 from distributed import Client, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+import support
 from jobstrap import SLURMCluster
 from jobstrap.batchctl.control import BatchControl
+
+# Conditions here ask the batch system: poll at half the default pace.
+wait_until = functools.partial(support.wait_until, interval=0.5)
 
 pytestmark = [
     pytest.mark.cluster,
@@ -111,17 +116,6 @@ class WorkerSampler:
         counts = [n for _, n in self.samples]
         first = next((i for i, n in enumerate(counts) if n > 0), None)
         return None if first is None else min(counts[first:])
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval=0.5
-) -> None:
-    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(interval)
 
 
 @pytest.fixture

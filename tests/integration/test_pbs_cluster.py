@@ -12,6 +12,7 @@ does not answer is a failure.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -28,11 +29,15 @@ from conftest import COMPUTE_NODES, IB_SUBNET, STATE_ROOT, TestCluster
 from distributed import Client
 
 import jobstrap
+import support
 from jobstrap import PBSCluster
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import SchedulerJob
 from jobstrap.jobs.spec import JobSpec, Role, new_tag
 from jobstrap.states import JobState
+
+# Conditions here ask the batch system: poll at half the default pace.
+wait_until = functools.partial(support.wait_until, interval=0.5)
 
 PBS_EXEC = Path(os.environ.get("JOBSTRAP_PBS_EXEC", "/opt/pbs"))
 PBS_BIN = PBS_EXEC / "bin"
@@ -73,17 +78,6 @@ def pbs_on_path(testcluster: TestCluster) -> Iterator[None]:
         if done.returncode != 0:
             pytest.fail(f"OpenPBS is installed but its server does not answer: {done.stderr}")
         yield
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, seen: Callable[[], object], interval=0.5
-) -> None:
-    """Wait for ``condition``; on timeout fail with what ``seen()`` last returned."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(interval)
 
 
 @pytest.fixture

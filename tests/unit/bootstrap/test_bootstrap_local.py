@@ -15,8 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 
 from jobstrap.net.security import create_tls
 from jobstrap.store.rundir import RunDir
+from support import wait_until
 
 VENV_BIN = Path(sys.executable).parent
 MPIEXEC = VENV_BIN / "mpiexec"
@@ -127,17 +127,6 @@ def finish(procs: Sequence[subprocess.Popen[str]], timeout: float = LAUNCH_TIMEO
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
     return results
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
 
 
 def catches(pid: int, signum: int) -> bool:

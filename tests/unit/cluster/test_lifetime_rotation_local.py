@@ -8,8 +8,6 @@ successor) and the cluster never runs out of workers.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from distributed import Client
 
 from jobstrap import LocalBatchCluster
 from jobstrap.states import JobState
+from support import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +24,6 @@ def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
     monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
     monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s; last seen: {seen()}")
-        time.sleep(0.2)
 
 
 def test_a_job_is_replaced_before_its_walltime_and_its_results_survive() -> None:
