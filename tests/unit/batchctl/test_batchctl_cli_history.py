@@ -176,7 +176,8 @@ def test_status_does_not_ask_about_runs_known_to_have_ended_before_the_window(
     jobstrap("status")
 
     asked = [argv for argv in fake_slurm.calls() if argv[0] in ("squeue", "sacct")]
-    assert asked and all("100" not in " ".join(argv) for argv in asked)
+    assert asked
+    assert all("100" not in " ".join(argv) for argv in asked)
 
 
 def test_a_run_ends_in_the_default_listing_when_its_jobs_end_today(
@@ -253,8 +254,10 @@ def test_prune_forgets_runs_that_ended_long_ago_and_never_a_live_one(
     assert pruned.stdout.splitlines()[-1] == "removed 2 run(s) ended more than 7d ago"
     assert "kept run-live: RUNNING" in pruned.stderr
     assert sorted(r.run_id for r in registry.list()) == ["run-live", "run-recent"]
-    assert Path(live.run_dir).is_dir() and Path(recent.run_dir).is_dir()
-    assert not Path(done.run_dir).exists() and not Path(forgotten.run_dir).exists()
+    assert Path(live.run_dir).is_dir()
+    assert Path(recent.run_dir).is_dir()
+    assert not Path(done.run_dir).exists()
+    assert not Path(forgotten.run_dir).exists()
     assert fake_slurm.calls("scancel") == []
 
 
