@@ -104,6 +104,9 @@ def _wait_released(run: RunRecord, job_ids: Sequence[str], deadline: float | Non
     after it. Returns False, having said which jobs remain, if ``deadline`` came first.
     """
     watcher = BatchControl.for_system(run.system).watcher
+    # Released is what is waited for, not the exit code: no holding an ended job back
+    # until the accounting has it (this process's watcher serves only this command).
+    watcher.configure(poll_interval=2.0, max_interval=10.0, exit_code_grace=0)
     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         records = watcher.wait(job_ids, timeout=remaining)
