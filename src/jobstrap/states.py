@@ -31,6 +31,11 @@ class JobState(TextEnum):
     #: Preempted (and possibly requeued) by the batch system.
     PREEMPTED = "PREEMPTED"
     CANCELLED = "CANCELLED"
+    #: Still in the batch system after jobstrap asked to cancel it (Slurm's COMPLETING
+    #: while it cleans up, a local job's processes between SIGTERM and exit). Never a
+    #: batch system's own word: ``jobstrap status`` shows it for a cancelled run's job
+    #: that has not left yet. Not terminal: the job still holds its nodes.
+    CANCELLING = "CANCELLING"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     NODE_FAIL = "NODE_FAIL"
     #: Ended without its workers/app ever reporting in, or vanished from the controller.
@@ -45,8 +50,8 @@ class JobState(TextEnum):
 
     @property
     def is_active(self) -> bool:
-        """True while the job is queued or running."""
-        return self in (JobState.PENDING, JobState.RUNNING)
+        """True while the job is queued or running (cancelling is still running)."""
+        return self in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)
 
 
 _TERMINAL = frozenset(

@@ -25,6 +25,7 @@ COMMANDS = (
     "jobstrap.cli.doctor",
     "jobstrap.cli.run",
     "jobstrap.cli.jobs",
+    "jobstrap.cli.prune",
     "jobstrap.cli.submit",
 )
 

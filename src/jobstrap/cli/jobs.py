@@ -1,118 +1,39 @@
-"""``jobstrap status``, ``cancel`` and ``logs``: saved runs, found through the registry."""
+"""``jobstrap status``, ``cancel`` and ``logs``: saved runs, found through the registry.
+
+What a run is (live, cancelling, how it ended) is decided in :mod:`jobstrap.cli.runs`.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import click
 
 from jobstrap.batchctl.control import BatchControl
-from jobstrap.errors import BatchCommandError, UserError
+from jobstrap.cli.runs import RunView, View, ask, describe, elsewhere, ended_at, is_ours, recover
+from jobstrap.errors import UserError
 from jobstrap.states import JobState
 from jobstrap.store import registry
 from jobstrap.store.files import read_tail
-from jobstrap.store.registry import JobKey, RunRecord
-from jobstrap.systems import JobRecord
+from jobstrap.store.registry import RunRecord
 
 _COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT")
+#: How long an ended run stays in the default listing (seconds).
+RECENT = 24 * 3600.0
 
 
-def _elsewhere(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """Runs whose jobs were numbered by another controller than the one here.
-
-    Returns run id -> why they are not asked about. Their ids mean other jobs (or
-    nothing) on this controller: asking, and worse cancelling, would hit the wrong job.
-    A record without a controller (older versions) or a controller that cannot say
-    its name is asked, as before; the tag check then tells its jobs from others.
-    """
-    away: dict[str, str] = {}
-    for run in runs:
-        if not run.controller:
-            continue
-        here = BatchControl.for_system(run.system).controller()
-        if here and here != run.controller:
-            away[run.run_id] = f"submitted to {run.system} {run.controller}, this is {here}"
-    return away
+def _row(run: RunRecord, job: str, view: View) -> tuple[str, ...]:
+    return (run.run_id, run.kind, job, view.state, view.nodes, view.reason, view.elapsed, view.left)
 
 
-def _ask(runs: Sequence[RunRecord]) -> tuple[dict[JobKey, JobRecord], list[str]]:
-    """Every job of ``runs``: one status query per batch system. Returns records, errors.
-
-    Records are keyed by :class:`JobKey`, never by the id alone: a local run and a
-    Slurm run (or two Slurm runs either side of a controller restart) may both have
-    job ``5``, and each must get its own system's answer.
-    """
-    by_system: dict[str, list[RunRecord]] = defaultdict(list)
-    for run in runs:
-        by_system[run.system].append(run)
-    found: dict[JobKey, JobRecord] = {}
-    errors: list[str] = []
-    for system, group in by_system.items():
-        ids = [job_id for run in group for job_id in run.job_ids]
-        try:
-            answer = BatchControl.for_system(system).status(ids)
-        except BatchCommandError as error:
-            errors.append(f"cannot ask {system}: {error}")
-            for run in group:
-                for key in run.job_keys():
-                    found[key] = JobRecord(key.job_id, JobState.UNKNOWN, reason="no answer")
-            continue
-        for run in group:
-            found.update((k, answer[k.job_id]) for k in run.job_keys() if k.job_id in answer)
-    return found, errors
-
-
-def _recover(runs: Sequence[RunRecord]) -> list[RunRecord]:
-    """Find the jobs of runs whose submitter died before it could save their ids.
-
-    Such a run is saved as ``submitting`` with its tag; the job name is
-    ``<job_name>-<tag>``, so the batch system can say which jobs are the run's.
-    """
-    recovered: list[RunRecord] = []
-    for run in runs:
-        job_name = (run.profile.get("resolved") or {}).get("job_name")
-        if run.status != "submitting" or run.job_ids or not run.tags or not job_name:
-            recovered.append(run)
-            continue
-        batchctl = BatchControl.for_system(run.system)
-        ids: list[str] = []
-        try:
-            for tag in run.tags:
-                argv = batchctl.system.find_by_name_argv(f"{job_name}-{tag}")
-                ids += batchctl.system.parse_find_by_name(batchctl.run(argv).stdout)
-        except BatchCommandError:
-            recovered.append(run)  # cannot tell now; the next status asks again
-            continue
-        if ids:
-            run = registry.update(run.run_id, job_ids=ids, status="submitted")
-        recovered.append(run)
-    return recovered
-
-
-def _is_ours(run: RunRecord, record: JobRecord) -> bool:
-    """Does the batch system's job behind this id still carry the run's tag?"""
-    return not record.name or any(record.name.endswith(tag) for tag in run.tags)
-
-
-def _row(
-    run: RunRecord, job_id: str, record: JobRecord | None, away: str | None = None
-) -> tuple[str, ...]:
-    if away is not None:
-        state, nodes, reason, elapsed, left = "UNKNOWN", "", away, "", ""
-    elif record is None or not _is_ours(run, record):
-        # Gone from the controller and its history (or the id now serves another job).
-        state, nodes, reason, elapsed, left = "MISSING", "", "not known to the batch system", "", ""
-    else:
-        state, nodes, reason, elapsed, left = (
-            record.state.value, record.nodes, record.reason, record.elapsed, record.time_left
-        )  # fmt: skip
-        if record.exit_code and record.state.is_terminal:
-            reason = f"{reason} exit {record.exit_code}".strip()
-    return (run.run_id, run.kind, job_id, state, nodes, reason, elapsed, left)
+def _jobs_cell(job_ids: Sequence[str]) -> str:
+    if not job_ids:
+        return "-"
+    return job_ids[0] if len(job_ids) == 1 else f"{job_ids[0]} (+{len(job_ids) - 1})"
 
 
 def _table(rows: Iterable[tuple[str, ...]]) -> str:
@@ -124,54 +45,121 @@ def _table(rows: Iterable[tuple[str, ...]]) -> str:
     )
 
 
+def _unsettled(run: RunRecord) -> bool:
+    """True when the registry cannot say the run is over: it must be asked about."""
+    return run.status in ("submitting", "submitted")
+
+
 @click.command()
 @click.argument("runs", nargs=-1)
-def status(runs: tuple[str, ...]) -> None:
-    """Show the jobs of RUNS (default: every saved run): state, nodes, reason, times."""
+@click.option(
+    "--all", "everything", is_flag=True, help="Every saved run, however long ago it ended."
+)
+def status(runs: tuple[str, ...], everything: bool) -> None:
+    """One line per run: live runs and those that ended in the last 24 hours (--all:
+    every saved run). Named RUNS show each of their jobs: state, nodes, reason, times."""
     records = [registry.load(r) for r in runs] if runs else registry.list()
     if not records:
         click.echo(f"no runs saved in {registry.registry_dir()}")
         return
-    records = _recover(records)
-    away = _elsewhere(records)
-    found, errors = _ask([run for run in records if run.run_id not in away])
+    records = recover(records)
+    since = time.time() - RECENT
+    windowed = not runs and not everything
+    if windowed:
+        # A run the registry knows is over and that ended before the window needs no
+        # question to the batch system: a day of history costs nothing.
+        records = [r for r in records if _unsettled(r) or ended_at(r) >= since]
+    away = elsewhere(records)
+    found, errors = ask([run for run in records if run.run_id not in away])
     for message in errors:
         click.echo(f"warning: {message}", err=True)
-    rows = [
-        _row(run, key.job_id, found.get(key), away.get(run.run_id))
-        for run in records
-        for key in run.job_keys()
-    ]
+    views = [describe(run, found, away.get(run.run_id)) for run in records]
+    _settle(views, errors, away)
+    if windowed:
+        views = [v for v in views if v.live or ended_at(v.run) >= since]
+        if not views:
+            click.echo("no live runs, none ended in the last 24 hours (jobstrap status --all)")
+            return
+    if runs:
+        rows = [_row(v.run, job_id, view) for v in views for job_id, view in v.jobs]
+    else:
+        rows = [_row(v.run, _jobs_cell(v.run.job_ids), v.summary) for v in views]
     click.echo(_table(rows))
-    for run in records:
-        if run.status == "submitted" and run.job_ids and not errors and run.run_id not in away:
-            states = [found.get(key) for key in run.job_keys()]
-            if all(r is None or r.state.is_terminal for r in states):
-                registry.update(run.run_id, status="finished")
+
+
+def _settle(views: Sequence[RunView], errors: Sequence[str], away: Mapping[str, str]) -> None:
+    """Mark runs whose jobs have all ended ``finished``, so the next status skips them."""
+    for view in views:
+        run = view.run
+        asked = run.job_ids and not errors and run.run_id not in away
+        if run.status == "submitted" and asked and not view.live:
+            registry.update(run.run_id, status="finished")
+
+
+def _wait_released(run: RunRecord, job_ids: Sequence[str], deadline: float | None) -> bool:
+    """Wait until the batch system has let go of every one of ``job_ids``; say so.
+
+    A cancelled job may linger (Slurm's COMPLETING while its nodes clean up, a local
+    job's processes between SIGTERM and exit); its terminal state is the first one
+    after it. Returns False, having said which jobs remain, if ``deadline`` came first.
+    """
+    watcher = BatchControl.for_system(run.system).watcher
+    # Released is what is waited for, not the exit code: no holding an ended job back
+    # until the accounting has it (this process's watcher serves only this command).
+    watcher.configure(poll_interval=2.0, max_interval=10.0, exit_code_grace=0)
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        records = watcher.wait(job_ids, timeout=remaining)
+    except TimeoutError:
+        left = [j for j in job_ids if not watcher.state(j).is_terminal]
+        click.echo(
+            f"error: {run.run_id}: still in the batch system after --timeout: "
+            + ", ".join(f"{j} {JobState.CANCELLING}" for j in left),
+            err=True,
+        )
+        return False
+    final = ", ".join(f"{j} {records[j].state}" for j in job_ids)
+    click.echo(f"{run.run_id}: released by the batch system ({final})")
+    return True
 
 
 @click.command()
 @click.argument("runs", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Cancel every saved run that is not over.")
-def cancel(runs: tuple[str, ...], everything: bool) -> None:
-    """Cancel every job of RUNS (or of all runs with --all), from any process."""
+@click.option(
+    "--wait", "wait", is_flag=True, help="Return only once the batch system released every job."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+    help="With --wait: give up after S seconds (exit 1).",
+)  # fmt: skip
+def cancel(runs: tuple[str, ...], everything: bool, wait: bool, timeout: float | None) -> None:
+    """Cancel every job of RUNS (or of all runs with --all), from any process.
+
+    With --wait, return only once the batch system has released every job (a
+    cancelled Slurm job stays COMPLETING for a while; status shows it CANCELLING).
+    """
     if everything == bool(runs):
         raise click.UsageError("name the runs to cancel, or pass --all (not both)")
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait")
+    deadline = None if timeout is None else time.monotonic() + timeout
     if everything:
         records = [r for r in registry.list() if r.status in ("submitted", "submitting")]
     else:
         records = [registry.load(r) for r in runs]
-    records = _recover(records)
+    records = recover(records)
     if not records:
         click.echo("nothing to cancel")
         return
-    away = _elsewhere(records)
+    away = elsewhere(records)
     for run_id, why in away.items():
         click.echo(f"{run_id}: not cancelled: {why}", err=True)
     records = [run for run in records if run.run_id not in away]
-    found, errors = _ask(records)
+    found, errors = ask(records)
     if errors:
         raise UserError("; ".join(errors))
+    cancelled: list[tuple[RunRecord, list[str]]] = []
     for run in records:
         # Only ids that still carry the run's tag: after a controller restart an old id
         # may belong to somebody else's job, which must never be cancelled.
@@ -179,15 +167,28 @@ def cancel(runs: tuple[str, ...], everything: bool) -> None:
             key.job_id
             for key in run.job_keys()
             if (rec := found.get(key)) is not None
-            and _is_ours(run, rec)
+            and is_ours(run, rec)
             and not rec.state.is_terminal
         ]
         if live:
             BatchControl.for_system(run.system).cancel(live)
+        # The one record that a cancel was asked for (RunRecord.cancel_requested):
+        # status shows the run's lingering jobs CANCELLING from now on.
         registry.update(
             run.run_id, status="cancelled", extra={**run.extra, "cancelled": time.time()}
         )
         click.echo(f"{run.run_id}: cancelled {len(live)} job(s)")
+        cancelled.append((run, live))
+    if not wait:
+        return
+    try:
+        released = [_wait_released(run, live, deadline) for run, live in cancelled if live]
+    except KeyboardInterrupt:
+        # The cancel was sent; only the waiting for it stops.
+        click.echo("interrupted: stopped waiting; the cancel stands (jobstrap status)", err=True)
+        sys.exit(130)
+    if not all(released):
+        sys.exit(1)
 
 
 def _job_of(run: RunRecord, task: int) -> str:

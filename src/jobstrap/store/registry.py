@@ -198,6 +198,16 @@ class RunRecord:
         extra.update({k: v for k, v in data.items() if k not in known})
         return cls(**values, extra=extra)
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once jobstrap asked the batch system to cancel the run.
+
+        The one record of that fact: ``jobstrap cancel`` and ``JobFuture.cancel`` set
+        :attr:`status` to ``cancelled`` (the CLI also keeps when, in ``extra``), so
+        that any process can tell a job leaving after a cancel from one still at work.
+        """
+        return self.status == "cancelled"
+
     def job_key(self, job_id: str) -> JobKey:
         """The key of this run's job ``job_id`` (see :class:`JobKey`)."""
         return JobKey(self.system, self.controller, job_id, self.created)

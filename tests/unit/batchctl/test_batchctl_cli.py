@@ -219,13 +219,18 @@ def test_status_of_one_run_by_prefix(home: Path, fake_slurm: FakeSlurm) -> None:
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["RUN", "run-b"]
 
 
-def test_status_calls_a_job_unknown_everywhere_missing(home: Path, fake_slurm: FakeSlurm) -> None:
+def test_status_calls_a_job_unknown_everywhere_ended_not_missing(
+    home: Path, fake_slurm: FakeSlurm
+) -> None:
     save_run("run-a", home, ["4242"])
     add_job(fake_slurm, "100")
 
     done = jobstrap("status")
 
-    assert "MISSING" in done.stdout.splitlines()[1]
+    row = done.stdout.splitlines()[1]
+    assert row.split()[:4] == ["run-a", "app", "4242", "ENDED"]
+    assert "no longer known to the batch system" in row
+    assert "MISSING" not in done.stdout
 
 
 def test_status_with_no_runs_says_so(home: Path) -> None:

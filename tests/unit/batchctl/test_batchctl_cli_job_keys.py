@@ -87,7 +87,7 @@ def test_status_and_cancel_all_see_a_slurm_job_sharing_its_id_with_an_older_loca
     before_restart = RunRecord(
         run_id="run-before-restart", kind="app", system="slurm", controller="jobstrap",
         run_dir=str(home / "runs" / "run-before-restart"), job_ids=["57"],
-        tags=["js000000000000"], created=time.time() - 86_400, status="finished",
+        tags=["js000000000000"], created=time.time() - 2 * 86_400, status="finished",
     )  # fmt: skip
     registry.save(before_restart)
     local = local_run(home)
@@ -97,12 +97,16 @@ def test_status_and_cancel_all_see_a_slurm_job_sharing_its_id_with_an_older_loca
     assert one.returncode == 0, one.stderr
     assert rows(one.stdout)[sleepy.run_id][:3] == ["app", "1", "RUNNING"]
 
-    every = jobstrap("status")
+    recent = jobstrap("status")
+    assert recent.returncode == 0, recent.stderr
+    assert before_restart.run_id not in recent.stdout  # ended a day ago: history only
+    every = jobstrap("status", "--all")
     assert every.returncode == 0, every.stderr
     table = rows(every.stdout)
     assert table[sleepy.run_id][:3] == ["app", "1", "RUNNING"]
     assert table[local.run_id][:3] == ["app", "1", "COMPLETED"]
-    assert table[before_restart.run_id][:3] == ["app", "57", "MISSING"]
+    # Its job 57 is gone from Slurm: it ended, and nothing says how.
+    assert table[before_restart.run_id][:3] == ["app", "57", "ENDED"]
     assert registry.load(sleepy.run_id).status == "submitted"  # not taken for over
 
     cancelled = jobstrap("cancel", "--all")
