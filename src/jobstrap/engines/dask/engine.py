@@ -105,6 +105,9 @@ class DaskEngine:
             idle_timeout=idle_timeout,
         )
         runner.start()
+        from jobstrap.engines.dask.metrics import serve_run_metrics
+
+        serve_run_metrics(runner, options.run_dir)  # HTTPS /metrics, targets file
         return runner
 
     def serve_workers(

@@ -30,6 +30,7 @@ from distributed.spill import SpillBuffer
 
 from jobstrap.bootstrap import signals
 from jobstrap.engines.dask import samehost
+from jobstrap.engines.dask.metrics import worker_service_kwargs
 from jobstrap.engines.dask.quiet import (
     logger,
     quiet_closed_comm_tracebacks,
@@ -175,6 +176,7 @@ class BatchWorker(Worker):
         _leave_signals_to_the_nanny()
         quiet_closed_comm_tracebacks()  # also in a nanny's worker process
         samehost.install()  # likewise: a spawned worker starts without it
+        worker_service_kwargs(kwargs)  # the HTTPS metrics endpoint and its labels
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
         data = self.memory_manager.data
