@@ -26,6 +26,7 @@ COMMANDS = (
     "jobstrap.cli.run",
     "jobstrap.cli.jobs",
     "jobstrap.cli.submit",
+    "jobstrap.cli.metrics",
 )
 
 

@@ -179,11 +179,15 @@ def update_aggregate(run_root: str | os.PathLike[str], *, now: float | None = No
                 ca = run_dir / "tls" / "ca.pem"
                 if _ours(ca.stat()):
                     cas.append(ca.read_text(encoding="ascii"))
+        # The scraper's own CA too (its key is gone: it signs no server): a bundle
+        # is never empty, which Prometheus would take for a configuration error.
+        with contextlib.suppress(OSError):
+            scraper_ca = where / "client" / "ca.pem"
+            if _ours(scraper_ca.stat()):
+                cas.append(scraper_ca.read_text(encoding="ascii"))
         atomic_write_json(targets_file, entries)
-        # Prometheus re-reads its CA file when it changes; never leave it empty (an
-        # empty bundle is a configuration error, not "trust nothing").
-        if cas or not bundle_file.exists():
-            atomic_write_text(bundle_file, "".join(cas))
+        # Prometheus re-reads its CA file when it changes (checked at each scrape).
+        atomic_write_text(bundle_file, "".join(cas))
     return targets_file
 
 
