@@ -277,7 +277,9 @@ class TargetsPlugin(SchedulerPlugin):
             self.targets[scheduler.address] = Target(f"{_host(scheduler)}:{service.port}", labels)
         for address in list(scheduler.workers):
             self._add(address)
-        self._write()
+        # The first write is awaited: the file exists once the plugin is installed.
+        targets = list(self.targets.values())
+        await asyncio.get_running_loop().run_in_executor(None, self._write_now, targets)
         self._refresh = asyncio.ensure_future(self._heartbeat())
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
