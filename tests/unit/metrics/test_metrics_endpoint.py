@@ -141,3 +141,45 @@ def test_without_tls_material_no_endpoint_is_opened(tmp_path: Path) -> None:
             return SERVICE in s.services
 
     assert asyncio.run(main()) is False
+
+
+def test_two_workers_in_one_process_each_report_their_own_numbers(tmp_path: Path) -> None:
+    # distributed's /metrics shares one collector per process (distributed#8544);
+    # each jobstrap endpoint has a registry bound to its own worker.
+    from distributed import Worker
+
+    from jobstrap.engines.dask.metrics import MetricsService
+
+    run = RunDir.create(tmp_path, "run-b")
+    files = create_tls(run)
+    seen: dict[str, str] = {}
+
+    async def main() -> None:
+        security = load_security(run)
+        service = {SERVICE: (MetricsService, {"role": "worker", "run_dir": str(run)})}
+        async with Scheduler(
+            host="127.0.0.1", port=0, protocol="tls", security=security, dashboard=False
+        ) as scheduler:
+            await install_scheduler_metrics(scheduler, run)
+            async with (
+                Worker(scheduler.address, nthreads=1, name="one", security=security,
+                       services=service, dashboard=False),
+                Worker(scheduler.address, nthreads=3, name="three", security=security,
+                       services=service, dashboard=False),
+            ):  # fmt: skip
+                await asyncio.sleep(0.5)  # the plugin's coalesced write
+                entries = json.loads(run_targets_file(run).read_text())
+                loop = asyncio.get_running_loop()
+                context = _context(files.ca, files.cert, files.key)
+                for entry in entries:
+                    if entry["labels"]["role"] != "worker":
+                        continue
+                    port = int(entry["targets"][0].rsplit(":", 1)[1])
+                    text = await loop.run_in_executor(None, _scrape, port, context)
+                    seen[entry["labels"]["worker"]] = text
+
+    asyncio.run(main())
+
+    assert set(seen) == {"one", "three"}
+    assert "\ndask_worker_threads 1.0" in seen["one"]
+    assert "\ndask_worker_threads 3.0" in seen["three"]
