@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["ClusterCollector"]
+__all__ = ["ClusterCollector", "job_of_worker"]
 
 
 def _state(status: Any) -> str:
@@ -178,3 +178,19 @@ class ClusterCollector:
         for command, total in sorted(dict(getattr(batchctl, "seconds", {})).items()):
             seconds.add_metric([command], total)
         yield seconds
+
+
+def job_of_worker(cluster: Any) -> Callable[[str], str | None]:
+    """The job id (as ``cluster.jobs`` keys it) of a worker name, or None.
+
+    A cluster's workers are named ``<job name>-<i>`` after the job they run in.
+    """
+
+    def job_of(worker: str) -> str | None:
+        job_name = worker.rsplit("-", 1)[0]
+        for job_id, status in dict(getattr(cluster, "jobs", {}) or {}).items():
+            if getattr(status, "name", None) in (job_name, worker):
+                return str(job_id)
+        return None
+
+    return job_of

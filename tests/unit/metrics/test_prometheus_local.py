@@ -51,8 +51,9 @@ def test_every_worker_of_a_cluster_is_scraped_and_gone_after_close(prometheus: s
             lambda: len(query(prometheus, up)) == 3, 120, lambda: targets_of(prometheus, run)
         )
         workers = query(prometheus, up)
-        job_ids = {w["metric"]["job_id"] for w in workers}
-        assert all(job_ids)
+        # The ids the cluster's own job series use (array tasks: 1_0, 1_1, 1_2).
+        assert {w["metric"]["job_id"] for w in workers} == set(cluster.jobs)
+        assert {w["metric"]["array_task"] for w in workers} == {"0", "1", "2"}
         assert {w["metric"]["node"] for w in workers} == {socket.gethostname().split(".")[0]}
         assert {w["metric"]["worker"] for w in workers} == {
             ws["name"] for ws in cluster.scheduler_info["workers"].values()

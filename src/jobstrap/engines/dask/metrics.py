@@ -234,6 +234,10 @@ class TargetsPlugin(SchedulerPlugin):
         The engine's name (label ``engine``).
     pool_of
         The pool of a job id (label ``pool``); default ``"default"``.
+    job_of
+        The job id of a worker name as its cluster knows it (``123_4``), when the
+        worker's own ``JOBSTRAP_JOB_ID`` (the array's id) is not what the cluster's
+        job series use; None or a None answer keeps the worker's.
     """
 
     name = "jobstrap-targets"
@@ -245,8 +249,10 @@ class TargetsPlugin(SchedulerPlugin):
         run: str | None = None,
         engine: str = "dask",
         pool_of: Callable[[str], str] | None = None,
+        job_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.job_of = job_of
         self.common = {
             "run": run or self.run_dir.name,
             "engine": engine,
@@ -314,6 +320,8 @@ class TargetsPlugin(SchedulerPlugin):
             return False  # a worker without metrics (no TLS, old jobstrap, turned off)
         extra: Mapping[str, Any] = (ws.extra or {}).get("jobstrap") or {}
         job_id = str(extra.get("job_id", ""))
+        known = self.job_of(str(ws.name)) if self.job_of is not None else None
+        job_id = known or job_id
         labels = dict(
             self.common,
             role="worker",
@@ -384,6 +392,7 @@ async def install_scheduler_metrics(
     *,
     engine: str = "dask",
     pool_of: Callable[[str], str] | None = None,
+    job_of: Callable[[str], str | None] | None = None,
     collectors: Iterable[Any] = (),
 ) -> TargetsPlugin | None:
     """Serve the scheduler's metrics and keep the run's targets file (on its loop).
@@ -397,7 +406,7 @@ async def install_scheduler_metrics(
         A running ``distributed.Scheduler``.
     run_dir
         The run directory.
-    engine, pool_of
+    engine, pool_of, job_of
         Labels (see :class:`TargetsPlugin`).
     collectors
         More ``prometheus_client`` collectors to serve beside Dask's (jobstrap's own).
@@ -414,7 +423,7 @@ async def install_scheduler_metrics(
             scheduler.services[SERVICE] = service  # stopped with the scheduler
         else:
             service = None
-    plugin = TargetsPlugin(run_dir, engine=engine, pool_of=pool_of)
+    plugin = TargetsPlugin(run_dir, engine=engine, pool_of=pool_of, job_of=job_of)
     if service is not None:
         for collector in (*collectors, _PluginCollector(plugin)):
             service.registry.register(collector)
