@@ -72,6 +72,7 @@ def test_every_worker_of_a_3_job_cluster_is_scraped_and_the_counts_match_slurm(
         )
         workers = _worker_targets(prometheus, run)
         assert {w["node"] for w in workers} <= set(COMPUTE_NODES)
+        assert {w["job_id"] for w in workers} == set(cluster.jobs)
         for target in targets_of(prometheus, run):
             host = target["discoveredLabels"]["__address__"].rsplit(":", 1)[0]
             assert not ipaddress.ip_address(host).is_loopback
