@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -201,6 +201,8 @@ class CommandRunner:
         self._bucket = bucket
         self._sleep = sleep
         self.calls: Counter[str] = Counter()
+        #: Seconds spent in each command (with ``calls``: their mean latency).
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self._calls_lock = threading.Lock()
 
     @property
@@ -213,6 +215,7 @@ class CommandRunner:
         self.bucket.acquire()
         with self._calls_lock:
             self.calls[command_name(argv)] += 1
+        began = time.monotonic()
         try:
             done = subprocess.run(
                 list(argv),
@@ -233,6 +236,9 @@ class CommandRunner:
             raise BatchCommandError(
                 argv, 127, f"cannot run {argv[0]}: {error.strerror or error}"
             ) from None
+        finally:
+            with self._calls_lock:
+                self.seconds[command_name(argv)] += time.monotonic() - began
         return CommandResult(list(argv), done.returncode, done.stdout, done.stderr)
 
     def run(

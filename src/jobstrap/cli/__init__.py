@@ -27,6 +27,7 @@ COMMANDS = (
     "jobstrap.cli.jobs",
     "jobstrap.cli.prune",
     "jobstrap.cli.submit",
+    "jobstrap.cli.metrics",
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from jobstrap.batchctl.control import BatchControl
+from jobstrap.cli.logmerge import print_all
 from jobstrap.cli.runs import RunView, View, ask, describe, elsewhere, ended_at, is_ours, recover
 from jobstrap.errors import UserError
 from jobstrap.states import JobState
@@ -216,9 +217,24 @@ def _job_over(run: RunRecord, job_id: str, interval: float) -> bool:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.option("--err", is_flag=True, help="Standard error instead of standard output.")
 @click.option("--interval", type=float, default=2.0, hidden=True)
-def logs(run_id: str, task: int, tail: int, follow: bool, err: bool, interval: float) -> None:
+@click.option("--all", "every", is_flag=True, help="Every job's output and errors, in time order.")
+@click.option("--grep", metavar="REGEX", help="With --all: only lines matching REGEX.")
+@click.option("--since", metavar="T", help="With --all: lines since T (10m, 2h, 2026-01-02 03:04).")
+def logs(
+    run_id: str,
+    task: int,
+    tail: int,
+    follow: bool,
+    err: bool,
+    interval: float,
+    every: bool,
+    grep: str | None,
+    since: str | None,
+) -> None:
     """Print a job's output (or --err) from the run directory."""
     run = registry.load(run_id)
+    if every:
+        return print_all(run, grep=grep, since=since)  # jobstrap.cli.logmerge
     job_id = _job_of(run, task)
     out_path, err_path = run.log_paths(job_id)
     path = Path(err_path if err else out_path)

@@ -67,9 +67,11 @@ from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
 from jobstrap.engines.dask.drain import install_drain
+from jobstrap.engines.dask.metrics import install_scheduler_metrics
 from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
 from jobstrap.engines.dask.watchdog import HEARTBEAT_KEY
 from jobstrap.errors import JobFailedError
+from jobstrap.metrics.jobs import ClusterCollector, job_of_worker
 from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
 from jobstrap.systems import JobRecord, get_system
@@ -276,6 +278,10 @@ class BatchCluster(SpecCluster):
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(AdaptOnNewWork(self))
             install_drain(self.scheduler)  # the rotation drains jobs through it
+            collector = ClusterCollector(self, rotation=self._lifetime)  # jobstrap's own
+            await install_scheduler_metrics(
+                self.scheduler, self.run_dir, job_of=job_of_worker(self), collectors=[collector]
+            )
         elif self._placement.in_job:
             self._beat()
             await self._placement.install_watchdog(self.scheduler_comm)

@@ -85,7 +85,9 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            # settings of the local queue and of batch.submit, not profiles
                            "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE",
                            # the bootstrap's log level, passed to jobs like the rest
-                           "LOG_LEVEL"})  # fmt: skip
+                           "LOG_LEVEL",
+                           # log lines as JSON; metrics endpoints off (docs/metrics.md)
+                           "LOG_FORMAT", "METRICS"})  # fmt: skip
 
 
 def _setting(default: Any, parse: Callable[[str, object], Any], doc: str) -> Any:

@@ -150,6 +150,8 @@ def last_traceback(tail: str) -> list[str]:
         return []
     block = [lines[starts[-1]]]
     for line in lines[starts[-1] + 1 :]:
+        if _ROUTINE_LOG.match(line):
+            continue  # another rank's record, written between the traceback's lines
         block.append(line)
         if line.strip() and not line[0].isspace():
             break  # the exception itself ends the traceback

@@ -160,6 +160,22 @@ def test_the_last_traceback_is_found_between_the_ranks_log_lines() -> None:
     assert last_traceback("no traceback here\n") == []
 
 
+def test_a_rank_s_log_line_inside_the_traceback_is_left_out() -> None:
+    # Ranks share the job's stderr: a worker's record can land between the lines.
+    tail = (
+        "Traceback (most recent call last):\n"
+        "2026-12-06 20:45:28,998 - [run=r job_id=4 node=vm rank=2 role=worker]"
+        " - distributed.worker - INFO -         Registered to:      tls://10.0.0.1:1\n"
+        '  File "/home/u/app.py", line 1, in <module>\n'
+        "ModuleNotFoundError: No module named 'x'\n"
+    )
+    assert last_traceback(tail) == [
+        "Traceback (most recent call last):",
+        '  File "/home/u/app.py", line 1, in <module>',
+        "ModuleNotFoundError: No module named 'x'",
+    ]
+
+
 def test_the_message_quotes_the_exception_not_the_log_lines_after_it() -> None:
     found = diagnose(JobState.FAILED, 1, "", INTERLEAVED, "python")
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from jobstrap.bootstrap import logtags
 from jobstrap.bootstrap.engine import frozen_imports
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def load_dask(*, forks_workers: bool = False) -> None:
         from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
 
         quiet_closed_comm_tracebacks()
+        logtags.install()  # every line says which run, job, node, rank and role wrote it
         # Before any listener or connection: same-host peers (a node's workers,
         # the scheduler and the app's client) talk over Unix sockets, not TLS.
         samehost.install()
@@ -88,6 +90,7 @@ class DaskEngine:
     ) -> SchedulerRunner:
         """Start the scheduler on ``host``; return it once it listens."""
         self.load()
+        logtags.set_role("scheduler")
         from jobstrap.engines.dask.scheduler import SchedulerRunner
 
         if options.dashboard and options.dashboard_bind == "interface":
@@ -105,6 +108,10 @@ class DaskEngine:
             idle_timeout=idle_timeout,
         )
         runner.start()
+        if options.dashboard:  # --no-dashboard: no HTTP listener at all, metrics included
+            from jobstrap.engines.dask.metrics import serve_run_metrics
+
+            serve_run_metrics(runner, options.run_dir)  # HTTPS /metrics, targets file
         return runner
 
     def serve_workers(
@@ -118,6 +125,7 @@ class DaskEngine:
         max_memory_kills: int | None = None,
     ) -> int:
         """Run nannies (or workers) named ``names`` until closed, lost or drained."""
+        logtags.set_role("worker")
         from jobstrap.engines.dask.workers import WorkerOptions, serve_workers
 
         if options.nanny:
@@ -154,6 +162,7 @@ class DaskEngine:
 
     def connect(self, address: str, security: Any, *, death_timeout: float) -> SchedulerLink:
         """A :class:`SchedulerLink` to the scheduler at ``address`` (not started)."""
+        logtags.set_role("client")
         from jobstrap.engines.dask.link import SchedulerLink
 
         return SchedulerLink(address, security, death_timeout=death_timeout)

@@ -30,6 +30,7 @@ from distributed.spill import SpillBuffer
 
 from jobstrap.bootstrap import signals
 from jobstrap.engines.dask import samehost
+from jobstrap.engines.dask.metrics import worker_service_kwargs
 from jobstrap.engines.dask.quiet import (
     logger,
     quiet_closed_comm_tracebacks,
@@ -171,10 +172,15 @@ class BatchWorker(Worker):
     A full local directory fails the task that needs it (see :class:`_SpillBuffer`).
     """
 
+    #: Open the HTTPS metrics listener (``jobstrap.engines.dask.metrics``).
+    serves_metrics = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _leave_signals_to_the_nanny()
         quiet_closed_comm_tracebacks()  # also in a nanny's worker process
         samehost.install()  # likewise: a spawned worker starts without it
+        if self.serves_metrics:
+            worker_service_kwargs(kwargs)  # the HTTPS metrics endpoint and its labels
         super().__init__(*args, **kwargs)
         self.handlers["jobstrap_quiet"] = _quiet
         data = self.memory_manager.data
@@ -285,7 +291,9 @@ def oom_kills() -> int | None:
 
 
 class HeadlessWorker(BatchWorker):
-    """A worker that binds no HTTP port."""
+    """A worker that binds no HTTP port (metrics included)."""
+
+    serves_metrics = False
 
     def start_http_server(
         self, routes: Any, dashboard_address: Any, default_port: int = 0, ssl_options: Any = None
