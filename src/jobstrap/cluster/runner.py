@@ -95,6 +95,8 @@ class JobRunner:
         The cluster whose ``workers`` (one process interface per live job) it keeps.
     pool, book, submitter, guard
         The cluster's parts: the spec by name, the job book, submission, orphans.
+    submitters
+        Submission by worker pool (default: ``submitter`` for every pool).
     watcher
         Batch control's watcher (jobs that ended are no longer watched).
     """
@@ -108,11 +110,13 @@ class JobRunner:
         submitter: WorkerSubmitter,
         guard: OrphanGuard,
         watcher: Watcher,
+        submitters: dict[str, WorkerSubmitter] | None = None,
     ) -> None:
         self._cluster = cluster
         self._pool = pool
         self._book = book
         self._submitter = submitter
+        self._submitters = submitters or {}
         self._guard = guard
         self._watcher = watcher
         self.submit = submitter.submit
@@ -125,21 +129,25 @@ class JobRunner:
         if to_close:
             await self._stop_jobs(to_close)
         to_open = [name for name in cluster.worker_spec if name not in cluster.workers]
-        if to_open:
-            await self._start_jobs(to_open)
+        by_pool: dict[str, list[str]] = {}
+        for name in to_open:
+            by_pool.setdefault(self._pool.pool_of(name), []).append(name)
+        for pool, provisional in by_pool.items():
+            # One submission (a job array) per pool: each pool is one job script.
+            await self._start_jobs(provisional, self._submitters.get(pool, self._submitter))
 
-    async def _start_jobs(self, provisional: list[str]) -> None:
+    async def _start_jobs(self, provisional: list[str], submitter: WorkerSubmitter) -> None:
         cluster = self._cluster
         if self._book.error is not None:
             for name in provisional:
                 cluster.worker_spec.pop(name, None)
             raise self._book.error
         try:
-            names, job_ids = await self._submitter.submit(len(provisional))
+            names, job_ids = await submitter.submit(len(provisional))
         except SubmitError as error:
             for name in provisional:
                 cluster.worker_spec.pop(name, None)
-            self._submitter.explain_refusal(error)
+            submitter.explain_refusal(error)
             stop_on_refusal(cluster._adaptive, error)
             raise
         orphans: list[str] = []
