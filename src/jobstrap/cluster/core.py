@@ -546,6 +546,7 @@ class BatchCluster(SpecCluster):
             system=self.profile.system,
             run_id=self.run_id,
             error=self._book.error,
+            pools=len(self.pools) > 1,
         )
         rendered: str = super()._repr_html_(cluster_status=extra + (cluster_status or ""))
         return rendered

@@ -30,20 +30,20 @@ RECENT_WAITS = 5
 
 
 def parse_idle_hold(value: object) -> float | str:
-    """``idle_hold`` checked: ``"auto"``, seconds, or a duration (``"2min"``)."""
+    """``idle_hold`` checked: ``"auto"``, seconds, or a duration (``"2m"``)."""
     if value is None:
         return 0.0
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
     if isinstance(value, bool):
-        raise ConfigError("idle_hold", value, 'expected seconds, a duration ("2min") or "auto"')
+        raise ConfigError("idle_hold", value, 'expected seconds, a duration ("2m") or "auto"')
     try:
         if not isinstance(value, str | int | float):
             raise TypeError(value)
         seconds = float(parse_timedelta(value, default="seconds"))
     except (TypeError, ValueError, KeyError):
         raise ConfigError(
-            "idle_hold", value, 'expected seconds, a duration ("2min") or "auto"'
+            "idle_hold", value, 'expected seconds, a duration ("2m") or "auto"'
         ) from None
     if not seconds >= 0 or math.isinf(seconds):
         raise ConfigError("idle_hold", value, "must be a finite, non-negative number of seconds")

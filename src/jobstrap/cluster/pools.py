@@ -71,7 +71,7 @@ class Pool:
     """
 
     name: str
-    profile: Profile
+    profile: Profile = field(repr=False)
     shape: JobShape
     resources: Mapping[str, float] = field(default_factory=dict)
     options: ClusterOptions = field(default_factory=ClusterOptions)
