@@ -20,13 +20,29 @@ from dask.utils import parse_timedelta
 
 from jobstrap.errors import ConfigError
 
-__all__ = ["AUTO", "IdleClock", "hold_seconds", "observed_wait", "parse_idle_hold", "to_release"]
+__all__ = [
+    "AUTO",
+    "AUTO_MINIMUM",
+    "IdleClock",
+    "hold_seconds",
+    "observed_wait",
+    "parse_idle_hold",
+    "to_release",
+]
 
 #: ``idle_hold="auto"``: hold for the queue wait observed for the pool.
 AUTO = "auto"
 
 #: Observed waits kept per pool (the hold follows the queue as it changes).
 RECENT_WAITS = 5
+
+#: The shortest ``"auto"`` hold, in seconds. A release costs more than the queue
+#: wait alone: the successor's workers start, import and join, the data the idle
+#: job held is gone, and two batch commands run. Gaps between the steps of a
+#: serial workflow (the client collecting results, plotting, preparing the next
+#: step) are seconds long, so even on an empty queue keeping the job that long is
+#: cheaper than the churn.
+AUTO_MINIMUM = 15.0
 
 
 def parse_idle_hold(value: object) -> float | str:
@@ -63,6 +79,10 @@ def observed_wait(waits: Sequence[float]) -> float | None:
 def hold_seconds(setting: float | str, waits: Sequence[float], floor: float = 0.0) -> float:
     """How long an idle job of a pool is kept.
 
+    ``"auto"`` keeps it for the longest recent queue wait of the pool (releasing
+    it would make the next step pay that wait again), and at least
+    :data:`AUTO_MINIMUM` seconds.
+
     Parameters
     ----------
     setting
@@ -74,7 +94,7 @@ def hold_seconds(setting: float | str, waits: Sequence[float], floor: float = 0.
     """
     if setting == AUTO:
         wait = observed_wait(waits)
-        return max(floor, wait or 0.0)
+        return max(floor, AUTO_MINIMUM, wait or 0.0)
     return max(floor, float(setting))
 
 

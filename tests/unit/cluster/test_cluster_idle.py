@@ -6,6 +6,7 @@ import pytest
 
 from jobstrap.cluster.idle import (
     AUTO,
+    AUTO_MINIMUM,
     IdleClock,
     hold_seconds,
     observed_wait,
@@ -31,8 +32,10 @@ def test_auto_holds_for_the_longest_recent_queue_wait() -> None:
     # Only the recent waits count: the queue of an hour ago is not today's.
     assert observed_wait([500.0, 1, 2, 3, 4, 5]) == 5
     assert hold_seconds(AUTO, [12.0, 30.0]) == 30.0
-    assert hold_seconds(AUTO, []) == 0.0
-    assert hold_seconds(AUTO, [1.0], floor=3.0) == 3.0
+    # A short queue still holds for the churn a release costs.
+    assert hold_seconds(AUTO, []) == AUTO_MINIMUM
+    assert hold_seconds(AUTO, [1.0]) == AUTO_MINIMUM
+    assert hold_seconds(AUTO, [1.0], floor=60.0) == 60.0
     assert hold_seconds(20.0, [300.0]) == 20.0
     assert hold_seconds(0.0, [], floor=3.0) == 3.0
 
