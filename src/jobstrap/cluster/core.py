@@ -57,8 +57,8 @@ from jobstrap.cluster.orphans import OrphanGuard, RegistryEntry, weak_callback
 from jobstrap.cluster.pool import JobPool
 from jobstrap.cluster.pools import build_pools, pick_pool, pop_resources
 from jobstrap.cluster.rotation import JobLifetime, LifetimeManager
-from jobstrap.cluster.runner import BatchJob, JobRunner
-from jobstrap.cluster.scaling import adapt_bounds, jobs_for, worker_suffixes
+from jobstrap.cluster.runner import BatchJob, JobRunner, job_templates
+from jobstrap.cluster.scaling import adapt_bounds, jobs_for
 from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
@@ -106,12 +106,15 @@ class BatchCluster(SpecCluster):
         ``queue=``, ``processes=``, ``nodes=``, ``scheduler="job"``...), their
         dask-jobqueue spellings, and the cluster-level ``n_workers``, ``jobs``,
         ``name``, ``scheduler_options``, ``dashboard_address``, ``host``,
-        ``job_cpu``, ``job_mem`` (see ``docs/migration.md``).
+        ``job_cpu``, ``job_mem`` (see ``docs/migration.md``); ``pools={name:
+        settings}`` (job shapes of their own) and ``worker_resources`` (``docs/pools.md``).
 
     Attributes
     ----------
     profile : Profile
-        The resolved settings every job is built from.
+        The resolved settings every job is built from (each pool's: ``pools``).
+    pools : dict
+        The worker pools by name (:class:`~jobstrap.cluster.pools.Pool`), the default first.
     run_dir : RunDir
         The cluster's private run directory (TLS material, scripts, logs).
     run_id : str
@@ -193,10 +196,7 @@ class BatchCluster(SpecCluster):
 
         # The parts the cluster is made of; each module says what its part is for.
         self._book = JobBook(max_failures=self.profile.max_failures, python=self.profile.python)
-        templates = {
-            name: {"cls": BatchJob, "options": {}, "group": worker_suffixes(p.shape), "pool": name}
-            for name, p in self.pools.items()
-        }
+        templates = job_templates(self.pools)
         self.job_pool = JobPool(self, self._book, prefix, self._log_directory(), templates)
         self._lifetime = LifetimeManager(self.job_pool, self.profile)
         self.job_pool.lifetime = self._lifetime

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from distributed.core import Status
@@ -26,13 +27,14 @@ from jobstrap.cluster.adaptive import stop_on_refusal
 from jobstrap.cluster.book import JobBook
 from jobstrap.cluster.orphans import OrphanGuard
 from jobstrap.cluster.pool import JobPool
-from jobstrap.cluster.scaling import job_of_worker
+from jobstrap.cluster.pools import Pool
+from jobstrap.cluster.scaling import job_of_worker, worker_suffixes
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.errors import SubmitError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
-__all__ = ["BatchJob", "JobRunner"]
+__all__ = ["BatchJob", "JobRunner", "job_templates"]
 
 
 class BatchJob(ProcessInterface):
@@ -84,6 +86,14 @@ class BatchJob(ProcessInterface):
 
     def __repr__(self) -> str:
         return f"<BatchJob {self.name} job_id={self.job_id} status={self.status.name}>"
+
+
+def job_templates(pools: Mapping[str, Pool]) -> dict[str, dict[str, Any]]:
+    """The worker-spec entry of a new job, by pool: a :class:`BatchJob` of its workers."""
+    return {
+        name: {"cls": BatchJob, "options": {}, "group": worker_suffixes(p.shape), "pool": name}
+        for name, p in pools.items()
+    }
 
 
 class JobRunner:
