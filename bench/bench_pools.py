@@ -54,7 +54,9 @@ JOBS = 2
 TASKS = 4
 TASK_SECONDS = 1.0
 JOB_SHAPE: dict[str, Any] = {"cores": 1, "memory": "500MiB", "walltime": "00:30:00", "processes": 1}
-ADAPT: dict[str, Any] = {"interval": "1s", "wait_count": 3}
+# target_duration 1 s: a step's tasks ask for the maximum of jobs, so every method
+# runs the loop on the same number of jobs and the times compare.
+ADAPT: dict[str, Any] = {"interval": "1s", "wait_count": 3, "target_duration": "1s"}
 JOB_NAME = {"idle-aware": "js-idle", "no-hold": "js-nohold", "static": "js-static"}
 JOBQUEUE_NAME = "jq-pools"
 
