@@ -15,6 +15,7 @@ import pytest
 from distributed import Client, get_worker
 
 from jobstrap import LocalBatchCluster
+from jobstrap.errors import ConfigError
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
 POOLS = {"cpu": {}, "gpu": {"worker_resources": {"GPU": 1}}}
@@ -103,3 +104,20 @@ def test_without_a_hold_the_idle_job_goes_and_the_next_step_queues_again() -> No
         _step(client)
         assert len(cluster.job_history) == 2
         assert adaptive.released["default"] >= 1
+
+
+def test_bad_pool_input_is_one_line_and_nothing_is_submitted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pools\['gpu'\]\.quue: .*did you mean 'queue'"):
+        LocalBatchCluster(**SMALL, pools={"cpu": {}, "gpu": {"quue": "gpu"}})
+    with LocalBatchCluster(**SMALL, pools=POOLS) as cluster:
+        with pytest.raises(ConfigError, match=r"no such pool.*did you mean 'gpu'"):
+            cluster.scale(jobs=1, pool="gpx")
+        with pytest.raises(ConfigError, match="did you mean 'gpu'"):
+            cluster.adapt(pools={"gpx": (0, 2)})
+        with pytest.raises(ConfigError, match="per pool or for the cluster"):
+            cluster.adapt(pools={"gpu": (0, 2)}, maximum_jobs=3)
+        with pytest.raises(ConfigError, match="idle_hold"):
+            cluster.adapt(pools={"gpu": (0, 2)}, idle_hold="soon")
+        assert cluster.job_history == {}
+    spool = tmp_path / "spool" / "jobs"
+    assert not spool.exists() or not any(spool.iterdir())
