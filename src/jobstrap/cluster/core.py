@@ -428,9 +428,9 @@ class BatchCluster(SpecCluster):
 
     # -- submitting and cancelling -------------------------------------------------------
 
-    def job_script(self) -> str:
-        """The script of one worker job, as it would be submitted now."""
-        return self._submitter.script()
+    def job_script(self, pool: str | None = None) -> str:
+        """The script of one worker job of ``pool`` (default: the first), as submitted now."""
+        return self._submitters[pick_pool(self.pools, pool).name].script()
 
     @property
     def dashboard_link(self) -> str:
