@@ -196,11 +196,12 @@ class PoolAdaptive(JobAdaptive):
         adapted = {name: pools[name] for name in self.bounds}
         plain = next((n for n, p in pools.items() if not p.resources), next(iter(pools)))
         needs = {n: PoolNeeds(p.resources, p.shape.threads) for n, p in adapted.items()}
-        wanted = worker_targets(demand, needs, plain, self.target_seconds)
         job_pool = cluster.job_pool
         by_job: dict[str, set[str]] = {}
         for worker in demand.workers:
             by_job.setdefault(job_of_worker(worker), set()).add(worker)
+        plain_workers = sum(len(ws) for j, ws in by_job.items() if job_pool.pool_of(j) == plain)
+        wanted = worker_targets(demand, needs, plain, self.target_seconds, plain_workers)
         busy = {job for job, ws in by_job.items() if ws & demand.busy}
         self.idle.update(set(by_job) - busy, busy, now)
         floor = float(self.interval or 0) * float(self.wait_count)

@@ -19,6 +19,10 @@ from typing import Any
 
 __all__ = ["Demand", "PoolNeeds", "observe", "worker_targets"]
 
+#: Above this share of the workers' memory in use, the plain pool doubles (as
+#: ``Scheduler.adaptive_target`` does).
+MEMORY_FRACTION = 0.6
+
 #: Durations are summed over at most this many tasks per group and scaled up (as
 #: ``Scheduler.adaptive_target`` does), so a million-task graph costs no more.
 _SAMPLE = 100
@@ -41,6 +45,9 @@ class Demand:
         Worker names with a task processing.
     workers
         Every worker name at the scheduler.
+    memory_pressure
+        The workers hold more than 60 % of their memory (``adaptive_target``'s rule:
+        then it asks for twice the workers).
     """
 
     restricted: tuple[tuple[Mapping[str, float], int], ...] = ()
@@ -48,6 +55,7 @@ class Demand:
     plain_seconds: float = 0.0
     busy: frozenset[str] = frozenset()
     workers: frozenset[str] = frozenset()
+    memory_pressure: bool = False
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Demand:
@@ -58,6 +66,7 @@ class Demand:
             plain_seconds=float(payload.get("plain_seconds", 0.0)),
             busy=frozenset(payload.get("busy", ())),
             workers=frozenset(payload.get("workers", ())),
+            memory_pressure=bool(payload.get("memory_pressure", False)),
         )
 
 
@@ -100,7 +109,10 @@ def observe(dask_scheduler: Any = None) -> dict[str, Any]:
             count(ts)
     if sampled and plain > sampled:
         plain_seconds *= plain / sampled
+    limit = sum(ws.memory_limit or 0 for ws in scheduler.workers.values())
+    used = sum(ws.nbytes for ws in scheduler.workers.values())
     return {
+        "memory_pressure": limit > 0 and used > MEMORY_FRACTION * limit,
         "restricted": [[dict(key), n] for key, n in groups.items()],
         "plain_tasks": plain,
         "plain_seconds": plain_seconds,
@@ -141,6 +153,7 @@ def worker_targets(
     pools: Mapping[str, PoolNeeds],
     plain_pool: str,
     target_duration: float,
+    plain_workers: int = 0,
 ) -> dict[str, int]:
     """Workers each pool is needed for.
 
@@ -155,6 +168,8 @@ def worker_targets(
         The pool plain tasks wake (the cluster's first pool without resources).
     target_duration
         Seconds the plain work should take (distributed's ``target_duration``).
+    plain_workers
+        Workers the plain pool has now (doubled under memory pressure).
 
     Returns
     -------
@@ -173,4 +188,6 @@ def worker_targets(
         threads = math.ceil(demand.plain_seconds / max(target_duration, 1e-3))
         threads = max(1, min(demand.plain_tasks, threads))
         wanted[plain_pool] += math.ceil(threads / max(1, pools[plain_pool].threads))
+    if plain_pool in pools and demand.memory_pressure:
+        wanted[plain_pool] = max(wanted[plain_pool], 2 * plain_workers)
     return wanted

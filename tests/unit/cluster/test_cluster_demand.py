@@ -45,6 +45,13 @@ def test_both_kinds_of_work_wake_both_pools() -> None:
     assert worker_targets(demand, POOLS, "cpu", 5.0) == {"cpu": 2, "gpu": 2}
 
 
+def test_memory_pressure_doubles_the_default_pool_as_adaptive_target_does() -> None:
+    demand = Demand(plain_tasks=1, memory_pressure=True)
+    assert worker_targets(demand, POOLS, "cpu", 5.0, plain_workers=3) == {"cpu": 6, "gpu": 0}
+    calm = Demand(plain_tasks=1)
+    assert worker_targets(calm, POOLS, "cpu", 5.0, plain_workers=3) == {"cpu": 1, "gpu": 0}
+
+
 def test_work_no_adapted_pool_can_run_wakes_nothing() -> None:
     demand = Demand(restricted=(({"FPGA": 1}, 3), ({"GPU": 4}, 2)))
     assert worker_targets(demand, POOLS, "cpu", 5.0) == {"cpu": 0, "gpu": 0}
@@ -105,4 +112,5 @@ def test_observe_reads_a_real_schedulers_unrunnable_and_queued_tasks() -> None:
     assert demand.restricted == (({"GPU": 1}, 5),)
     assert demand.plain_tasks == 3
     assert demand.workers == frozenset()
+    assert demand.memory_pressure is False
     assert worker_targets(demand, POOLS, "cpu", 5.0) == {"cpu": 1, "gpu": 5}
