@@ -64,24 +64,29 @@ class JobAdaptive(Adaptive):
     def _pooled(self) -> PooledCluster:
         return cast(PooledCluster, self.cluster)
 
+    # On a cluster of several pools, this loop adapts the default pool only
+    # (``adapt(pools=...)`` adapts the others): its sets hold that pool's jobs.
     @property
     def plan(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.plan()
+        pool = self._pooled.job_pool
+        return pool.plan(pool.default_pool)
 
     @property
     def requested(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.requested()
+        pool = self._pooled.job_pool
+        return pool.requested(pool.default_pool)
 
     @property
     def observed(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.observed()
+        pool = self._pooled.job_pool
+        return pool.observed(pool.default_pool)
 
     async def target(self) -> int:
         workers = await self.scheduler.adaptive_target(target_duration=self.target_duration)
         return math.ceil(int(workers) / self._pooled.workers_per_job)
 
     async def workers_to_close(self, target: int) -> list[str]:
-        observed = self._pooled.job_pool.observed()
+        observed = self.observed
         surplus = len(self.plan) - target
         if surplus <= 0 or not observed:
             return []
