@@ -138,6 +138,8 @@ ROWS: list[tuple[str, str, str]] = [
         r"cpu_per_mib_batched_reads_vs_tcp",
         "CPU per MiB moved by one Dask comm: TLS, every ready record read in one call",
     ),
+    ("pools.json", r"loop_vs_static", "serial loop, 10 steps, 5 s gaps: idle-aware adapt"),
+    ("pools.json", r"loop_vs_dask_jobqueue", "serial loop, 10 steps, 5 s gaps: idle-aware adapt"),
 ]
 
 NAMES = {

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, cast
 
+from dask.utils import parse_timedelta
 from distributed.deploy.adaptive import Adaptive
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
 
 from jobstrap.cluster.book import warn
+from jobstrap.cluster.demand import Demand, PoolNeeds, observe, worker_targets
+from jobstrap.cluster.idle import IdleClock, hold_seconds, parse_idle_hold, to_release
 from jobstrap.cluster.pool import JobPool
+from jobstrap.cluster.pools import Pool, pool_bounds
 from jobstrap.cluster.scaling import job_of_worker
-from jobstrap.errors import SubmitError
+from jobstrap.errors import ConfigError, SubmitError
 
-__all__ = ["AdaptOnNewWork", "JobAdaptive", "PooledCluster", "stop_on_refusal"]
+__all__ = ["AdaptOnNewWork", "JobAdaptive", "PoolAdaptive", "PooledCluster", "stop_on_refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ class PooledCluster(Protocol):
 
     job_pool: JobPool
     workers_per_job: int
+    pools: Mapping[str, Pool]
 
 
 def _worker_job_key(worker_state: Any) -> str:
@@ -58,24 +64,29 @@ class JobAdaptive(Adaptive):
     def _pooled(self) -> PooledCluster:
         return cast(PooledCluster, self.cluster)
 
+    # On a cluster of several pools, this loop adapts the default pool only
+    # (``adapt(pools=...)`` adapts the others): its sets hold that pool's jobs.
     @property
     def plan(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.plan()
+        pool = self._pooled.job_pool
+        return pool.plan(pool.default_pool)
 
     @property
     def requested(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.requested()
+        pool = self._pooled.job_pool
+        return pool.requested(pool.default_pool)
 
     @property
     def observed(self) -> set[str]:  # type: ignore[override]
-        return self._pooled.job_pool.observed()
+        pool = self._pooled.job_pool
+        return pool.observed(pool.default_pool)
 
     async def target(self) -> int:
         workers = await self.scheduler.adaptive_target(target_duration=self.target_duration)
         return math.ceil(int(workers) / self._pooled.workers_per_job)
 
     async def workers_to_close(self, target: int) -> list[str]:
-        observed = self._pooled.job_pool.observed()
+        observed = self.observed
         surplus = len(self.plan) - target
         if surplus <= 0 or not observed:
             return []
@@ -103,6 +114,121 @@ class JobAdaptive(Adaptive):
     async def scale_up(self, n: Any) -> None:
         # AdaptiveCore calls scale_up(n=<target>); the target is in jobs here.
         await self._pooled.job_pool.scale_to(int(n))
+
+
+class PoolAdaptive(JobAdaptive):
+    """Adapt each pool from the work that needs it, and keep idle jobs for a while.
+
+    Every round reads the scheduler's work (:func:`jobstrap.cluster.demand.observe`),
+    turns it into jobs per pool (:func:`~jobstrap.cluster.demand.worker_targets`,
+    within each pool's bounds), submits what a pool lacks, and gives up a pool's
+    surplus: pending jobs at once, idle jobs only after the hold
+    (:mod:`jobstrap.cluster.idle`). Busy jobs are never released.
+
+    Parameters
+    ----------
+    cluster
+        The cluster.
+    pools
+        ``{pool: (minimum_jobs, maximum_jobs)}``; other pools are left as they are.
+    idle_hold
+        Seconds an idle job is kept, or ``"auto"`` (the pool's observed queue wait).
+    **kwargs
+        ``distributed.Adaptive``'s ``interval``, ``wait_count``, ``target_duration``.
+    """
+
+    def __init__(
+        self,
+        cluster: Any,
+        *,
+        pools: Mapping[str, tuple[int, float]],
+        idle_hold: float | str = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        self.bounds = dict(pools)
+        self.idle_hold = idle_hold
+        self.idle = IdleClock()
+        #: Jobs released by this loop, by pool (what a benchmark counts).
+        self.released: dict[str, int] = dict.fromkeys(pools, 0)
+        kwargs.pop("minimum", None)
+        kwargs.pop("maximum", None)
+        low = sum(b[0] for b in self.bounds.values())
+        high = sum(b[1] for b in self.bounds.values())
+        super().__init__(cluster, minimum=low, maximum=high, **kwargs)
+        self.target_seconds = float(parse_timedelta(self.target_duration, "seconds"))
+
+    @classmethod
+    def for_cluster(
+        cls,
+        cluster: Any,
+        pools: Mapping[str, Any] | None,
+        idle_hold: object,
+        bounds: tuple[int, float],
+        kwargs: dict[str, Any],
+    ) -> PoolAdaptive:
+        """``cluster.adapt(pools=..., idle_hold=...)``: checked, then started.
+
+        Without ``pools``, ``bounds`` (the cluster-wide ones) are the default pool's.
+        """
+        if pools is None:
+            per_pool = {next(iter(cluster.pools)): bounds}
+        elif bounds[0] or bounds[1] != math.inf:
+            raise ConfigError("pools", pools, "give bounds per pool or for the cluster, not both")
+        else:
+            per_pool = pool_bounds(cluster.pools, pools)
+        return cls(cluster, pools=per_pool, idle_hold=parse_idle_hold(idle_hold), **kwargs)
+
+    async def adapt(self) -> None:
+        if self._adapting:  # one round at a time, as distributed's loop
+            return
+        self._adapting = True
+        try:
+            await self._round()
+        finally:
+            self._adapting = False
+
+    async def _observe(self) -> Demand:
+        response = await self.scheduler.run_function(function=pickle.dumps(observe), wait=True)
+        if not isinstance(response, dict) or response.get("status") != "OK":
+            raise RuntimeError(f"could not read the scheduler's work: {response!r}"[:300])
+        return Demand.from_payload(response["result"])
+
+    async def _round(self) -> None:
+        cluster = self._pooled
+        demand = await self._observe()
+        now = time.time()
+        pools = cluster.pools
+        adapted = {name: pools[name] for name in self.bounds}
+        plain = next((n for n, p in pools.items() if not p.resources), next(iter(pools)))
+        needs = {n: PoolNeeds(p.resources, p.shape.threads) for n, p in adapted.items()}
+        job_pool = cluster.job_pool
+        by_job: dict[str, set[str]] = {}
+        for worker in demand.workers:
+            by_job.setdefault(job_of_worker(worker), set()).add(worker)
+        plain_workers = sum(len(ws) for j, ws in by_job.items() if job_pool.pool_of(j) == plain)
+        wanted = worker_targets(demand, needs, plain, self.target_seconds, plain_workers)
+        busy = {job for job, ws in by_job.items() if ws & demand.busy}
+        self.idle.update(set(by_job) - busy, busy, now)
+        floor = float(self.interval or 0) * float(self.wait_count)
+        for name, pool in adapted.items():
+            low, high = self.bounds[name]
+            target = int(min(high, max(low, math.ceil(wanted[name] / pool.shape.workers))))
+            plan = job_pool.plan(name)
+            if target > len(plan):
+                self.log.append((now, {"status": "up", "pool": name, "n": target}))
+                await job_pool.scale_to(target, name)
+                continue
+            waiting = sorted(
+                (j for j in plan if j not in by_job),
+                key=lambda j: -(getattr(job_pool.info(j), "submitted", math.inf)),
+            )
+            hold = hold_seconds(self.idle_hold, job_pool.queue_waits(name), floor)
+            idle = {j: t for j, t in self.idle.since.items() if j in plan}
+            release = to_release(len(plan) - target, waiting, idle, now, hold)
+            if release:
+                self.log.append((now, {"status": "down", "pool": name, "jobs": release}))
+                self.released[name] += len(release)
+                await self.scale_down(release)
 
 
 def _running(adaptive: Any) -> bool:

@@ -94,14 +94,22 @@ class JobBook:
 
     # -- which jobs exist ------------------------------------------------------------------
 
-    def record(self, names: Iterable[str], job_ids: Iterable[str], walltime: int) -> None:
-        """Book freshly submitted jobs (pending)."""
+    def record(
+        self, names: Iterable[str], job_ids: Iterable[str], walltime: int, pool: str = "default"
+    ) -> None:
+        """Book freshly submitted jobs (pending) of one pool."""
         now = time.time()
         with self.lock:
             for name, job_id in zip(names, job_ids, strict=True):
                 self._jobs[job_id] = JobInfo(
-                    job_id=job_id, name=name, walltime=walltime, submitted=now
+                    job_id=job_id, name=name, walltime=walltime, submitted=now, pool=pool
                 )
+
+    def queue_waits(self, pool: str) -> list[float]:
+        """Seconds from submission to the first worker, for the pool's jobs (oldest first)."""
+        with self.lock:
+            infos = sorted(self._jobs.values(), key=lambda info: info.submitted)
+        return [i.arrived - i.submitted for i in infos if i.pool == pool and i.arrived is not None]
 
     def get(self, job_id: str) -> JobInfo | None:
         """The job's info, or None for a job of another cluster."""

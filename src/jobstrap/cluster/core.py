@@ -48,21 +48,17 @@ from distributed.scheduler import Scheduler
 from tornado.ioloop import PeriodicCallback
 
 from jobstrap.batchctl.control import BatchControl
-from jobstrap.cluster.adaptive import AdaptOnNewWork, JobAdaptive
+from jobstrap.cluster.adaptive import AdaptOnNewWork, JobAdaptive, PoolAdaptive
 from jobstrap.cluster.book import ClusterFailedError, JobBook, JobFailedWarning
 from jobstrap.cluster.display import job_counts, jobs_html, repr_with_jobs
 from jobstrap.cluster.jobs import JobStatus
 from jobstrap.cluster.options import ClusterOptions, resolve_profile, split_options
 from jobstrap.cluster.orphans import OrphanGuard, RegistryEntry, weak_callback
 from jobstrap.cluster.pool import JobPool
+from jobstrap.cluster.pools import build_pools, pick_pool, pop_resources
 from jobstrap.cluster.rotation import JobLifetime, LifetimeManager
-from jobstrap.cluster.runner import BatchJob, JobRunner
-from jobstrap.cluster.scaling import (
-    JobShape,
-    adapt_bounds,
-    jobs_for,
-    worker_suffixes,
-)
+from jobstrap.cluster.runner import BatchJob, JobRunner, job_templates
+from jobstrap.cluster.scaling import adapt_bounds, jobs_for
 from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
@@ -112,12 +108,15 @@ class BatchCluster(SpecCluster):
         ``queue=``, ``processes=``, ``nodes=``, ``scheduler="job"``...), their
         dask-jobqueue spellings, and the cluster-level ``n_workers``, ``jobs``,
         ``name``, ``scheduler_options``, ``dashboard_address``, ``host``,
-        ``job_cpu``, ``job_mem`` (see ``docs/migration.md``).
+        ``job_cpu``, ``job_mem`` (see ``docs/migration.md``); ``pools={name:
+        settings}`` (job shapes of their own) and ``worker_resources`` (``docs/pools.md``).
 
     Attributes
     ----------
     profile : Profile
-        The resolved settings every job is built from.
+        The resolved settings every job is built from (each pool's: ``pools``).
+    pools : dict
+        The worker pools by name (:class:`~jobstrap.cluster.pools.Pool`), the default first.
     run_dir : RunDir
         The cluster's private run directory (TLS material, scripts, logs).
     run_id : str
@@ -171,6 +170,8 @@ class BatchCluster(SpecCluster):
         shutdown_on_close: bool = True,
         **settings: Any,
     ) -> None:
+        pools = settings.pop("pools", None)
+        resources = pop_resources(settings)
         overrides, options = split_options(settings)
         self.profile = resolve_profile(
             profile, overrides, self.system, type(self).__name__, _CLASS_OF_SYSTEM
@@ -179,12 +180,14 @@ class BatchCluster(SpecCluster):
             profile if isinstance(profile, str) else os.environ.get("JOBSTRAP_PROFILE", "default")
         )
         self._options: ClusterOptions = options
-        self._shape = JobShape.from_profile(self.profile)
+        prefix = options.name or self.profile.job_name
+        #: The worker pools by name, the default one first (one, ``default``, without pools).
+        self.pools = build_pools(self.profile, options, prefix, pools, resources)
+        self._shape = next(iter(self.pools.values())).shape
         #: Workers per job (the adaptive loop rounds the scheduler's target with it).
         self.workers_per_job = self._shape.workers
         self._system = get_system(self.profile.system)
         self._batchctl = BatchControl.for_system(self.profile.system)
-        prefix = options.name or self.profile.job_name
 
         self.run_id = new_run_id("cluster")
         self.run_dir = RunDir.create(default_run_root(self.profile.run_root), self.run_id)
@@ -195,26 +198,26 @@ class BatchCluster(SpecCluster):
 
         # The parts the cluster is made of; each module says what its part is for.
         self._book = JobBook(max_failures=self.profile.max_failures, python=self.profile.python)
-        self.job_pool = JobPool(self, self._book, prefix, self._log_directory())
+        templates = job_templates(self.pools)
+        self.job_pool = JobPool(self, self._book, prefix, self._log_directory(), templates)
         self._lifetime = LifetimeManager(self.job_pool, self.profile)
         self.job_pool.lifetime = self._lifetime
         self._book.add_callback(self._lifetime.on_job)
         self._registry = RegistryEntry(self.run_id, self.run_dir, self.profile, profile_name)
         self._orphans = OrphanGuard(self, self.profile.system)
-        self._submitter = WorkerSubmitter(
-            profile=self.profile,
-            options=options,
+        self._submitters = WorkerSubmitter.for_pools(
+            self.pools,
             system=self._system,
             batchctl=self._batchctl,
             run_dir=self.run_dir,
             book=self._book,
             guard=self._orphans,
-            prefix=prefix,
             signal_seconds=self._lifetime.backstop(self._system.signal_early_by),
             watch=weak_callback(self._on_change),
             submitted=self._register,
             scheduler_address=lambda: getattr(self.scheduler, "address", None),
         )
+        self._submitter = next(iter(self._submitters.values()))
         self.job_runner = JobRunner(
             self,
             pool=self.job_pool,
@@ -222,13 +225,14 @@ class BatchCluster(SpecCluster):
             submitter=self._submitter,
             guard=self._orphans,
             watcher=self._batchctl.watcher,
+            submitters=self._submitters,
         )
 
         scheduler_spec = self._placement.spec(security)
         # Rotations and scale-downs retire workers on purpose; the scheduler in this
         # process would log each one's closed stream with a traceback.
         quiet_closed_comm_tracebacks()
-        template = {"cls": BatchJob, "options": {}, "group": worker_suffixes(self._shape)}
+        template = next(iter(templates.values()))
         try:
             super().__init__(
                 scheduler=scheduler_spec,
@@ -307,7 +311,8 @@ class BatchCluster(SpecCluster):
         if self._placement.job_id:
             ids.add(self._placement.job_id)
         address = getattr(self.scheduler, "address", None)
-        tags = [*self._submitter.tags, *filter(None, [self._placement.tag])]
+        tags = [t for sub in self._submitters.values() for t in sub.tags]
+        tags += filter(None, [self._placement.tag])
         self._registry.save(
             ids, {"scheduler_address": address, "scheduler_job": self._placement.job_id}, tags
         )
@@ -333,8 +338,9 @@ class BatchCluster(SpecCluster):
         jobs: int | None = None,
         memory: str | int | None = None,
         cores: int | None = None,
+        pool: str | None = None,
     ) -> Any:
-        """Scale to a number of jobs given in jobs, workers, cores or memory.
+        """Scale a pool to a number of jobs given in jobs, workers, cores or memory.
 
         Parameters
         ----------
@@ -346,6 +352,8 @@ class BatchCluster(SpecCluster):
             Total worker memory wanted (``"256GiB"``); rounded up to whole jobs.
         cores
             Total worker threads wanted; rounded up to whole jobs.
+        pool
+            The worker pool to scale (default: the first; other pools keep their jobs).
 
         Returns
         -------
@@ -358,10 +366,11 @@ class BatchCluster(SpecCluster):
         ClusterFailedError
             Earlier jobs kept failing and the cluster stopped submitting.
         """
-        target = jobs_for(self._shape, jobs=jobs, workers=n, cores=cores, memory=memory)
+        chosen = pick_pool(self.pools, pool)
+        target = jobs_for(chosen.shape, jobs=jobs, workers=n, cores=cores, memory=memory)
         if self.asynchronous:
-            return asyncio.ensure_future(self.job_pool.scale_to(target))
-        return self.sync(self.job_pool.scale_to, target)
+            return asyncio.ensure_future(self.job_pool.scale_to(target, chosen.name))
+        return self.sync(self.job_pool.scale_to, target, chosen.name)
 
     async def scale_down(self, workers: Iterable[Any]) -> None:
         """Close the jobs of these workers (worker or job names; whole jobs go)."""
@@ -378,6 +387,8 @@ class BatchCluster(SpecCluster):
         maximum_cores: int | None = None,
         minimum_memory: str | int | None = None,
         maximum_memory: str | int | None = None,
+        pools: dict[str, Any] | None = None,
+        idle_hold: float | str | None = None,
         Adaptive: type[_Adaptive] = JobAdaptive,  # noqa: N803 - distributed's keyword
         **kwargs: Any,
     ) -> _Adaptive:
@@ -385,7 +396,10 @@ class BatchCluster(SpecCluster):
 
         Bounds may be given in jobs, workers (``minimum``/``maximum``), cores or
         memory; minimums round up to jobs, maximums round down (but allow at least
-        one job). Other keywords (``interval``, ``wait_count``,
+        one job). ``pools={"cpu": (0, 20), "gpu": (0, 4)}`` adapts each pool in
+        jobs from the work that needs it; ``idle_hold`` (seconds or ``"auto"``, the
+        pool's observed queue wait) keeps idle jobs that long before releasing
+        them (see ``docs/pools.md``). Other keywords (``interval``, ``wait_count``,
         ``target_duration``) go to ``distributed.Adaptive``.
 
         Raises
@@ -408,6 +422,11 @@ class BatchCluster(SpecCluster):
         )
         if high != float("inf"):
             high = int(high)
+        if pools is not None or idle_hold is not None:
+            if self._adaptive is not None:
+                self._adaptive.stop()
+            self._adaptive = PoolAdaptive.for_cluster(self, pools, idle_hold, (low, high), kwargs)
+            return self._adaptive
         adaptive: _Adaptive = super(SpecCluster, self).adapt(
             Adaptive=Adaptive, minimum=low, maximum=high, **kwargs
         )
@@ -415,9 +434,9 @@ class BatchCluster(SpecCluster):
 
     # -- submitting and cancelling -------------------------------------------------------
 
-    def job_script(self) -> str:
-        """The script of one worker job, as it would be submitted now."""
-        return self._submitter.script()
+    def job_script(self, pool: str | None = None) -> str:
+        """The script of one worker job of ``pool`` (default: the first), as submitted now."""
+        return self._submitters[pick_pool(self.pools, pool).name].script()
 
     @property
     def dashboard_link(self) -> str:
@@ -533,6 +552,7 @@ class BatchCluster(SpecCluster):
             system=self.profile.system,
             run_id=self.run_id,
             error=self._book.error,
+            pools=len(self.pools) > 1,
         )
         rendered: str = super()._repr_html_(cluster_status=extra + (cluster_status or ""))
         return rendered

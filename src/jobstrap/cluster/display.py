@@ -54,19 +54,22 @@ def jobs_html(
     system: str,
     run_id: str,
     error: BaseException | None,
+    pools: bool = False,
 ) -> str:
-    """The summary line, the cluster's error (if any) and the table of live jobs."""
+    """The summary line, the cluster's error (if any) and the table of live jobs.
+
+    With ``pools`` (a cluster of several worker pools) a Pool column follows the name.
+    """
     live = list(jobs)
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for status in sorted(live, key=lambda s: s.submitted):
         left = "" if status.remaining is None else f"{status.remaining / 60:.0f} min"
         life = lifetimes.get(status.name)
         if life is not None and life.phase != "running":
             left += f" ({life.phase})"
         node = status.node or status.reason
-        rows.append(
-            (status.job_id, status.name, status.state.value, node, left, len(status.workers))
-        )
+        row = (status.job_id, status.name, status.state.value, node, left, len(status.workers))
+        rows.append((*row[:2], status.pool, *row[2:]) if pools else row)
     counts = job_counts(live)
     return _TEMPLATE.render(
         running=counts["RUNNING"],
@@ -74,6 +77,6 @@ def jobs_html(
         system=system,
         run_id=run_id,
         error=str(error).splitlines()[0] if error is not None else "",
-        columns=_COLUMNS,
+        columns=(*_COLUMNS[:2], "Pool", *_COLUMNS[2:]) if pools else _COLUMNS,
         rows=rows,
     )

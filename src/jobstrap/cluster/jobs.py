@@ -65,6 +65,8 @@ class JobInfo:
     arrived: float | None = None
     #: Set by the cluster when it cancelled the job itself (a CANCELLED end is ours).
     cancelled_by_us: bool = False
+    #: The worker pool the job belongs to.
+    pool: str = "default"
 
     def update(self, record: JobRecord, now: float | None = None) -> bool:
         """Apply a watcher record; return True when the state changed."""
@@ -109,6 +111,7 @@ class JobInfo:
             remaining=self.remaining(now),
             workers=tuple(sorted(self.workers)),
             reason=self.reason,
+            pool=self.pool,
         )
 
 
@@ -138,6 +141,8 @@ class JobStatus:
         Names of the job's Dask workers connected to the scheduler.
     reason
         Why it is pending or why it ended, as the batch system says.
+    pool
+        The worker pool the job belongs to (``"default"`` without pools).
     """
 
     job_id: str
@@ -150,9 +155,12 @@ class JobStatus:
     remaining: float | None
     workers: tuple[str, ...]
     reason: str = ""
+    pool: str = "default"
 
     def __str__(self) -> str:
         parts = [f"{self.job_id} {self.state.value}"]
+        if self.pool != "default":
+            parts[0] += f" ({self.pool})"
         if self.node:
             parts.append(f"on {self.node}")
         if self.remaining is not None:

@@ -28,6 +28,7 @@ from distributed.deploy.spec import SpecCluster
 
 from jobstrap.cluster.book import ClusterFailedError, JobBook, warn
 from jobstrap.cluster.jobs import FAILED_STATES, JobInfo
+from jobstrap.cluster.pools import DEFAULT_POOL
 from jobstrap.cluster.rotation import LifetimeManager
 from jobstrap.cluster.scaling import job_of_worker
 from jobstrap.states import JobState
@@ -51,10 +52,23 @@ class JobPool:
         The job name prefix (provisional entries are ``<prefix>-new<k>``).
     log_directory
         Where the jobs' stderr is (failed jobs are explained from it).
+    templates
+        The spec entry of a new job by pool (default: the cluster's ``new_spec``).
+        Every entry names its pool (``"pool"``); the methods taking ``pool`` count
+        that pool's jobs only, ``None`` every job.
     """
 
-    def __init__(self, cluster: SpecCluster, book: JobBook, prefix: str, log_directory: str):
+    def __init__(
+        self,
+        cluster: SpecCluster,
+        book: JobBook,
+        prefix: str,
+        log_directory: str,
+        templates: dict[str, dict[str, Any]] | None = None,
+    ):
         self._cluster = cluster
+        #: The spec entry of a new job, by pool (the first pool is the default).
+        self.templates = templates or {DEFAULT_POOL: {}}
         self._book = book
         self._prefix = prefix
         self._log_directory = log_directory
@@ -76,9 +90,23 @@ class JobPool:
 
     # -- what the spec holds -------------------------------------------------------------
 
-    def names(self) -> list[str]:
+    @property
+    def default_pool(self) -> str:
+        """The pool ``scale()`` and the rotation use when none is named."""
+        return next(iter(self.templates))
+
+    def pool_of(self, name: str) -> str:
+        """The pool of a job of the spec (by job name); the default one otherwise."""
+        entry = self._spec.get(name)
+        pool = entry.get("pool") if isinstance(entry, dict) else None
+        return str(pool) if pool else self.default_pool
+
+    def _in(self, names: Iterable[str], pool: str | None) -> set[str]:
+        return {n for n in names if pool is None or self.pool_of(n) == pool}
+
+    def names(self, pool: str | None = None) -> list[str]:
         """Every job of the spec (pending, running, provisional, outgoing)."""
-        return list(self._spec)
+        return [n for n in self._spec if pool is None or self.pool_of(n) == pool]
 
     def info(self, name: str) -> JobInfo | None:
         """The booked info of a submitted, live job, by name."""
@@ -87,18 +115,22 @@ class JobPool:
             return None
         return self._book.get(job.job_id)
 
-    def plan(self) -> set[str]:
+    def plan(self, pool: str | None = None) -> set[str]:
         """The jobs the adaptive loop counts: the spec without outgoing jobs."""
-        return set(self._spec) - self._outgoing
+        return self._in(set(self._spec) - self._outgoing, pool)
 
-    def requested(self) -> set[str]:
+    def requested(self, pool: str | None = None) -> set[str]:
         """Jobs of the spec that were submitted and are live."""
-        return {name for name in self._cluster.workers if name in self._spec}
+        return self._in({name for name in self._cluster.workers if name in self._spec}, pool)
 
-    def observed(self) -> set[str]:
+    def observed(self, pool: str | None = None) -> set[str]:
         """Jobs with a worker at the scheduler."""
         workers = self._cluster.scheduler_info["workers"].values()
-        return {job_of_worker(d["name"]) for d in workers}
+        return self._in({job_of_worker(d["name"]) for d in workers}, pool)
+
+    def queue_waits(self, pool: str) -> list[float]:
+        """Submit-to-first-worker seconds of the pool's jobs so far (oldest first)."""
+        return self._book.queue_waits(pool)
 
     def worker_names_of(self, jobs: Iterable[str]) -> list[str]:
         """The names of the scheduler's workers belonging to ``jobs``."""
@@ -130,10 +162,12 @@ class JobPool:
 
     # -- changing it -----------------------------------------------------------------------
 
-    def add_replacement(self) -> str:
-        """Add one provisional job to the spec (submitted by the next :meth:`apply`)."""
+    def add_replacement(self, pool: str | None = None) -> str:
+        """Add one provisional job of ``pool`` to the spec (submitted by :meth:`apply`)."""
+        pool = pool or self.default_pool
         name = f"{self._prefix}-new{next(self._provisional)}"
-        self._spec[name] = dict(self._cluster.new_spec)
+        template = self.templates.get(pool) or self._cluster.new_spec
+        self._spec[name] = {**template, "pool": pool}
         return name
 
     async def apply(self) -> None:
@@ -176,7 +210,7 @@ class JobPool:
         if name not in self._spec:
             raise KeyError(f"no live job {job!r} in this cluster")
         if replace:
-            self.add_replacement()
+            self.add_replacement(self.pool_of(name))
         workers = self.worker_names_of([name])
         comm: Any = self._cluster.scheduler_comm
         if workers and comm is not None:
@@ -190,22 +224,23 @@ class JobPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def scale_to(self, target: int) -> None:
-        """Grow or shrink the spec to ``target`` jobs (outgoing jobs are no capacity)."""
+    async def scale_to(self, target: int, pool: str | None = None) -> None:
+        """Grow or shrink ``pool``'s jobs to ``target`` (outgoing jobs are no capacity)."""
+        pool = pool or self.default_pool
         if self._cluster.status in (Status.closing, Status.closed):
             target = 0
         # A job being replaced is not capacity: its successor already counts.
-        current = len(self._spec) - len(self._outgoing & set(self._spec))
+        current = len(self.plan(pool))
         if target > current and self._book.error is not None:
             raise self._book.error
         if target < current:
-            for name in self._choose_jobs_to_drop(current - target):
+            for name in self._choose_jobs_to_drop(current - target, pool):
                 del self._spec[name]
-        while len(self._spec) < target:
-            self.add_replacement()
+        for _ in range(target - current):
+            self.add_replacement(pool)
         await self.apply()
 
-    def _choose_jobs_to_drop(self, count: int) -> list[str]:
+    def _choose_jobs_to_drop(self, count: int, pool: str) -> list[str]:
         """The ``count`` cheapest jobs to give up: unsubmitted, pending, idle, newest."""
 
         def cost(name: str) -> tuple[int, float]:
@@ -219,7 +254,7 @@ class JobPool:
                 return (2, -info.submitted)
             return (3, -(info.started or info.submitted))
 
-        candidates = [n for n in self._spec if n not in self._outgoing]
+        candidates = [n for n in self.names(pool) if n not in self._outgoing]
         return sorted(candidates, key=cost)[:count]
 
     async def scale_down(self, names: Iterable[Any]) -> None:

@@ -88,8 +88,12 @@ class RotatingJobs(Protocol):
         """Jobs without a worker at the scheduler yet."""
         ...
 
-    def add_replacement(self) -> str:
-        """Add a job to the spec (submitted by the next :meth:`apply`)."""
+    def pool_of(self, name: str) -> str:
+        """The pool of a job (its replacement is of the same pool)."""
+        ...
+
+    def add_replacement(self, pool: str | None = None) -> str:
+        """Add a job of ``pool`` to the spec (submitted by the next :meth:`apply`)."""
         ...
 
     async def apply(self) -> None:
@@ -249,7 +253,7 @@ class LifetimeManager:
             wait = self.queue_wait.expected
             if now >= replacement_due(retire_at, wait, running[name][0], lead_limit=lead):
                 # The successor takes this job's place in the plan from now on.
-                jobs.add_replacement()
+                jobs.add_replacement(jobs.pool_of(name))
                 self.outgoing.add(name)
                 self.drain_at[name] = retire_at
                 self.replacements += 1

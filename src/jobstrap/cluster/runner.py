@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from distributed.core import Status
@@ -26,13 +27,14 @@ from jobstrap.cluster.adaptive import stop_on_refusal
 from jobstrap.cluster.book import JobBook
 from jobstrap.cluster.orphans import OrphanGuard
 from jobstrap.cluster.pool import JobPool
-from jobstrap.cluster.scaling import job_of_worker
+from jobstrap.cluster.pools import Pool
+from jobstrap.cluster.scaling import job_of_worker, worker_suffixes
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.errors import SubmitError
 from jobstrap.states import JobState
 from jobstrap.systems import JobRecord
 
-__all__ = ["BatchJob", "JobRunner"]
+__all__ = ["BatchJob", "JobRunner", "job_templates"]
 
 
 class BatchJob(ProcessInterface):
@@ -86,6 +88,14 @@ class BatchJob(ProcessInterface):
         return f"<BatchJob {self.name} job_id={self.job_id} status={self.status.name}>"
 
 
+def job_templates(pools: Mapping[str, Pool]) -> dict[str, dict[str, Any]]:
+    """The worker-spec entry of a new job, by pool: a :class:`BatchJob` of its workers."""
+    return {
+        name: {"cls": BatchJob, "options": {}, "group": worker_suffixes(p.shape), "pool": name}
+        for name, p in pools.items()
+    }
+
+
 class JobRunner:
     """Submits, stops and follows one cluster's worker jobs.
 
@@ -95,6 +105,8 @@ class JobRunner:
         The cluster whose ``workers`` (one process interface per live job) it keeps.
     pool, book, submitter, guard
         The cluster's parts: the spec by name, the job book, submission, orphans.
+    submitters
+        Submission by worker pool (default: ``submitter`` for every pool).
     watcher
         Batch control's watcher (jobs that ended are no longer watched).
     """
@@ -108,11 +120,13 @@ class JobRunner:
         submitter: WorkerSubmitter,
         guard: OrphanGuard,
         watcher: Watcher,
+        submitters: dict[str, WorkerSubmitter] | None = None,
     ) -> None:
         self._cluster = cluster
         self._pool = pool
         self._book = book
         self._submitter = submitter
+        self._submitters = submitters or {}
         self._guard = guard
         self._watcher = watcher
         self.submit = submitter.submit
@@ -125,21 +139,25 @@ class JobRunner:
         if to_close:
             await self._stop_jobs(to_close)
         to_open = [name for name in cluster.worker_spec if name not in cluster.workers]
-        if to_open:
-            await self._start_jobs(to_open)
+        by_pool: dict[str, list[str]] = {}
+        for name in to_open:
+            by_pool.setdefault(self._pool.pool_of(name), []).append(name)
+        for pool, provisional in by_pool.items():
+            # One submission (a job array) per pool: each pool is one job script.
+            await self._start_jobs(provisional, self._submitters.get(pool, self._submitter))
 
-    async def _start_jobs(self, provisional: list[str]) -> None:
+    async def _start_jobs(self, provisional: list[str], submitter: WorkerSubmitter) -> None:
         cluster = self._cluster
         if self._book.error is not None:
             for name in provisional:
                 cluster.worker_spec.pop(name, None)
             raise self._book.error
         try:
-            names, job_ids = await self._submitter.submit(len(provisional))
+            names, job_ids = await submitter.submit(len(provisional))
         except SubmitError as error:
             for name in provisional:
                 cluster.worker_spec.pop(name, None)
-            self._submitter.explain_refusal(error)
+            submitter.explain_refusal(error)
             stop_on_refusal(cluster._adaptive, error)
             raise
         orphans: list[str] = []

@@ -12,7 +12,8 @@ import asyncio
 import dataclasses
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from dask.utils import format_bytes
 
@@ -22,6 +23,7 @@ from jobstrap.cluster.book import JobBook, warn
 from jobstrap.cluster.jobs import name_jobs, worker_job_spec
 from jobstrap.cluster.options import ClusterOptions
 from jobstrap.cluster.orphans import OrphanGuard, WatchCallback
+from jobstrap.cluster.pools import Pool
 from jobstrap.config.profile import Profile
 from jobstrap.config.units import format_walltime_slurm
 from jobstrap.errors import BatchCommandError, SubmitError
@@ -54,6 +56,8 @@ class WorkerSubmitter:
         Called after each submission (the registry records the new ids).
     scheduler_address
         The scheduler's address once known (the jobs' workers connect to it).
+    pool
+        The worker pool whose jobs these are (``profile`` is the pool's own).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class WorkerSubmitter:
         watch: WatchCallback,
         submitted: Callable[[], None],
         scheduler_address: Callable[[], str | None],
+        pool: str = "default",
     ) -> None:
         self._profile = profile
         self._options = options
@@ -84,10 +89,25 @@ class WorkerSubmitter:
         self._watch = watch
         self._submitted = submitted
         self._scheduler_address = scheduler_address
+        self.pool = pool
         self._serials = itertools.count()
         #: The tag of every submission (job names end with them): the registry keeps
         #: them so that `jobstrap status/cancel` can tell our jobs from reused ids.
         self.tags: list[str] = []
+
+    @classmethod
+    def for_pools(cls, pools: Mapping[str, Pool], **common: Any) -> dict[str, WorkerSubmitter]:
+        """One submitter per worker pool (its profile, options and name prefix)."""
+        return {
+            name: cls(
+                profile=pool.profile,
+                options=pool.options,
+                prefix=pool.prefix,
+                pool=name,
+                **common,
+            )
+            for name, pool in pools.items()
+        }
 
     def spec(self, tag: str) -> JobSpec:
         """The worker job every scale-up submits (names are added per array)."""
@@ -137,7 +157,7 @@ class WorkerSubmitter:
         submission = await loop.run_in_executor(None, submit)
         if len(names) != len(submission.job_ids):  # pragma: no cover - batchctl contract
             raise RuntimeError(f"{len(names)} names for {len(submission.job_ids)} jobs")
-        self._book.record(names, submission.job_ids, self._profile.walltime)
+        self._book.record(names, submission.job_ids, self._profile.walltime, self.pool)
         self.tags.append(spec.tag)
         self._guard.add(submission.job_ids)
         watcher = self._batchctl.watcher

@@ -44,3 +44,22 @@ def test_the_repr_adds_the_job_counts(jobs: list[JobStatus]) -> None:
     text = repr_with_jobs("Cluster(a, workers=1)", job_counts(jobs), "1 replacing, 0 draining")
 
     assert text == ("Cluster(a, workers=1, jobs=1 running, 1 pending (1 replacing, 0 draining))")
+
+
+def test_a_cluster_of_pools_shows_each_jobs_pool(jobs: list[JobStatus]) -> None:
+    gpu = JobStatus(
+        "14", "c-gpu-2.0", JobState.RUNNING, "gpu1", 6.0, 7.0, 3600, 60.0, ("c-gpu-2.0-0",),
+        pool="gpu",
+    )  # fmt: skip
+    cell = "<td style='text-align: left;'>{}</td>"
+
+    plain = jobs_html([*jobs, gpu], {}, system="slurm", run_id="r", error=None)
+    pooled = jobs_html([*jobs, gpu], {}, system="slurm", run_id="r", error=None, pools=True)
+
+    assert "Pool" not in plain  # a single-shape cluster looks as it always did
+    assert "<th style='text-align: left;'>Pool</th>" in pooled
+    row = pooled[pooled.index(">14<") :]
+    assert row.index(cell.format("c-gpu-2.0")) < row.index(cell.format("gpu"))
+    assert row.index(cell.format("gpu")) < row.index(cell.format("RUNNING"))
+    assert cell.format("default") in pooled
+    assert str(gpu).startswith("14 RUNNING (gpu), on gpu1")

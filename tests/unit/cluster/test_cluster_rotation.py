@@ -32,7 +32,10 @@ class FakeJobs:
     def waiting_jobs(self) -> set[str]:
         return set(self.names()) - self.arrived
 
-    def add_replacement(self) -> str:
+    def pool_of(self, name: str) -> str:
+        return "default"
+
+    def add_replacement(self, pool: str | None = None) -> str:
         name = f"new{len(self.added)}"
         self.added.append(name)
         return name
