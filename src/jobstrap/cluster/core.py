@@ -52,6 +52,7 @@ from jobstrap.cluster.adaptive import AdaptOnNewWork, JobAdaptive, PoolAdaptive
 from jobstrap.cluster.book import ClusterFailedError, JobBook, JobFailedWarning
 from jobstrap.cluster.display import job_counts, jobs_html, repr_with_jobs
 from jobstrap.cluster.jobs import JobStatus
+from jobstrap.cluster.metrics import install_cluster_metrics
 from jobstrap.cluster.options import ClusterOptions, resolve_profile, split_options
 from jobstrap.cluster.orphans import OrphanGuard, RegistryEntry, weak_callback
 from jobstrap.cluster.pool import JobPool
@@ -63,11 +64,9 @@ from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
 from jobstrap.engines.dask.drain import install_drain
-from jobstrap.engines.dask.metrics import install_scheduler_metrics
 from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
 from jobstrap.engines.dask.watchdog import HEARTBEAT_KEY
 from jobstrap.errors import JobFailedError
-from jobstrap.metrics.jobs import ClusterCollector, job_of_worker
 from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir, default_run_root, new_run_id
 from jobstrap.systems import JobRecord, get_system
@@ -282,10 +281,7 @@ class BatchCluster(SpecCluster):
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(AdaptOnNewWork(self))
             install_drain(self.scheduler)  # the rotation drains jobs through it
-            collector = ClusterCollector(self, rotation=self._lifetime)  # jobstrap's own
-            await install_scheduler_metrics(
-                self.scheduler, self.run_dir, job_of=job_of_worker(self), collectors=[collector]
-            )
+            await install_cluster_metrics(self, self.scheduler)
         elif self._placement.in_job:
             self._beat()
             await self._placement.install_watchdog(self.scheduler_comm)
