@@ -24,7 +24,7 @@ import pytest
 from jobstrap.states import JobState
 from jobstrap.systems.base import fold_components
 from jobstrap.systems.slurm import SYSTEM as SLURM
-from jobstrap.systems.slurm import expand_job_id, map_state, parse_exit_code
+from jobstrap.systems.slurm import expand_job_id, fold_job_ids, map_state, parse_exit_code
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "slurm"
 
@@ -304,6 +304,33 @@ def test_the_site_s_max_array_size_is_read_from_scontrol() -> None:
 def test_cancel_and_signal_argv() -> None:
     assert SLURM.cancel_argv(["3_1", "4"]) == ["scancel", "3_1", "4"]
     assert SLURM.signal_argv(["4"], "USR1") == ["scancel", "--batch", "--signal=USR1", "4"]
+
+
+@pytest.mark.parametrize(
+    ("ids", "folded"),
+    [
+        (["7_0", "7_1", "7_2", "7_5", "8"], ["7_[0-2,5]", "8"]),
+        (["9", "7_3", "7_1", "7_2", "7_2"], ["9", "7_[1-3]"]),
+        (["7_4"], ["7_4"]),
+        (["7+1", "7_[1-3]", "7_0", "7_9"], ["7+1", "7_[1-3]", "7_[0,9]"]),
+        ([], []),
+    ],
+)
+def test_array_tasks_are_folded_per_array(ids: list[str], folded: list[str]) -> None:
+    assert fold_job_ids(ids) == folded
+    expanded = [one for item in folded for one in expand_job_id(item)]
+    assert sorted(expanded) == sorted({one for i in ids for one in expand_job_id(i)})
+
+
+def test_ten_thousand_tasks_cancel_as_one_argument_per_array() -> None:
+    # scancel sends one request per argument: 10 arrays of 1000 tasks are 10 requests
+    # (each counted by a rate-limiting controller), not 10,000.
+    ids = [f"{base}_{task}" for base in range(100, 110) for task in range(1000)]
+
+    argv = SLURM.cancel_argv(ids)
+
+    assert argv == ["scancel", *(f"{base}_[0-999]" for base in range(100, 110))]
+    assert SLURM.signal_argv(ids, "USR1")[3:] == argv[1:]
 
 
 def test_an_array_cancelled_before_it_was_split_answers_for_its_tasks() -> None:
