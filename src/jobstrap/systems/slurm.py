@@ -220,8 +220,12 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
+        # The tasks of an array repeat every field but the id (state, reason, name,
+        # submit time...): one string object per distinct value, not one per task,
+        # keeps 10,000 records a few MiB.
+        share: dict[str, str] = {}
         for line in stdout.splitlines():
-            parts = line.strip().split(_SEP)
+            parts = [share.setdefault(p, p) for p in line.strip().split(_SEP)]
             if len(parts) < 2 or not parts[0]:
                 continue
             job_id, raw_state = parts[0], parts[1]
@@ -258,8 +262,9 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
 
     def parse_history(self, stdout: str) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
+        share: dict[str, str] = {}  # as in parse_status
         for line in stdout.splitlines():
-            parts = line.strip().split(_SEP)
+            parts = [share.setdefault(p, p) for p in line.strip().split(_SEP)]
             if len(parts) < 3 or not parts[0]:
                 continue
             job_id, raw_state, exit_text = parts[0], parts[1], parts[2]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,24 @@ def test_a_rejection_for_memory_still_leaves_a_failed_record() -> None:
 
     assert record.state is JobState.FAILED
     assert record.reason == "BadConstraints"
+
+
+def test_ten_thousand_array_tasks_parse_into_records_that_share_their_fields() -> None:
+    # A watcher of a 10,000-job cluster keeps a record per task: the fields every task
+    # of an array repeats must be one object each, and a record must have no __dict__.
+    line = "{}_{}|PENDING|PartitionDown|(null)|scale-js1|2026-12-06T20:00:00|0:00|1:00:00"
+    text = "\n".join(line.format(100 + b, t) for b in range(10) for t in range(1000))
+    tracemalloc.start()
+    try:
+        records = SLURM.parse_status(text)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(records) == 10_000
+    first, last = records["100_0"], records["109_999"]
+    assert first.reason is last.reason
+    assert first.name is last.name
+    assert first.submit_time is last.submit_time
+    assert not hasattr(first, "__dict__")
+    assert held < 3 * 2**20  # was 5.3 MiB
