@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (scripts/emulator starts daemons; sdiag --reset)")
+    # A stopped benchmark still closes its cluster (which cancels every job).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("JOBSTRAP_RUN_ROOT", tempfile.mkdtemp(prefix="jobstrap-scale-"))
     result = measure(args.jobs, args.track)
     ceiling = math.ceil(args.jobs / result["max_array_size"])
@@ -297,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run = new_run(
         "bench/bench_scale.py",
-        versions={"python": platform.python_version(), "distributed": distributed.__version__},
+        versions={
+            "python": platform.python_version(),
+            "distributed": getattr(distributed, "__version__", "?"),
+        },
         settings={
             "emulator": "scripts/emulator (1000 nodes, held partition)",
             "cpus": os.cpu_count(),
