@@ -69,6 +69,8 @@ _SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V|%M|%L"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit,Elapsed"
 _ARRAY_RE = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[^\]]+)\]$")
 _JOB_ID_RE = re.compile(r"^\d+(?:_\d+|\+\d+)?$")
+#: Separate jobs squeue is asked about by id; above, by user (see status_argv).
+_MAX_LISTED_JOBS = 2000
 
 
 def map_state(raw: str) -> JobState:
@@ -211,11 +213,19 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         # One call for every tracked job: --array lists tasks one per line; base ids are
-        # enough (squeue matches an array's tasks by its base id).
+        # enough (squeue matches an array's tasks by its base id). Past
+        # _MAX_LISTED_JOBS separate jobs (plain jobs, or many small arrays) the list
+        # would near Linux's 128 KiB limit on one argument (20,000 seven-digit ids are
+        # 160 kB: exec fails with E2BIG), so the user's jobs are asked for instead;
+        # the caller picks ours out of the answer by id either way.
         bases = sorted({_base_id(j) for j in job_ids}, key=_id_sort_key)
+        if len(bases) > _MAX_LISTED_JOBS:
+            select = f"--user={current_user()}"
+        else:
+            select = f"--jobs={','.join(bases)}"
         return [
             "squeue", "--noheader", "--array", f"--format={_SQUEUE_FIELDS}",
-            "--states=all", f"--jobs={','.join(bases)}",
+            "--states=all", select,
         ]  # fmt: skip
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:

@@ -185,6 +185,22 @@ def test_status_argv_asks_once_by_base_id_in_numeric_order() -> None:
     assert argv[-1] == "--jobs=9,15,100"
 
 
+def test_status_of_twenty_thousand_separate_jobs_asks_for_the_user_s_jobs() -> None:
+    # 20,000 seven-digit ids in one --jobs= argument are 160 kB: over Linux's 128 KiB
+    # per argument, exec would fail (E2BIG) and the watcher would never see a state.
+    many = [str(n) for n in range(1_000_000, 1_020_000)]
+
+    argv = SLURM.status_argv(many)
+
+    assert argv[-1] == f"--user={pwd.getpwuid(os.getuid()).pw_name}"
+    assert not any(a.startswith("--jobs") for a in argv)
+    assert max(len(a) for a in argv) < 1024
+    # Ten arrays of 1000 tasks are still asked for by id.
+    assert SLURM.status_argv([f"{b}_{t}" for b in range(10) for t in range(1000)])[-1] == (
+        "--jobs=0,1,2,3,4,5,6,7,8,9"
+    )
+
+
 def test_find_by_name_lists_every_task_of_the_named_jobs() -> None:
     ids = SLURM.parse_find_by_name(golden("squeue_find_by_name.txt"))
 
