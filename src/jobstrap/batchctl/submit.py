@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Slurm's default ``MaxArraySize``: used when the site's cannot be read.
 DEFAULT_MAX_ARRAY_SIZE = 1001
-#: Job ids per cancel call: far below any argv limit, few calls for big runs.
-_CANCEL_CHUNK = 500
+#: Bytes of argv per cancel or signal call: far below Linux's 128 KiB per argument
+#: and 2 MiB in all, so even ids a system cannot fold (PBS) need few calls.
+_ARGV_BUDGET = 32 * 1024
 
 
 @dataclass
@@ -279,23 +280,43 @@ class Submitter(CommandRunner):
     # -- cancelling and signalling ------------------------------------------------------
 
     def cancel(self, job_ids: Iterable[str]) -> None:
-        """Cancel jobs or array tasks; ids the controller no longer knows count as done."""
-        ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), _CANCEL_CHUNK):
-            self.run(
-                self.system.cancel_argv(ids[start : start + _CANCEL_CHUNK]), ok_unknown_job=True
-            )
+        """Cancel jobs or array tasks; ids the controller no longer knows count as done.
+
+        As few calls as the argv budget allows: the system folds an array's tasks
+        into one argument (Slurm), so 10,000 tasks in 10 arrays take one call.
+        """
+        for argv in _argv_batches(list(dict.fromkeys(job_ids)), self.system.cancel_argv):
+            self.run(argv, ok_unknown_job=True)
         self._cancelled()
 
     def signal(self, job_ids: Iterable[str], signal: str) -> None:
         """Send ``signal`` (``USR1``, ``TERM``...) to the jobs' batch shells."""
-        ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), _CANCEL_CHUNK):
-            chunk = ids[start : start + _CANCEL_CHUNK]
-            self.run(self.system.signal_argv(chunk, signal), ok_unknown_job=True)
+
+        def build(chunk: Sequence[str]) -> list[str]:
+            return self.system.signal_argv(chunk, signal)
+
+        for argv in _argv_batches(list(dict.fromkeys(job_ids)), build):
+            self.run(argv, ok_unknown_job=True)
 
     def _cancelled(self) -> None:
         """Called after every cancel (the watcher polls soon to see the jobs go)."""
+
+
+def _argv_batches(
+    ids: Sequence[str], build: Callable[[Sequence[str]], list[str]]
+) -> list[list[str]]:
+    """argvs (``build(chunk)``) covering ``ids``, each within :data:`_ARGV_BUDGET`.
+
+    Halves a chunk until its argv fits, so ids the system folds (one array, one
+    argument) stay in one call however many tasks they are.
+    """
+    if not ids:
+        return []
+    argv = build(ids)
+    if len(ids) == 1 or sum(len(a) + 1 for a in argv) <= _ARGV_BUDGET:
+        return [argv]
+    half = len(ids) // 2
+    return _argv_batches(ids[:half], build) + _argv_batches(ids[half:], build)
 
 
 def _rejected(argv: Sequence[str], result: CommandResult) -> SubmitError:

@@ -20,7 +20,9 @@ from jobstrap.states import JobState
 from jobstrap.systems.partitions import Partition
 
 
-@dataclass(frozen=True)
+# slots: a watcher holds one record per tracked job (10,000 for a big cluster); a
+# per-instance __dict__ would be most of each record's memory.
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     """What the batch system says of one job (or one array task)."""
 

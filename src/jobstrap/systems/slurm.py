@@ -69,6 +69,8 @@ _SQUEUE_FIELDS = "%i|%T|%r|%N|%j|%V|%M|%L"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason,NodeList,JobName,Submit,Elapsed"
 _ARRAY_RE = re.compile(r"^(?P<base>\d+)_\[(?P<ranges>[^\]]+)\]$")
 _JOB_ID_RE = re.compile(r"^\d+(?:_\d+|\+\d+)?$")
+#: Separate jobs squeue is asked about by id; above, by user (see status_argv).
+_MAX_LISTED_JOBS = 2000
 
 
 def map_state(raw: str) -> JobState:
@@ -211,17 +213,29 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         # One call for every tracked job: --array lists tasks one per line; base ids are
-        # enough (squeue matches an array's tasks by its base id).
+        # enough (squeue matches an array's tasks by its base id). Past
+        # _MAX_LISTED_JOBS separate jobs (plain jobs, or many small arrays) the list
+        # would near Linux's 128 KiB limit on one argument (20,000 seven-digit ids are
+        # 160 kB: exec fails with E2BIG), so the user's jobs are asked for instead;
+        # the caller picks ours out of the answer by id either way.
         bases = sorted({_base_id(j) for j in job_ids}, key=_id_sort_key)
+        if len(bases) > _MAX_LISTED_JOBS:
+            select = f"--user={current_user()}"
+        else:
+            select = f"--jobs={','.join(bases)}"
         return [
             "squeue", "--noheader", "--array", f"--format={_SQUEUE_FIELDS}",
-            "--states=all", f"--jobs={','.join(bases)}",
+            "--states=all", select,
         ]  # fmt: skip
 
     def parse_status(self, stdout: str) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
+        # The tasks of an array repeat every field but the id (state, reason, name,
+        # submit time...): one string object per distinct value, not one per task,
+        # keeps 10,000 records a few MiB.
+        share: dict[str, str] = {}
         for line in stdout.splitlines():
-            parts = line.strip().split(_SEP)
+            parts = [share.setdefault(p, p) for p in line.strip().split(_SEP)]
             if len(parts) < 2 or not parts[0]:
                 continue
             job_id, raw_state = parts[0], parts[1]
@@ -258,8 +272,9 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
 
     def parse_history(self, stdout: str) -> dict[str, JobRecord]:
         records: dict[str, JobRecord] = {}
+        share: dict[str, str] = {}  # as in parse_status
         for line in stdout.splitlines():
-            parts = line.strip().split(_SEP)
+            parts = [share.setdefault(p, p) for p in line.strip().split(_SEP)]
             if len(parts) < 3 or not parts[0]:
                 continue
             job_id, raw_state, exit_text = parts[0], parts[1], parts[2]
@@ -284,11 +299,17 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
         return records
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
-        return ["scancel", *job_ids]
+        """``scancel`` with each array's tasks folded into one ``123_[0-1000]``.
+
+        scancel sends one request to the controller per argument: 10,000 task ids
+        would be 10,000 requests (each counted by a rate-limiting controller) in an
+        argv of some 100 kB; folded, one request per array.
+        """
+        return ["scancel", *fold_job_ids(job_ids)]
 
     def signal_argv(self, job_ids: Sequence[str], signal: str) -> list[str]:
         """argv sending ``signal`` to the jobs' batch shells (which forward it)."""
-        return ["scancel", "--batch", f"--signal={signal}", *job_ids]
+        return ["scancel", "--batch", f"--signal={signal}", *fold_job_ids(job_ids)]
 
     def find_by_name_argv(self, name: str) -> list[str]:
         # Only our own jobs: another user's job of the same name must never be adopted.
@@ -325,6 +346,49 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
         """``ClusterName = jobstrap`` -> ``jobstrap``."""
         match = re.search(r"^\s*ClusterName\s*=\s*(\S+)", stdout, re.MULTILINE)
         return match.group(1) if match else ""
+
+
+def fold_job_ids(job_ids: Sequence[str]) -> list[str]:
+    """Array tasks folded per array: ``123_0 123_1 123_2 123_5 124`` -> ``123_[0-2,5] 124``.
+
+    The inverse of :func:`expand_job_id`; a lone task stays ``123_5``, anything that
+    is not a plain array task (a job, ``123+1``, an expression) is kept as it is.
+    Order: by first appearance of each job.
+    """
+    tasks: dict[str, list[int]] = {}
+    order: list[str] = []
+    for job_id in dict.fromkeys(job_ids):
+        base, sep, task = job_id.partition("_")
+        if sep and base.isdigit() and task.isdigit():
+            if base not in tasks:
+                tasks[base] = []
+                order.append(base)
+            tasks[base].append(int(task))
+        else:
+            order.append(job_id)
+    folded: list[str] = []
+    for item in order:
+        numbers = tasks.get(item)
+        if numbers is None:
+            folded.append(item)
+        elif len(numbers) == 1:
+            folded.append(f"{item}_{numbers[0]}")
+        else:
+            folded.append(f"{item}_[{_ranges(sorted(numbers))}]")
+    return folded
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5`` (sorted, distinct input)."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in numbers[1:]:
+        if n != prev + 1:
+            parts.append(f"{start}-{prev}" if prev > start else str(start))
+            start = n
+        prev = n
+    parts.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(parts)
 
 
 def _base_id(job_id: str) -> str:

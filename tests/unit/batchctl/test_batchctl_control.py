@@ -18,7 +18,7 @@ from fakeslurm import FakeSlurm, make_control, make_spec
 
 from jobstrap.batchctl.commands import RetryPolicy, TokenBucket, shared_bucket
 from jobstrap.batchctl.control import BatchControl
-from jobstrap.batchctl.submit import tagged
+from jobstrap.batchctl.submit import _ARGV_BUDGET, _argv_batches, tagged
 from jobstrap.errors import BatchCommandError, SubmitError
 from jobstrap.jobs.spec import ArraySpec
 from jobstrap.systems import get_system
@@ -348,6 +348,32 @@ def test_when_a_later_array_is_rejected_the_earlier_ones_are_cancelled(
         "100": "CANCELLED",
         "101": "CANCELLED",
     }
+
+
+def test_cancelling_ten_thousand_array_tasks_is_one_call(
+    fake_slurm: FakeSlurm, run_dir: Path
+) -> None:
+    fake_slurm.change(max_array_size=1001)
+    batchctl = make_control()
+    submission = batchctl.submit(make_spec(run_dir), count=10_000)
+
+    batchctl.cancel(submission.job_ids)
+
+    assert batchctl.calls["sbatch"] == 10
+    assert batchctl.calls["scancel"] == 1
+    (call,) = fake_slurm.calls("scancel")
+    assert len(call) == 1 + 10  # one folded argument per array
+    assert {job["state"] for job in fake_slurm.jobs().values()} == {"CANCELLED"}
+
+
+def test_ids_that_cannot_be_folded_are_split_into_calls_within_the_argv_budget() -> None:
+    ids = [f"{n}.server.example.org" for n in range(10_000)]
+
+    argvs = _argv_batches(ids, lambda chunk: ["qdel", *chunk])
+
+    assert 1 < len(argvs) <= 16
+    assert all(sum(len(a) + 1 for a in argv) <= _ARGV_BUDGET for argv in argvs)
+    assert [i for argv in argvs for i in argv[1:]] == ids
 
 
 def test_a_timed_out_submission_that_went_through_is_not_submitted_again(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ import pytest
 from jobstrap.states import JobState
 from jobstrap.systems.base import fold_components
 from jobstrap.systems.slurm import SYSTEM as SLURM
-from jobstrap.systems.slurm import expand_job_id, map_state, parse_exit_code
+from jobstrap.systems.slurm import expand_job_id, fold_job_ids, map_state, parse_exit_code
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "slurm"
 
@@ -184,6 +185,22 @@ def test_status_argv_asks_once_by_base_id_in_numeric_order() -> None:
     assert argv[-1] == "--jobs=9,15,100"
 
 
+def test_status_of_twenty_thousand_separate_jobs_asks_for_the_user_s_jobs() -> None:
+    # 20,000 seven-digit ids in one --jobs= argument are 160 kB: over Linux's 128 KiB
+    # per argument, exec would fail (E2BIG) and the watcher would never see a state.
+    many = [str(n) for n in range(1_000_000, 1_020_000)]
+
+    argv = SLURM.status_argv(many)
+
+    assert argv[-1] == f"--user={pwd.getpwuid(os.getuid()).pw_name}"
+    assert not any(a.startswith("--jobs") for a in argv)
+    assert max(len(a) for a in argv) < 1024
+    # Ten arrays of 1000 tasks are still asked for by id.
+    assert SLURM.status_argv([f"{b}_{t}" for b in range(10) for t in range(1000)])[-1] == (
+        "--jobs=0,1,2,3,4,5,6,7,8,9"
+    )
+
+
 def test_find_by_name_lists_every_task_of_the_named_jobs() -> None:
     ids = SLURM.parse_find_by_name(golden("squeue_find_by_name.txt"))
 
@@ -306,6 +323,33 @@ def test_cancel_and_signal_argv() -> None:
     assert SLURM.signal_argv(["4"], "USR1") == ["scancel", "--batch", "--signal=USR1", "4"]
 
 
+@pytest.mark.parametrize(
+    ("ids", "folded"),
+    [
+        (["7_0", "7_1", "7_2", "7_5", "8"], ["7_[0-2,5]", "8"]),
+        (["9", "7_3", "7_1", "7_2", "7_2"], ["9", "7_[1-3]"]),
+        (["7_4"], ["7_4"]),
+        (["7+1", "7_[1-3]", "7_0", "7_9"], ["7+1", "7_[1-3]", "7_[0,9]"]),
+        ([], []),
+    ],
+)
+def test_array_tasks_are_folded_per_array(ids: list[str], folded: list[str]) -> None:
+    assert fold_job_ids(ids) == folded
+    expanded = [one for item in folded for one in expand_job_id(item)]
+    assert sorted(expanded) == sorted({one for i in ids for one in expand_job_id(i)})
+
+
+def test_ten_thousand_tasks_cancel_as_one_argument_per_array() -> None:
+    # scancel sends one request per argument: 10 arrays of 1000 tasks are 10 requests
+    # (each counted by a rate-limiting controller), not 10,000.
+    ids = [f"{base}_{task}" for base in range(100, 110) for task in range(1000)]
+
+    argv = SLURM.cancel_argv(ids)
+
+    assert argv == ["scancel", *(f"{base}_[0-999]" for base in range(100, 110))]
+    assert SLURM.signal_argv(ids, "USR1")[3:] == argv[1:]
+
+
 def test_an_array_cancelled_before_it_was_split_answers_for_its_tasks() -> None:
     # All tasks still pending when cancelled: squeue and sacct name the array, not tasks.
     live = SLURM.parse_status(golden("squeue_array_cancelled_unsplit.txt"))
@@ -333,3 +377,24 @@ def test_a_rejection_for_memory_still_leaves_a_failed_record() -> None:
 
     assert record.state is JobState.FAILED
     assert record.reason == "BadConstraints"
+
+
+def test_ten_thousand_array_tasks_parse_into_records_that_share_their_fields() -> None:
+    # A watcher of a 10,000-job cluster keeps a record per task: the fields every task
+    # of an array repeats must be one object each, and a record must have no __dict__.
+    line = "{}_{}|PENDING|PartitionDown|(null)|scale-js1|2026-12-06T20:00:00|0:00|1:00:00"
+    text = "\n".join(line.format(100 + b, t) for b in range(10) for t in range(1000))
+    tracemalloc.start()
+    try:
+        records = SLURM.parse_status(text)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert len(records) == 10_000
+    first, last = records["100_0"], records["109_999"]
+    assert first.reason is last.reason
+    assert first.name is last.name
+    assert first.submit_time is last.submit_time
+    assert not hasattr(first, "__dict__")
+    assert held < 3 * 2**20  # was 5.3 MiB

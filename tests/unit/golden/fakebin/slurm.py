@@ -190,6 +190,14 @@ def sacct(argv: list[str]) -> int:
     return 0
 
 
+def _expand(ranges: str) -> list[str]:
+    tasks: list[str] = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        tasks.extend(str(i) for i in range(int(low), int(high or low) + 1))
+    return tasks
+
+
 def scancel(argv: list[str]) -> int:
     rc = 0
     with Locked() as state:
@@ -197,7 +205,15 @@ def scancel(argv: list[str]) -> int:
         if action == "transient":
             print(f"scancel: error: {TRANSIENT}", file=sys.stderr)
             return 1
-        for target in (a for a in argv if not a.startswith("-")):
+        targets = []
+        for arg in (a for a in argv if not a.startswith("-")):
+            # scancel takes a folded array expression (123_[0-2,5]) as one argument.
+            base, _, task = arg.partition("_")
+            if task.startswith("["):
+                targets.extend(f"{base}_{t}" for t in _expand(task.strip("[]")))
+            else:
+                targets.append(arg)
+        for target in targets:
             base, _, task = target.partition("_")
             job = state["jobs"].get(base)
             if job is None or not job["live"]:
