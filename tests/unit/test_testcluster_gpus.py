@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1].parent
 def _load_clusterdef() -> ModuleType:
     path = REPO / "scripts" / "testcluster.d" / "clusterdef.py"
     spec = importlib.util.spec_from_file_location("jobstrap_testcluster_clusterdef", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -32,7 +33,8 @@ def test_every_compute_node_declares_the_gpus_gres_conf_gives_files_for() -> Non
     assert len(node_lines) == len(clusterdef.COMPUTE_NODES)
     assert all(f" Gres=gpu:{clusterdef.GPUS_PER_NODE} " in line for line in node_lines)
     files = re.search(r"File=/dev/nvidia\[0-(\d+)\]", gres)
-    assert files is not None and int(files.group(1)) + 1 == clusterdef.GPUS_PER_NODE
+    assert files is not None
+    assert int(files.group(1)) + 1 == clusterdef.GPUS_PER_NODE
     assert "AutoDetect=off" in gres.splitlines()
 
 
@@ -41,7 +43,8 @@ def test_gpus_are_counted_by_accounting_and_have_their_own_partition() -> None:
     assert "GresTypes=gpu" in lines
     assert "AccountingStorageTRES=gres/gpu" in lines
     gpu = [line for line in lines if line.startswith(f"PartitionName={clusterdef.GPU_PARTITION} ")]
-    assert len(gpu) == 1 and "Default=NO" in gpu[0]
+    assert len(gpu) == 1
+    assert "Default=NO" in gpu[0]
     # The CPU partitions are still there, the default one unchanged.
     assert any(
         line.startswith(f"PartitionName={clusterdef.DEFAULT_PARTITION} ") and "Default=YES" in line
@@ -59,6 +62,5 @@ def test_devices_are_constrained_only_with_the_cgroup_task_plugin() -> None:
 
 
 def test_the_device_list_matches_gres_conf() -> None:
-    assert clusterdef.GPU_DEVICES == tuple(
-        f"/dev/nvidia{i}" for i in range(clusterdef.GPUS_PER_NODE)
-    )
+    expected = tuple(f"/dev/nvidia{i}" for i in range(clusterdef.GPUS_PER_NODE))
+    assert expected == clusterdef.GPU_DEVICES

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import DASHBOARD_BINDS, WORKER_LAYOUTS
+from jobstrap.config.choices import DASHBOARD_BINDS, MEMORY_UNITS, WORKER_LAYOUTS
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
 from jobstrap.config.values import (
@@ -41,6 +41,7 @@ from jobstrap.config.values import (
     _job_name,
     _lines,
     _memory,
+    _optional_choice,
     _optional_integer,
     _optional_text,
     _optional_walltime,
@@ -118,7 +119,25 @@ class Profile:
     )
     processes: int = _setting(1, _integer(1), "Dask worker processes per node of a job")
     threads: int | None = _setting(None, _optional_integer(1), "threads per worker")
-    gpus: int = _setting(0, _integer(0), "GPUs per node")
+    gpus: int = _setting(0, _integer(0), "GPUs per node (one worker per GPU)")
+    gpus_per_job: int = _setting(
+        0, _integer(0), "GPUs per job, placed by the batch system (Slurm --gpus); instead of gpus"
+    )
+    gpu_type: str | None = _setting(
+        None, _site_name, "GPU model the site names (gpu:TYPE:N), e.g. a100; needs gpus"
+    )
+    mem_per_gpu: int | None = _setting(
+        None, _memory, "memory per allocated GPU (Slurm --mem-per-gpu); needs gpus"
+    )
+    memory_per: str | None = _setting(
+        None,
+        _optional_choice(MEMORY_UNITS),
+        "what the job's memory request counts: node (--mem), cpu (--mem-per-cpu) or gpu "
+        "(--mem-per-gpu); default node, or gpu when mem_per_gpu is set",
+    )
+    gpu_bind: str | None = _setting(
+        None, _site_name, "Slurm --gpu-bind of the job's tasks (closest, map_gpu:0,1, ...)"
+    )
     tasks_per_node: int | None = _setting(
         None, _optional_integer(1), "MPI ranks per node (batch mode; default: processes)"
     )
@@ -215,6 +234,18 @@ class Profile:
         return self.memory // (self.ranks_per_node * self.workers_per_rank)
 
     @property
+    def memory_unit(self) -> str:
+        """What the memory request counts: ``memory_per``, else gpu or node."""
+        return self.memory_per or ("gpu" if self.mem_per_gpu is not None else "node")
+
+    @property
+    def gpus_on_a_node(self) -> int:
+        """GPUs each node of a job gets (``gpus_per_job`` spread evenly, rounded up)."""
+        if self.gpus:
+            return self.gpus
+        return -(-self.gpus_per_job // self.nodes)
+
+    @property
     def ranks_per_node(self) -> int:
         """MPI ranks per node in batch mode."""
         return self.tasks_per_node or self.processes
@@ -233,7 +264,7 @@ class Profile:
                 f.name.startswith("lifetime_") and value is not None
             ):
                 value = format_walltime_slurm(value)
-            elif f.name == "memory" and value is not None:
+            elif f.name in ("memory", "mem_per_gpu") and value is not None:
                 value = format_memory(value)
             elif f.name == "env":
                 value = dict(value)
@@ -284,6 +315,12 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
                 ) from None
             raise
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
+    _check_gpus(profile)
+    if profile.mem_per_gpu is not None:
+        # The job gets mem_per_gpu per GPU whatever memory says (only one request is
+        # rendered), so the node's memory, which workers' limits share, follows from it.
+        memory = profile.mem_per_gpu * profile.gpus_on_a_node
+        profile = dataclasses.replace(profile, memory=memory)
     _check_consistency(profile)
     if profile.protocol == "tcp":
         warn_insecure("plaintext", profile.sources.get("protocol", "default"))
@@ -293,6 +330,38 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
 
 
 logger = logging.getLogger(__name__)
+
+
+def _check_gpus(profile: Profile) -> None:
+    """GPU settings that only make sense together; one line naming the field."""
+    if profile.gpus and profile.gpus_per_job:
+        raise ConfigError(
+            "gpus_per_job", profile.gpus_per_job, "set either gpus (per node) or gpus_per_job"
+        )
+    has_gpus = bool(profile.gpus or profile.gpus_per_job)
+    for name in ("gpu_type", "mem_per_gpu", "gpu_bind"):
+        value = getattr(profile, name)
+        if value is not None and not has_gpus:
+            shown = format_memory(value) if name == "mem_per_gpu" else value
+            raise ConfigError(name, shown, "needs gpus (or gpus_per_job) of at least 1")
+    if profile.mem_per_gpu is not None and profile.memory_unit != "gpu":
+        raise ConfigError(
+            "mem_per_gpu",
+            format_memory(profile.mem_per_gpu),
+            f"is a per-GPU request but memory_per is {profile.memory_per}; "
+            "set memory_per: gpu or drop mem_per_gpu",
+        )
+    if profile.mem_per_gpu == 0:
+        raise ConfigError("mem_per_gpu", "0", "must be more than 0")
+    if profile.memory_unit == "gpu" and not has_gpus:
+        raise ConfigError("memory_per", "gpu", "needs gpus (or gpus_per_job) of at least 1")
+    no_memory = profile.memory is None and profile.mem_per_gpu is None
+    if profile.memory_unit in ("cpu", "gpu") and no_memory:
+        raise ConfigError(
+            "memory_per", profile.memory_unit, "needs memory (or mem_per_gpu) to divide"
+        )
+
+
 def _check_consistency(profile: Profile) -> None:
     if profile.processes > profile.cores and profile.threads is None:
         raise ConfigError(

@@ -70,6 +70,11 @@ def _common(
         "account": profile.account,
         "qos": profile.qos,
         "gpus": profile.gpus,
+        "gpus_per_job": profile.gpus_per_job,
+        "gpu_type": profile.gpu_type,
+        "memory_per": profile.memory_unit,
+        "mem_per_gpu": profile.mem_per_gpu,
+        "gpu_bind": profile.gpu_bind,
         "env": tuple(env.items()),
         "prologue": profile.prologue,
         "epilogue": profile.epilogue,
@@ -208,5 +213,14 @@ def scheduler_job(profile: Profile, run_dir: str, tag: str, *, name: str | None 
         cpus_per_task=1,
         memory=min(profile.memory or 2**30, 2**30 * 2),
         launcher="none",
-        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
+        **_cpu_only(_common(profile, run_dir, tag)),  # type: ignore[arg-type]
     )
+
+
+def _cpu_only(common: dict[str, object]) -> dict[str, object]:
+    """``common`` without GPUs: a scheduler alone needs none, nor a per-GPU memory request."""
+    unit = common["memory_per"]
+    return {
+        **common, "gpus": 0, "gpus_per_job": 0, "gpu_type": None, "mem_per_gpu": None,
+        "gpu_bind": None, "memory_per": "node" if unit == "gpu" else unit,
+    }  # fmt: skip
