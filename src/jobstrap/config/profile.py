@@ -28,6 +28,7 @@ import yaml
 
 from jobstrap.config import resources
 from jobstrap.config.choices import DASHBOARD_BINDS, MEMORY_UNITS, WORKER_LAYOUTS
+from jobstrap.config.gpus import check_gpus
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
 from jobstrap.config.values import (
@@ -57,6 +58,8 @@ from jobstrap.net.security import warn_insecure
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
 SCHEDULER_PLACEMENTS = ("local", "job")
+#: Batch mode with GPUs: scheduler, app and one worker rank fit on the first node.
+GPU_RANKS_PER_NODE = 3
 
 #: dask-jobqueue (and common) spellings accepted for our fields.
 ALIASES: dict[str, str] = {
@@ -86,7 +89,9 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            # settings of the local queue and of batch.submit, not profiles
                            "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE",
                            # the bootstrap's log level, passed to jobs like the rest
-                           "LOG_LEVEL"})  # fmt: skip
+                           "LOG_LEVEL",
+                           # a GPU worker's device (jobstrap.bootstrap.gpus)
+                           "GPU_ID"})  # fmt: skip
 
 
 def _setting(default: Any, parse: Callable[[str, object], Any], doc: str) -> Any:
@@ -137,6 +142,12 @@ class Profile:
     )
     gpu_bind: str | None = _setting(
         None, _site_name, "Slurm --gpu-bind of the job's tasks (closest, map_gpu:0,1, ...)"
+    )
+    worker_class: str | None = _setting(
+        None,
+        _optional_text,
+        "worker class as module.Class (a distributed.Worker subclass, or "
+        "dask_cuda.CUDAWorker if installed); default jobstrap's",
     )
     tasks_per_node: int | None = _setting(
         None, _optional_integer(1), "MPI ranks per node (batch mode; default: processes)"
@@ -227,10 +238,13 @@ class Profile:
 
         The node's memory over every rank's workers there (on the first node the
         scheduler and the app take the share of a rank each), so that Dask spills
-        and pauses before the job's memory limit kills a process.
+        and pauses before the job's memory limit kills a process. With GPUs, over
+        the node's GPU workers plus the scheduler and the app.
         """
         if self.memory is None:
             return None
+        if self.gpus_on_a_node:
+            return self.memory // (self.gpus_on_a_node + 2)
         return self.memory // (self.ranks_per_node * self.workers_per_rank)
 
     @property
@@ -247,7 +261,14 @@ class Profile:
 
     @property
     def ranks_per_node(self) -> int:
-        """MPI ranks per node in batch mode."""
+        """MPI ranks per node in batch mode.
+
+        With GPUs, 3 unless ``tasks_per_node`` says: the first node holds the
+        scheduler, the app and the worker rank that runs a worker per GPU (one rank
+        per node runs them; a node's other ranks stand by).
+        """
+        if self.gpus_on_a_node:
+            return self.tasks_per_node or GPU_RANKS_PER_NODE
         return self.tasks_per_node or self.processes
 
     def with_overrides(self, overrides: Mapping[str, object], source: str = "argument") -> Profile:
@@ -315,7 +336,23 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
                 ) from None
             raise
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
-    _check_gpus(profile)
+    check_gpus(profile)
+    if profile.gpus_on_a_node and profile.processes != profile.gpus_on_a_node:
+        # A site profile's processes (often 1) gives way to the GPUs; the same call
+        # asking for both, differently, is a contradiction.
+        if profile.sources.get("processes") == "argument":
+            raise ConfigError(
+                "processes",
+                profile.processes,
+                f"one worker per GPU: with {profile.gpus_on_a_node} GPUs per node each node "
+                f"runs {profile.gpus_on_a_node} workers; drop processes or set it to that",
+            )
+        # Workers per node follow the GPUs; the cluster plans its names from this.
+        profile = dataclasses.replace(
+            profile,
+            processes=profile.gpus_on_a_node,
+            sources={**profile.sources, "processes": "gpus"},
+        )
     if profile.mem_per_gpu is not None:
         # The job gets mem_per_gpu per GPU whatever memory says (only one request is
         # rendered), so the node's memory, which workers' limits share, follows from it.
@@ -332,43 +369,21 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
 logger = logging.getLogger(__name__)
 
 
-def _check_gpus(profile: Profile) -> None:
-    """GPU settings that only make sense together; one line naming the field."""
-    if profile.gpus and profile.gpus_per_job:
-        raise ConfigError(
-            "gpus_per_job", profile.gpus_per_job, "set either gpus (per node) or gpus_per_job"
-        )
-    has_gpus = bool(profile.gpus or profile.gpus_per_job)
-    for name in ("gpu_type", "mem_per_gpu", "gpu_bind"):
-        value = getattr(profile, name)
-        if value is not None and not has_gpus:
-            shown = format_memory(value) if name == "mem_per_gpu" else value
-            raise ConfigError(name, shown, "needs gpus (or gpus_per_job) of at least 1")
-    if profile.mem_per_gpu is not None and profile.memory_unit != "gpu":
-        raise ConfigError(
-            "mem_per_gpu",
-            format_memory(profile.mem_per_gpu),
-            f"is a per-GPU request but memory_per is {profile.memory_per}; "
-            "set memory_per: gpu or drop mem_per_gpu",
-        )
-    if profile.mem_per_gpu == 0:
-        raise ConfigError("mem_per_gpu", "0", "must be more than 0")
-    if profile.memory_unit == "gpu" and not has_gpus:
-        raise ConfigError("memory_per", "gpu", "needs gpus (or gpus_per_job) of at least 1")
-    no_memory = profile.memory is None and profile.mem_per_gpu is None
-    if profile.memory_unit in ("cpu", "gpu") and no_memory:
-        raise ConfigError(
-            "memory_per", profile.memory_unit, "needs memory (or mem_per_gpu) to divide"
-        )
-
-
 def _check_consistency(profile: Profile) -> None:
-    if profile.processes > profile.cores and profile.threads is None:
+    from_gpus = profile.sources.get("processes") == "gpus"  # GPU workers may share a core
+    if profile.processes > profile.cores and profile.threads is None and not from_gpus:
         raise ConfigError(
             "processes",
             profile.processes,
             f"{profile.processes} workers per node need at least as many cores"
             f" (cores={profile.cores}); raise cores or set threads",
+        )
+    if profile.gpus_on_a_node > 1 and not profile.nanny:
+        raise ConfigError(
+            "nanny",
+            False,
+            "one worker per GPU needs nannies (each worker its own process and "
+            "CUDA_VISIBLE_DEVICES); set nanny: true",
         )
     if profile.workers_per_rank > 1 and not profile.nanny:
         raise ConfigError(

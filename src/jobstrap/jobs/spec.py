@@ -106,6 +106,8 @@ def _bootstrap_argv(
         argv += ["--local-directory", profile.local_directory]
     if not profile.nanny:
         argv.append("--no-nanny")
+    if profile.worker_class:
+        argv += ["--worker-class", profile.worker_class]
     if profile.dashboard:
         # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
         argv += ["--dashboard-port", str(profile.dashboard_port)]
@@ -133,6 +135,8 @@ def worker_job(
     """
     argv = _bootstrap_argv(profile, run_dir, "workers", memory_limit=profile.memory_per_worker)
     argv += ["--worker-processes", str(profile.processes)]
+    if profile.gpus_on_a_node:
+        argv.append("--gpu-workers")
     if scheduler_address:
         argv += ["--scheduler-address", scheduler_address]
     if lifetime is not None:
@@ -181,6 +185,9 @@ def app_job(
         argv += ["--worker-processes", str(profile.workers_per_rank)]
     if profile.worker_layout != "node":
         argv += ["--worker-layout", profile.worker_layout]
+    if profile.gpus_on_a_node:
+        # Each node's first worker rank runs a worker per GPU of the node.
+        argv.append("--gpu-workers")
     if client_on_scheduler_rank:
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:

@@ -132,7 +132,49 @@ def test_bad_gpu_settings_are_one_line_errors_naming_the_field(
         ({"nodes": 2, "gpus_per_job": 3}, "gpus_per_job"),
     ],
 )
-def test_pbs_rejects_what_it_cannot_express_by_field(settings: dict[str, object], field: str) -> None:
+def test_pbs_rejects_what_it_cannot_express_by_field(
+    settings: dict[str, object], field: str
+) -> None:
     spec = worker_job(_profile(system="pbs", **settings), RUN_DIR, TAG)
     with pytest.raises(ConfigError, match=rf"^{field}: "):
         get_system("pbs").directives(spec)
+
+
+def test_workers_per_node_follow_the_gpus_over_a_site_profile_s_processes() -> None:
+    profile = load_profile("testcluster", {"gpus": 4}, environ={})
+    assert profile.processes == 4
+    assert profile.threads_per_worker == 1  # cores: 1 shared by the GPU workers
+
+
+def test_processes_asked_for_beside_other_gpus_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"^processes: .*one worker per GPU"):
+        load_profile("default", {"gpus": 4, "processes": 2, "cores": 4}, environ={})
+
+
+def test_gpu_workers_need_nannies() -> None:
+    with pytest.raises(ConfigError, match=r"^nanny: .*one worker per GPU"):
+        load_profile("default", {"gpus": 2, "nanny": False}, environ={})
+
+
+def test_a_gpu_worker_job_runs_one_worker_per_gpu_with_the_cores_split() -> None:
+    spec = worker_job(_profile(system="slurm", gpus=4), RUN_DIR, TAG)
+    argv = list(spec.command)
+    assert "--gpu-workers" in argv
+    assert argv[argv.index("--worker-processes") + 1] == "4"
+    assert argv[argv.index("--nthreads") + 1] == "2"  # 8 cores over 4 workers
+    assert argv[argv.index("--memory-limit") + 1] == str(8 * 2**30)
+
+
+def test_a_gpu_app_job_has_room_for_scheduler_app_and_a_gpu_worker_rank_per_node() -> None:
+    spec = app_job(_profile(system="slurm", nodes=2, gpus=4), RUN_DIR, TAG, ["app.py"])
+    argv = list(spec.command)
+    assert "--gpu-workers" in argv
+    assert spec.tasks_per_node == 3
+    # 32 GiB over 4 GPU workers plus the scheduler and the app.
+    assert argv[argv.index("--memory-limit") + 1] == str(32 * 2**30 // 6)
+
+
+def test_a_cpu_job_is_unchanged_by_the_gpu_settings() -> None:
+    spec = worker_job(_profile(system="slurm"), RUN_DIR, TAG)
+    assert "--gpu-workers" not in spec.command
+    assert not [d for d in get_system("slurm").directives(spec) if "gpu" in d]
