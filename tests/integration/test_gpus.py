@@ -179,3 +179,24 @@ def test_batch_mode_runs_a_worker_per_gpu_beside_the_cpu_only_scheduler_and_app(
         assert sorted(w["id"] for w in host_workers) == allocated  # one worker per device
         assert len({w["cvd"].split(",")[0] for w in host_workers}) == 4, host_workers
     assert len(report["tagged"]) > 1, report  # GPU tasks spread over GPU workers
+
+
+def test_the_doctor_reports_the_gpus_the_probe_job_was_given(
+    testcluster: TestCluster, shared_scratch: Path
+) -> None:
+    env = {**os.environ, "JOBSTRAP_STATE_DIR": str(shared_scratch / "state"),
+           "JOBSTRAP_RUN_ROOT": str(shared_scratch / "runs")}  # fmt: skip
+    env.pop("JOBSTRAP_PROFILE", None)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "jobstrap", "doctor", "-p", PROFILE, "--json",
+         "--timeout", "120", "--set", "gpus=3"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+
+    report = json.loads(done.stdout)
+    found = {c["name"]: c for c in report["checks"]}
+    assert found["gpus"]["status"] == "OK", found
+    assert "3 on node" in found["gpus"]["detail"]
+    assert found["gpu workers"]["status"] == "OK", found
+    assert found["gpu workers"]["detail"].startswith("3 workers, each its own device first")
