@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pytest
 from conftest import TestCluster
 
@@ -30,9 +31,6 @@ pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs the Slurm test cluster"),
 ]
-
-# The workers cannot import this test module: ship its functions by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PROFILE = "testcluster-gpu"
 SMALL = {"walltime": "00:10:00"}
@@ -47,32 +45,23 @@ def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[],
         time.sleep(0.5)
 
 
-def _gpu_view() -> dict[str, str]:
-    """What a worker sees of its GPUs (runs on the worker)."""
-    import os as worker_os
-    import socket
-
-    keys = ("CUDA_VISIBLE_DEVICES", "JOBSTRAP_GPU_ID", "SLURM_JOB_GPUS", "SLURM_JOB_ID")
-    view = {k: worker_os.environ.get(k, "") for k in keys}
-    view["host"] = socket.gethostname()
-    return view
-
-
-def _gpu_id(_: int) -> str:
-    """The node-wide id of the GPU of the worker this runs on."""
-    import os as worker_os
-
-    return worker_os.environ["JOBSTRAP_GPU_ID"]
+#: What each worker's environment says of its GPUs (os.getenv needs no test code there).
+VARIABLES = ("CUDA_VISIBLE_DEVICES", "JOBSTRAP_GPU_ID", "SLURM_JOB_GPUS", "SLURM_JOB_ID")
 
 
 def _views(cluster: SLURMCluster) -> dict[str, dict[str, Any]]:
-    """Every worker's GPU view, with its name and resources, by worker address."""
+    """Every worker's GPU variables, host, name and resources, by worker address."""
     with cluster.get_client() as client:
-        seen = client.run(_gpu_view)
+        seen = {name: client.run(os.getenv, name, "") for name in VARIABLES}
+        hosts = client.run(socket.gethostname)
         workers = client.scheduler_info()["workers"]
     return {
-        a: {**seen[a], "name": w["name"], "resources": w["resources"]} for a, w in workers.items()
-    }
+        a: {
+            **{name: seen[name][a] for name in VARIABLES},
+            "host": hosts[a], "name": w["name"], "resources": w["resources"],
+        }
+        for a, w in workers.items()
+    }  # fmt: skip
 
 
 def test_a_job_with_two_gpus_runs_two_workers_each_on_its_own_device(
@@ -83,9 +72,11 @@ def test_a_job_with_two_gpus_runs_two_workers_each_on_its_own_device(
         cluster.wait_for_workers(2, timeout=TIMEOUT)
         views = list(_views(cluster).values())
         with cluster.get_client() as client:
+            # os.getenv(name, i) on the worker: its GPU's id (i is only the default).
             tagged = client.gather(
-                client.map(_gpu_id, range(8), resources={"GPU": 1}, pure=False)
-            )
+                client.map(partial(os.getenv, "JOBSTRAP_GPU_ID"), range(8),
+                           resources={"GPU": 1}, pure=False)
+            )  # fmt: skip
 
     assert len(views) == 2, views
     allocated = views[0]["SLURM_JOB_GPUS"].split(",")
