@@ -24,6 +24,7 @@ fi
 install -d /etc/slurm
 install -m 644 "$conf/slurm.conf" /etc/slurm/slurm.conf
 install -m 644 "$conf/cgroup.conf" /etc/slurm/cgroup.conf
+install -m 644 "$conf/gres.conf" /etc/slurm/gres.conf
 # slurmdbd refuses a config file others can read.
 install -m 600 "$conf/slurmdbd.conf" /etc/slurm/slurmdbd.conf
 
@@ -65,6 +66,11 @@ head)
     exec slurmctld -D
     ;;
 node)
+    # Fake GPUs (NVIDIA's major number) for Slurm's GRES plugin, as gres.conf lists
+    # them; a privileged container has a /dev of its own to make them in.
+    for i in 0 1 2 3; do
+        [[ -e /dev/nvidia$i ]] || mknod -m 666 "/dev/nvidia$i" c 195 "$i"
+    done
     exec slurmd -D -N "$(hostname)"
     ;;
 *)

@@ -20,6 +20,7 @@ Command line (used by ``scripts/testcluster``)::
     clusterdef.py hosts-table          # "name eth0/len ib0/len ib0-mtu" lines
     clusterdef.py qos-list             # QOS to create before loading accounting.cfg
     clusterdef.py node-limits          # "cpus memory-MB max-array-size" (PBS gets Slurm's)
+    clusterdef.py gpu-devices          # "path major minor" of each fake GPU device node
     clusterdef.py write-compose        # regenerate docker-compose-slurm/ files
 """
 
@@ -93,15 +94,30 @@ PREEMPT_GRACE_SECONDS = 30
 # Slurm accepts array indices 0 .. MaxArraySize-1, so 33 allows "0-32".
 MAX_ARRAY_SIZE = 33
 
+# Fake GPUs: character devices with NVIDIA's major number, which Slurm's GRES plugin
+# allocates, accounts and (with ConstrainDevices) fences like real ones. Every
+# namespace host shares the machine's /dev, so node1..node3 list the same four files;
+# Slurm still hands each node's four out independently.
+GPU_PARTITION = "gpu"
+GPUS_PER_NODE = 4
+GPU_DEVICE_MAJOR = 195
+GPU_DEVICES = tuple(f"/dev/nvidia{i}" for i in range(GPUS_PER_NODE))
+PARTITION_MAX_TIME[GPU_PARTITION] = "02:00:00"
+
 ACCOUNTS = ("science", "other")
 DEFAULT_ACCOUNT = "science"
 EXTRA_QOS = ("high",)
 
 CGROUP_PLUGINS = ("cgroup/v1", "cgroup/v2", "autodetect")
 VARIANTS = ("netns", "compose")
-FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "mpi.conf", "hosts", "accounting.cfg")
+FILES = (
+    "slurm.conf", "slurmdbd.conf", "cgroup.conf", "gres.conf", "mpi.conf", "hosts",
+    "accounting.cfg",
+)  # fmt: skip
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "docker-compose-slurm"
-COMPOSE_FILES = ("slurm.conf", "slurmdbd.conf", "cgroup.conf", "accounting.cfg", "hosts")
+COMPOSE_FILES = (
+    "slurm.conf", "slurmdbd.conf", "cgroup.conf", "gres.conf", "accounting.cfg", "hosts",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,9 @@ def slurm_conf(opts: Options) -> str:
                 ("AccountingStorageHost", HEAD.name),
                 ("AccountingStoragePort", 6819),
                 ("AccountingStorageEnforce", "associations,qos"),
+                # Without it GPUs are allocated but never appear in TRES or sacct.
+                ("AccountingStorageTRES", "gres/gpu"),
+                ("GresTypes", "gpu"),
                 # Preemption by partition tier: a job of the urgent partition takes
                 # the resources of running jobs of the others, which get SIGTERM,
                 # then SIGKILL after their partition's GraceTime.
@@ -222,7 +241,7 @@ def slurm_conf(opts: Options) -> str:
     for host in COMPUTE:
         out.append(
             f"NodeName={host.name} NodeAddr={host.eth0} NodeHostname={host.name} CPUs={NODE_CPUS} "
-            f"RealMemory={NODE_MEMORY_MB} State=UNKNOWN"
+            f"RealMemory={NODE_MEMORY_MB} Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
         )
     nodes = ",".join(COMPUTE_NODES)
     preemptible = f"PriorityTier=1 GraceTime={PREEMPT_GRACE_SECONDS}"
@@ -236,9 +255,47 @@ def slurm_conf(opts: Options) -> str:
         f"PartitionName={URGENT_PARTITION} Nodes={nodes} Default=NO "
         f"MaxTime={PARTITION_MAX_TIME[URGENT_PARTITION]} State=UP OverSubscribe=NO "
         "PriorityTier=10 PreemptMode=OFF",
+        # Not the default: jobs that ask for no GPU keep landing where they did.
+        f"PartitionName={GPU_PARTITION} Nodes={nodes} Default=NO "
+        f"MaxTime={PARTITION_MAX_TIME[GPU_PARTITION]} State=UP OverSubscribe=NO "
+        f"{preemptible}",
         "",
     ]
     return "\n".join(out)
+
+
+def _node_range() -> str:
+    """``node[1-3]``: the compute nodes in Slurm's host-list form."""
+    prefix = COMPUTE_NODES[0].rstrip("0123456789")
+    numbers = [int(n[len(prefix) :]) for n in COMPUTE_NODES]
+    return f"{prefix}[{min(numbers)}-{max(numbers)}]"
+
+
+def gres_conf(opts: Options) -> str:
+    """Render ``gres.conf``: the fake GPUs of every compute node.
+
+    Parameters
+    ----------
+    opts : Options
+        Variant and switches (the text does not depend on them).
+
+    Returns
+    -------
+    str
+        The complete file text.
+    """
+    last = GPUS_PER_NODE - 1
+    return "\n".join(
+        [
+            MARKER,
+            # No NVML to detect anything with; the devices are declared.
+            "AutoDetect=off",
+            # File= is required: a count alone makes slurmd report 0 GPUs and the
+            # controller drain the node ("gres/gpu count reported lower than configured").
+            f"NodeName={_node_range()} Name=gpu File=/dev/nvidia[0-{last}]",
+            "",
+        ]
+    )
 
 
 def slurmdbd_conf(opts: Options) -> str:
@@ -303,7 +360,9 @@ def cgroup_conf(opts: Options) -> str:
             "ConstrainRAMSpace=yes",
             "ConstrainSwapSpace=no",
             "ConstrainCores=no",
-            "ConstrainDevices=no",
+            # Fence each job's GPUs: an unallocated device cannot be opened, and
+            # CUDA_VISIBLE_DEVICES restarts at 0 (SLURM_*_GPUS stay global).
+            "ConstrainDevices=yes",
         ]
     return "\n".join([*lines, ""])
 
@@ -383,6 +442,7 @@ RENDERERS = {
     "slurm.conf": slurm_conf,
     "slurmdbd.conf": slurmdbd_conf,
     "cgroup.conf": cgroup_conf,
+    "gres.conf": gres_conf,
     "mpi.conf": mpi_conf,
     "hosts": hosts_file,
     "accounting.cfg": accounting_cfg,
@@ -533,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("hosts-table", help="print 'name eth0/len ib0/len ib0-mtu' per host")
     sub.add_parser("qos-list", help="print the QOS to create before loading accounts")
     sub.add_parser("node-limits", help="print 'cpus memory-MB max-array-size' of the nodes")
+    sub.add_parser("gpu-devices", help="print 'path major minor' of each fake GPU device")
     sub.add_parser("write-compose", help="regenerate docker-compose-slurm/ (configs + yml)")
     args = parser.parse_args(argv)
 
@@ -558,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("".join(q + "\n" for q in EXTRA_QOS))
     elif args.command == "node-limits":
         print(NODE_CPUS, NODE_MEMORY_MB, MAX_ARRAY_SIZE)
+    elif args.command == "gpu-devices":
+        sys.stdout.write("".join(f"{p} {GPU_DEVICE_MAJOR} {i}\n" for i, p in enumerate(GPU_DEVICES)))
     else:
         for path in write_compose():
             print(path)

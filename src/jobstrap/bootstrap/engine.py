@@ -20,7 +20,7 @@ import contextlib
 import gc
 import importlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jobstrap.errors import UserError
@@ -128,11 +128,15 @@ class Engine(Protocol):
         names: Sequence[str],
         *,
         max_memory_kills: int | None = None,
+        environments: Sequence[Mapping[str, str]] = (),
+        resources: Mapping[str, float] | None = None,
     ) -> int:
         """Run the workers ``names`` for the head at ``address`` until they end.
 
         They drain on the batch system's signals. Returns 0 once closed or drained,
-        1 when the head was lost or they could not join.
+        1 when the head was lost or they could not join. ``environments`` (one per
+        name, when given) are set in each worker's process (a GPU worker's devices);
+        ``resources`` are what each worker offers the head (``{"GPU": 1}``).
         """
         ...
 

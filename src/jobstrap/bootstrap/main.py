@@ -30,6 +30,7 @@ from typing import Any
 from jobstrap.bootstrap import drain
 from jobstrap.bootstrap.client import run_client
 from jobstrap.bootstrap.engine import Engine, get_engine
+from jobstrap.bootstrap.gpus import GPU_RESOURCE, GpuWorker, gpu_allocation, gpu_workers
 from jobstrap.bootstrap.head import scheduler_rank, serve_head_alone
 from jobstrap.bootstrap.messages import configure_logging, logger, say
 from jobstrap.bootstrap.options import Options, parse_args
@@ -53,6 +54,7 @@ from jobstrap.bootstrap.roles import (
     Role,
     check_world_size,
     expected_workers,
+    node_groups,
     role_of,
     worker_names,
 )
@@ -122,6 +124,7 @@ def _run_mpi(engine: Engine, options: Options) -> int:
             raise UserError("bootstrap: mpi mode needs an app: ... -- app.py [args] | -m module")
         run = open_run(options)
         _check_tls(engine, options, run)
+        _gpu_workers(options)  # every rank: a node without GPUs stops the launch
     except UserError as exc:
         error = str(exc)
     if _any_rank_failed(world, error, run):
@@ -135,7 +138,15 @@ def _run_mpi(engine: Engine, options: Options) -> int:
     if role in (Role.SCHEDULER, Role.SCHEDULER_AND_CLIENT):
         return scheduler_rank(engine, options, world, run, on_one_host, role)
     where = placement(options, world, peers) if role is Role.WORKER else None
-    return _other_rank(engine, options, world, run, on_one_host, role, where)
+    expected: int | None = None
+    if options.gpu_workers and len(peers) == world.size:
+        # One worker per GPU on each node with worker ranks, every node given as
+        # many GPUs as this one (a job asks for GPUs per node).
+        hosts = node_groups(
+            [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
+        )
+        expected = len(hosts) * len(_gpu_workers(options))
+    return _other_rank(engine, options, world, run, on_one_host, role, where, expected)
 
 
 def _any_rank_failed(world: World, error: str | None, run: RunDir | None) -> bool:
@@ -167,8 +178,12 @@ def _other_rank(
     on_one_host: bool,
     role: Role,
     where: Placement | None,
+    expected: int | None = None,
 ) -> int:
-    """A rank other than the head's: the app's, or a worker rank."""
+    """A rank other than the head's: the app's, or a worker rank.
+
+    ``expected``: the workers the app waits for, when the ranks do not say (GPUs).
+    """
     from jobstrap.errors import NetworkError
     from jobstrap.net.network import choose_address
 
@@ -224,22 +239,23 @@ def _other_rank(
     if leader is not None:
         return stand_by(leader)
     if role is Role.CLIENT:
-        expected = expected_workers(
-            world.size,
-            worker_processes=options.worker_processes,
-            client_on_scheduler_rank=options.client_on_scheduler_rank,
-        )
+        if expected is None:
+            expected = expected_workers(
+                world.size,
+                worker_processes=options.worker_processes,
+                client_on_scheduler_rank=options.client_on_scheduler_rank,
+            )
         return run_client(engine, options, run, address, security, expected)
     assert where is not None
     widen_binding(where)
+    gpus = _gpu_workers(options)
+    per_rank = len(gpus) if gpus else options.worker_processes
     names = [
         name
         for rank in where.ranks
-        for name in worker_names(
-            f"{options.name}-{rank}" if options.name else str(rank), options.worker_processes
-        )
+        for name in worker_names(f"{options.name}-{rank}" if options.name else str(rank), per_rank)
     ]
-    return engine.serve_workers(options, address, host, security, names)
+    return engine.serve_workers(options, address, host, security, names, **_gpu_kwargs(gpus))
 
 
 # ------------------------------------------------------------------------------ workers
@@ -265,6 +281,7 @@ def _run_workers_mode(engine: Engine, options: Options) -> int:
                 )
             address = info.scheduler_address
         host = choose_address(options.interface, peer=address)
+        gpus = _gpu_workers(options)
     except UserError as error:
         say(str(error))
         return 2
@@ -280,9 +297,42 @@ def _run_workers_mode(engine: Engine, options: Options) -> int:
         address,
         host,
         security,
-        worker_names(prefix, options.worker_processes),
+        worker_names(prefix, len(gpus) if gpus else options.worker_processes),
         max_memory_kills=MEMORY_KILLS_PER_JOB,
+        **_gpu_kwargs(gpus),
     )
+
+
+# ------------------------------------------------------------------------------- GPUs
+
+
+def _gpu_workers(options: Options) -> list[GpuWorker]:
+    """This task's GPU workers (none without ``--gpu-workers``); UserError if it has no GPU."""
+    if not options.gpu_workers:
+        return []
+    workers = gpu_workers(gpu_allocation(os.environ))
+    if not workers:
+        raise UserError(
+            "bootstrap: one worker per GPU was asked for, but this task was given no GPU "
+            "(CUDA_VISIBLE_DEVICES, SLURM_STEP_GPUS and SLURM_JOB_GPUS name none); "
+            "ask the batch system for GPUs (profile: gpus)"
+        )
+    if len(workers) > 1 and not options.nanny:
+        raise UserError(
+            "bootstrap: one worker per GPU needs nannies (each worker its own process "
+            "and CUDA_VISIBLE_DEVICES); drop --no-nanny"
+        )
+    return workers
+
+
+def _gpu_kwargs(workers: Sequence[GpuWorker]) -> dict[str, Any]:
+    """The engine's per-worker environments and resources for ``workers``."""
+    if not workers:
+        return {}
+    return {
+        "environments": [w.environment() for w in workers],
+        "resources": {GPU_RESOURCE: 1},
+    }
 
 
 # ---------------------------------------------------------------------------- scheduler

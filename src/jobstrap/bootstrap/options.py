@@ -23,7 +23,7 @@ python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
        [--lifetime S] [--scheduler-address ADDR] [--name NAME] [--dashboard-port P]
        [--dashboard-bind loopback|interface]
        [--idle-timeout S] [--start-after-workers N] [--no-nanny] [--worker-layout node|rank]
-       [--engine NAME]
+       [--engine NAME] [--gpu-workers] [--worker-class MODULE.CLASS]
        -- app.py [args] | -m module [args]"""
 
 
@@ -60,6 +60,11 @@ class Options:
     worker_layout: str = "node"
     #: The engine run in the job, by name (see :mod:`jobstrap.bootstrap.engine`).
     engine: str = "dask"
+    #: One worker per GPU of the task's allocation, each with its own device first
+    #: (see :mod:`jobstrap.bootstrap.gpus`); in mpi mode, by each node's first worker rank.
+    gpu_workers: bool = False
+    #: The worker class by dotted name (the engine's default when None).
+    worker_class: str | None = None
     app: AppSpec | None = None
 
     @property
@@ -164,6 +169,11 @@ def _parser() -> _Parser:
         "rank: each worker rank runs its own",
     )  # fmt: skip
     p.add_argument("--engine", default="dask", help="the engine run in the job (default: dask)")
+    p.add_argument(
+        "--gpu-workers", action="store_true",
+        help="one worker per GPU of the job's allocation, its own device first",
+    )  # fmt: skip
+    p.add_argument("--worker-class", default=None, help="worker class, module.Class")
     return p
 
 

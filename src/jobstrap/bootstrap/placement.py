@@ -77,6 +77,8 @@ def gather_peers(world: World) -> list[Peer]:
 def placement(options: Options, world: World, peers: Sequence[Peer]) -> Placement:
     """Decide which workers this worker rank runs (see :class:`Placement`)."""
     own = Placement((world.rank,))
+    if options.gpu_workers and len(peers) == world.size:
+        return _gpu_placement(options, world, peers) or own
     # Without MPI the ranks cannot agree on a node's first rank; without nannies
     # one process's workers would share one interpreter (and its GIL).
     if options.worker_layout != "node" or not options.nanny or len(peers) != world.size:
@@ -92,6 +94,26 @@ def placement(options: Options, world: World, peers: Sequence[Peer]) -> Placemen
         cpus = frozenset(c for r in ranks for c in peers[r].cpus)
         return Placement(ranks, cpus=cpus or None)
     return own
+
+
+def _gpu_placement(options: Options, world: World, peers: Sequence[Peer]) -> Placement | None:
+    """GPU workers: a node's first worker rank runs one worker per GPU of the node.
+
+    Every task of a node sees the node's GPUs, so one rank runs the workers and the
+    node's other worker ranks stand by (two ranks each running a worker per GPU
+    would put two workers on every device).
+    """
+    groups = node_groups(
+        [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
+    )
+    for first, ranks in groups.items():
+        if world.rank not in ranks:
+            continue
+        if first != world.rank:
+            return Placement((), leader=peers[first])
+        cpus = frozenset(c for r in ranks for c in peers[r].cpus)
+        return Placement((first,), cpus=cpus or None)
+    return None
 
 
 def single_host(world: World, peers: Sequence[Peer]) -> bool:

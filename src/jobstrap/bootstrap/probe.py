@@ -46,6 +46,7 @@ __all__ = [
     "TOKEN_ENV",
     "cgroup_limits",
     "collect",
+    "gpu_facts",
     "main",
     "package_versions",
 ]
@@ -325,11 +326,53 @@ def shared_fs_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
+# ------------------------------------------------------------------------- GPUs
+
+
+def _device_access(path: str) -> str:
+    """``usable`` (opened, or refused by the driver), ``denied`` (fenced off) or ``absent``."""
+    import errno
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as error:
+        # A device cgroup refuses with EPERM; a device node without a driver behind
+        # it (or a busy one) with ENXIO/ENODEV/EBUSY: the job may use it.
+        return "denied" if error.errno in (errno.EPERM, errno.EACCES) else "usable"
+    os.close(fd)
+    return "usable"
+
+
+def gpu_facts(requested: int, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The GPUs the job sees (from its allocation), the per-worker split, device access."""
+    from jobstrap.bootstrap.gpus import gpu_allocation, gpu_workers
+
+    allocation = gpu_allocation(os.environ if environ is None else environ)
+    workers = gpu_workers(allocation)
+    files = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    return {
+        "requested": requested,
+        "devices": list(allocation.devices),
+        "ids": list(allocation.ids),
+        "source": allocation.source,
+        "workers": [",".join(w.visible) for w in workers],
+        "device_files": {path: _device_access(path) for path in files},
+    }
+
+
 # ------------------------------------------------------------------------- main
 
 
 def collect(
-    run_dir: Path, *, interface: str, peer: str | None, cpus: int | None, memory: int | None
+    run_dir: Path,
+    *,
+    interface: str,
+    peer: str | None,
+    cpus: int | None,
+    memory: int | None,
+    gpus: int = 0,
 ) -> dict[str, Any]:
     """Every fact the probe reports (before any network exchange)."""
     return {
@@ -345,7 +388,8 @@ def collect(
         "shared_fs": shared_fs_facts(run_dir),
         "cgroup": cgroup_limits(),
         "cpus": cpu_facts(),
-        "request": {"cpus": cpus, "memory": memory},
+        "request": {"cpus": cpus, "memory": memory, "gpus": gpus},
+        "gpus": gpu_facts(gpus),
     }
 
 
@@ -359,6 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interface", default="auto", help="the profile's worker interfaces")
     parser.add_argument("--cpus", type=int, help="CPUs the job asked for")
     parser.add_argument("--memory", type=int, help="bytes of memory the job asked for")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per node the job asked for")
     parser.add_argument("--timeout", type=float, default=10.0, help="network timeout (s)")
     parser.add_argument(
         "--callback-wait", type=float, default=20.0, help="seconds to wait for the doctor to call"
@@ -376,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer=args.connect,
         cpus=args.cpus,
         memory=args.memory,
+        gpus=args.gpus,
     )
     callback: _Callback | None = None
     if report["chosen"]["ok"] and token:

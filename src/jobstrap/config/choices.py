@@ -6,7 +6,7 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "WORKER_LAYOUTS"]
+__all__ = ["DASHBOARD_BINDS", "MEMORY_UNITS", "WORKER_LAYOUTS"]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -16,3 +16,7 @@ WORKER_LAYOUTS = ("node", "rank")
 #: (the default; ``jobstrap tunnel`` reaches it through the scheduler's node), or the
 #: scheduler's network interface, where anyone on that network can read it.
 DASHBOARD_BINDS = ("loopback", "interface")
+
+#: What a job's memory request counts: the node (``--mem``), each CPU
+#: (``--mem-per-cpu``) or each GPU (``--mem-per-gpu``); a batch system gets one of them.
+MEMORY_UNITS = ("node", "cpu", "gpu")

@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import DASHBOARD_BINDS, WORKER_LAYOUTS
+from jobstrap.config.choices import DASHBOARD_BINDS, MEMORY_UNITS, WORKER_LAYOUTS
+from jobstrap.config.gpus import check_gpus
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
 from jobstrap.config.values import (
@@ -41,6 +42,7 @@ from jobstrap.config.values import (
     _job_name,
     _lines,
     _memory,
+    _optional_choice,
     _optional_integer,
     _optional_text,
     _optional_walltime,
@@ -56,6 +58,8 @@ from jobstrap.net.security import warn_insecure
 LAUNCHERS = ("auto", "srun", "mpiexec", "mpirun", "none")
 PROTOCOLS = ("tls", "tcp")
 SCHEDULER_PLACEMENTS = ("local", "job")
+#: Batch mode with GPUs: scheduler, app and one worker rank fit on the first node.
+GPU_RANKS_PER_NODE = 3
 
 #: dask-jobqueue (and common) spellings accepted for our fields.
 ALIASES: dict[str, str] = {
@@ -87,7 +91,9 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            # the bootstrap's log level, passed to jobs like the rest
                            "LOG_LEVEL",
                            # log lines as JSON; metrics endpoints off (docs/metrics.md)
-                           "LOG_FORMAT", "METRICS"})  # fmt: skip
+                           "LOG_FORMAT", "METRICS",
+                           # a GPU worker's device (jobstrap.bootstrap.gpus)
+                           "GPU_ID"})  # fmt: skip
 
 
 def _setting(default: Any, parse: Callable[[str, object], Any], doc: str) -> Any:
@@ -120,7 +126,31 @@ class Profile:
     )
     processes: int = _setting(1, _integer(1), "Dask worker processes per node of a job")
     threads: int | None = _setting(None, _optional_integer(1), "threads per worker")
-    gpus: int = _setting(0, _integer(0), "GPUs per node")
+    gpus: int = _setting(0, _integer(0), "GPUs per node (one worker per GPU)")
+    gpus_per_job: int = _setting(
+        0, _integer(0), "GPUs per job, placed by the batch system (Slurm --gpus); instead of gpus"
+    )
+    gpu_type: str | None = _setting(
+        None, _site_name, "GPU model the site names (gpu:TYPE:N), e.g. a100; needs gpus"
+    )
+    mem_per_gpu: int | None = _setting(
+        None, _memory, "memory per allocated GPU (Slurm --mem-per-gpu); needs gpus"
+    )
+    memory_per: str | None = _setting(
+        None,
+        _optional_choice(MEMORY_UNITS),
+        "what the job's memory request counts: node (--mem), cpu (--mem-per-cpu) or gpu "
+        "(--mem-per-gpu); default node, or gpu when mem_per_gpu is set",
+    )
+    gpu_bind: str | None = _setting(
+        None, _site_name, "Slurm --gpu-bind of the job's tasks (closest, map_gpu:0,1, ...)"
+    )
+    worker_class: str | None = _setting(
+        None,
+        _optional_text,
+        "worker class as module.Class (a distributed.Worker subclass, or "
+        "dask_cuda.CUDAWorker if installed); default jobstrap's",
+    )
     tasks_per_node: int | None = _setting(
         None, _optional_integer(1), "MPI ranks per node (batch mode; default: processes)"
     )
@@ -210,15 +240,37 @@ class Profile:
 
         The node's memory over every rank's workers there (on the first node the
         scheduler and the app take the share of a rank each), so that Dask spills
-        and pauses before the job's memory limit kills a process.
+        and pauses before the job's memory limit kills a process. With GPUs, over
+        the node's GPU workers plus the scheduler and the app.
         """
         if self.memory is None:
             return None
+        if self.gpus_on_a_node:
+            return self.memory // (self.gpus_on_a_node + 2)
         return self.memory // (self.ranks_per_node * self.workers_per_rank)
 
     @property
+    def memory_unit(self) -> str:
+        """What the memory request counts: ``memory_per``, else gpu or node."""
+        return self.memory_per or ("gpu" if self.mem_per_gpu is not None else "node")
+
+    @property
+    def gpus_on_a_node(self) -> int:
+        """GPUs each node of a job gets (``gpus_per_job`` spread evenly, rounded up)."""
+        if self.gpus:
+            return self.gpus
+        return -(-self.gpus_per_job // self.nodes)
+
+    @property
     def ranks_per_node(self) -> int:
-        """MPI ranks per node in batch mode."""
+        """MPI ranks per node in batch mode.
+
+        With GPUs, 3 unless ``tasks_per_node`` says: the first node holds the
+        scheduler, the app and the worker rank that runs a worker per GPU (one rank
+        per node runs them; a node's other ranks stand by).
+        """
+        if self.gpus_on_a_node:
+            return self.tasks_per_node or GPU_RANKS_PER_NODE
         return self.tasks_per_node or self.processes
 
     def with_overrides(self, overrides: Mapping[str, object], source: str = "argument") -> Profile:
@@ -235,7 +287,7 @@ class Profile:
                 f.name.startswith("lifetime_") and value is not None
             ):
                 value = format_walltime_slurm(value)
-            elif f.name == "memory" and value is not None:
+            elif f.name in ("memory", "mem_per_gpu") and value is not None:
                 value = format_memory(value)
             elif f.name == "env":
                 value = dict(value)
@@ -286,6 +338,28 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
                 ) from None
             raise
     profile = Profile(**values, sources={n: sources.get(n, "default") for n in FIELD_NAMES})
+    check_gpus(profile)
+    if profile.gpus_on_a_node and profile.processes != profile.gpus_on_a_node:
+        # A site profile's processes (often 1) gives way to the GPUs; the same call
+        # asking for both, differently, is a contradiction.
+        if profile.sources.get("processes") == "argument":
+            raise ConfigError(
+                "processes",
+                profile.processes,
+                f"one worker per GPU: with {profile.gpus_on_a_node} GPUs per node each node "
+                f"runs {profile.gpus_on_a_node} workers; drop processes or set it to that",
+            )
+        # Workers per node follow the GPUs; the cluster plans its names from this.
+        profile = dataclasses.replace(
+            profile,
+            processes=profile.gpus_on_a_node,
+            sources={**profile.sources, "processes": "gpus"},
+        )
+    if profile.mem_per_gpu is not None:
+        # The job gets mem_per_gpu per GPU whatever memory says (only one request is
+        # rendered), so the node's memory, which workers' limits share, follows from it.
+        memory = profile.mem_per_gpu * profile.gpus_on_a_node
+        profile = dataclasses.replace(profile, memory=memory)
     _check_consistency(profile)
     if profile.protocol == "tcp":
         warn_insecure("plaintext", profile.sources.get("protocol", "default"))
@@ -295,13 +369,23 @@ def _build(raw: Mapping[str, object], sources: Mapping[str, str]) -> Profile:
 
 
 logger = logging.getLogger(__name__)
+
+
 def _check_consistency(profile: Profile) -> None:
-    if profile.processes > profile.cores and profile.threads is None:
+    from_gpus = profile.sources.get("processes") == "gpus"  # GPU workers may share a core
+    if profile.processes > profile.cores and profile.threads is None and not from_gpus:
         raise ConfigError(
             "processes",
             profile.processes,
             f"{profile.processes} workers per node need at least as many cores"
             f" (cores={profile.cores}); raise cores or set threads",
+        )
+    if profile.gpus_on_a_node > 1 and not profile.nanny:
+        raise ConfigError(
+            "nanny",
+            False,
+            "one worker per GPU needs nannies (each worker its own process and "
+            "CUDA_VISIBLE_DEVICES); set nanny: true",
         )
     if profile.workers_per_rank > 1 and not profile.nanny:
         raise ConfigError(

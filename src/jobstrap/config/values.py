@@ -74,6 +74,15 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, object], str]:
     return parse
 
 
+def _optional_choice(options: tuple[str, ...]) -> Callable[[str, object], str | None]:
+    strict = _choice(options)
+
+    def parse(name: str, value: object) -> str | None:
+        return None if value is None or value == "" else strict(name, value)
+
+    return parse
+
+
 def _integer(minimum: int, maximum: int = MAX_INTEGER) -> Callable[[str, object], int]:
     def parse(name: str, value: object) -> int:
         if isinstance(value, bool):

@@ -58,7 +58,13 @@ class JobSpec:
     tasks_per_node: int = 1
     cpus_per_task: int = 1
     memory: int | None = None  #: per node
-    gpus: int = 0
+    gpus: int = 0  #: per node
+    gpus_per_job: int = 0  #: per job, placed by the batch system (instead of ``gpus``)
+    gpu_type: str | None = None
+    #: What the memory request counts: ``node``, ``cpu`` or ``gpu`` (one directive).
+    memory_per: str = "node"
+    mem_per_gpu: int | None = None  #: with ``memory_per="gpu"``; else memory over the GPUs
+    gpu_bind: str | None = None
     queue: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -81,6 +87,28 @@ class JobSpec:
     @property
     def ntasks(self) -> int:
         return self.nodes * self.tasks_per_node
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs on each node (``gpus_per_job`` spread evenly, rounded up)."""
+        return self.gpus or -(-self.gpus_per_job // self.nodes)
+
+    @property
+    def memory_per_gpu(self) -> int | None:
+        """Bytes per GPU for ``memory_per="gpu"``: ``mem_per_gpu``, else a node's share."""
+        if self.mem_per_gpu is not None:
+            return self.mem_per_gpu
+        if self.memory is None or not self.gpus_per_node:
+            return None
+        return self.memory // self.gpus_per_node
+
+    @property
+    def memory_per_cpu(self) -> int | None:
+        """Bytes per CPU for ``memory_per="cpu"``: the node's memory over its CPUs, rounded up."""
+        if self.memory is None:
+            return None
+        cpus = self.tasks_per_node * self.cpus_per_task
+        return -(-self.memory // cpus)
 
     def with_array(self, array: ArraySpec | None) -> JobSpec:
         """The same job as an array (or not)."""

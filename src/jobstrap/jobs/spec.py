@@ -70,6 +70,11 @@ def _common(
         "account": profile.account,
         "qos": profile.qos,
         "gpus": profile.gpus,
+        "gpus_per_job": profile.gpus_per_job,
+        "gpu_type": profile.gpu_type,
+        "memory_per": profile.memory_unit,
+        "mem_per_gpu": profile.mem_per_gpu,
+        "gpu_bind": profile.gpu_bind,
         "env": tuple(env.items()),
         "prologue": profile.prologue,
         "epilogue": profile.epilogue,
@@ -101,6 +106,8 @@ def _bootstrap_argv(
         argv += ["--local-directory", profile.local_directory]
     if not profile.nanny:
         argv.append("--no-nanny")
+    if profile.worker_class:
+        argv += ["--worker-class", profile.worker_class]
     if profile.dashboard:
         # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
         argv += ["--dashboard-port", str(profile.dashboard_port)]
@@ -128,6 +135,8 @@ def worker_job(
     """
     argv = _bootstrap_argv(profile, run_dir, "workers", memory_limit=profile.memory_per_worker)
     argv += ["--worker-processes", str(profile.processes)]
+    if profile.gpus_on_a_node:
+        argv.append("--gpu-workers")
     if scheduler_address:
         argv += ["--scheduler-address", scheduler_address]
     if lifetime is not None:
@@ -176,6 +185,9 @@ def app_job(
         argv += ["--worker-processes", str(profile.workers_per_rank)]
     if profile.worker_layout != "node":
         argv += ["--worker-layout", profile.worker_layout]
+    if profile.gpus_on_a_node:
+        # Each node's first worker rank runs a worker per GPU of the node.
+        argv.append("--gpu-workers")
     if client_on_scheduler_rank:
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:
@@ -208,5 +220,14 @@ def scheduler_job(profile: Profile, run_dir: str, tag: str, *, name: str | None 
         cpus_per_task=1,
         memory=min(profile.memory or 2**30, 2**30 * 2),
         launcher="none",
-        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
+        **_cpu_only(_common(profile, run_dir, tag)),  # type: ignore[arg-type]
     )
+
+
+def _cpu_only(common: dict[str, object]) -> dict[str, object]:
+    """``common`` without GPUs: a scheduler alone needs none, nor a per-GPU memory request."""
+    unit = common["memory_per"]
+    return {
+        **common, "gpus": 0, "gpus_per_job": 0, "gpu_type": None, "mem_per_gpu": None,
+        "gpu_bind": None, "memory_per": "node" if unit == "gpu" else unit,
+    }  # fmt: skip

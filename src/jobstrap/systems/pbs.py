@@ -189,10 +189,15 @@ class PBS(ClusterNodes):
             raise ConfigError("qos", spec.qos, "PBS has no QOS; choose a queue instead")
         chunk = f"{spec.nodes}:ncpus={spec.tasks_per_node * spec.cpus_per_task}"
         chunk += f":mpiprocs={spec.tasks_per_node}"
-        if spec.memory is not None:
-            chunk += f":mem={format_memory_pbs(spec.memory)}"
-        if spec.gpus:
-            chunk += f":ngpus={spec.gpus}"
+        ngpus = _gpus_per_chunk(spec)
+        memory = spec.memory
+        if spec.memory_per == "gpu" and spec.mem_per_gpu is not None:
+            # PBS counts memory per chunk (node) only.
+            memory = spec.mem_per_gpu * ngpus
+        if memory is not None:
+            chunk += f":mem={format_memory_pbs(memory)}"
+        if ngpus:
+            chunk += f":ngpus={ngpus}"
         lines = [f"-N {spec.name}"]
         if spec.queue:
             lines.append(f"-q {spec.queue}")
@@ -347,3 +352,20 @@ class PBS(ClusterNodes):
 
 
 SYSTEM = PBS()
+
+
+def _gpus_per_chunk(spec: JobSpec) -> int:
+    """``ngpus`` of each ``select`` chunk (one chunk per node)."""
+    if spec.gpu_type:
+        raise ConfigError(
+            "gpu_type", spec.gpu_type, "PBS has no standard GPU type; use extra_directives"
+        )
+    if spec.gpu_bind:
+        raise ConfigError("gpu_bind", spec.gpu_bind, "PBS has no GPU binding option")
+    if spec.gpus_per_job and spec.gpus_per_job % spec.nodes:
+        raise ConfigError(
+            "gpus_per_job",
+            spec.gpus_per_job,
+            f"PBS asks for GPUs per node: give a multiple of nodes ({spec.nodes}) or set gpus",
+        )
+    return spec.gpus or spec.gpus_per_job // spec.nodes

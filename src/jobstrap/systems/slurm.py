@@ -173,10 +173,7 @@ class Slurm(ClusterNodes, UnderscoreArrayIds):
         lines.append(f"--nodes={spec.nodes}")
         lines.append(f"--ntasks-per-node={spec.tasks_per_node}")
         lines.append(f"--cpus-per-task={spec.cpus_per_task}")
-        if spec.memory is not None:
-            lines.append(f"--mem={format_memory_slurm(spec.memory)}")
-        if spec.gpus:
-            lines.append(f"--gres=gpu:{spec.gpus}")
+        lines += _memory_and_gpu_lines(spec)
         if spec.array:
             limit = f"%{spec.array.limit}" if spec.array.limit else ""
             lines.append(f"--array={spec.array.start}-{spec.array.stop}{limit}")
@@ -400,3 +397,26 @@ def _id_sort_key(job_id: str) -> tuple[int, str]:
 
 
 SYSTEM = Slurm()
+
+
+def _memory_and_gpu_lines(spec: JobSpec) -> list[str]:
+    """The memory request (exactly one of ``--mem``, ``--mem-per-cpu``, ``--mem-per-gpu``:
+    Slurm rejects two, and some sites' ``cli_filter`` rejects ``--mem``) and the GPUs."""
+    lines: list[str] = []
+    per_gpu = spec.memory_per_gpu if spec.memory_per == "gpu" else None
+    per_cpu = spec.memory_per_cpu if spec.memory_per == "cpu" else None
+    if per_gpu is not None:
+        lines.append(f"--mem-per-gpu={format_memory_slurm(per_gpu)}")
+    elif per_cpu is not None:
+        lines.append(f"--mem-per-cpu={format_memory_slurm(per_cpu)}")
+    elif spec.memory is not None:
+        lines.append(f"--mem={format_memory_slurm(spec.memory)}")
+    kind = f"{spec.gpu_type}:" if spec.gpu_type else ""
+    if spec.gpus:
+        # --gres rather than --gpus-per-node: every Slurm with GPUs knows it.
+        lines.append(f"--gres=gpu:{kind}{spec.gpus}")
+    elif spec.gpus_per_job:
+        lines.append(f"--gpus={kind}{spec.gpus_per_job}")
+    if spec.gpu_bind and (spec.gpus or spec.gpus_per_job):
+        lines.append(f"--gpu-bind={spec.gpu_bind}")
+    return lines

@@ -49,3 +49,20 @@ def test_loopback_is_allowed_only_when_every_rank_shares_the_host(peers: list[Pe
     assert not single_host(mpi_world(0), peers)
     assert single_host(mpi_world(0), [Peer("n1", 1, ()), Peer("n1", 2, ())])
     assert single_host(World(rank=0, size=1, source="single"), [])
+
+
+@pytest.mark.parametrize("layout", ["--worker-layout=node", "--worker-layout=rank"])
+def test_gpu_workers_run_in_one_rank_per_node_whatever_the_layout(
+    peers: list[Peer], layout: str
+) -> None:
+    # Every task of a node sees the node's GPUs: two ranks each running a worker
+    # per GPU would put two workers on every device.
+    options = parse_args(["--run-dir", "/r", "--gpu-workers", layout])
+
+    first = placement(options, mpi_world(2), peers)
+    others = [placement(options, mpi_world(r), peers) for r in (3, 4)]
+    alone = placement(options, mpi_world(5), peers)
+
+    assert first == Placement((2,), cpus=frozenset({2, 3, 4}))
+    assert others == [Placement((), leader=peers[2])] * 2
+    assert alone == Placement((5,), cpus=frozenset({5}))

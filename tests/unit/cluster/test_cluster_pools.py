@@ -55,7 +55,9 @@ def test_each_pool_overrides_the_profile_and_keeps_the_rest() -> None:
     assert gpu.profile.memory == 4 * GIB  # not given for the pool: the profile's
     assert {p.profile.account for p in pools.values()} == {"proj"}
     assert {p.profile.walltime for p in pools.values()} == {7200}
-    assert (cpu.shape.threads, gpu.shape.threads) == (8, 8)
+    # One worker per GPU: the gpu pool's 8 cores go to 2 workers of 4 threads.
+    assert (cpu.shape.processes, cpu.shape.threads) == (1, 8)
+    assert (gpu.shape.processes, gpu.shape.threads) == (2, 4)
 
 
 def test_the_first_pool_is_the_default_unless_one_is_called_default() -> None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jobstrap.bootstrap import logtags
@@ -123,10 +123,14 @@ class DaskEngine:
         names: Sequence[str],
         *,
         max_memory_kills: int | None = None,
+        environments: Sequence[Mapping[str, str]] = (),
+        resources: Mapping[str, float] | None = None,
     ) -> int:
         """Run nannies (or workers) named ``names`` until closed, lost or drained."""
         logtags.set_role("worker")
-        from jobstrap.engines.dask.workers import WorkerOptions, serve_workers
+        from jobstrap.engines.dask.workers import WorkerOptions, serve_workers, worker_class
+
+        cls = worker_class(options.worker_class)  # a bad name: UserError, exit 2
 
         if options.nanny:
             from jobstrap.engines.dask.forkserver import choose_start_method
@@ -145,6 +149,9 @@ class DaskEngine:
             nanny=options.nanny,
             names=list(names),
             max_memory_kills=max_memory_kills,
+            worker_class=cls,
+            environments=list(environments),
+            resources=dict(resources) if resources else None,
         )
         return asyncio.run(serve_workers(address, worker_options))
 

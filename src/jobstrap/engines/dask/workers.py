@@ -65,6 +65,11 @@ class WorkerOptions:
     max_memory_kills
         End the rank once the job's memory limit has killed a worker this many times
         (see :class:`BatchNanny`); None restarts it every time.
+    environments
+        Per worker process (by index): variables set in it, e.g. a GPU worker's
+        ``CUDA_VISIBLE_DEVICES``. Needs nannies (one process per worker).
+    resources
+        What every worker offers the scheduler (``{"GPU": 1}``).
     """
 
     host: str
@@ -81,6 +86,47 @@ class WorkerOptions:
     worker_class: Any = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     max_memory_kills: int | None = None
+    environments: Sequence[Mapping[str, str]] = ()
+    resources: Mapping[str, float] | None = None
+
+
+def worker_class(name: str | None) -> Any:
+    """The worker class named ``module.Class`` (None: jobstrap's default).
+
+    ``dask_cuda.CUDAWorker`` is accepted when dask-cuda is installed: it is not a
+    worker class but runs its own nanny per visible GPU, so it replaces this rank's
+    nannies (see :func:`serve_workers`).
+
+    Raises
+    ------
+    UserError
+        One line naming the class when it cannot be imported or is not a worker.
+    """
+    if not name:
+        return None
+    import importlib
+
+    from distributed import Worker
+
+    from jobstrap.errors import UserError
+
+    module, _, attribute = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attribute) if module else None
+    except (ImportError, AttributeError) as error:
+        raise UserError(f"worker_class: cannot import {name!r} ({error})") from None
+    if cls is None or not isinstance(cls, type):
+        raise UserError(f"worker_class: {name!r} is not a class (expected module.Class)")
+    if not issubclass(cls, Worker) and not _is_cuda_worker(cls):
+        raise UserError(
+            f"worker_class: {name!r} is neither a distributed.Worker subclass "
+            "nor dask_cuda.CUDAWorker"
+        )
+    return cls
+
+
+def _is_cuda_worker(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "dask_cuda" and cls.__name__ == "CUDAWorker"
 
 
 def _nthreads(options: WorkerOptions) -> int:
@@ -154,14 +200,22 @@ async def serve_workers(
         "death_timeout": options.death_timeout,
         "security": options.security,
     }
-    for i in range(options.processes):
+    if options.resources:
+        worker_kwargs["resources"] = dict(options.resources)
+    if _is_cuda_worker(worker_class):
+        # dask-cuda runs a nanny per visible GPU itself (its own rotation, device
+        # memory spilling); it is given the allocation this rank found.
+        nannies.append(_cuda_worker(worker_class, scheduler_address, options, common))
+    for i in range(0 if nannies else options.processes):
         name = options.names[i] if i < len(options.names) else None
         if options.nanny:
             nanny_class: Any = BatchNanny
+            env = options.environments[i] if i < len(options.environments) else None
             nanny = nanny_class(
                 scheduler_address,
                 name=name,
                 worker_class=worker_class,
+                env=dict(env) if env else None,
                 **common,
                 **worker_kwargs,
             )
@@ -187,7 +241,7 @@ async def serve_workers(
             "check that this node can reach the scheduler's network (--interface)"
         )
         return 1
-    addresses = [_worker_address(n) for n in nannies]
+    addresses = [a for n in nannies for a in _worker_addresses(n)]
     started.set()
     logger.info("workers %s joined %s", ", ".join(addresses), scheduler_address)
     if on_started is not None:
@@ -234,13 +288,62 @@ async def serve_workers(
     return 1 if state["lost"] or out_of_memory else 0
 
 
+def _cuda_worker(
+    cls: Any, scheduler_address: str, options: WorkerOptions, common: dict[str, Any]
+) -> Any:
+    """A ``dask_cuda.CUDAWorker`` over the devices this rank was given."""
+    import os
+
+    devices = [e["CUDA_VISIBLE_DEVICES"] for e in options.environments if e]
+    if devices:
+        # Each entry is one worker's rotation; its first device is that worker's own.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(d.split(",")[0] for d in devices)
+    prefix = options.names[0].rsplit("-", 1)[0] if options.names else None
+    return _CudaWorkers(
+        cls(
+            scheduler_address,
+            nthreads=common["nthreads"],
+            memory_limit=common["memory_limit"],
+            local_directory=common["local_directory"],
+            death_timeout=common["death_timeout"],
+            security=common["security"],
+            host=common["host"],
+            name=prefix,
+        )
+    )
+
+
+class _CudaWorkers:
+    """dask-cuda's ``CUDAWorker`` (a group of nannies) seen as one nanny here."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+
+    async def start(self) -> None:
+        await self.group  # starts its nannies
+
+    async def finished(self) -> None:
+        await self.group.finished()
+
+    async def close(self, reason: str = "") -> None:
+        await self.group.close()
+
+
+def _worker_addresses(server: Any) -> list[str]:
+    """The worker addresses of a nanny, a worker, or dask-cuda's group of nannies."""
+    group = getattr(server, "group", None)
+    if group is not None:
+        return [_worker_address(n) for n in group.nannies]
+    return [_worker_address(server)]
+
+
 def _worker_address(server: Any) -> str:
     """The worker address of a nanny, or of a worker itself."""
     return str(getattr(server, "worker_address", None) or server.address)
 
 
 async def _retire(nannies: Sequence[Any], scheduler_address: str, security: Security) -> None:
-    addresses = [_worker_address(n) for n in nannies]
+    addresses = [a for n in nannies for a in _worker_addresses(n)]
     try:
         async with scheduler_rpc(scheduler_address, security) as scheduler:
             await scheduler.retire_workers(

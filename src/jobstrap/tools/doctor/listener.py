@@ -58,6 +58,8 @@ def probe_job(
     ]  # fmt: skip
     if profile.memory is not None:
         command += ["--memory", str(profile.memory)]
+    if profile.gpus_on_a_node:
+        command += ["--gpus", str(profile.gpus_on_a_node)]
     base = scheduler_job(profile, run_dir, tag, name=f"{profile.job_name}-doctor")
     return replace(
         base,
@@ -69,6 +71,13 @@ def probe_job(
         memory=profile.memory,
         walltime=min(profile.walltime, walltime),
         launcher="none",
+        # The GPUs a worker job asks for (the scheduler job it is built from has none).
+        gpus=profile.gpus,
+        gpus_per_job=min(profile.gpus_per_job, profile.gpus_on_a_node),
+        gpu_type=profile.gpu_type,
+        memory_per=profile.memory_unit,
+        mem_per_gpu=profile.mem_per_gpu,
+        gpu_bind=profile.gpu_bind,
         # The token goes into the job's environment, never onto its command line,
         # where any user of the node could read it.
         env=(*base.env, (TOKEN_ENV, token)),

@@ -30,6 +30,7 @@ from jobstrap.jobs.spec import new_tag
 from jobstrap.states import JobState
 from jobstrap.store.files import read_tail
 from jobstrap.tools.doctor.evaluate import diagnose_job_failure, diagnose_pending, evaluate_probe
+from jobstrap.tools.doctor.gpus import check_gpus
 from jobstrap.tools.doctor.listener import ProbeListener, call_back, probe_job
 from jobstrap.tools.doctor.login import (
     check_batch_commands,
@@ -395,6 +396,7 @@ class _Prober:
             interfaces_requested=self.profile.interface,
             via_network=via_network,
         )
+        checks += check_gpus(facts, self.profile.gpus_on_a_node)
         return _Outcome(checks, reported=True)
 
     def _no_report(
