@@ -91,9 +91,7 @@ def test_a_job_with_two_gpus_runs_two_workers_each_on_its_own_device(
 
 def test_two_gpu_jobs_on_one_node_never_share_a_device(testcluster: TestCluster) -> None:
     node = testcluster.compute_nodes[0]
-    with SLURMCluster(
-        PROFILE, gpus=2, extra_directives=[f"--nodelist={node}"], **SMALL
-    ) as cluster:
+    with SLURMCluster(PROFILE, gpus=2, extra_directives=[f"--nodelist={node}"], **SMALL) as cluster:
         cluster.scale(jobs=2)
         cluster.wait_for_workers(4, timeout=TIMEOUT)
         views = list(_views(cluster).values())

@@ -105,7 +105,6 @@ def _system(name: str, value: object) -> str:
     return _choice(tuple(available_systems()))(name, value)
 
 
-
 @dataclass(frozen=True)
 class Profile:
     """Every setting a job needs, validated, with the source of each value.

@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-
 def resolve_launcher(profile: Profile) -> str:
     """Turn ``launcher: auto`` into the launcher each batch system starts ranks with."""
     if profile.launcher != "auto":

@@ -1,2 +1,1 @@
-"""What is kept on disk: the run directory layout and the registry of runs.
-"""
+"""What is kept on disk: the run directory layout and the registry of runs."""

@@ -56,7 +56,9 @@ def test_profile_names_complete_from_the_shipped_and_the_user_profiles(
     env: dict[str, str],
 ) -> None:
     assert complete(env, "jobstrap submit --profile test") == [
-        "testcluster", "testcluster-gpu", "testcluster-pbs",
+        "testcluster",
+        "testcluster-gpu",
+        "testcluster-pbs",
     ]
     assert complete(env, "jobstrap run -p my") == ["mylab"]
     assert "default" in complete(env, "jobstrap config show -p ")
