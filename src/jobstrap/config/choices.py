@@ -6,7 +6,7 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "WORKER_LAYOUTS"]
+__all__ = ["DASHBOARD_BINDS", "ENGINES", "WORKER_LAYOUTS"]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -16,3 +16,8 @@ WORKER_LAYOUTS = ("node", "rank")
 #: (the default; ``jobstrap tunnel`` reaches it through the scheduler's node), or the
 #: scheduler's network interface, where anyone on that network can read it.
 DASHBOARD_BINDS = ("loopback", "interface")
+
+#: The engines a batch job can run (``engine``): Dask (scheduler, client and workers
+#: by rank) or Ray (a Ray head and one Ray node per allocated node, the app on the
+#: head's rank); the job side finds each as ``jobstrap.engines.<name>``.
+ENGINES = ("dask", "ray")

@@ -176,7 +176,11 @@ def app_job(
         argv += ["--worker-processes", str(profile.workers_per_rank)]
     if profile.worker_layout != "node":
         argv += ["--worker-layout", profile.worker_layout]
-    if client_on_scheduler_rank:
+    if profile.engine != "dask":
+        argv += ["--engine", profile.engine]
+    if client_on_scheduler_rank or profile.engine == "ray":
+        # Ray's driver belongs on the head's node: rank 0 runs the head and the app,
+        # every other rank (one per node, see batch_profile) one Ray worker node.
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:
         argv += ["--start-after-workers", str(start_after_workers)]
