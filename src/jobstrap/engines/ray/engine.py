@@ -271,7 +271,13 @@ class RayEngine:
             if head is not None:
                 head.finish(1)
 
-        return RayLink(address, death_timeout=death_timeout, on_hard_exit=hard_exit)
+        def all_joined() -> None:
+            if head is not None:  # no node needs a certificate any more
+                credentials.forget_ca_key(head.run_dir)
+
+        return RayLink(
+            address, death_timeout=death_timeout, on_hard_exit=hard_exit, on_all_joined=all_joined
+        )
 
     def close_app_clients(self) -> None:
         """Disconnect the app's driver before its cluster goes (no shutdown noise)."""

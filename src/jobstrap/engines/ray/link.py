@@ -71,6 +71,8 @@ class RayLink:
     on_hard_exit
         Called when the stopped app did not end within :data:`LOST_GRACE`: tears
         the run down before the process exits.
+    on_all_joined
+        Called once every expected node is alive (the CA's key can go).
     client
         A GCS client (tests); default Ray's, made on first use.
     """
@@ -81,6 +83,7 @@ class RayLink:
         *,
         death_timeout: float,
         on_hard_exit: Callable[[], None] | None = None,
+        on_all_joined: Callable[[], None] | None = None,
         client: Any = None,
     ) -> None:
         self.address = address
@@ -90,10 +93,10 @@ class RayLink:
         self.lost_message: str | None = None
         self._client = client
         self._on_hard_exit = on_hard_exit
+        self._on_all_joined = on_all_joined
         self._stopping = threading.Event()
         self._joined: dict[str, str] = {}
         self._watch: threading.Thread | None = None
-        self._expected_nodes = 1
 
     # ------------------------------------------------------------------ protocol
 
@@ -106,7 +109,6 @@ class RayLink:
         Returns the worker nodes alive when the wait ended; from then on, a node
         of those that dies stops the app.
         """
-        self._expected_nodes = expected + 1
         deadline = time.monotonic() + timeout
         nodes: list[NodeView] = []
         while not self._stopping.is_set():
@@ -116,6 +118,8 @@ class RayLink:
                 break
             time.sleep(0.2)
         self._joined = {n.node_id: n.address for n in nodes}
+        if len(nodes) >= expected + 1 and self._on_all_joined is not None:
+            self._on_all_joined()
         self._start_watch()
         return max(0, len(nodes) - 1)
 
