@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import sys
 import threading
@@ -345,8 +346,10 @@ def _watch_node(
         if code is not None:
             if exit_file.exists():
                 return 0
-            say(f"the Ray node on {socket.gethostname()} ended (exit code {code}): "
-                f"{node.last_words()}")  # fmt: skip
+            how = f"exit code {code}: {node.last_words()}"
+            if code < 0:
+                how = f"killed by {signal.Signals(-code).name}; log: {node.log_file}"
+            say(f"the Ray node on {socket.gethostname()} ended ({how})")
             return 1
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -190,7 +191,13 @@ class RayLink:
         self.lost_message = message
         say(message)
         self.lost.set()
-        _thread.interrupt_main()  # the app gets KeyboardInterrupt (not printed: lost is set)
+        # A real SIGINT to the main thread (Python's handler while the app runs): it
+        # also wakes a blocking call, which interrupt_main() alone would not.
+        # The app gets KeyboardInterrupt, not printed since ``lost`` is set.
+        try:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        except (OSError, ValueError):
+            _thread.interrupt_main()
 
         def hard_exit() -> None:
             if self._stopping.wait(LOST_GRACE):
