@@ -169,7 +169,7 @@ def app_job(
     ``start_after_workers`` starts the app once that many workers joined (default: all).
     """
     argv = _bootstrap_argv(profile, run_dir, "mpi", memory_limit=profile.memory_per_rank_worker)
-    if profile.workers_per_rank > 1:
+    if profile.workers_per_rank > 1 and profile.engine == "dask":
         # One interpreter per worker rank, its workers forked by their nannies: a
         # node imports distributed once per rank instead of once per worker, which is
         # most of a large launch's start-up on busy nodes.

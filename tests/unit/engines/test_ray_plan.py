@@ -222,3 +222,16 @@ def test_a_dask_job_names_no_engine() -> None:
 
     spec = app_job(load_profile(), "/runs/r", "tag", ["app.py"])
     assert "--engine" not in spec.command
+
+
+def test_a_function_submitted_with_the_ray_engine_is_refused_naming_the_script_route(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobstrap.batch.client import submit
+
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
+    with pytest.raises(UserError, match="jobstrap submit --engine ray"):
+        submit(sum, [1, 2], engine="ray")
+    assert not (tmp_path / "runs").exists()  # nothing submitted
