@@ -308,6 +308,11 @@ def serve_node(options: Options, address: str, host: str, security: RaySecurity)
     stop = threading.Event()
 
     def on_signal(sig: Any) -> None:
+        if sig == signal.SIGUSR1:
+            # A warning ahead of the end (walltime): the app is told on its rank;
+            # this node keeps serving its tasks until the end itself comes.
+            logger.info("SIGUSR1: the batch system warns of the end of this job")
+            return
         logger.info("%s: stopping this Ray node", getattr(sig, "name", sig))
         stop.set()
 
