@@ -122,6 +122,17 @@ def _node(
     return RayNode(argv, env, temp_dir, _log_file(options, "head" if head else "node"))
 
 
+def _require_ray() -> None:
+    """A one-line error where this node's Python has no Ray (before anything starts)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError(
+            f"ray: not installed for {sys.executable}; install it on every node "
+            "(pip install 'jobstrap[ray]') or set the profile's python"
+        )
+
+
 def _has_ray_client() -> bool:
     # Ray refuses a client-server port without its gRPC extra, and with it listens
     # on the fixed 10001 unless given another.
@@ -222,6 +233,7 @@ class RayEngine:
                 "(--mode mpi --client-on-scheduler-rank; jobstrap submit --engine ray)"
             )
         assert isinstance(security, RaySecurity)
+        _require_ray()
         node_ip = _routable(host, options)
         run_secrets = credentials.create_run_secrets(security.run_dir, tls=security.tls)
         node = _node(options, security, run_secrets, node_ip, address=None)
@@ -300,6 +312,7 @@ def serve_node(options: Options, address: str, host: str, security: RaySecurity)
     from jobstrap.bootstrap.signals import BATCH_SIGNALS, SignalPolicy
 
     try:
+        _require_ray()
         run_secrets = credentials.RunSecrets.read(security.run_dir, tls=security.tls)
         node = _node(options, security, run_secrets, _routable(host, options), address=address)
     except UserError as error:
