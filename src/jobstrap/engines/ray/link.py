@@ -25,12 +25,25 @@ from typing import Any
 
 from jobstrap.bootstrap.messages import logger, say
 
-__all__ = ["NodeView", "RayLink", "alive_nodes"]
+__all__ = ["NodeView", "RayLink", "alive_nodes", "interrupt_main"]
 
 #: Seconds between two looks at the cluster while the app runs.
 POLL_INTERVAL = 1.0
 #: How long the app gets to unwind after it was stopped, before a hard exit.
 LOST_GRACE = 10.0
+
+
+def interrupt_main() -> None:
+    """Stop the app running in the main thread with KeyboardInterrupt.
+
+    A real SIGINT to the main thread (Python's handler while the app runs): it also
+    wakes a blocking call, which ``_thread.interrupt_main()`` alone would not. The
+    bootstrap does not print that KeyboardInterrupt (the link's ``lost`` is set).
+    """
+    try:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+    except (OSError, ValueError):
+        _thread.interrupt_main()
 
 
 class NodeView:
@@ -74,6 +87,8 @@ class RayLink:
         the run down before the process exits.
     on_all_joined
         Called once every expected node is alive (the CA's key can go).
+    interrupt
+        Stops the app (default: SIGINT to the main thread, see :func:`interrupt_main`).
     client
         A GCS client (tests); default Ray's, made on first use.
     """
@@ -85,6 +100,7 @@ class RayLink:
         death_timeout: float,
         on_hard_exit: Callable[[], None] | None = None,
         on_all_joined: Callable[[], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
         client: Any = None,
     ) -> None:
         self.address = address
@@ -95,6 +111,7 @@ class RayLink:
         self._client = client
         self._on_hard_exit = on_hard_exit
         self._on_all_joined = on_all_joined
+        self._interrupt = interrupt or interrupt_main
         self._stopping = threading.Event()
         self._joined: dict[str, str] = {}
         self._watch: threading.Thread | None = None
@@ -191,13 +208,7 @@ class RayLink:
         self.lost_message = message
         say(message)
         self.lost.set()
-        # A real SIGINT to the main thread (Python's handler while the app runs): it
-        # also wakes a blocking call, which interrupt_main() alone would not.
-        # The app gets KeyboardInterrupt, not printed since ``lost`` is set.
-        try:
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-        except (OSError, ValueError):
-            _thread.interrupt_main()
+        self._interrupt()
 
         def hard_exit() -> None:
             if self._stopping.wait(LOST_GRACE):
