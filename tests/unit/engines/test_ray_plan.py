@@ -159,13 +159,14 @@ def test_a_long_tmpdir_falls_back_to_a_short_one(tmp_path: Path) -> None:
 
 
 def test_the_node_directory_is_private_and_short_enough_for_rays_sockets() -> None:
-    path = plan.make_temp_dir({})
+    path, other = plan.make_temp_dir({}), plan.make_temp_dir({})
     try:
         assert len(path) <= plan.TEMP_DIR_MAX_LENGTH
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
-        assert plan.make_temp_dir({}) != path  # every node of every run its own
+        assert other != path  # every node of every run its own
     finally:
         os.rmdir(path)
+        os.rmdir(other)
 
 
 def test_no_short_writable_directory_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
