@@ -7,6 +7,7 @@ handling, not Ray.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,3 +97,35 @@ def test_the_heads_address_is_read_from_its_own_directory(tmp_path: Path) -> Non
         assert node.wait_for_address(timeout=60) == "10.0.0.1:4242"
     finally:
         node.stop(grace=0.5)
+
+
+def test_a_node_ends_when_the_rank_that_started_it_is_killed(tmp_path: Path) -> None:
+    # A rank (here a child process) starts a node, then dies without tearing it down.
+    pid_file = tmp_path / "node.pid"
+    rank = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from jobstrap.engines.ray.node import RayNode\n"
+        "node = RayNode([sys.executable, '-c', 'import time; time.sleep(600)'], dict(os.environ),"
+        " sys.argv[1], Path(sys.argv[1]) / 'log')\n"
+        "node.start()\n"
+        "open(sys.argv[2], 'w').write(str(node.pid))\n"
+        "time.sleep(600)\n"
+    )
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", rank, str(node_dir), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        node_pid = int(pid_file.read_text())
+        assert _alive(node_pid)
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 10
+    while _alive(node_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(node_pid)

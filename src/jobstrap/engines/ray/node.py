@@ -67,6 +67,7 @@ class RayNode:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the node's own group: what stop() ends
                 close_fds=True,
+                preexec_fn=_end_with_parent,
             )
 
     @property
@@ -135,6 +136,20 @@ class RayNode:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _end_with_parent() -> None:
+    """In the child: SIGTERM when the rank that started it dies (Linux's PDEATHSIG).
+
+    A rank killed outright (an app that crashed the interpreter, SIGKILL) cannot
+    tear its node down; left alone, a head would keep its worker nodes (and so the
+    job) alive until the walltime. ``ray start --block`` ends its node on SIGTERM.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def kill_group(pgid: int, wait: float = 5.0) -> bool:
