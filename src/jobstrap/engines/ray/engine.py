@@ -77,7 +77,6 @@ def _log_file(options: Options, role: str) -> Path:
 
 def _node(
     options: Options,
-    security: RaySecurity,
     run_secrets: credentials.RunSecrets,
     node_ip: str,
     *,
@@ -236,7 +235,7 @@ class RayEngine:
         _require_ray()
         node_ip = _routable(host, options)
         run_secrets = credentials.create_run_secrets(security.run_dir, tls=security.tls)
-        node = _node(options, security, run_secrets, node_ip, address=None)
+        node = _node(options, run_secrets, node_ip, address=None)
         started = time.monotonic()
         node.start()
         try:
@@ -314,7 +313,7 @@ def serve_node(options: Options, address: str, host: str, security: RaySecurity)
     try:
         _require_ray()
         run_secrets = credentials.RunSecrets.read(security.run_dir, tls=security.tls)
-        node = _node(options, security, run_secrets, _routable(host, options), address=address)
+        node = _node(options, run_secrets, _routable(host, options), address=address)
     except UserError as error:
         say(str(error))
         return 2
