@@ -46,6 +46,7 @@ from jobstrap.batch.submit import (
     submit_run,
 )
 from jobstrap.config.profile import Profile, load_profile
+from jobstrap.errors import UserError
 from jobstrap.store.rundir import RunDir
 
 __all__ = ["BatchClient", "submit", "submit_app"]
@@ -100,8 +101,21 @@ def _resolve(
 ) -> tuple[Profile, str | None]:
     settings = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(profile, Profile):
-        return (profile.with_overrides(settings) if settings else profile), None
-    return load_profile(profile, settings), profile
+        resolved, name = (profile.with_overrides(settings) if settings else profile), None
+    else:
+        resolved, name = load_profile(profile, settings), profile
+    return _dask_only(resolved), name
+
+
+def _dask_only(profile: Profile) -> Profile:
+    """``profile``, unless its engine is not Dask's: graphs and functions need Dask."""
+    if profile.engine != "dask":
+        # Graphs, functions and `jobstrap run` apps go through Dask's graph runner.
+        raise UserError(
+            f"engine {profile.engine!r}: functions, graphs and `jobstrap run` run on Dask "
+            f"only; run a script with `jobstrap submit --engine {profile.engine} app.py`"
+        )
+    return profile
 
 
 class BatchClient:
@@ -180,8 +194,8 @@ class BatchClient:
         # Serialised first: a graph that is too big fails before anything exists.
         envelope = serialise(work, self.max_input_size, self.profile.python)
         if overrides:
-            profile = self.profile.with_overrides(
-                {k: v for k, v in overrides.items() if v is not None}
+            profile = _dask_only(
+                self.profile.with_overrides({k: v for k, v in overrides.items() if v is not None})
             )
         else:
             profile = self.profile

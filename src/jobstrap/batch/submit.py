@@ -46,12 +46,17 @@ def batch_profile(profile: Profile) -> Profile:
 
     Unless the user chose ``tasks_per_node``, a one-node job gets ``processes + 2``
     ranks (the scheduler and the client are light; ``processes`` is the worker count
-    a node should have) and a multi-node job at least 3 ranks in all.
+    a node should have) and a multi-node job at least 3 ranks in all. With the Ray
+    engine every rank is a Ray node: one per node (two on a one-node job).
     """
     if profile.sources.get("tasks_per_node", "default") != "default":
         return profile
     ranks = profile.ranks_per_node
-    if profile.nodes == 1:
+    if profile.engine == "ray":
+        # One Ray node per rank: one rank per node, the head's rank running the app;
+        # a one-node job needs a second rank (the bootstrap's minimum) and splits the node.
+        ranks = 1 if profile.nodes > 1 else 2
+    elif profile.nodes == 1:
         ranks = profile.processes + 2
     elif profile.nodes * ranks < 3:
         ranks = -(-3 // profile.nodes)

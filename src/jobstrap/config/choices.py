@@ -6,7 +6,7 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "MEMORY_UNITS", "WORKER_LAYOUTS"]
+__all__ = ["DASHBOARD_BINDS", "ENGINES", "MEMORY_UNITS", "WORKER_LAYOUTS"]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -20,3 +20,8 @@ DASHBOARD_BINDS = ("loopback", "interface")
 #: What a job's memory request counts: the node (``--mem``), each CPU
 #: (``--mem-per-cpu``) or each GPU (``--mem-per-gpu``); a batch system gets one of them.
 MEMORY_UNITS = ("node", "cpu", "gpu")
+
+#: The engines a batch job can run (``engine``): Dask (scheduler, client and workers
+#: by rank) or Ray (a Ray head and one Ray node per allocated node, the app on the
+#: head's rank); the job side finds each as ``jobstrap.engines.<name>``.
+ENGINES = ("dask", "ray")

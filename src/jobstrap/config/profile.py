@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import DASHBOARD_BINDS, MEMORY_UNITS, WORKER_LAYOUTS
+from jobstrap.config.choices import DASHBOARD_BINDS, ENGINES, MEMORY_UNITS, WORKER_LAYOUTS
 from jobstrap.config.gpus import check_gpus
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
@@ -203,6 +203,12 @@ class Profile:
         _choice(DASHBOARD_BINDS),
         "where the dashboard (plain HTTP, no login) listens: loopback (reach it with "
         "jobstrap tunnel) or interface (the scheduler's address: anyone on that network)",
+    )
+    engine: str = _setting(
+        "dask",
+        _choice(ENGINES),
+        "batch mode: dask, or ray (a Ray head and one Ray node per node; the app's "
+        "ray.init() joins)",
     )
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"

@@ -177,7 +177,7 @@ def app_job(
     ``start_after_workers`` starts the app once that many workers joined (default: all).
     """
     argv = _bootstrap_argv(profile, run_dir, "mpi", memory_limit=profile.memory_per_rank_worker)
-    if profile.workers_per_rank > 1:
+    if profile.workers_per_rank > 1 and profile.engine == "dask":
         # One interpreter per worker rank, its workers forked by their nannies: a
         # node imports distributed once per rank instead of once per worker, which is
         # most of a large launch's start-up on busy nodes.
@@ -187,7 +187,11 @@ def app_job(
     if profile.gpus_on_a_node:
         # Each node's first worker rank runs a worker per GPU of the node.
         argv.append("--gpu-workers")
-    if client_on_scheduler_rank:
+    if profile.engine != "dask":
+        argv += ["--engine", profile.engine]
+    if client_on_scheduler_rank or profile.engine == "ray":
+        # Ray's driver belongs on the head's node: rank 0 runs the head and the app,
+        # every other rank (one per node, see batch_profile) one Ray worker node.
         argv.append("--client-on-scheduler-rank")
     if start_after_workers is not None:
         argv += ["--start-after-workers", str(start_after_workers)]
