@@ -158,17 +158,25 @@ def test_status_and_cancel_all_see_a_killed_clients_jobs_through_the_registry(
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
         assert len(live(ids)) == 2  # a long death timeout: the jobs would stay for now
-        shown = subprocess.run(
-            [sys.executable, "-m", "jobstrap", "status"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert shown.returncode == 0, shown.stderr
-        rows = [line.split() for line in shown.stdout.splitlines() if line.startswith(run_id)]
-        assert sorted(row[2] for row in rows) == sorted(ids), shown.stdout
-        assert {row[3] for row in rows} == {"RUNNING"}, shown.stdout
+
+        def status(*runs: str) -> list[list[str]]:
+            shown = subprocess.run(
+                [sys.executable, "-m", "jobstrap", "status", *runs],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert shown.returncode == 0, shown.stderr
+            return [line.split() for line in shown.stdout.splitlines() if line.startswith(run_id)]
+
+        # The default listing: one line for the run, its jobs counted by state.
+        (summary,) = status()
+        assert " ".join(summary).count("2 RUNNING") == 1, summary
+        # Named, the run shows each of its jobs.
+        rows = status(run_id)
+        assert sorted(row[2] for row in rows) == sorted(ids), rows
+        assert {row[3] for row in rows} == {"RUNNING"}, rows
 
         cancelled = subprocess.run(
             [sys.executable, "-m", "jobstrap", "cancel", "--all"],

@@ -342,7 +342,7 @@ def test_a_killed_client_leaves_no_job_after_the_death_timeout(tmp_path: Path) -
         process.wait(timeout=30)
 
         # The workers give up after the death timeout (15 s); then PBS's obit.
-        wait_until(lambda: not live_in_pbs(ids), 15 + 60, lambda: live_in_pbs(ids), 1.0)
+        wait_until(lambda: not live_in_pbs(ids), 15 + 60, lambda: live_in_pbs(ids), interval=1.0)
     finally:
         if process.poll() is None:
             process.kill()

@@ -48,8 +48,11 @@ def _probe() -> Callable[[int], tuple[str, str, str]]:
         from distributed import get_worker
 
         time.sleep(0.2)
+        # The worker's own device by its node-wide id: with ConstrainDevices each job's
+        # CUDA_VISIBLE_DEVICES restarts at 0, so two jobs on a node both show "0".
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        return str(get_worker().name), socket.gethostname(), visible
+        own = os.environ.get("JOBSTRAP_GPU_ID", "") if visible else ""
+        return str(get_worker().name), socket.gethostname(), own
 
     return probe
 
@@ -112,8 +115,8 @@ def test_a_gpu_pool_of_two_gpus_per_job_runs_gpu_tasks_on_its_own_devices() -> N
     pools: dict[str, Any] = {"cpu": {}, "gpu": {"queue": "gpu", "gpus": 2, "cores": 2}}
     with SLURMCluster(PROFILE, **SMALL, pools=pools) as cluster:
         tagged = run_pools(cluster)
-    # One worker per GPU, each with its own device first, distinct on each node.
-    first = {(host, worker): visible.split(",")[0] for worker, host, visible in tagged}
+    # One worker per GPU, each with its own device (node-wide id), distinct on each node.
+    first = {(host, worker): own for worker, host, own in tagged}
     assert all(first.values())
     by_host: dict[str, set[str]] = {}
     for (host, _), device in first.items():
