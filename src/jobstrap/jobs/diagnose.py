@@ -37,7 +37,10 @@ _OOM = re.compile(r"tasks? [\d,-]+: Out Of Memory|Detected \d+ oom.kill event")
 _NO_MODULE = re.compile(r"No module named '?(?P<module>[\w.]+)'?")
 _TRACEBACK = "Traceback (most recent call last):"
 #: A routine log record of a rank (Dask's and jobstrap's format): never a reason.
-_ROUTINE_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - .* - (?:DEBUG|INFO) - ")
+#: Another rank's routine log record. It may start mid-line: Python writes a
+#: traceback's caret line in pieces ("    " then "^^^"), and a record written between
+#: them carries that indentation (group 1), which belongs to the next line.
+_ROUTINE_LOG = re.compile(r"^(\s*)\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - .* - (?:DEBUG|INFO) - ")
 #: Packages every job needs: without one of them no job can start anywhere.
 _REQUIRED_PACKAGES = ("jobstrap", "distributed", "dask")
 
@@ -149,9 +152,14 @@ def last_traceback(tail: str) -> list[str]:
     if not starts:
         return []
     block = [lines[starts[-1]]]
+    carried = ""
     for line in lines[starts[-1] + 1 :]:
-        if _ROUTINE_LOG.match(line):
-            continue  # another rank's record, written between the traceback's lines
+        record = _ROUTINE_LOG.match(line)
+        if record:
+            # Another rank's record, written between (or inside) the traceback's lines.
+            carried += record.group(1)
+            continue
+        line, carried = carried + line, ""
         block.append(line)
         if line.strip() and not line[0].isspace():
             break  # the exception itself ends the traceback

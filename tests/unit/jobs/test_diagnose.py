@@ -176,6 +176,27 @@ def test_a_rank_s_log_line_inside_the_traceback_is_left_out() -> None:
     ]
 
 
+def test_a_rank_s_log_line_inside_a_traceback_line_gives_the_line_its_indent_back() -> None:
+    # Python writes the caret line in pieces ("    " then "^^^"): a record written
+    # between them starts after the indentation, which belongs to the caret line.
+    tail = (
+        "Traceback (most recent call last):\n"
+        '  File "/home/u/broken.py", line 1, in <module>\n'
+        "    import nonexistent_pkg_xyz\n"
+        "    2026-12-06 22:30:43,608 - [run=r job_id=4 node=vm rank=2 role=worker]"
+        " - distributed.core - INFO - Starting established connection to tls://10.0.0.2:1\n"
+        "^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'\n"
+    )
+    assert last_traceback(tail) == [
+        "Traceback (most recent call last):",
+        '  File "/home/u/broken.py", line 1, in <module>',
+        "    import nonexistent_pkg_xyz",
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'",
+    ]
+
+
 def test_the_message_quotes_the_exception_not_the_log_lines_after_it() -> None:
     found = diagnose(JobState.FAILED, 1, "", INTERLEAVED, "python")
 
