@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-__all__ = ["wait_until"]
+__all__ = ["local_backend_env", "wait_until"]
 
 
 def wait_until(
@@ -35,3 +36,17 @@ def wait_until(
     pytest.fail(
         f"timed out after {timeout} s waiting for {about or 'the condition'}; last {last!r}"
     )
+
+
+def local_backend_env(patch: pytest.MonkeyPatch, root: Path, kill_wait: float = 2) -> None:
+    """Give the local backend a spool, run root, registry and config of ``root``'s own.
+
+    Subprocesses (the CLI, jobs) inherit them; ``kill_wait`` is the seconds the local
+    queue waits between a job's SIGTERM and its SIGKILL.
+    """
+    patch.setenv("JOBSTRAP_LOCAL_SPOOL", str(root / "spool"))
+    patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
+    patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
+    patch.setenv("JOBSTRAP_CONFIG_DIR", str(root / "config"))
+    patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", str(kill_wait))
+    patch.delenv("JOBSTRAP_PROFILE", raising=False)

@@ -28,6 +28,7 @@ from jobstrap.batch.remote import RemoteError
 from jobstrap.engines.dask.graph_runner import CorruptRunFileError, frame, unframe
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.states import JobState
+from support import local_backend_env
 
 #: Seconds any one job may take here (startup is a few seconds; CI machines are slow).
 TIMEOUT = 240.0
@@ -42,11 +43,7 @@ Submit = Callable[..., JobFuture]
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("batch")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JOBSTRAP_LOCAL_SPOOL", str(root / "spool"))
-        patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
-        patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
-        patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", "2")
-        patch.delenv("JOBSTRAP_PROFILE", raising=False)
+        local_backend_env(patch, root)
         yield root
 
 

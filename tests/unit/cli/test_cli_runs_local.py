@@ -20,6 +20,7 @@ import pytest
 
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.store import registry
+from support import local_backend_env
 
 #: Seconds one command may take (a job starts in a few seconds; CI machines are slow).
 TIMEOUT = 240.0
@@ -47,12 +48,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A spool, run root and registry of this module's own (inherited by subprocesses)."""
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JOBSTRAP_LOCAL_SPOOL", str(root / "spool"))
-        patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
-        patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
-        patch.setenv("JOBSTRAP_CONFIG_DIR", str(root / "config"))
-        patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", str(KILL_WAIT))
-        patch.delenv("JOBSTRAP_PROFILE", raising=False)
+        local_backend_env(patch, root, kill_wait=KILL_WAIT)
         yield root
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from support import local_backend_env
+
 pytest.importorskip("ray")
 
 #: Seconds one run may take: Ray's start-up on a busy two-core machine is slow.
@@ -45,12 +47,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A spool, run root and registry of this module's own (inherited by subprocesses)."""
     root = tmp_path_factory.mktemp("ray")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JOBSTRAP_LOCAL_SPOOL", str(root / "spool"))
-        patch.setenv("JOBSTRAP_RUN_ROOT", str(root / "runs"))
-        patch.setenv("JOBSTRAP_STATE_DIR", str(root / "state"))
-        patch.setenv("JOBSTRAP_CONFIG_DIR", str(root / "config"))
-        patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", "2")
-        patch.delenv("JOBSTRAP_PROFILE", raising=False)
+        local_backend_env(patch, root)
         patch.delenv("RAY_ADDRESS", raising=False)
         yield root
 
