@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from jobstrap.bootstrap.gpus import gpu_allocation
 from jobstrap.errors import UserError
 
 __all__ = [
@@ -86,19 +87,11 @@ def job_cpus(affinity: Sequence[int] | None = None) -> int:
 def job_gpus(environ: Mapping[str, str]) -> int:
     """GPUs allocated to this job on this node, from the launcher's environment.
 
-    ``CUDA_VISIBLE_DEVICES`` (set by Slurm's GRES plugin and by most sites) wins;
-    else Slurm's ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``. Nothing set: no GPU,
-    never the node's (Ray would count every GPU of the machine).
+    Read as Dask's GPU workers read them (:func:`jobstrap.bootstrap.gpus.gpu_allocation`):
+    ``CUDA_VISIBLE_DEVICES`` wins, else Slurm's ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``.
+    Nothing set: no GPU, never the node's (Ray would count every GPU of the machine).
     """
-    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-        value = environ.get(name)
-        if value is None:
-            continue
-        value = value.strip()
-        if not value or value in ("NoDevFiles", "-1"):
-            return 0
-        return len([item for item in value.split(",") if item.strip()])
-    return 0
+    return len(gpu_allocation(environ).devices)
 
 
 def ranks_on_node(environ: Mapping[str, str]) -> int:
