@@ -88,8 +88,14 @@ def test_two_thousand_jobs_submit_track_and_cancel_in_a_handful_of_calls(
         cluster.scale(jobs=JOBS)
         wait_until(lambda: len(gw.watcher.tracked()) >= JOBS, 120, "2,000 jobs tracked")
         assert calls("sbatch") == math.ceil(JOBS / MAX_ARRAY_SIZE)
+        # Tracked as soon as sbatch answered; what the controller says comes with the
+        # watcher's first poll, which may not have happened yet.
+        wait_until(
+            lambda: {r.raw_state for r in gw.watcher.records().values()} == {"PENDING"},
+            120,
+            lambda: sorted({r.raw_state for r in gw.watcher.records().values()}),
+        )
         records = gw.watcher.records()
-        assert {r.raw_state for r in records.values()} == {"PENDING"}
         name = next(iter(records.values())).name
         assert len(active_jobs(name)) == JOBS
 
