@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from jobstrap.cli.complete import profile_names
+from jobstrap.config.choices import ENGINES
 from jobstrap.config.profile import Profile, load_profile, parse_assignments
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +31,15 @@ def profile_options(function: F) -> F:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def engine_option(function: F) -> F:
+    """Add ``--engine`` (the profile's ``engine``) to a command that renders an app job."""
+    return click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        help="What the job runs: dask (default) or ray (the profile's engine setting).",
+    )(function)
 
 
 def resolve(

@@ -7,7 +7,7 @@ import os
 import click
 
 from jobstrap.batch.submit import batch_profile
-from jobstrap.cli.options import profile_options, resolve
+from jobstrap.cli.options import engine_option, profile_options, resolve
 from jobstrap.jobs.render import render_script
 from jobstrap.jobs.spec import app_job, new_tag, scheduler_job, worker_job
 from jobstrap.systems import get_system
@@ -15,6 +15,7 @@ from jobstrap.systems import get_system
 
 @click.command(context_settings={"allow_interspersed_args": False})  # APP's options are its own
 @profile_options
+@engine_option
 @click.option(
     "--role",
     type=click.Choice(["workers", "app", "scheduler"]),

@@ -13,8 +13,7 @@ from jobstrap.batchctl.control import BatchControl
 from jobstrap.batchctl.submit import Submission
 from jobstrap.cli.failure import explain_failure
 from jobstrap.cli.interrupt import Interrupted, handle_interrupt, interrupts
-from jobstrap.cli.options import profile_options, resolve
-from jobstrap.config.choices import ENGINES
+from jobstrap.cli.options import engine_option, profile_options, resolve
 from jobstrap.config.profile import Profile
 from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir
@@ -55,11 +54,7 @@ def _wait(
 @click.command(context_settings={"allow_interspersed_args": False})
 @profile_options
 @click.option("--wait", "wait", is_flag=True, help="Follow the job and exit with the app's code.")
-@click.option(
-    "--engine",
-    type=click.Choice(ENGINES),
-    help="What the job runs: dask (default) or ray (the profile's engine setting).",
-)
+@engine_option
 @click.argument("app", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def submit(app: str, args: tuple[str, ...], wait: bool, **options: object) -> None:

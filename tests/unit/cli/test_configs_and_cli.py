@@ -47,6 +47,16 @@ def test_every_shipped_profile_renders_every_role(name: str, isolated: Path) -> 
         assert result.output.startswith("#!")
 
 
+def test_render_shows_the_ray_app_job_that_submit_would_send(isolated: Path) -> None:
+    # `render` takes submit's --engine, so what is printed is what --engine ray submits.
+    args = ["render", "--system", "local", "--role", "app"]
+    plain = CliRunner().invoke(cli, [*args, "app.py"])
+    ray = CliRunner().invoke(cli, [*args, "--engine", "ray", "app.py"])
+    assert plain.exit_code == ray.exit_code == 0, ray.output
+    assert "--engine ray" in ray.output
+    assert "--engine" not in plain.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
