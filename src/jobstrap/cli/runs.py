@@ -199,8 +199,15 @@ def _recorded(run: RunRecord) -> View:
     if run_dir.result_file.exists():
         return View(JobState.COMPLETED.value, "result.pkl written")
     if run.cancel_requested:
-        return View(JobState.CANCELLED.value, "cancelled by jobstrap")
+        return View(JobState.CANCELLED.value, _cancelled_by(run, live=False))
     return View(ENDED, "no longer known to the batch system")
+
+
+def _cancelled_by(run: RunRecord, *, live: bool) -> str:
+    """Why a run's jobs were cancelled: the cluster closed, or a cancel was asked for."""
+    if run.status == "closed":
+        return "cluster closed"
+    return "cancel requested" if live else "cancelled by jobstrap"
 
 
 def _job_view(run: RunRecord, record: JobRecord | None, recorded: View | None) -> View:
@@ -210,7 +217,8 @@ def _job_view(run: RunRecord, record: JobRecord | None, recorded: View | None) -
         return recorded or _recorded(run)
     if not record.state.is_terminal and record.state is not JobState.UNKNOWN:
         if run.cancel_requested:
-            return View(JobState.CANCELLING.value, "cancel requested", record.nodes, record.elapsed)
+            why = _cancelled_by(run, live=True)
+            return View(JobState.CANCELLING.value, why, record.nodes, record.elapsed)
         return View(
             record.state.value, record.reason, record.nodes, record.elapsed, record.time_left
         )

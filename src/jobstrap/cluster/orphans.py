@@ -169,12 +169,16 @@ class RegistryEntry:
             logger.warning("could not record cluster %s in the registry: %s", self.run_id, error)
 
     def finish(self) -> None:
-        """Mark the run finished (when it was recorded at all)."""
+        """Mark the cluster closed (when it was recorded at all).
+
+        Closing cancels every job the cluster still had, so ``jobstrap status`` shows
+        the ones the batch system has not released yet as CANCELLING, not RUNNING.
+        """
         if self.registered:
             from jobstrap.store import registry
 
             with contextlib.suppress(Exception):
-                registry.update(self.run_id, status="finished")
+                registry.update(self.run_id, status="closed")
 
     def _log_paths(self, job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         # Recorded even in the default place (<run dir>/logs): the registry alone would

@@ -150,7 +150,8 @@ class RunRecord:
         The process that submitted.
     status
         ``submitting``, ``submitted``, ``failed`` (the submission was rejected),
-        ``cancelled`` or ``finished`` (the batch system has the truth about the jobs;
+        ``cancelled``, ``closed`` (a notebook cluster closed, which cancels every job it
+        still had) or ``finished`` (the batch system has the truth about the jobs;
         this says what jobstrap did).
     extra
         Anything else a front end wants to keep (scheduler address, app path, ...).
@@ -203,10 +204,11 @@ class RunRecord:
         """True once jobstrap asked the batch system to cancel the run.
 
         The one record of that fact: ``jobstrap cancel`` and ``JobFuture.cancel`` set
-        :attr:`status` to ``cancelled`` (the CLI also keeps when, in ``extra``), so
-        that any process can tell a job leaving after a cancel from one still at work.
+        :attr:`status` to ``cancelled`` (the CLI also keeps when, in ``extra``), and a
+        notebook cluster's close sets ``closed``, so that any process can tell a job
+        leaving after a cancel from one still at work.
         """
-        return self.status == "cancelled"
+        return self.status in ("cancelled", "closed")
 
     def job_key(self, job_id: str) -> JobKey:
         """The key of this run's job ``job_id`` (see :class:`JobKey`)."""

@@ -203,3 +203,21 @@ def test_cancel_wait_returns_once_the_job_has_left_and_status_shows_cancelling_m
     assert out.splitlines()[-1] == f"{run_id}: released by the batch system ({job_id} CANCELLED)"
     assert gone  # ... and was gone the moment cancel --wait returned
     assert status_rows(after.stdout)[run_id][2:4] == [job_id, "CANCELLED"]
+
+
+def test_a_closed_notebook_cluster_is_recorded_closed_and_never_shown_running() -> None:
+    from jobstrap import LocalBatchCluster
+
+    with LocalBatchCluster(cores=1, memory="300MiB") as cluster:
+        cluster.scale(jobs=1)
+        cluster.wait_for_workers(1, timeout=TIMEOUT)
+        run_id = cluster.run_id
+        assert len(registry.load(run_id).job_ids) == 1
+
+    # Closing cancelled the job: whatever the batch system still says of it, the run
+    # is on its way out (CANCELLING) or over, never at work.
+    assert registry.load(run_id).status == "closed"
+    done = jobstrap("status", run_id)
+    assert done.returncode == 0, done.stderr
+    state = status_rows(done.stdout)[run_id][3]
+    assert state in ("CANCELLING", "CANCELLED"), done.stdout

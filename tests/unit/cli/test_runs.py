@@ -75,6 +75,21 @@ def test_a_live_job_of_a_cancelled_run_is_cancelling_and_of_another_run_running(
     assert not JobState.CANCELLING.is_terminal
 
 
+def test_a_closed_cluster_s_lingering_job_is_cancelling_and_then_cancelled(
+    tmp_path: Path,
+) -> None:
+    # Closing a notebook cluster cancels every job it had; one the batch system has not
+    # released yet is on its way out, not at work.
+    closed = replace(run(tmp_path, ["100"]), kind="cluster", status="closed")
+    found = {closed.job_key("100"): job("100", JobState.RUNNING, nodes="node1")}
+
+    lingering = describe(closed, found).summary
+    gone = describe(closed, {}).summary
+
+    assert (lingering.state, lingering.reason) == ("CANCELLING", "cluster closed")
+    assert (gone.state, gone.reason) == ("CANCELLED", "cluster closed")
+
+
 def test_a_job_id_now_held_by_another_job_is_not_taken_for_the_run_s(tmp_path: Path) -> None:
     record = run(tmp_path, ["100"], "submitted")
     found = {record.job_key("100"): JobRecord("100", JobState.RUNNING, name="someone-else")}
