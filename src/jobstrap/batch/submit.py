@@ -261,7 +261,9 @@ def submit_run(
         tags=[tag],
         profile={
             "name": profile_name or os.environ.get("JOBSTRAP_PROFILE") or "default",
-            "resolved": profile.to_dict(),
+            # The run root in effect ($JOBSTRAP_RUN_ROOT wins over the profile's), so
+            # that `jobstrap prune` later recognises the run's directory as its own.
+            "resolved": {**profile.to_dict(), "run_root": str(run.path.parent)},
         },
         status="submitting",
         extra=dict(extra or {}),

@@ -63,9 +63,12 @@ def _unsafe_dir(run: RunRecord) -> str | None:
         return f"{path} is not a plain directory"
     if path.name != run.run_id:
         return f"{path} is not named after the run"
-    configured = (run.profile.get("resolved") or {}).get("run_root")
-    roots = {default_run_root(configured if isinstance(configured, str) else None)}
-    roots.add(default_run_root())
+    # The root the run was made in (recorded since runs record the one in effect), and
+    # today's: a run made under another $JOBSTRAP_RUN_ROOT is still recognised.
+    recorded = (run.profile.get("resolved") or {}).get("run_root")
+    roots = {default_run_root()}
+    if isinstance(recorded, str) and recorded:
+        roots.add(Path(recorded).expanduser())
     parent = Path(os.path.realpath(path.parent))
     if not any(parent == Path(os.path.realpath(root)) for root in roots):
         shown = ", ".join(sorted(str(root) for root in roots))

@@ -157,7 +157,14 @@ class RegistryEntry:
                         run_dir=str(self._run_dir),
                         job_ids=ids,
                         tags=tags,
-                        profile={"name": self._profile_name, "resolved": self._profile.to_dict()},
+                        # The run root in effect, as batch runs record it (for prune).
+                        profile={
+                            "name": self._profile_name,
+                            "resolved": {
+                                **self._profile.to_dict(),
+                                "run_root": str(self._run_dir.path.parent),
+                            },
+                        },
                         logs=logs,
                         extra=extra,
                     )

@@ -52,13 +52,13 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
-def jobstrap(*args: str) -> subprocess.CompletedProcess[str]:
+def jobstrap(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jobstrap", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=dict(os.environ),
+        env={**os.environ, **env},
         check=False,
     )
 
@@ -136,7 +136,9 @@ def test_status_prune_and_history_after_a_few_runs(tmp_path: Path, cleanup: list
     history = jobstrap("status", "--all")
     dry = jobstrap("prune", "--older-than", "2d", "--dry-run")
     kept_by_dry_run = sorted(r.run_id for r in registry.list())
-    pruned = jobstrap("prune", "--older-than", "2d")
+    # From a shell whose run root is another: each run's record says where it was made.
+    elsewhere = str(tmp_path / "another-run-root")
+    pruned = jobstrap("prune", "--older-than", "2d", JOBSTRAP_RUN_ROOT=elsewhere)
     after = jobstrap("status", "--all")
 
     assert recent.returncode == 0, recent.stderr
