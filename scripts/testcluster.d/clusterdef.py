@@ -21,6 +21,7 @@ Command line (used by ``scripts/testcluster``)::
     clusterdef.py qos-list             # QOS to create before loading accounting.cfg
     clusterdef.py node-limits          # "cpus memory-MB max-array-size" (PBS gets Slurm's)
     clusterdef.py gpu-devices          # "path major minor" of each fake GPU device node
+    clusterdef.py test-user            # the ordinary user that tests submit as
     clusterdef.py write-compose        # regenerate docker-compose-slurm/ files
 """
 
@@ -103,6 +104,10 @@ GPUS_PER_NODE = 4
 GPU_DEVICE_MAJOR = 195
 GPU_DEVICES = tuple(f"/dev/nvidia{i}" for i in range(GPUS_PER_NODE))
 PARTITION_MAX_TIME[GPU_PARTITION] = "02:00:00"
+
+#: An ordinary (non-root) user that `up` creates: PBS refuses root's jobs on a real
+#: site, and a run made by a user proves the permissions of everything jobstrap writes.
+TEST_USER = "jobstrap-tester"
 
 ACCOUNTS = ("science", "other")
 DEFAULT_ACCOUNT = "science"
@@ -594,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("qos-list", help="print the QOS to create before loading accounts")
     sub.add_parser("node-limits", help="print 'cpus memory-MB max-array-size' of the nodes")
     sub.add_parser("gpu-devices", help="print 'path major minor' of each fake GPU device")
+    sub.add_parser("test-user", help="print the ordinary user that tests submit as")
     sub.add_parser("write-compose", help="regenerate docker-compose-slurm/ (configs + yml)")
     args = parser.parse_args(argv)
 
@@ -619,6 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("".join(q + "\n" for q in EXTRA_QOS))
     elif args.command == "node-limits":
         print(NODE_CPUS, NODE_MEMORY_MB, MAX_ARRAY_SIZE)
+    elif args.command == "test-user":
+        print(TEST_USER)
     elif args.command == "gpu-devices":
         sys.stdout.write("".join(f"{p} {GPU_DEVICE_MAJOR} {i}\n" for i, p in enumerate(GPU_DEVICES)))
     else:

@@ -73,6 +73,8 @@ SHORT_MAX_TIME_MINUTES: int = _DEF.SHORT_MAX_TIME_MINUTES
 MAX_ARRAY_SIZE: int = _DEF.MAX_ARRAY_SIZE
 ACCOUNTS: tuple[str, ...] = _DEF.ACCOUNTS
 DEFAULT_ACCOUNT: str = _DEF.DEFAULT_ACCOUNT
+#: The ordinary user `scripts/testcluster up` creates, for runs made as a user.
+TEST_USER: str = _DEF.TEST_USER
 EXTRA_QOS: tuple[str, ...] = _DEF.EXTRA_QOS
 NODE_CPUS: int = _DEF.NODE_CPUS
 NODE_MEMORY_MB: int = _DEF.NODE_MEMORY_MB

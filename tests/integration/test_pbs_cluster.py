@@ -6,8 +6,10 @@
 commands: ``qsub`` (arrays with ``-J``), ``qstat -x -t -f -F json`` through the
 watcher, ``qdel``, walltime kills, exit codes, ``PBSCluster`` scaling in arrays,
 batch mode across three nodes with ``mpiexec`` from ``PBS_NODEFILE``, and ``jobstrap
-doctor``. They skip only where OpenPBS is not installed at all; an installed PBS that
-does not answer is a failure.
+doctor``. The last two run as an ordinary user (``TEST_USER``), as on a site where
+PBS refuses root's jobs; the rest run as root, which the harness allows. They skip
+only where OpenPBS is not installed at all; an installed PBS that does not answer is
+a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import ipaddress
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import COMPUTE_NODES, IB_SUBNET, STATE_ROOT, TestCluster
+from conftest import COMPUTE_NODES, IB_SUBNET, STATE_ROOT, TEST_USER, TestCluster
 from distributed import Client
 
 import jobstrap
@@ -406,9 +409,28 @@ def test_a_computation_longer_than_every_walltime_finishes_by_rotation_alone() -
 # --- batch mode, doctor --------------------------------------------------------------------
 
 
-def cli_env(shared_scratch: Path) -> dict[str, str]:
-    return {**os.environ, "JOBSTRAP_STATE_DIR": str(shared_scratch / "state"),
-            "JOBSTRAP_RUN_ROOT": str(shared_scratch / "runs")}  # fmt: skip
+def as_test_user(argv: list[str], shared_scratch: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the cluster's ordinary user, as a person on a PBS site would.
+
+    PBS refuses root's jobs on a real site (the harness lets root submit only for hand
+    trials): what runs here is submitted, run and cancelled as ``TEST_USER``, whose
+    home, run root and state directory are their own. ``shared_scratch`` becomes theirs.
+    """
+    user = pwd.getpwnam(TEST_USER)
+    for path in (shared_scratch, *shared_scratch.rglob("*")):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    env = {
+        "HOME": user.pw_dir, "USER": TEST_USER, "LOGNAME": TEST_USER, "LANG": "C.UTF-8",
+        "PATH": f"{PBS_BIN}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        "JOBSTRAP_STATE_DIR": str(shared_scratch / "state"),
+        "JOBSTRAP_RUN_ROOT": str(shared_scratch / "runs"),
+        **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
+    }  # fmt: skip
+    return subprocess.run(
+        ["runuser", "-u", TEST_USER, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+         *argv],
+        capture_output=True, text=True, timeout=600, cwd=shared_scratch,
+    )  # fmt: skip
 
 
 def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
@@ -428,11 +450,12 @@ def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
     env_setting = ",".join(f"{k}={v}" for k, v in job_env().items())
 
     # Six ranks, two per node: scheduler and client share a node, workers on the other two.
-    done = subprocess.run(
+    # Submitted by an ordinary user, as on a site: PBS runs the job as them.
+    done = as_test_user(
         [sys.executable, "-m", "jobstrap", "submit", "--system", "pbs", "-p", PROFILE,
          "--nodes", "3", "--ntasks-per-node", "2", "--set", "poll_interval=1",
          "--set", f"env={env_setting}", "--wait", str(app)],
-        capture_output=True, text=True, timeout=600, env=cli_env(shared_scratch),
+        shared_scratch,
     )  # fmt: skip
 
     assert done.returncode == 5, done.stdout + done.stderr
@@ -441,6 +464,11 @@ def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
     out_path = next(line.split(None, 1)[1] for line in done.stdout.splitlines()
                     if line.startswith("stdout"))  # fmt: skip
     output = Path(out_path.strip()).read_text()
+    # The job ran as the user: its output and its private run directory are theirs.
+    uid = pwd.getpwnam(TEST_USER).pw_uid
+    assert Path(out_path.strip()).stat().st_uid == uid
+    (run_dir,) = (shared_scratch / "runs").iterdir()
+    assert (run_dir.stat().st_uid, run_dir.stat().st_mode & 0o777) == (uid, 0o700)
     lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
     assert len(lines["WORKERS"]) == 4, output
     assert all(on_ib0(address) for address in lines["WORKERS"]), output
@@ -450,10 +478,7 @@ def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
 
 
 def test_doctor_checks_the_pbs_profile(shared_scratch: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "jobstrap", "doctor", "-p", PROFILE],
-        capture_output=True, text=True, timeout=600, env=cli_env(shared_scratch),
-    )  # fmt: skip
+    done = as_test_user([sys.executable, "-m", "jobstrap", "doctor", "-p", PROFILE], shared_scratch)
 
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
