@@ -67,6 +67,7 @@ def test_a_one_node_graph_is_computed_in_the_jobs_process(local_env: Path) -> No
 
     assert value == pytest.approx(expression.compute())
     assert head_files(future) == set()
+    assert (future.run_dir / "exit_code").read_text().strip() == "0"
     assert "--mode in-process" in (future.run_dir / "job.sh").read_text()
     assert IN_PROCESS_LINE in future.logs(stream="err")
     record = json.loads((future.run_dir / "run.json").read_text())
