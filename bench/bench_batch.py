@@ -1,5 +1,11 @@
 """Submit-to-result latency of a graph run as a batch job, three ways, same cluster, same run.
 
+* **jobstrap(one-node)**: ``jobstrap.submit(graph, profile=..., nodes=1, cores=4)``, the
+  allocation submitit gets: a one-node graph job that asks for no distributed workers
+  is computed in the job's own process with Dask's threads (the default,
+  ``graph_scheduler: auto``; no scheduler, workers or TLS), the future reads
+  ``result.pkl``. This is the variant measured against submitit
+  (``*_one_node_vs_submitit``);
 * **jobstrap**: ``jobstrap.submit(graph, profile=..., nodes=2).result()``: the graph is
   cloudpickled into a run directory, one job runs scheduler, runner and workers as MPI
   ranks (``srun --mpi=pmi2``, TLS over ib0), the future reads ``result.pkl``;
@@ -139,10 +145,10 @@ def run_jobstrap(code: str, workdir: Path, timeout: float, **settings: Any) -> R
 
     graph = build(code)  # built before the clock starts, as with the others
     wall, started = time.time(), time.perf_counter()
+    settings = {"nodes": NODES, **settings}
     future = jobstrap.submit(
         graph,
         profile=PROFILE,
-        nodes=NODES,
         memory=MEMORY,
         walltime=f"00:{WALLTIME_MIN:02d}:00",
         **settings,
@@ -261,6 +267,8 @@ def run_submitit(code: str, workdir: Path, timeout: float) -> Run:
 
 
 METHODS: dict[str, Callable[[str, Path, float], Run]] = {
+    # submitit's allocation (one node, one task, its cpus): computed in the job's process.
+    "jobstrap(one-node)": lambda *a: run_jobstrap(*a, nodes=1, cores=NODES * TASKS_PER_NODE),
     "jobstrap": run_jobstrap,
     # TLS on every link, also between the ranks of one node (see jobstrap.engines.dask.samehost).
     "jobstrap(tls-everywhere)": lambda *a: run_jobstrap(
@@ -372,8 +380,9 @@ def _intervals(
     waits: dict[str, list[float | None]],
     rounds: dict[str, list[int]],
 ) -> dict[str, Any]:
-    """Each jobstrap variant against dask-mpi: the ratios of medians and of means, with
-    95 % paired-bootstrap intervals, submit-to-result and start-to-result."""
+    """Each jobstrap variant against dask-mpi (the one-node one against submitit): the
+    ratios of medians and of means, with 95 % paired-bootstrap intervals,
+    submit-to-result and start-to-result."""
     per_round: dict[str, dict[str, dict[int, float]]] = {
         "submit_to_result": {},
         "start_to_result": {},
@@ -390,10 +399,12 @@ def _intervals(
     out: dict[str, Any] = {}
     for span, runs in per_round.items():
         for ours in (m for m in seconds if m.startswith("jobstrap")):
-            for name, statistic in STATISTICS.items():
-                out[f"{span}/{name}/{ours}/sbatch+dask-mpi"] = paired_ratio(
-                    runs[ours], runs["sbatch+dask-mpi"], statistic
-                )
+            anchors = VARIANT_ANCHORS.get(ours, ("sbatch+dask-mpi",))
+            for anchor in (a for a in anchors if a in runs):
+                for name, statistic in STATISTICS.items():
+                    out[f"{span}/{name}/{ours}/{anchor}"] = paired_ratio(
+                        runs[ours], runs[anchor], statistic
+                    )
     return out
 
 
@@ -489,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     ranks = f"{NODES} nodes x {TASKS_PER_NODE} ranks"
     layout = {
+        "jobstrap(one-node)": (
+            f"1 node, 1 task, {NODES * TASKS_PER_NODE} cpus: the graph in the job's own"
+            " process with Dask's threaded scheduler (no scheduler, workers or TLS)"
+        ),
         "jobstrap": (
             f"{ranks}: scheduler, graph runner, 2 workers; TLS over ib0 between"
             " nodes, same-host Unix sockets within one (both workers share a node)"
@@ -545,7 +560,11 @@ VARIANT_TAGS = {
     "jobstrap": "",
     "jobstrap(tls-everywhere)": "_tls_everywhere",
     "jobstrap(tcp,no-nanny)": "_tcp_no_nanny",
+    "jobstrap(one-node)": "_one_node",
 }
+#: The anchors a variant is measured against when not every one: the one-node job has
+#: submitit's allocation, not dask-mpi's two nodes.
+VARIANT_ANCHORS = {"jobstrap(one-node)": ("submitit",)}
 
 
 def batch_series(
@@ -577,6 +596,8 @@ def batch_measures(series: dict[str, dict[str, list[float | None]]]) -> dict[str
                     continue
                 for ours, variant in VARIANT_TAGS.items():
                     for anchor, anchor_tag in ANCHOR_TAGS.items():
+                        if anchor not in VARIANT_ANCHORS.get(ours, ANCHOR_TAGS):
+                            continue
                         if ours in methods and anchor in methods:
                             measures[f"{tag}_{span_tag}{variant}_vs_{anchor_tag}"] = {
                                 "series": name,

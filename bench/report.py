@@ -72,6 +72,21 @@ ROWS: list[tuple[str, str, str]] = [
     ("batch.json", r"array_from_start_vs_submitit", "graph job, 10000² array: job start to result"),
     (
         "batch.json",
+        r"trivial_submit_to_result_one_node_vs_submitit",
+        "graph job on one node (in the job's process), trivial graph: submit to result",
+    ),
+    (
+        "batch.json",
+        r"array_submit_to_result_one_node_vs_submitit",
+        "graph job on one node (in the job's process), 10000² array: submit to result",
+    ),
+    (
+        "batch.json",
+        r"array_from_start_one_node_vs_submitit",
+        "graph job on one node (in the job's process), 10000² array: job start to result",
+    ),
+    (
+        "batch.json",
         r"array_from_start_tls_everywhere_vs_dask_mpi",
         "graph job, 10000² array: job start to result, TLS within the node too",
     ),

@@ -15,7 +15,11 @@ What happens: the object is serialised with cloudpickle into a fresh run directo
 (``input.pkl``, 0600) next to the run's TLS material; one batch-mode job is submitted
 (scheduler, client and workers as ranks of one allocation) whose client rank runs
 :mod:`jobstrap.engines.dask.graph_runner`. That program computes the object on the allocation's
-workers and writes ``result.pkl`` or ``error.pkl`` atomically. The future reads the
+workers and writes ``result.pkl`` or ``error.pkl`` atomically. A one-node job that
+asks for no distributed workers (:mod:`jobstrap.batch.inprocess`; the profile's
+``graph_scheduler: distributed`` forces them) runs the same program in the job's one
+process with Dask's threads instead: no scheduler, no workers, no TLS, nothing
+listening, the same run files. The future reads the
 file system first and asks the batch system only through the process's one
 :class:`~jobstrap.batchctl.watcher.Watcher` (one query per poll for every job watched), so a
 thousand futures do not hammer the controller.
@@ -31,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobstrap.batch.future import JobFuture
+from jobstrap.batch.inprocess import graph_placement
 from jobstrap.batch.package import (
     describe,
     input_size_limit,
@@ -203,7 +208,13 @@ class BatchClient:
         def prepare(run: RunDir) -> None:
             write_input(run, envelope)
 
-        extra = {"object": describe(obj), "input_bytes": len(envelope)}
+        where = graph_placement(profile, work)
+        extra = {
+            "object": describe(obj),
+            "input_bytes": len(envelope),
+            "in_process": where.in_process,
+            "placement": where.reason,
+        }
         # A graph is handed to the scheduler at once: it waits there for its first
         # worker and spreads out as the others join, so the client rank connects and
         # submits while the workers start. An app (submit_app) may count its
@@ -212,10 +223,11 @@ class BatchClient:
             profile,
             self.profile_name,
             "graph",
-            graph_argv,
+            graph_argv(where.threads if where.in_process else None),
             prepare=prepare,
             extra=extra,
             start_after_workers=0,
+            in_process=where.in_process,
         )
         return _future(submitted)
 
@@ -236,7 +248,11 @@ def submit(
     obj
         A Dask collection (array, dataframe, bag, ``Delayed``), a list/tuple/dict of
         them, or a function. A function runs on a worker of the allocation and may use
-        the whole cluster itself through ``distributed.get_client()``.
+        the whole cluster itself through ``distributed.get_client()`` (such a function
+        always gets a cluster). A one-node job that asks for no distributed workers
+        computes in the job's own process with Dask's threads (see
+        :mod:`jobstrap.batch.inprocess`); ``graph_scheduler="distributed"`` forces a
+        scheduler and workers.
     *args
         Positional arguments of the function.
     profile
@@ -248,7 +264,8 @@ def submit(
     max_input_size
         Cap on the serialised object (default 100 MiB, ``$JOBSTRAP_MAX_INPUT_SIZE``).
     **overrides
-        Any other profile setting (``walltime="1h"``, ``queue="short"``).
+        Any other profile setting (``walltime="1h"``, ``queue="short"``,
+        ``graph_scheduler="distributed"``).
 
     Returns
     -------

@@ -44,7 +44,8 @@ class Progress:
     total, done, erred
         Tasks the scheduler has seen, finished, and failed.
     workers, threads
-        Workers connected and their threads.
+        Workers connected and their threads (a graph job computed in-process: one,
+        the job's own process, and its thread pool).
     started, updated
         Epoch seconds: when the client rank started and last wrote the file.
     """

@@ -110,10 +110,19 @@ def job_logs(
     return logs
 
 
-def graph_argv(run: RunDir) -> list[str]:
-    """What the client rank of a graph job runs: the graph runner on the run directory."""
-    # What follows the bootstrap's "--": the client rank runs it in-process as __main__.
-    return ["-m", "jobstrap.engines.dask.graph_runner", str(run.path)]
+def graph_argv(threads: int | None = None) -> Callable[[RunDir], list[str]]:
+    """What a graph job's app runs: the graph runner on the run directory.
+
+    ``threads``: compute in the app's own process with that many of Dask's threads
+    (the in-process path) instead of on the allocation's scheduler.
+    """
+    # What follows the bootstrap's "--": the app's rank runs it in its process as __main__.
+    extra = [] if threads is None else ["--threads", str(threads)]
+
+    def argv(run: RunDir) -> list[str]:
+        return ["-m", "jobstrap.engines.dask.graph_runner", *extra, str(run.path)]
+
+    return argv
 
 
 def app_words(app: Sequence[str]) -> list[str]:
@@ -193,6 +202,7 @@ def submit_run(
     extra: Mapping[str, Any] | None = None,
     start_after_workers: int | None = None,
     run_id_prefix: str | None = None,
+    in_process: bool = False,
 ) -> SubmittedRun:
     """Create the run directory, TLS and inputs; render; save; submit.
 
@@ -216,6 +226,9 @@ def submit_run(
         Start the client once that many workers joined (default: all).
     run_id_prefix
         The run id's prefix (default: ``kind``).
+    in_process
+        Run the app alone in the job's one process (``--mode in-process``): no
+        scheduler, no workers, no MPI, and no TLS material, since nothing listens.
 
     Returns
     -------
@@ -229,14 +242,15 @@ def submit_run(
     from jobstrap.batchctl.control import BatchControl
     from jobstrap.batchctl.submit import tagged
     from jobstrap.jobs.render import render_script
-    from jobstrap.jobs.spec import app_job, new_tag
+    from jobstrap.jobs.spec import app_job, in_process_job, new_tag
     from jobstrap.store import registry
     from jobstrap.store.registry import RunRecord
     from jobstrap.systems import get_system
 
-    profile = batch_profile(profile)
+    if not in_process:
+        profile = batch_profile(profile)
     run = RunDir.create(default_run_root(profile.run_root), new_run_id(run_id_prefix or kind))
-    if profile.protocol == "tls":
+    if profile.protocol == "tls" and not in_process:
         from jobstrap.net.security import (
             create_tls,  # cryptography is slow to import; only when needed
         )
@@ -245,9 +259,12 @@ def submit_run(
     if prepare is not None:
         prepare(run)
     tag = new_tag()
-    spec = app_job(
-        profile, str(run.path), tag, client_argv(run), start_after_workers=start_after_workers
-    )
+    if in_process:
+        spec = in_process_job(profile, str(run.path), tag, client_argv(run))
+    else:
+        spec = app_job(
+            profile, str(run.path), tag, client_argv(run), start_after_workers=start_after_workers
+        )
     spec = tagged(local_launch(spec, profile))
     script = render_script(spec, get_system(profile.system), template=profile.template)
     batchctl = BatchControl.for_system(profile.system)

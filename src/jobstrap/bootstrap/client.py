@@ -22,7 +22,31 @@ from jobstrap.bootstrap.signals import DRAIN_SIGNALS, SignalPolicy
 from jobstrap.errors import UserError
 from jobstrap.store.rundir import RunDir
 
-__all__ = ["run_client"]
+__all__ = ["run_alone", "run_client"]
+
+
+def _prepare(run: RunDir) -> None:
+    """The app's environment: its run directory and drain file; no stale drain file."""
+    os.environ.update(
+        {"JOBSTRAP_RUN_DIR": str(run.path), drain.DRAIN_FILE_ENV: str(run.drain_file)}
+    )
+    # A drain file left by an earlier launch of this run (a requeued job) is stale.
+    with contextlib.suppress(FileNotFoundError):
+        run.drain_file.unlink()
+
+
+def run_alone(options: Options, run: RunDir) -> int:
+    """Run the app in this process with no head and no workers; return its exit code.
+
+    The same app environment, drain signals and exit-code file as :func:`run_client`,
+    without an engine: nothing is started, nothing listens.
+    """
+    say("in-process: the app runs in this process; no scheduler, no workers, no listener")
+    _prepare(run)
+    code = _run_app_with_signals(options, None)
+    with contextlib.suppress(OSError):
+        run.write_exit_code(code)
+    return code
 
 
 def run_client(
@@ -39,13 +63,8 @@ def run_client(
 
     ``head``: the head runs in this process (``--client-on-scheduler-rank``).
     """
-    os.environ.update(
-        {"JOBSTRAP_RUN_DIR": str(run.path), drain.DRAIN_FILE_ENV: str(run.drain_file)}
-    )
+    _prepare(run)
     engine.tell_app(options, run, address)
-    # A drain file left by an earlier launch of this run (a requeued job) is stale.
-    with contextlib.suppress(FileNotFoundError):
-        run.drain_file.unlink()
 
     link = engine.connect(address, security, death_timeout=options.death_timeout)
     # Sharing the head's process, the app cannot outlive it: no heartbeat needed.
@@ -89,7 +108,7 @@ def run_client(
         link.stop()
 
 
-def _run_app_with_signals(options: Options, link: Link) -> int:
+def _run_app_with_signals(options: Options, link: Link | None) -> int:
     """Run the app; SIGTERM/SIGUSR1 tell it to drain, a second SIGTERM ends it now.
 
     SIGINT stays Python's: the app gets its ``KeyboardInterrupt`` (exit code 130).
@@ -108,13 +127,14 @@ def _run_app_with_signals(options: Options, link: Link) -> int:
 
     policy = SignalPolicy(tell_the_app, end_now, signals=DRAIN_SIGNALS, counted=(signal.SIGTERM,))
     policy.install()
+    lost = link.lost if link is not None else None  # alone, no head to lose
     try:
-        code = run_app(options.app, interrupted=link.lost)
+        code = run_app(options.app, interrupted=lost)
     except UserError as error:
         say(str(error))
         code = 2
     finally:
         policy.restore()
-    if link.lost.is_set():
+    if lost is not None and lost.is_set():
         return 1
     return code

@@ -11,6 +11,10 @@ Modes:
     ``--scheduler-address`` (notebook clusters' worker jobs).
 ``scheduler``
     The head alone, until told to stop or idle.
+``in-process``
+    The app alone in the job's one process: no head, no workers, no engine started,
+    nothing listening (one-node graph jobs computed with Dask's threads). Drain
+    signals, the drain file and the exit code are the same as in ``mpi`` mode.
 
 The engine (``--engine``, Dask by default) is found by name
 (:func:`jobstrap.bootstrap.engine.get_engine`) and imported only once MPI is up.
@@ -28,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobstrap.bootstrap import drain
-from jobstrap.bootstrap.client import run_client
+from jobstrap.bootstrap.client import run_alone, run_client
 from jobstrap.bootstrap.engine import Engine, get_engine
 from jobstrap.bootstrap.gpus import GPU_RESOURCE, GpuWorker, gpu_allocation, gpu_workers
 from jobstrap.bootstrap.head import scheduler_rank, serve_head_alone
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_mpi(engine, options)
     if options.mode == "workers":
         return _run_workers_mode(engine, options)
+    if options.mode == "in-process":
+        return _run_in_process(options)
     return _run_scheduler_mode(engine, options)
 
 
@@ -256,6 +262,28 @@ def _other_rank(
         for name in worker_names(f"{options.name}-{rank}" if options.name else str(rank), per_rank)
     ]
     return engine.serve_workers(options, address, host, security, names, **_gpu_kwargs(gpus))
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def _run_in_process(options: Options) -> int:
+    """``in-process`` mode: the app alone in this process, no engine started."""
+    world = discover_world(use_mpi=False)
+    configure_logging()
+    try:
+        if world.size > 1:
+            raise UserError(
+                f"bootstrap: in-process mode runs one process, but {world.size} were "
+                f"launched ({world.source}); launch one task"
+            )
+        if options.app is None:
+            raise UserError("bootstrap: in-process mode needs an app: ... -- app.py | -m module")
+        run = open_run(options)
+    except UserError as error:
+        say(str(error))
+        return 2
+    return run_alone(options, run)
 
 
 # ------------------------------------------------------------------------------ workers

@@ -13,10 +13,10 @@ from jobstrap.errors import UserError
 
 __all__ = ["MODES", "Options", "parse_args"]
 
-MODES = ("mpi", "workers", "scheduler")
+MODES = ("mpi", "workers", "scheduler", "in-process")
 
 USAGE = """\
-python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler]
+python -m jobstrap.bootstrap --run-dir DIR [--mode mpi|workers|scheduler|in-process]
        [--interface ib0,eth0] [--scheduler-interface NAME[,NAME]]
        [--protocol tls|tcp] [--nthreads N] [--worker-processes K] [--memory-limit BYTES]
        [--local-directory D] [--death-timeout S] [--no-dashboard] [--client-on-scheduler-rank]
@@ -196,8 +196,10 @@ def parse_args(argv: Sequence[str]) -> Options:
     if not ns.run_dir:
         raise UserError("bootstrap: --run-dir is required (or set JOBSTRAP_RUN_DIR)")
     app = parse_app(app_argv)
-    if app is not None and ns.mode != "mpi":
-        raise UserError(f"bootstrap: an app (after --) only runs in mpi mode, not {ns.mode!r}")
+    if app is not None and ns.mode not in ("mpi", "in-process"):
+        raise UserError(
+            f"bootstrap: an app (after --) runs in mpi or in-process mode, not {ns.mode!r}"
+        )
     # The parser's destinations are Options' field names, one for one.
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Options) if f.name != "app"}
     return Options(**given, app=app)

@@ -6,7 +6,7 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "ENGINES", "MEMORY_UNITS", "WORKER_LAYOUTS"]
+__all__ = ["DASHBOARD_BINDS", "ENGINES", "GRAPH_SCHEDULERS", "MEMORY_UNITS", "WORKER_LAYOUTS"]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -25,3 +25,9 @@ MEMORY_UNITS = ("node", "cpu", "gpu")
 #: by rank) or Ray (a Ray head and one Ray node per allocated node, the app on the
 #: head's rank); the job side finds each as ``jobstrap.engines.<name>``.
 ENGINES = ("dask", "ray")
+
+#: How a graph job (``jobstrap.submit``) computes: ``auto`` runs a one-node job that
+#: asks for no distributed workers in the job's own process with Dask's threads (no
+#: scheduler, no workers, nothing listening), anything else on a scheduler and
+#: workers; ``distributed`` always starts the scheduler and workers.
+GRAPH_SCHEDULERS = ("auto", "distributed")

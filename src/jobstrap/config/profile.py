@@ -27,7 +27,13 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import DASHBOARD_BINDS, ENGINES, MEMORY_UNITS, WORKER_LAYOUTS
+from jobstrap.config.choices import (
+    DASHBOARD_BINDS,
+    ENGINES,
+    GRAPH_SCHEDULERS,
+    MEMORY_UNITS,
+    WORKER_LAYOUTS,
+)
 from jobstrap.config.gpus import check_gpus
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
@@ -212,6 +218,12 @@ class Profile:
     )
     scheduler: str = _setting(
         "local", _choice(SCHEDULER_PLACEMENTS), "scheduler here (local) or in its own job (job)"
+    )
+    graph_scheduler: str = _setting(
+        "auto",
+        _choice(GRAPH_SCHEDULERS),
+        "graph jobs: auto (one node asking for no distributed workers: Dask's threads in "
+        "the job's own process) or distributed (always a scheduler and workers)",
     )
     worker_extra_args: tuple[str, ...] = _setting((), _words, "extra worker arguments")
     lifetime_margin: int | None = _setting(

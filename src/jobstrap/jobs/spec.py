@@ -20,6 +20,7 @@ __all__ = [
     "JobSpec",
     "Role",
     "app_job",
+    "in_process_job",
     "new_tag",
     "resolve_launcher",
     "scheduler_job",
@@ -208,6 +209,31 @@ def app_job(
         launcher=resolve_launcher(profile),
         mpi=True,
         **_common(profile, run_dir, tag, workers=True),  # type: ignore[arg-type]
+    )
+
+
+def in_process_job(
+    profile: Profile, run_dir: str, tag: str, app_argv: Sequence[str], *, name: str | None = None
+) -> JobSpec:
+    """The app alone in the job's one process: no scheduler, no workers, no MPI.
+
+    Every core of the node goes to the one task. ``srun`` (chosen or the system's
+    default) still starts it, as a job step; an MPI launcher would only add its start-up.
+    """
+    argv = [profile.python, "-m", "jobstrap.bootstrap", "--run-dir", run_dir,
+            "--mode", "in-process", "--", *app_argv]  # fmt: skip
+    launcher = resolve_launcher(profile)
+    return JobSpec(
+        name=name or profile.job_name,
+        role=Role.APP,
+        command=tuple(argv),
+        nodes=1,
+        tasks_per_node=1,
+        cpus_per_task=profile.cores,
+        memory=profile.memory,
+        launcher=launcher if launcher == "srun" else "none",
+        mpi=False,
+        **_common(profile, run_dir, tag),  # type: ignore[arg-type]
     )
 
 

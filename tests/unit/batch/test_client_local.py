@@ -1,8 +1,10 @@
 """Graphs and functions as batch jobs on the local backend: real jobs, real Dask.
 
 Each test submits through ``jobstrap.submit`` with the default profile (``system:
-local``): the local queue starts the rendered job script, ``mpiexec`` starts the
-bootstrap's ranks and the graph runner computes on a real ``distributed`` cluster.
+local``): the local queue starts the rendered job script, and the graph runner
+computes in the job's own process with Dask's threads (a one-node job asking for no
+distributed workers, see test_inprocess_local.py) or, when the test asks for
+workers, on a real ``distributed`` cluster whose ranks ``mpiexec`` starts.
 """
 
 from __future__ import annotations
@@ -428,7 +430,8 @@ def test_run_directories_are_private(submit_job: Submit, local_env: Path) -> Non
 
 
 def test_a_graph_starts_at_once_and_nannies_can_be_left_out(submit_job: Submit) -> None:
-    future = submit_job(divmod, 7, 2, nanny=False)
+    # On a scheduler and workers: a one-node job would otherwise compute in-process.
+    future = submit_job(divmod, 7, 2, nanny=False, graph_scheduler="distributed")
     assert future.result(timeout=TIMEOUT) == (3, 1)
 
     script = (future.run_dir / "job.sh").read_text()

@@ -3,7 +3,7 @@
 Inside a batch job the bootstrap runs it on the client rank, with the scheduler's
 address and the run's TLS material in the environment::
 
-    python -m jobstrap.engines.dask.graph_runner RUN_DIR
+    python -m jobstrap.engines.dask.graph_runner [--threads N] RUN_DIR
     python -m jobstrap.engines.dask.graph_runner --app RUN_DIR -- app.py [args] | -m module [args]
 
 The first form loads ``input.pkl``, computes it on the allocation's workers and writes
@@ -11,6 +11,12 @@ The first form loads ``input.pkl``, computes it on the allocation's workers and 
 a user's script unchanged (``jobstrap run``) and only reports progress. Both keep
 ``progress.json`` up to date as tasks finish, from a small scheduler plugin that counts
 task transitions.
+
+With ``--threads N`` (the bootstrap's ``in-process`` mode: a one-node job that asks
+for no distributed workers, see :mod:`jobstrap.batch.inprocess`) the first form
+computes in this process with Dask's threaded scheduler on N threads instead, and
+counts tasks with a Dask callback: no scheduler, no client, nothing listening. The
+rest (phases, ``progress.json``, the framed result or error) is the same code.
 
 Run files (``input.pkl``, ``result.pkl``, ``error.pkl``) are *framed*: a magic line,
 the payload's length and its SHA-256, then the payload. A reader checks all three, so
@@ -34,7 +40,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +206,17 @@ def _read_counter(dask_scheduler: Any) -> dict[str, Any]:
     return snapshot
 
 
+class _SchedulerCounts:
+    """Task counts from the allocation's scheduler (its plugin, installed here)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        client.run_on_scheduler(_install_counter)
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.client.sync(getattr(self.client.scheduler, _HANDLER)))
+
+
 class _ProgressWriter:
     """Keeps ``progress.json`` current from a background thread."""
 
@@ -207,7 +224,7 @@ class _ProgressWriter:
         self.run = run
         self.started = time.time()
         self.phase = "starting"
-        self.client: Any = None
+        self.source: Callable[[], dict[str, Any]] | None = None
         self.counts: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,9 +248,9 @@ class _ProgressWriter:
         with contextlib.suppress(OSError):  # progress is best effort, never fatal
             atomic_write_json(self.run.progress_file, data)
 
-    def start(self, client: Any) -> None:
-        self.client = client
-        client.run_on_scheduler(_install_counter)
+    def start(self, source: Callable[[], dict[str, Any]]) -> None:
+        """Poll ``source`` (task counts) until :meth:`stop`."""
+        self.source = source
         self._thread = threading.Thread(target=self._loop, name="jobstrap-progress", daemon=True)
         self._thread.start()
 
@@ -243,8 +260,10 @@ class _ProgressWriter:
             self.poll_once(last)
 
     def poll_once(self, last: dict[str, Any] | None = None) -> None:
+        if self.source is None:
+            return
         try:
-            counts = self.client.sync(getattr(self.client.scheduler, _HANDLER))
+            counts = self.source()
         except Exception:  # the scheduler is closing; the final phase says the rest
             return
         with self._lock:
@@ -259,8 +278,7 @@ class _ProgressWriter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.client is not None:
-            self.poll_once()
+        self.poll_once()
 
 
 # ---------------------------------------------------------------------------- running
@@ -359,8 +377,16 @@ def _interrupted(error: BaseException) -> bool:
     return drain.draining() or getattr(error, "reason", None) == "scheduler-connection-lost"
 
 
-def run_graph(run_dir: str | os.PathLike[str]) -> int:
+def run_graph(run_dir: str | os.PathLike[str], *, threads: int | None = None) -> int:
     """Compute ``input.pkl`` of ``run_dir``; write ``result.pkl`` or ``error.pkl``.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory.
+    threads
+        Compute in this process with that many of Dask's threads (the in-process
+        path) instead of on the allocation's scheduler.
 
     Returns
     -------
@@ -373,11 +399,19 @@ def run_graph(run_dir: str | os.PathLike[str]) -> int:
     client = None
     try:
         work = _load_work(run)
-        progress.set_phase("connecting")
-        client = _connect(run)
-        progress.start(client)
-        progress.set_phase("computing")
-        value = _compute(client, work)
+        if threads is None:
+            progress.set_phase("connecting")
+            client = _connect(run)
+            progress.start(_SchedulerCounts(client))
+            progress.set_phase("computing")
+            value = _compute(client, work)
+        else:
+            from jobstrap.engines.dask.threads import compute_here, thread_counter
+
+            counter = thread_counter(threads)
+            progress.start(counter)
+            progress.set_phase("computing")
+            value = compute_here(work, threads, counter)
         progress.set_phase("saving")
         import cloudpickle
 
@@ -425,7 +459,7 @@ def run_app(run_dir: str | os.PathLike[str], app: Sequence[str]) -> int:
     client = None
     with contextlib.suppress(Exception):  # progress is a courtesy; the app runs regardless
         client = _connect(run)
-        progress.start(client)
+        progress.start(_SchedulerCounts(client))
     progress.set_phase("running")
     code = 0
     saved_argv = sys.argv
@@ -476,10 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobstrap.engines.dask.graph_runner")
     parser.add_argument("run_dir")
     parser.add_argument("--app", action="store_true", help="run the app after -- instead")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="compute in this process with N of Dask's threads (no scheduler)",
+    )  # fmt: skip
     args = parser.parse_args(words)
     if args.app:
         return run_app(args.run_dir, app)
-    return run_graph(args.run_dir)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, not {args.threads}")
+    return run_graph(args.run_dir, threads=args.threads)
 
 
 if __name__ == "__main__":
