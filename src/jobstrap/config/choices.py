@@ -6,7 +6,14 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "ENGINES", "MEMORY_UNITS", "WORKER_LAYOUTS"]
+__all__ = [
+    "DASHBOARD_BINDS",
+    "ENGINES",
+    "LOG_FORMATS",
+    "LOG_FORMAT_VARIABLE",
+    "MEMORY_UNITS",
+    "WORKER_LAYOUTS",
+]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -25,3 +32,11 @@ MEMORY_UNITS = ("node", "cpu", "gpu")
 #: by rank) or Ray (a Ray head and one Ray node per allocated node, the app on the
 #: head's rank); the job side finds each as ``jobstrap.engines.<name>``.
 ENGINES = ("dask", "ray")
+
+#: How a job's tagged log lines are written (``log_format``): Dask's text layout with
+#: the tags after the time stamp, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
+
+#: The job-side carrier of ``log_format``: the job script exports it, the bootstrap's
+#: log tagging reads it (:mod:`jobstrap.bootstrap.logtags`).
+LOG_FORMAT_VARIABLE = "JOBSTRAP_LOG_FORMAT"

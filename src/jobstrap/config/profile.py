@@ -27,7 +27,13 @@ from typing import Any
 import yaml
 
 from jobstrap.config import resources
-from jobstrap.config.choices import DASHBOARD_BINDS, ENGINES, MEMORY_UNITS, WORKER_LAYOUTS
+from jobstrap.config.choices import (
+    DASHBOARD_BINDS,
+    ENGINES,
+    LOG_FORMATS,
+    MEMORY_UNITS,
+    WORKER_LAYOUTS,
+)
 from jobstrap.config.gpus import check_gpus
 from jobstrap.config.plugins import available_systems
 from jobstrap.config.units import format_memory, format_walltime_slurm
@@ -90,8 +96,8 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE",
                            # the bootstrap's log level, passed to jobs like the rest
                            "LOG_LEVEL",
-                           # log lines as JSON; metrics endpoints off (docs/metrics.md)
-                           "LOG_FORMAT", "METRICS",
+                           # metrics endpoints off (docs/metrics.md)
+                           "METRICS",
                            # a GPU worker's device (jobstrap.bootstrap.gpus)
                            "GPU_ID"})  # fmt: skip
 
@@ -203,6 +209,11 @@ class Profile:
         _choice(DASHBOARD_BINDS),
         "where the dashboard (plain HTTP, no login) listens: loopback (reach it with "
         "jobstrap tunnel) or interface (the scheduler's address: anyone on that network)",
+    )
+    log_format: str = _setting(
+        "text",
+        _choice(LOG_FORMATS),
+        "jobs' tagged log lines: text (Dask's layout) or json (one object per line)",
     )
     engine: str = _setting(
         "dask",
