@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -245,7 +246,7 @@ class RunJobs:
     """
 
     failures: tuple[Any, ...] = ()
-    job_history: Mapping[str, JobView] = {}
+    job_history: Mapping[str, JobView] = MappingProxyType({})  # it sees no job end
     batchctl: Any = None
 
     def __init__(
