@@ -172,15 +172,6 @@ def alertmanager_config(
                 "webhook_configs": [{"url": webhook, "send_resolved": True}],
             }
         ],
-        # A critical alert of a run silences its warnings (no worker: its jobs'
-        # pending and target-down warnings say the same thing again).
-        "inhibit_rules": [
-            {
-                "source_matchers": ['severity="critical"'],
-                "target_matchers": ['severity="warning"'],
-                "equal": ["run"],
-            }
-        ],
     }
     return yaml.safe_dump(config, sort_keys=False)
 
