@@ -3,8 +3,9 @@
 :func:`install` puts a filter and a formatter on the handlers of the ``distributed``
 and ``jobstrap`` loggers of this process: every record gets ``run``, ``job_id``,
 ``array_task``, ``node``, ``rank`` and ``role``. Text lines (the default) keep Dask's
-layout with the tags after the time stamp; ``JOBSTRAP_LOG_FORMAT=json`` (in the
-job's environment, e.g. the profile's ``env``) writes one JSON object per line
+layout with the tags after the time stamp; ``JOBSTRAP_LOG_FORMAT=json`` in the
+job's environment (exported by the job script for the profile's ``log_format: json``)
+writes one JSON object per line
 (``time`` in epoch seconds, ``level``, ``logger``, ``message`` and the tags), which
 ``jobstrap logs RUN --all`` merges as well as the text form. A forked worker keeps
 its nanny's handlers and so its tags; :func:`set_role` says what this process is.
@@ -17,6 +18,8 @@ import logging
 import os
 import socket
 from typing import Any
+
+from jobstrap.config.choices import LOG_FORMAT_VARIABLE
 
 __all__ = ["TAGS", "TagFilter", "install", "set_role", "tags"]
 
@@ -81,7 +84,7 @@ class JsonFormatter(logging.Formatter):
 
 def install(loggers: tuple[str, ...] = ("distributed", "jobstrap")) -> None:
     """Tag every record that the handlers of ``loggers`` write (idempotent)."""
-    as_json = os.environ.get("JOBSTRAP_LOG_FORMAT", "").lower() == "json"
+    as_json = os.environ.get(LOG_FORMAT_VARIABLE, "").lower() == "json"
     for name in loggers:
         for handler in logging.getLogger(name).handlers:
             if any(isinstance(f, TagFilter) for f in handler.filters):

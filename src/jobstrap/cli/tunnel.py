@@ -1,4 +1,5 @@
-"""``jobstrap tunnel``: an SSH tunnel from a laptop to a run's dashboard (and scheduler)."""
+"""``jobstrap tunnel``: an SSH tunnel from a laptop to a run's dashboard (and scheduler),
+or to the Prometheus on the login node (``--prometheus``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from jobstrap.tools.tunnel import (
     TunnelPlan,
     find_target,
     plan_for,
+    prometheus_plan,
     remote_target,
     resolve_via,
 )
@@ -55,7 +57,7 @@ def _find(
 
 
 @click.command()
-@click.argument("reference", metavar="RUN|CLUSTER|DIR|ADDRESS")
+@click.argument("reference", metavar="RUN|CLUSTER|DIR|ADDRESS", required=False)
 @click.option(
     "--via",
     metavar="LOGIN",
@@ -83,6 +85,16 @@ def _find(
     show_default=True,
     metavar="N|auto",
     help="Laptop port of the scheduler forward.",
+)
+@click.option(
+    "--prometheus",
+    "prometheus_port",
+    is_flag=False,
+    flag_value="9090",
+    default=None,
+    metavar="[PORT]",
+    help="Instead of a run: the Prometheus on the login node's loopback, port PORT "
+    "(default 9090); --local-port is its laptop port.",
 )
 @click.option(
     "--node",
@@ -126,11 +138,12 @@ def _find(
     help="Print the run's addresses as JSON (what the remote lookup asks for).",
 )
 def tunnel(
-    reference: str,
+    reference: str | None,
     via: str | None,
     local_port: str,
     forward_scheduler: bool,
     scheduler_port: str,
+    prometheus_port: str | None,
     node: str | None,
     print_only: bool,
     as_json: bool,
@@ -140,12 +153,26 @@ def tunnel(
     profile_name: str | None,
     target_json: bool,
 ) -> None:
-    """Keep an SSH tunnel to a run's dashboard open and print its URL.
+    """Keep an SSH tunnel to a run's dashboard (or --prometheus) open and print its URL.
 
     Runs `ssh -N -L 127.0.0.1:PORT:NODE:PORT LOGIN` with your own ssh config and
     keys, and starts it again (with backoff) whenever it drops. Stop with Ctrl-C.
     """  # fmt: skip
+    if prometheus_port is not None:
+        if reference is not None or forward_scheduler or node:
+            raise UserError(
+                "--prometheus forwards the login node's Prometheus alone: give no run, "
+                "--scheduler or --node (tunnel to a run in another command)"
+            )
+        if not prometheus_port.isdigit() or not 0 < int(prometheus_port) < 65536:
+            raise click.BadParameter(
+                f"expected the Prometheus's port 1-65535, not {prometheus_port!r}",
+                param_hint="--prometheus",
+            )
+    elif reference is None:
+        raise click.UsageError("Missing argument 'RUN|CLUSTER|DIR|ADDRESS' (or --prometheus).")
     if target_json:
+        assert reference is not None
         click.echo(json.dumps(find_target(reference).to_json()))
         return
     dashboard_port = _port(local_port, "--local-port")
@@ -164,6 +191,17 @@ def tunnel(
             f"# going through {hops[0]} (this host); use --via if the laptop calls it otherwise",
             err=True,
         )
+    if prometheus_port is not None:
+        plan = prometheus_plan(
+            hops,
+            remote_port=int(prometheus_port),
+            local_port=dashboard_port,
+            ssh=ssh_program,
+            ssh_options=ssh_options,
+        )
+        _keep(plan, print_only=print_only, as_json=as_json)
+        return
+    assert reference is not None
     target = _find(
         reference, hops, remote_jobstrap=remote_jobstrap, ssh=ssh_program, ssh_options=ssh_options
     )
@@ -200,6 +238,23 @@ def tunnel(
 
     keeper = TunnelKeeper(refresh, report=lambda line: click.echo(line, err=True))
     _explain(first, target, err=False)
+    with _stop_on_signals(keeper.stop):
+        try:
+            keeper.run()
+        except KeyboardInterrupt:
+            keeper.stop()
+    click.echo("tunnel closed", err=True)
+
+
+def _keep(plan: TunnelPlan, *, print_only: bool, as_json: bool) -> None:
+    """Print a fixed plan, or keep its tunnel open until Ctrl-C or a signal."""
+    if print_only:
+        click.echo(json.dumps(plan.describe(), indent=2) if as_json else plan.command())
+        if not as_json:
+            click.echo(f"Prometheus: {plan.prometheus_url}", err=True)
+        return
+    keeper = TunnelKeeper(plan, report=lambda line: click.echo(line, err=True))
+    click.echo(f"Prometheus: {plan.prometheus_url}")
     with _stop_on_signals(keeper.stop):
         try:
             keeper.run()

@@ -281,11 +281,11 @@ class BatchCluster(SpecCluster):
         if isinstance(self.scheduler, Scheduler):
             self.scheduler.add_plugin(AdaptOnNewWork(self))
             install_drain(self.scheduler)  # the rotation drains jobs through it
-            await install_cluster_metrics(self, self.scheduler)
         elif self._placement.in_job:
             self._beat()
             await self._placement.install_watchdog(self.scheduler_comm)
             await self._placement.install_drain(self.scheduler_comm)
+        await install_cluster_metrics(self, self.scheduler)  # in a job: the job series pushed
         self._placement.publish(self.scheduler, self.dashboard_link)
         self._register()
         initial = getattr(self, "_initial_jobs", 0)

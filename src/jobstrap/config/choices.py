@@ -6,7 +6,15 @@ without loading the profile machinery (YAML, templates) into every rank.
 
 from __future__ import annotations
 
-__all__ = ["DASHBOARD_BINDS", "ENGINES", "GRAPH_SCHEDULERS", "MEMORY_UNITS", "WORKER_LAYOUTS"]
+__all__ = [
+    "DASHBOARD_BINDS",
+    "ENGINES",
+    "GRAPH_SCHEDULERS",
+    "LOG_FORMATS",
+    "LOG_FORMAT_VARIABLE",
+    "MEMORY_UNITS",
+    "WORKER_LAYOUTS",
+]
 
 #: Worker layouts of batch mode: one process per node forks the workers of every
 #: worker rank there, or each worker rank runs its own.
@@ -31,3 +39,11 @@ ENGINES = ("dask", "ray")
 #: scheduler, no workers, nothing listening), anything else on a scheduler and
 #: workers; ``distributed`` always starts the scheduler and workers.
 GRAPH_SCHEDULERS = ("auto", "distributed")
+
+#: How a job's tagged log lines are written (``log_format``): Dask's text layout with
+#: the tags after the time stamp, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
+
+#: The job-side carrier of ``log_format``: the job script exports it, the bootstrap's
+#: log tagging reads it (:mod:`jobstrap.bootstrap.logtags`).
+LOG_FORMAT_VARIABLE = "JOBSTRAP_LOG_FORMAT"

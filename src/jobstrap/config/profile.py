@@ -31,6 +31,7 @@ from jobstrap.config.choices import (
     DASHBOARD_BINDS,
     ENGINES,
     GRAPH_SCHEDULERS,
+    LOG_FORMATS,
     MEMORY_UNITS,
     WORKER_LAYOUTS,
 )
@@ -96,8 +97,8 @@ _INTERNAL_ENV = frozenset({"PROFILE", "CONFIG_DIR", "RUN_DIR", "RUN_ID", "ROLE",
                            "LOCAL_SPOOL", "LOCAL_KILL_WAIT", "MAX_INPUT_SIZE",
                            # the bootstrap's log level, passed to jobs like the rest
                            "LOG_LEVEL",
-                           # log lines as JSON; metrics endpoints off (docs/metrics.md)
-                           "LOG_FORMAT", "METRICS",
+                           # metrics endpoints off (docs/metrics.md)
+                           "METRICS",
                            # a GPU worker's device (jobstrap.bootstrap.gpus)
                            "GPU_ID"})  # fmt: skip
 
@@ -209,6 +210,11 @@ class Profile:
         _choice(DASHBOARD_BINDS),
         "where the dashboard (plain HTTP, no login) listens: loopback (reach it with "
         "jobstrap tunnel) or interface (the scheduler's address: anyone on that network)",
+    )
+    log_format: str = _setting(
+        "text",
+        _choice(LOG_FORMATS),
+        "jobs' tagged log lines: text (Dask's layout) or json (one object per line)",
     )
     engine: str = _setting(
         "dask",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from jobstrap.config.choices import LOG_FORMAT_VARIABLE
 from jobstrap.config.profile import Profile
 from jobstrap.jobs.model import ArraySpec, JobSpec, Role, new_tag
 from jobstrap.systems import get_system
@@ -59,6 +60,10 @@ def _common(
     env = dict(WORKER_ENVIRONMENT) if workers else {}
     if workers and profile.nanny:
         env.update(NANNY_ENVIRONMENT)
+    if profile.log_format != "text":
+        # Only the opt-in is exported: text is the job side's default. The profile's
+        # own env (the older way to ask for JSON) still wins below.
+        env[LOG_FORMAT_VARIABLE] = profile.log_format
     env.update(profile.env)
     env["JOBSTRAP_RUN_DIR"] = run_dir
     env["JOBSTRAP_TAG"] = tag

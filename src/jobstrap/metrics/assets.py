@@ -1,13 +1,19 @@
-"""What a Prometheus and a Grafana need: scrape configuration, alert rules, a dashboard.
+"""What a Prometheus, an Alertmanager and a Grafana need.
 
-All three are built here as data and printed by ``jobstrap metrics ...``; the rules
-are checked with ``promtool check rules`` in the tests.
+The scrape configuration (optionally sending alerts to Alertmanagers), the alert
+rules, a minimal Alertmanager configuration and a dashboard are built here as data
+and printed by ``jobstrap metrics ...``; the rules are checked with ``promtool check
+rules`` and the Alertmanager configuration by the real Alertmanager in the tests.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,34 @@ import yaml
 from jobstrap.metrics.pki import SERVER_NAME, client_files
 from jobstrap.metrics.targets import aggregate_files
 
-__all__ = ["alert_rules", "grafana_dashboard", "prometheus_config"]
+__all__ = [
+    "ALERTS",
+    "DEFAULT_FOR",
+    "alert_rules",
+    "alertmanager_config",
+    "alertmanager_target",
+    "grafana_dashboard",
+    "prometheus_config",
+]
+
+#: The alerts :func:`alert_rules` defines.
+ALERTS = (
+    "JobstrapNoWorker",
+    "JobstrapJobPendingTooLong",
+    "JobstrapWorkerMemoryHigh",
+    "JobstrapRepeatedJobFailures",
+    "JobstrapWalltimeWithoutSuccessor",
+    "JobstrapTargetDown",
+)
+
+#: How long each alert's condition must hold before it fires (its ``for:``), unless
+#: :func:`alert_rules` is told otherwise; the others fire at once.
+DEFAULT_FOR = {
+    "JobstrapNoWorker": "60s",
+    "JobstrapWorkerMemoryHigh": "2m",
+    "JobstrapWalltimeWithoutSuccessor": "1m",
+    "JobstrapTargetDown": "2m",
+}
 
 
 def prometheus_config(
@@ -24,12 +57,15 @@ def prometheus_config(
     *,
     scrape_interval: str = "15s",
     rule_files: tuple[str, ...] = (),
+    alertmanagers: Sequence[str] = (),
 ) -> str:
     """A Prometheus configuration scraping every live run of ``run_root`` (YAML).
 
     One scrape job over the aggregate ``file_sd`` file; HTTPS with the user's
     client certificate, endpoints checked against the runs' CAs under
-    :data:`~jobstrap.metrics.pki.SERVER_NAME`.
+    :data:`~jobstrap.metrics.pki.SERVER_NAME`. Firing alerts go to each of
+    ``alertmanagers`` (``HOST:PORT`` or ``http[s]://HOST:PORT[/prefix]``, see
+    :func:`alertmanager_target`).
     """
     targets, bundle = aggregate_files(run_root)
     client = client_files(run_root)
@@ -51,10 +87,98 @@ def prometheus_config(
     }
     if rule_files:
         config["rule_files"] = [str(Path(f)) for f in rule_files]
+    if alertmanagers:
+        # One entry per scheme and prefix: Prometheus takes them per entry, not per target.
+        groups: dict[tuple[str, str], list[str]] = {}
+        for address in alertmanagers:
+            scheme, target, prefix = alertmanager_target(address)
+            groups.setdefault((scheme, prefix), []).append(target)
+        config["alerting"] = {
+            "alertmanagers": [
+                {
+                    "scheme": scheme,
+                    **({"path_prefix": prefix} if prefix else {}),
+                    "static_configs": [{"targets": targets}],
+                }
+                for (scheme, prefix), targets in groups.items()
+            ]
+        }
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
+def alertmanager_target(address: str) -> tuple[str, str, str]:
+    """``(scheme, host[:port], path prefix)`` of an Alertmanager given as a flag.
+
+    ``HOST:PORT`` (plain HTTP, the way an Alertmanager on the login node's loopback
+    listens) or a URL ``http[s]://HOST[:PORT][/prefix]``.
+
+    Raises
+    ------
+    ValueError
+        Anything else, in one line.
+    """
+    text = address.strip()
+    url = "://" in text
+    parsed = urllib.parse.urlsplit(text if url else f"http://{text}")
+    try:
+        port = parsed.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    # A URL may leave the port to its scheme; HOST alone is too likely a slip.
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or port == -1
+        or (port is None and not url)
+    ):
+        raise ValueError(
+            f"not an Alertmanager address: {address!r} (HOST:PORT, e.g. 127.0.0.1:9093, "
+            "or http://HOST:PORT)"
+        )
+    if parsed.query or parsed.fragment or parsed.username:
+        raise ValueError(f"not an Alertmanager address: {address!r} (no query or user part)")
+    return parsed.scheme, parsed.netloc, parsed.path.rstrip("/")
+
+
+def alertmanager_config(
+    *,
+    webhook: str = "http://127.0.0.1:5001/jobstrap",
+    group_wait: str = "30s",
+    repeat_interval: str = "4h",
+) -> str:
+    """A minimal Alertmanager configuration for jobstrap's alerts (YAML), to edit.
+
+    One route, grouping the alerts of a run, to one receiver posting them to
+    ``webhook`` (any HTTP endpoint that takes Alertmanager's JSON; replace the
+    receiver with ``email_configs`` or a chat's configuration as the site allows).
+    Resolved alerts are sent too, so the receiver hears when a run recovers.
+    """
+    for name, value in (("group_wait", group_wait), ("repeat_interval", repeat_interval)):
+        _seconds(value, name)
+    scheme = urllib.parse.urlsplit(webhook).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {webhook!r}")
+    config = {
+        "route": {
+            "receiver": "jobstrap",
+            "group_by": ["alertname", "run"],
+            "group_wait": group_wait,
+            "group_interval": "5m",
+            "repeat_interval": repeat_interval,
+        },
+        "receivers": [
+            {
+                "name": "jobstrap",
+                "webhook_configs": [{"url": webhook, "send_resolved": True}],
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def alert_rules(
+    *, pending_for: str = "30m", failures: int = 3, durations: Mapping[str, str] | None = None
+) -> str:
     """jobstrap's alert rules (Prometheus rules YAML).
 
     Parameters
@@ -63,17 +187,27 @@ def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
         A job pending longer than this (a Prometheus duration) alerts.
     failures
         This many job failures of one run within 30 minutes alert.
+    durations
+        The ``for:`` of some alerts (name, or name without ``Jobstrap``, to a
+        Prometheus duration; ``0s`` fires at the first evaluation) instead of :data:`DEFAULT_FOR`.
+
+    Raises
+    ------
+    ValueError
+        An unknown alert name (with the nearest one) or a bad duration, in one line.
     """
-    seconds = _seconds(pending_for)
+    seconds = _seconds(pending_for, "--pending-for")
+    waits = _durations(durations or {})
+    no_worker = waits["JobstrapNoWorker"]
     rules = [
         {
             "alert": "JobstrapNoWorker",
             # The scheduler answers (the run is active) but counts no worker.
             "expr": "sum by (run, user) (dask_scheduler_workers) == 0",
-            "for": "60s",
+            "for": no_worker,
             "labels": {"severity": "critical"},
             "annotations": {
-                "summary": "run {{ $labels.run }} has had no worker for 60 s",
+                "summary": f"run {{{{ $labels.run }}}} has had no worker for {no_worker}",
                 "description": "The scheduler of {{ $labels.run }} is up but no worker is "
                 "connected: its worker jobs ended or cannot start (`jobstrap status`).",
             },
@@ -92,7 +226,7 @@ def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
         {
             "alert": "JobstrapWorkerMemoryHigh",
             "expr": "jobstrap_worker_memory_used_ratio > 0.9",
-            "for": "2m",
+            "for": waits["JobstrapWorkerMemoryHigh"],
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "worker {{ $labels.worker }} of {{ $labels.run }} above 90 % "
@@ -118,7 +252,7 @@ def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
             # to take over.
             "expr": "min by (run, user) (jobstrap_job_walltime_used_ratio) > 0.9 unless on (run) "
             '(sum by (run) (jobstrap_jobs{state="PENDING"}) > 0)',
-            "for": "1m",
+            "for": waits["JobstrapWalltimeWithoutSuccessor"],
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "run {{ $labels.run }} is past 90 % of its walltime with no "
@@ -130,7 +264,7 @@ def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
         {
             "alert": "JobstrapTargetDown",
             "expr": 'up{job="jobstrap"} == 0',
-            "for": "2m",
+            "for": waits["JobstrapTargetDown"],
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "{{ $labels.role }} {{ $labels.worker }} of {{ $labels.run }} "
@@ -142,14 +276,26 @@ def alert_rules(*, pending_for: str = "30m", failures: int = 3) -> str:
     return yaml.safe_dump({"groups": [{"name": "jobstrap", "rules": rules}]}, sort_keys=False)
 
 
-def _seconds(duration: str) -> int:
-    """Seconds of a Prometheus duration such as ``30m`` or ``1h30m``."""
-    import re
+def _durations(given: Mapping[str, str]) -> dict[str, str]:
+    """:data:`DEFAULT_FOR` with the ``given`` ``for:`` durations, checked."""
+    waits = dict(DEFAULT_FOR)
+    for raw, duration in given.items():
+        name = raw if raw.startswith("Jobstrap") else f"Jobstrap{raw}"
+        if name not in ALERTS:
+            close = difflib.get_close_matches(name, ALERTS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"--for: no alert named {raw!r} (known: {', '.join(ALERTS)}){hint}")
+        _seconds(duration, f"--for {raw}")
+        waits[name] = duration
+    return waits
 
+
+def _seconds(duration: str, field: str = "duration") -> int:
+    """Seconds of a Prometheus duration such as ``30m`` or ``1h30m``."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
     parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", duration)
     if not parts or "".join(n + u for n, u in parts) != duration:
-        raise ValueError(f"not a Prometheus duration: {duration!r} (e.g. 30m, 1h30m)")
+        raise ValueError(f"{field}: not a Prometheus duration: {duration!r} (e.g. 30m, 1h30m)")
     return int(sum(int(n) * units[u] for n, u in parts))
 
 

@@ -8,6 +8,11 @@ cluster's public properties only (``jobs``, ``job_history``, ``failures``,
 The scheduler's metrics endpoint serves it beside Dask's; the series carry no
 ``run`` label of their own (the target's labels name the run).
 
+The same series, under the same names and labels, where the job book is elsewhere:
+a batch run's scheduler serves its own job (:class:`RunJobs`: running, queue wait,
+walltime used), and the scheduler job of a ``scheduler="job"`` cluster serves the
+book its notebook pushes (:func:`to_wire`, :class:`PushedCollector`).
+
 Series (all ``jobstrap_``):
 
 * ``jobs{state,pool}``: live jobs by state; ``jobs_submitted_total{pool}``;
@@ -26,10 +31,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ClusterCollector", "job_of_worker"]
+__all__ = [
+    "ClusterCollector",
+    "JobView",
+    "PushedCollector",
+    "RunJobs",
+    "job_of_worker",
+    "to_wire",
+]
 
 
 def _state(status: Any) -> str:
@@ -194,3 +208,109 @@ def job_of_worker(cluster: Any) -> Callable[[str], str | None]:
         return None
 
     return job_of
+
+
+# -- jobs seen from elsewhere: a batch run's own job, a scheduler job's pushed book ------
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job as :class:`ClusterCollector` reads it (the fields of a job status)."""
+
+    job_id: str
+    state: str
+    submitted: float = 0.0
+    started: float | None = None
+    walltime: float = 0.0
+    name: str = ""
+
+
+class RunJobs:
+    """A batch run's own job, as its scheduler (inside the job) sees it.
+
+    Cluster-like for :class:`ClusterCollector`: the job is ``RUNNING`` (its
+    scheduler answers), started when the scheduler's process did, submitted when
+    ``run.json`` says the run was created, with the walltime the run was submitted
+    with. What the job cannot see of itself (its end, a failure) is not served.
+
+    Parameters
+    ----------
+    job_id
+        The job's id (``JOBSTRAP_JOB_ID``).
+    started
+        When the job started (epoch seconds; the scheduler process's start).
+    submitted_and_walltime
+        Reads ``(submitted, walltime seconds)`` from the run's record, or None
+        while it is not there (the submitter writes it after the batch system
+        answered, so a fast job can start first): asked again until it answers.
+    """
+
+    failures: tuple[Any, ...] = ()
+    job_history: Mapping[str, JobView] = MappingProxyType({})  # it sees no job end
+    batchctl: Any = None
+
+    def __init__(
+        self,
+        job_id: str,
+        started: float,
+        submitted_and_walltime: Callable[[], tuple[float, float] | None],
+    ) -> None:
+        self.job_id = job_id or "unknown"
+        self.started = started
+        self._read = submitted_and_walltime
+        self._record: tuple[float, float] | None = None
+
+    @property
+    def jobs(self) -> dict[str, JobView]:
+        """The run's job, running."""
+        if self._record is None:
+            self._record = self._read()
+        submitted, walltime = self._record or (0.0, 0.0)
+        view = JobView(self.job_id, "RUNNING", submitted or 0.0, self.started, walltime)
+        return {self.job_id: view}
+
+
+def to_wire(collector: Any) -> list[dict[str, Any]]:
+    """A collector's families as plain data (sent to a scheduler in another job)."""
+    return [
+        {
+            "name": family.name,
+            "type": family.type,
+            "documentation": family.documentation,
+            "samples": [[s.name, dict(s.labels), float(s.value)] for s in family.samples],
+        }
+        for family in collector.collect()
+    ]
+
+
+class PushedCollector:
+    """Serves the families a notebook cluster last pushed (:func:`to_wire`).
+
+    A cluster whose scheduler runs in a job keeps its job book in the notebook's
+    process; it pushes its :class:`ClusterCollector`'s families to the scheduler
+    every few seconds. A book older than ``max_age`` (the notebook went away) is
+    not served: stale job states would be taken for live ones.
+    """
+
+    def __init__(self, *, max_age: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self.families: list[dict[str, Any]] = []
+        self.received = 0.0
+
+    def receive(self, families: list[dict[str, Any]]) -> None:
+        """Keep ``families`` (plain data from :func:`to_wire`) as the current book."""
+        self.families = list(families)
+        self.received = self.clock()
+
+    def collect(self) -> Iterator[Any]:
+        """The last book's families, if it is recent."""
+        from prometheus_client import Metric
+
+        if self.clock() - self.received > self.max_age:
+            return
+        for data in self.families:
+            family = Metric(str(data["name"]), str(data["documentation"]), str(data["type"]))
+            for name, labels, value in data["samples"]:
+                family.add_sample(str(name), {str(k): str(v) for k, v in labels.items()}, value)
+            yield family

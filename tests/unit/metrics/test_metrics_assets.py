@@ -169,3 +169,92 @@ def test_prometheus_config_creates_the_files_it_names(
     listed = CliRunner().invoke(cli, ["metrics", "targets"])
     assert listed.exit_code == 0
     assert json.loads(listed.output) == []
+
+
+# ------------------------------------------------------------------------ Alertmanager
+
+AMTOOL = shutil.which("amtool")
+
+
+def test_prometheus_config_sends_alerts_to_the_alertmanagers_given(tmp_path: Path) -> None:
+    config = yaml.safe_load(
+        assets.prometheus_config(
+            tmp_path, alertmanagers=("127.0.0.1:9093", "https://am.example.org/alerts")
+        )
+    )
+    assert config["alerting"]["alertmanagers"] == [
+        {"scheme": "http", "static_configs": [{"targets": ["127.0.0.1:9093"]}]},
+        {
+            "scheme": "https",
+            "path_prefix": "/alerts",
+            "static_configs": [{"targets": ["am.example.org"]}],
+        },
+    ]
+    assert "alerting" not in yaml.safe_load(assets.prometheus_config(tmp_path))
+
+
+@needs_promtool
+def test_promtool_accepts_a_configuration_with_an_alertmanager(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(assets.prometheus_config(tmp_path, alertmanagers=("127.0.0.1:9093",)))
+    checked = _promtool("check", "config", "--syntax-only", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("address", ["nowhere", "ftp://am:21", "127.0.0.1:port", "127.0.0.1:99999"])
+def test_a_bad_alertmanager_address_is_one_line_and_exit_2(
+    address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path))
+    result = CliRunner().invoke(cli, ["metrics", "prometheus-config", "--alertmanager", address])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "--alertmanager" in result.output
+
+
+@pytest.mark.skipif(
+    AMTOOL is None,
+    reason="amtool is not installed (apt-get install prometheus-alertmanager)",
+)
+def test_amtool_accepts_the_alertmanager_configuration(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["metrics", "alertmanager-config", "--webhook", "https://hooks.example.org/x"]
+    )
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(result.output)
+    assert AMTOOL is not None
+    checked = subprocess.run(
+        [AMTOOL, "check-config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    loaded = yaml.safe_load(result.output)
+    assert loaded["receivers"][0]["webhook_configs"][0]["url"] == "https://hooks.example.org/x"
+    assert loaded["route"]["group_by"] == ["alertname", "run"]
+
+
+def test_a_bad_webhook_or_duration_is_one_line_and_exit_2() -> None:
+    for args in (["--webhook", "hooks.example.org"], ["--group-wait", "soon"]):
+        result = CliRunner().invoke(cli, ["metrics", "alertmanager-config", *args])
+        assert result.exit_code == 2, args
+        assert result.output.strip().count("\n") == 0
+
+
+def test_the_for_durations_are_configurable_by_alert_name() -> None:
+    rules = yaml.safe_load(
+        assets.alert_rules(durations={"NoWorker": "5s", "JobstrapTargetDown": "30s"})
+    )["groups"][0]["rules"]
+    waits = {rule["alert"]: rule.get("for") for rule in rules}
+    assert waits["JobstrapNoWorker"] == "5s"
+    assert waits["JobstrapTargetDown"] == "30s"
+    assert waits["JobstrapWorkerMemoryHigh"] == assets.DEFAULT_FOR["JobstrapWorkerMemoryHigh"]
+
+
+def test_an_unknown_alert_in_for_is_one_line_with_the_nearest_name() -> None:
+    result = CliRunner().invoke(cli, ["metrics", "alert-rules", "--for", "NoWorkr=5s"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "did you mean 'JobstrapNoWorker'" in result.output
+    result = CliRunner().invoke(cli, ["metrics", "alert-rules", "--for", "NoWorker=soon"])
+    assert result.exit_code == 2
+    assert "--for NoWorker" in result.output

@@ -38,6 +38,7 @@ from jobstrap.tools.tunnel import (
     free_local_port,
     parse_endpoint,
     plan_for,
+    prometheus_plan,
     remote_target_argv,
     resolve_via,
     target_from_info,
@@ -597,3 +598,67 @@ def test_the_laptop_looks_the_run_up_on_the_login_node_over_ssh(
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["forwards"][0]["host"] == "10.78.0.11"
+
+
+# ------------------------------------------------- a Prometheus on the login node's loopback
+
+
+def test_the_prometheus_forward_goes_to_the_login_node_s_own_loopback() -> None:
+    result = CliRunner().invoke(
+        cli, ["tunnel", "--prometheus", "--via", "gw,login", "--print", "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    # 127.0.0.1 is resolved by the destination: the login node, never a compute node.
+    assert (plan["destination"], plan["jumps"]) == ("login", ["gw"])
+    [forward] = plan["forwards"]
+    assert (forward["label"], forward["host"], forward["port"]) == ("prometheus", "127.0.0.1", 9090)
+    assert plan["prometheus_url"] == f"http://localhost:{forward['local_port']}/"
+
+
+def test_the_prometheus_port_and_the_laptop_port_can_be_given() -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["tunnel", "--prometheus", "9091", "--via", "login", "--local-port", "19091", "--print"],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "-L 127.0.0.1:19091:127.0.0.1:9091" in result.stdout
+    assert result.stdout.strip().endswith("-- login")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--prometheus", "9090", "run-1"],
+        ["--prometheus", "--scheduler"],
+        ["--prometheus", "port"],
+        ["--prometheus", "70000"],
+    ],
+)
+def test_a_prometheus_tunnel_refuses_what_it_cannot_do_in_one_line(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["tunnel", *args, "--via", "login", "--print"])
+
+    assert result.exit_code == 2
+    assert "--prometheus" in result.output
+
+
+def test_without_a_run_or_prometheus_the_run_is_asked_for() -> None:
+    result = CliRunner().invoke(cli, ["tunnel", "--via", "login", "--print"])
+
+    assert result.exit_code == 2
+    assert "RUN|CLUSTER|DIR|ADDRESS" in result.output
+
+
+def test_a_prometheus_on_the_login_node_s_loopback_answers_through_the_tunnel(
+    sshd: Sshd, dashboard: int
+) -> None:
+    # The sshd's host is the login node; the HTTP server on its loopback stands for
+    # the Prometheus started as docs/metrics.md says (127.0.0.1 only).
+    plan = prometheus_plan([sshd.destination], remote_port=dashboard, ssh_options=sshd.options())
+
+    with TunnelKeeper(plan, backoff=Backoff(initial=0.2)) as keeper:
+        assert keeper.wait_up(20), "tunnel never came up"
+
+        assert get(f"{plan.prometheus_url}health") == 200

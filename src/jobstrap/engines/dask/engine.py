@@ -111,7 +111,8 @@ class DaskEngine:
         if options.dashboard:  # --no-dashboard: no HTTP listener at all, metrics included
             from jobstrap.engines.dask.metrics import serve_run_metrics
 
-            serve_run_metrics(runner, options.run_dir)  # HTTPS /metrics, targets file
+            # HTTPS /metrics, targets file, jobstrap's job series
+            serve_run_metrics(runner, options.run_dir, mode=options.mode)
         return runner
 
     def serve_workers(

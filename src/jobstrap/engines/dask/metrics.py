@@ -39,6 +39,7 @@ from jobstrap.metrics.pki import ensure_client_pki, trusted_client_ca
 from jobstrap.metrics.targets import REFRESH_EVERY, Target, write_run_targets
 
 __all__ = [
+    "BOOK_HANDLER",
     "SERVICE",
     "MetricsService",
     "TargetsPlugin",
@@ -359,20 +360,72 @@ class TargetsPlugin(SchedulerPlugin):
 
 
 def serve_run_metrics(
-    runner: Any, run_dir: str | os.PathLike[str], *, engine: str = "dask"
+    runner: Any, run_dir: str | os.PathLike[str], *, engine: str = "dask", mode: str = "mpi"
 ) -> None:
     """:func:`install_scheduler_metrics` on a :class:`SchedulerRunner`'s loop; warns on failure.
 
-    Metrics never stop a run: whatever goes wrong is said in one line.
+    With jobstrap's job series: a batch run's (``mode`` ``mpi``) scheduler serves
+    its own job (:class:`~jobstrap.metrics.jobs.RunJobs`); a cluster's scheduler
+    job (``scheduler``) serves the job book its notebook pushes
+    (:data:`BOOK_HANDLER`). Metrics never stop a run: whatever goes wrong is said
+    in one line.
     """
     if not enabled() or not run_dir:
         return
+    from jobstrap.metrics.jobs import ClusterCollector, PushedCollector, RunJobs
+
+    collector: Any
+    if mode == "scheduler":
+        collector = PushedCollector()
+        runner.scheduler.handlers[BOOK_HANDLER] = _book_handler(collector)
+    else:
+        job = RunJobs(os.environ.get("JOBSTRAP_JOB_ID", ""), _process_start(), _run_record(run_dir))
+        collector = ClusterCollector(job)
     try:
         asyncio.run_coroutine_threadsafe(
-            install_scheduler_metrics(runner.scheduler, run_dir, engine=engine), runner.loop
+            install_scheduler_metrics(
+                runner.scheduler, run_dir, engine=engine, collectors=[collector]
+            ),
+            runner.loop,
         ).result(60)
     except Exception as error:
         logger.warning("metrics are not served: %s: %s", type(error).__name__, error)
+
+
+#: The scheduler handler a notebook cluster pushes its job book to (``families``:
+#: :func:`jobstrap.metrics.jobs.to_wire`) when its scheduler runs in a job.
+BOOK_HANDLER = "jobstrap_job_book"
+
+
+def _book_handler(collector: Any) -> Callable[..., None]:
+    def receive(families: list[dict[str, Any]] | None = None, **_: Any) -> None:
+        collector.receive(families or [])
+
+    return receive
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): the job's start, give or take its imports."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+def _run_record(run_dir: str | os.PathLike[str]) -> Callable[[], tuple[float, float] | None]:
+    """Reads when the run was submitted and its walltime from ``run.json``, if written yet."""
+
+    def read() -> tuple[float, float] | None:
+        from jobstrap.config.units import parse_walltime
+        from jobstrap.store.rundir import read_json
+
+        try:
+            record = read_json(Path(run_dir) / "run.json")
+            walltime = record["profile"]["resolved"]["walltime"]
+            return float(record["created"]), float(parse_walltime(walltime))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # not written yet (or not a run's record): asked again later
+
+    return read
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

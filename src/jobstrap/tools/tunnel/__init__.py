@@ -1,4 +1,4 @@
-"""SSH tunnels to a run's dashboard (and scheduler) from a laptop.
+"""SSH tunnels to a run's dashboard (and scheduler), or to a Prometheus, from a laptop.
 
 The scheduler of a run lives on a compute node behind a login node; a browser on a
 laptop reaches it only through ``ssh -L``. This module has two halves:
@@ -24,12 +24,14 @@ from jobstrap.backoff import Backoff
 from jobstrap.tools.tunnel.keeper import TunnelKeeper, port_open
 from jobstrap.tools.tunnel.plans import (
     DEFAULT_SSH_OPTIONS,
+    PROMETHEUS_PORT,
     VIA_ENV,
     Forward,
     TunnelPlan,
     dashboard_link,
     free_local_port,
     plan_for,
+    prometheus_plan,
     resolve_via,
 )
 from jobstrap.tools.tunnel.targets import (
@@ -44,6 +46,7 @@ from jobstrap.tools.tunnel.targets import (
 
 __all__ = [
     "DEFAULT_SSH_OPTIONS",
+    "PROMETHEUS_PORT",
     "VIA_ENV",
     "Backoff",
     "Endpoint",
@@ -57,6 +60,7 @@ __all__ = [
     "parse_endpoint",
     "plan_for",
     "port_open",
+    "prometheus_plan",
     "remote_target",
     "remote_target_argv",
     "resolve_via",

@@ -1,7 +1,9 @@
 """The pure half of a tunnel: where to forward what, and the ``ssh`` argv that does it.
 
 :func:`plan_for` builds a :class:`TunnelPlan` from a :class:`~.targets.RunTarget`;
-:func:`dashboard_link` is the link a cluster shows when a tunnel is configured.
+:func:`prometheus_plan` one to a Prometheus on the login node's loopback (the one
+``jobstrap metrics prometheus-config`` sets up); :func:`dashboard_link` is the link
+a cluster shows when a tunnel is configured.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from jobstrap.tools.tunnel.targets import Endpoint, RunTarget, parse_endpoint
 
 #: The environment variable naming the login node(s) tunnels go through.
 VIA_ENV = "JOBSTRAP_TUNNEL_VIA"
+
+#: The port a Prometheus listens on unless told otherwise (docs/metrics.md).
+PROMETHEUS_PORT = 9090
 
 #: Options every tunnel gets. ``ExitOnForwardFailure`` makes ssh exit (so the keeper
 #: notices and retries) instead of living on without the forward; the keep-alives
@@ -45,7 +50,7 @@ class Forward:
     remote
         Where the login node sends the traffic.
     label
-        ``dashboard`` or ``scheduler``.
+        ``dashboard``, ``scheduler`` or ``prometheus``.
     bind
         Laptop address the port listens on; loopback, so only the laptop's user
         reaches it.
@@ -136,6 +141,14 @@ class TunnelPlan:
         return f"http://localhost:{forward.local_port}{forward.remote.path or '/status'}"
 
     @property
+    def prometheus_url(self) -> str | None:
+        """The Prometheus web UI on the laptop, e.g. ``http://localhost:9090/``."""
+        forward = self.forward("prometheus")
+        if forward is None:
+            return None
+        return f"http://localhost:{forward.local_port}/"
+
+    @property
     def scheduler_address(self) -> str | None:
         """The address a laptop client connects to, e.g. ``tls://localhost:8786``."""
         forward = self.forward("scheduler")
@@ -163,6 +176,7 @@ class TunnelPlan:
             ],
             "dashboard_url": self.dashboard_url,
             "scheduler_address": self.scheduler_address,
+            "prometheus_url": self.prometheus_url,
             "command": self.command(),
         }
 
@@ -296,6 +310,44 @@ def plan_for(
         options=(*DEFAULT_SSH_OPTIONS, *ssh_options),
         ssh=ssh,
         node=node or target.node,
+    )
+
+
+def prometheus_plan(
+    via: Sequence[str],
+    *,
+    remote_port: int = PROMETHEUS_PORT,
+    local_port: int | None = None,
+    ssh: str = "ssh",
+    ssh_options: Sequence[str] = (),
+    port_is_free: Callable[[int | None], int] = free_local_port,
+) -> TunnelPlan:
+    """A tunnel to a Prometheus on the login node's loopback (``127.0.0.1:remote_port``).
+
+    The login node (the last of ``via``) is the ssh destination, so ``127.0.0.1`` is
+    resolved there: the Prometheus started as docs/metrics.md says, which listens
+    on the login node's loopback only.
+
+    Raises
+    ------
+    UserError
+        No login node given.
+    """
+    hops = tuple(via)
+    if not hops:
+        raise UserError(
+            "say which login node runs the Prometheus: --via LOGIN "
+            f"(or set {VIA_ENV}=LOGIN, or tunnel_via in the profile)"
+        )
+    remote = Endpoint("127.0.0.1", remote_port, "http", "/")
+    port = local_port if local_port else port_is_free(remote_port)
+    return TunnelPlan(
+        destination=hops[-1],
+        jumps=hops[:-1],
+        forwards=(Forward(port, remote, "prometheus"),),
+        options=(*DEFAULT_SSH_OPTIONS, *ssh_options),
+        ssh=ssh,
+        node=hops[-1],
     )
 
 
