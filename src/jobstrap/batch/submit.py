@@ -37,6 +37,8 @@ __all__ = [
     "graph_argv",
     "job_logs",
     "local_launch",
+    "ray_cluster_argv",
+    "ray_function_argv",
     "submit_run",
 ]
 
@@ -114,6 +116,16 @@ def graph_argv(run: RunDir) -> list[str]:
     """What the client rank of a graph job runs: the graph runner on the run directory."""
     # What follows the bootstrap's "--": the client rank runs it in-process as __main__.
     return ["-m", "jobstrap.engines.dask.graph_runner", str(run.path)]
+
+
+def ray_function_argv(run: RunDir) -> list[str]:
+    """What the head rank of a Ray function job runs: the function, as Ray's driver."""
+    return ["-m", "jobstrap.engines.ray.runner", str(run.path)]
+
+
+def ray_cluster_argv(run: RunDir) -> list[str]:
+    """What the head rank of a Ray cluster job runs: a wait until the job is told to end."""
+    return ["-m", "jobstrap.engines.ray.runner", "--serve", str(run.path)]
 
 
 def app_words(app: Sequence[str]) -> list[str]:

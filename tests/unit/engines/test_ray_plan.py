@@ -225,14 +225,49 @@ def test_a_dask_job_names_no_engine() -> None:
     assert "--engine" not in spec.command
 
 
-def test_a_function_submitted_with_the_ray_engine_is_refused_naming_the_script_route(
+def test_a_dask_collection_submitted_with_the_ray_engine_is_refused_and_nothing_submitted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dask
+
     from jobstrap.batch.client import submit
 
     monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
     monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
-    with pytest.raises(UserError, match="jobstrap submit --engine ray"):
-        submit(sum, [1, 2], engine="ray")
+    with pytest.raises(UserError, match="engine 'ray' runs functions"):
+        submit(dask.delayed(sum)([1, 2]), engine="ray")
     assert not (tmp_path / "runs").exists()  # nothing submitted
+
+
+def test_an_app_run_through_jobstrap_run_with_the_ray_engine_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobstrap.batch.client import submit_app
+
+    app = tmp_path / "app.py"
+    app.write_text("print(1)\n")
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(UserError, match="jobstrap submit --engine ray"):
+        submit_app([str(app)], engine="ray")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_function_job_runs_the_ray_runner_after_every_node_and_a_dask_one_the_graph_runner(
+    tmp_path: Path,
+) -> None:
+    from jobstrap.batch.client import _engine_job
+    from jobstrap.config.profile import load_profile
+    from jobstrap.store.rundir import RunDir
+
+    run = RunDir.create(tmp_path, "graph-x")
+    work = {"kind": "function", "function": sum, "args": (), "kwargs": {}}
+
+    ray_argv, ray_after = _engine_job(load_profile(None, {"engine": "ray"}), work)
+    dask_argv, dask_after = _engine_job(load_profile(), work)
+
+    assert ray_argv(run) == ["-m", "jobstrap.engines.ray.runner", str(run.path)]
+    assert ray_after is None  # the driver starts once every Ray node joined
+    assert dask_argv(run)[:2] == ["-m", "jobstrap.engines.dask.graph_runner"]
+    assert dask_after == 0

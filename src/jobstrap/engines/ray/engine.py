@@ -234,7 +234,7 @@ class RayEngine:
         assert isinstance(security, RaySecurity)
         _require_ray()
         node_ip = _routable(host, options)
-        run_secrets = credentials.create_run_secrets(security.run_dir, tls=security.tls)
+        run_secrets = credentials.head_secrets(security.run_dir, tls=security.tls)
         node = _node(options, run_secrets, node_ip, address=None)
         started = time.monotonic()
         node.start()
