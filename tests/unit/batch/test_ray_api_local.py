@@ -153,6 +153,21 @@ def test_a_driver_on_the_submitting_machine_joins_the_cluster_with_its_env(
     assert not (secrets / "ca-key.pem").exists()  # gone once every node joined
 
 
+def test_status_names_the_ray_engine_and_logs_find_the_run(cluster: jobstrap.RayCluster) -> None:
+    status = _jobstrap("status")
+    logs = _jobstrap("logs", cluster.run_id)
+
+    row = next(line for line in status.stdout.splitlines() if line.startswith(cluster.run_id))
+    assert row.split()[1:4] == ["cluster/ray", cluster.job_id, "RUNNING"]
+    assert logs.returncode == 0, logs.stderr
+
+
+def _jobstrap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobstrap", *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def test_the_address_without_the_runs_token_is_refused(
     cluster: jobstrap.RayCluster, tmp_path: Path
 ) -> None:

@@ -256,6 +256,14 @@ def plan_for(
         No login node given, or nothing to forward.
     """
     hops = tuple(via)
+    if target.engine == "ray" and target.dashboard is None:
+        # Nothing of a Ray run is of use through a tunnel: its dashboard is not
+        # started, and a driver needs every node's ports, not the GCS's alone.
+        raise UserError(
+            "a Ray run has no dashboard to forward (the Ray engine starts none, see "
+            "docs/ray.md); a driver joins it from a host on the nodes' network "
+            "(jobstrap.RayCluster)"
+        )
     if not hops:
         raise UserError(
             "say which login node the tunnel goes through: --via LOGIN "

@@ -1,0 +1,47 @@
+"""``jobstrap tunnel`` and a Ray run: nothing to forward, said in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobstrap.errors import UserError
+from jobstrap.store.rundir import RunDir
+from jobstrap.tools.tunnel import RunTarget, find_target, plan_for
+
+INFO = {"scheduler_address": "10.78.0.11:41234", "dashboard_address": None, "host": "node1",
+        "job_id": "42", "started": 1.0, "pid": 7}  # fmt: skip
+
+
+def _ray_run(tmp_path: Path) -> RunDir:
+    run = RunDir.create(tmp_path / "runs", "run-ray")
+    run.write_json("info.json", INFO)
+    run.write_json("scheduler.json", {"type": "ray", "address": "10.78.0.11:41234"})
+    return run
+
+
+def test_a_ray_run_is_known_as_one_and_says_it_has_no_dashboard(tmp_path: Path) -> None:
+    target = find_target(str(_ray_run(tmp_path).path))
+
+    assert target.engine == "ray"
+    for scheduler in (False, True):
+        with pytest.raises(UserError, match="Ray run has no dashboard"):
+            plan_for(target, ["login"], scheduler=scheduler, port_is_free=lambda p: p or 5)
+
+
+def test_the_engine_survives_the_login_nodes_lookup(tmp_path: Path) -> None:
+    target = find_target(str(_ray_run(tmp_path).path))
+
+    assert RunTarget.from_json(target.to_json()).engine == "ray"
+
+
+def test_a_dask_run_without_a_dashboard_still_offers_its_scheduler(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "run-dask")
+    run.write_json("info.json", INFO)
+
+    target = find_target(str(run.path))
+
+    assert target.engine == "dask"
+    plan = plan_for(target, ["login"], scheduler=True, port_is_free=lambda p: p or 5)
+    assert [f.label for f in plan.forwards] == ["scheduler"]
