@@ -125,24 +125,28 @@ class RayCluster:
             started_by_us=True,
             name=submitted.submission.name,
         )
+        self._address = self._driver_address = ""
+        self._client_address: str | None = None
         try:
-            self._address = self._wait_ready(timeout)
+            self._wait_ready(timeout)
         except BaseException:
             self.close()
             raise
 
     def __repr__(self) -> str:
-        where = self._address if not self._closed else "closed"
+        where = self._driver_address if not self._closed else "closed"
         return f"<RayCluster {self.run_id} job {self.job_id} {where}>"
 
-    def _wait_ready(self, timeout: float | None) -> str:
+    def _wait_ready(self, timeout: float | None) -> None:
+        """Wait until every node joined; then learn the addresses."""
         from jobstrap.engines.ray.runner import PHASE_READY
 
         deadline = None if timeout is None else time.monotonic() + timeout
         for delay in result_poll_delays(slow=1.0):
             progress = read_progress(self.run_dir)
             if progress is not None and progress.phase == PHASE_READY:
-                return RunDir(self.run_dir).read_info().scheduler_address
+                self._learn_addresses()
+                return
             if self._future.done():
                 error = self._future.exception()
                 raise error or JobFailedError(
@@ -156,6 +160,17 @@ class RayCluster:
             time.sleep(delay)
         raise AssertionError("unreachable: the delays never end")
 
+    def _learn_addresses(self) -> None:
+        run = RunDir(self.run_dir)
+        self._address = run.read_info().scheduler_address
+        head = run.read_json("scheduler.json")
+        self._client_address = head.get("client_address") or None
+        # A driver joins through the GCS only beside a raylet of the cluster (the
+        # head's host, or another node); from elsewhere through Ray's client server.
+        near = str(head.get("node_ip", "")) in local_addresses()
+        client = self._client_address
+        self._driver_address = self._address if near or not client else client
+
     @property
     def address(self) -> str:
         """The cluster's GCS address (``ip:port``), for ``ray.init(address=...)``.
@@ -164,6 +179,21 @@ class RayCluster:
         certificate of the run's CA: see :meth:`env`.
         """
         return self._address
+
+    @property
+    def client_address(self) -> str | None:
+        """``ray://ip:port`` of the head's Ray Client server (None: Ray lacks its extra).
+
+        For a driver on a host without a node of the cluster (a login node): the
+        same token and TLS files are needed (:meth:`env`).
+        """
+        return self._client_address
+
+    @property
+    def driver_address(self) -> str:
+        """What a driver on this machine joins: :attr:`address` on the head's host,
+        else :attr:`client_address` when there is one."""
+        return self._driver_address
 
     @property
     def state(self) -> Any:
@@ -181,11 +211,11 @@ class RayCluster:
 
         env = node_env({}, token_file=str(self._files.token), tls=self._files.tls)
         env.pop("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", None)  # a node's setting
-        env["RAY_ADDRESS"] = self._address
+        env["RAY_ADDRESS"] = self._driver_address
         return env
 
     def connect(self, **kwargs: Any) -> Any:
-        """``ray.init(address=self.address, **kwargs)`` with the run's token and TLS.
+        """``ray.init(address=self.driver_address, **kwargs)`` with the run's token and TLS.
 
         Ray reads its token and TLS settings once, when it loads: call this before
         anything in the process imports ``ray`` (or run the driver with :meth:`env`).
@@ -206,7 +236,7 @@ class RayCluster:
         os.environ.update(env)
         import ray
 
-        context = ray.init(address=self._address, **kwargs)
+        context = ray.init(address=self._driver_address, **kwargs)
         self._connected = True
         return context
 

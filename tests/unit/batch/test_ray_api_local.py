@@ -139,7 +139,7 @@ def test_a_driver_on_the_submitting_machine_joins_the_cluster_with_its_env(
     cluster: jobstrap.RayCluster,
 ) -> None:
     env = cluster.env()
-    assert env["RAY_ADDRESS"] == cluster.address
+    assert env["RAY_ADDRESS"] == cluster.address  # the head runs on this host
     assert env["RAY_AUTH_MODE"] == "token"
     assert env["RAY_USE_TLS"] == "1"
 
@@ -166,6 +166,17 @@ def _jobstrap(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jobstrap", *args], capture_output=True, text=True, timeout=120
     )
+
+
+def test_a_driver_joins_through_rays_client_server_with_the_same_secrets(
+    cluster: jobstrap.RayCluster,
+) -> None:
+    assert cluster.client_address is not None
+    assert cluster.client_address.startswith("ray://")
+
+    done = _driver({**cluster.env(), "RAY_ADDRESS": cluster.client_address})
+
+    assert "SUM 285" in done.stdout, done.stderr[-3000:]
 
 
 def test_the_address_without_the_runs_token_is_refused(
@@ -207,7 +218,7 @@ LEFT_OPEN = """\
 import jobstrap
 from jobstrap.batch.raycluster import RayCluster
 
-RayCluster._wait_ready = lambda self, timeout: "left open"
+RayCluster._wait_ready = lambda self, timeout: None
 cluster = jobstrap.RayCluster(system="local", walltime="15m", poll_interval=1)
 print("RUN", cluster.run_id, flush=True)
 """

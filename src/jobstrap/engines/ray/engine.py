@@ -175,11 +175,21 @@ class RayHead:
         """None: Ray's dashboard is not started (see ``docs/ray.md``)."""
         return None
 
+    @property
+    def client_address(self) -> str | None:
+        """``ray://ip:port`` of the head's Ray Client server, or None (not started)."""
+        argv = self.node.argv
+        flag = "--ray-client-server-port"
+        if flag not in argv:
+            return None
+        return f"ray://{self.node_ip}:{argv[argv.index(flag) + 1]}"
+
     def identity(self) -> dict[str, Any]:
         """What ``scheduler.json`` says of the head."""
         return {
             "type": "ray",
             "address": self._address,
+            "client_address": self.client_address,
             "node_ip": self.node_ip,
             "pid": self.node.pid,
             "temp_dir": self.node.temp_dir,
