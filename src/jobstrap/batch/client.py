@@ -251,7 +251,9 @@ def submit(
     obj
         A Dask collection (array, dataframe, bag, ``Delayed``), a list/tuple/dict of
         them, or a function. A function runs on a worker of the allocation and may use
-        the whole cluster itself through ``distributed.get_client()``.
+        the whole cluster itself through ``distributed.get_client()``; with
+        ``engine="ray"`` it runs as the Ray driver of the job's Ray cluster instead
+        (``ray.remote`` tasks inside it run on the allocation; functions only).
     *args
         Positional arguments of the function.
     profile

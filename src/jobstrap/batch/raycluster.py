@@ -5,7 +5,7 @@
     import jobstrap
 
     with jobstrap.RayCluster(profile="mysite", nodes=4) as cluster:
-        cluster.connect()              # ray.init(address=cluster.address) with the run's secrets
+        cluster.connect()              # ray.init(cluster.driver_address) with the run's secrets
         ...                            # ray.remote tasks run on the job's nodes
 
 The job is a Ray engine job (head and one Ray node per allocated node, see
@@ -35,6 +35,7 @@ from jobstrap.batch.submit import ray_cluster_argv, submit_run
 from jobstrap.batchctl.guard import JobGuard
 from jobstrap.config.profile import Profile
 from jobstrap.errors import JobFailedError, UserError
+from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir
 
 __all__ = ["RayCluster", "local_addresses"]
@@ -196,8 +197,8 @@ class RayCluster:
         return self._driver_address
 
     @property
-    def state(self) -> Any:
-        """The job's state (:class:`~jobstrap.states.JobState`)."""
+    def state(self) -> JobState:
+        """The job's state."""
         return self._future.state
 
     def env(self) -> dict[str, str]:
