@@ -131,7 +131,8 @@ def _driver(env: dict[str, str], timeout: float = 300) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[jobstrap.RayCluster]:
-    with jobstrap.RayCluster(timeout=TIMEOUT, **SETTINGS) as ray_cluster:
+    # With Ray's dashboard (off unless asked for), to see that it takes the token.
+    with jobstrap.RayCluster(timeout=TIMEOUT, dashboard=True, **SETTINGS) as ray_cluster:
         yield ray_cluster
 
 
@@ -151,6 +152,30 @@ def test_a_driver_on_the_submitting_machine_joins_the_cluster_with_its_env(
     for name in ("token", "client/cert.pem", "client/key.pem"):
         assert (secrets / name).stat().st_mode & 0o077 == 0
     assert not (secrets / "ca-key.pem").exists()  # gone once every node joined
+
+
+def test_rays_dashboard_listens_on_loopback_and_answers_only_with_the_runs_token(
+    cluster: jobstrap.RayCluster,
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from jobstrap.store.rundir import RunDir
+
+    dashboard = RunDir(cluster.run_dir).read_info().dashboard_address
+    assert dashboard is not None
+    assert dashboard.startswith("http://127.0.0.1:")
+    url = dashboard.rstrip("/") + "/api/version"
+    token = (cluster.run_dir / "ray" / "token").read_text().strip()
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=30)
+    asked = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(asked, timeout=30) as answer:
+        status = answer.status
+
+    assert refused.value.code in (401, 403)
+    assert status == 200
 
 
 def test_status_names_the_ray_engine_and_logs_find_the_run(cluster: jobstrap.RayCluster) -> None:

@@ -271,3 +271,37 @@ def test_a_ray_function_job_runs_the_ray_runner_after_every_node_and_a_dask_one_
     assert ray_after is None  # the driver starts once every Ray node joined
     assert dask_argv(run)[:2] == ["-m", "jobstrap.engines.dask.graph_runner"]
     assert dask_after == 0
+
+
+def test_the_heads_dashboard_is_off_unless_given_a_host_and_then_on_its_free_port() -> None:
+    off = plan.start_argv(
+        head=True, node_ip="10.0.0.1", temp_dir="/tmp/ray-x", resources=RESOURCES, ports=PORTS
+    )
+    on = plan.start_argv(
+        head=True,
+        node_ip="10.0.0.1",
+        temp_dir="/tmp/ray-x",
+        resources=RESOURCES,
+        ports=PORTS,
+        dashboard_host="127.0.0.1",
+    )
+
+    assert _value(off, "--include-dashboard") == "false"
+    assert "--dashboard-host" not in off
+    assert _value(on, "--include-dashboard") == "true"
+    assert _value(on, "--dashboard-host") == "127.0.0.1"
+    assert _value(on, "--dashboard-port") == "40001"
+
+
+def test_a_ray_job_starts_rays_dashboard_only_when_the_profile_asks_for_it() -> None:
+    from jobstrap.config.profile import load_profile
+    from jobstrap.jobs.spec import app_job
+
+    default = app_job(load_profile(None, {"engine": "ray"}), "/runs/r", "tag", ["app.py"])
+    asked = app_job(
+        load_profile(None, {"engine": "ray", "dashboard": True}), "/runs/r", "tag", ["app.py"]
+    )
+
+    assert "--no-dashboard" in default.command
+    assert "--no-dashboard" not in asked.command
+    assert "--dashboard-port" in asked.command

@@ -21,13 +21,26 @@ def _ray_run(tmp_path: Path) -> RunDir:
     return run
 
 
-def test_a_ray_run_is_known_as_one_and_says_it_has_no_dashboard(tmp_path: Path) -> None:
+def test_a_ray_run_without_a_dashboard_says_so_and_its_gcs_is_not_forwarded(
+    tmp_path: Path,
+) -> None:
     target = find_target(str(_ray_run(tmp_path).path))
 
     assert target.engine == "ray"
-    for scheduler in (False, True):
-        with pytest.raises(UserError, match="Ray run has no dashboard"):
-            plan_for(target, ["login"], scheduler=scheduler, port_is_free=lambda p: p or 5)
+    with pytest.raises(UserError, match=r"Ray run has no dashboard.*dashboard: true"):
+        plan_for(target, ["login"], port_is_free=lambda p: p or 5)
+    with pytest.raises(UserError, match="GCS port is of no use"):
+        plan_for(target, ["login"], scheduler=True, port_is_free=lambda p: p or 5)
+
+
+def test_a_ray_dashboard_is_forwarded_to_its_nodes_loopback_at_its_root(tmp_path: Path) -> None:
+    run = _ray_run(tmp_path)
+    run.write_json("info.json", {**INFO, "dashboard_address": "http://127.0.0.1:8265/"})
+
+    plan = plan_for(find_target(str(run.path)), ["login"], port_is_free=lambda p: p or 5)
+
+    assert plan.destination == "node1"  # through the login node to the head's node
+    assert plan.dashboard_url == "http://localhost:8265/"
 
 
 def test_the_engine_survives_the_login_nodes_lookup(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def _node(
         client_server = head and _has_ray_client()
         free = plan.free_ports(3 if client_server else 2)
         ports = plan.NodePorts(
-            dashboard=free[0],
+            dashboard=(head and options.dashboard_port) or free[0],
             dashboard_agent_listen=free[1],
             client_server=free[2] if client_server else None,
         )
@@ -102,6 +102,7 @@ def _node(
             resources=resources,
             ports=ports,
             address=address,
+            dashboard_host=_dashboard_host(options, node_ip) if head else None,
         )
         env = plan.node_env(os.environ, token_file=token_file, tls=tls)
     except BaseException:
@@ -119,6 +120,14 @@ def _node(
         temp_dir,
     )
     return RayNode(argv, env, temp_dir, _log_file(options, "head" if head else "node"))
+
+
+def _dashboard_host(options: Options, node_ip: str) -> str | None:
+    """Where the head's dashboard listens: the node's loopback (a tunnel reaches it),
+    its address with ``--dashboard-bind interface``, or nowhere."""
+    if not options.dashboard:
+        return None
+    return node_ip if options.dashboard_bind == "interface" else "127.0.0.1"
 
 
 def _require_ray() -> None:
@@ -172,8 +181,12 @@ class RayHead:
 
     @property
     def dashboard_address(self) -> str | None:
-        """None: Ray's dashboard is not started (see ``docs/ray.md``)."""
-        return None
+        """``http://HOST:PORT/`` of Ray's dashboard, or None when it was not started."""
+        argv = self.node.argv
+        if "--dashboard-host" not in argv:
+            return None
+        host = argv[argv.index("--dashboard-host") + 1]
+        return f"http://{host}:{argv[argv.index('--dashboard-port') + 1]}/"
 
     @property
     def client_address(self) -> str | None:

@@ -297,8 +297,12 @@ def start_argv(
     ports: NodePorts,
     address: str | None = None,
     python: str = sys.executable,
+    dashboard_host: str | None = None,
 ) -> list[str]:
     """``ray start ... --block`` for one node of the run.
+
+    ``dashboard_host`` (a head's): start Ray's dashboard there, on ``ports.dashboard``
+    (it checks the run's token: ``RAY_AUTH_MODE=token``); None: no dashboard.
 
     ``--block`` keeps one process as the node's parent (it reaps Ray's processes
     when it ends: all gone 3.6 s after SIGTERM, where killing the group of a
@@ -329,7 +333,11 @@ def start_argv(
         "--log-color", "false",
     ]  # fmt: skip
     if head:
-        argv += ["--include-dashboard", "false", "--dashboard-port", str(ports.dashboard)]
+        if dashboard_host is None:
+            argv += ["--include-dashboard", "false"]
+        else:
+            argv += ["--include-dashboard", "true", "--dashboard-host", dashboard_host]
+        argv += ["--dashboard-port", str(ports.dashboard)]
         if ports.client_server is not None:
             argv += ["--ray-client-server-port", str(ports.client_server)]
     return argv

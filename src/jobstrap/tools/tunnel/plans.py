@@ -256,13 +256,16 @@ def plan_for(
         No login node given, or nothing to forward.
     """
     hops = tuple(via)
-    if target.engine == "ray" and target.dashboard is None:
-        # Nothing of a Ray run is of use through a tunnel: its dashboard is not
-        # started, and a driver needs every node's ports, not the GCS's alone.
+    if target.engine == "ray" and scheduler:
+        # A driver needs every node's ports, not the GCS's alone.
         raise UserError(
-            "a Ray run has no dashboard to forward (the Ray engine starts none, see "
-            "docs/ray.md); a driver joins it from a host on the nodes' network "
-            "(jobstrap.RayCluster)"
+            "a Ray run's GCS port is of no use through a tunnel: a driver joins from a "
+            "host on the nodes' network (RayCluster.client_address)"
+        )
+    if target.engine == "ray" and target.dashboard is None:
+        raise UserError(
+            "a Ray run has no dashboard to forward: the Ray engine starts Ray's dashboard "
+            "only with `dashboard: true` in the profile (docs/ray.md)"
         )
     if not hops:
         raise UserError(

@@ -143,7 +143,7 @@ def target_from_info(
             if not node:
                 raise UserError("info.json: the dashboard listens on every interface but no host")
             dashboard = replace(dashboard, host=node)
-        if not dashboard.path or dashboard.path == "/":
+        if engine == "dask" and (not dashboard.path or dashboard.path == "/"):
             dashboard = replace(dashboard, path="/status")
     scheduler: Endpoint | None = None
     if info.get("scheduler_address"):
