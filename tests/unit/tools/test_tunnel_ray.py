@@ -58,3 +58,19 @@ def test_a_dask_run_without_a_dashboard_still_offers_its_scheduler(tmp_path: Pat
     assert target.engine == "dask"
     plan = plan_for(target, ["login"], scheduler=True, port_is_free=lambda p: p or 5)
     assert [f.label for f in plan.forwards] == ["scheduler"]
+
+
+def test_the_cli_names_the_token_file_a_ray_dashboard_asks_for(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from jobstrap.cli import cli
+
+    run = _ray_run(tmp_path)
+    run.write_json("info.json", {**INFO, "dashboard_address": "http://127.0.0.1:8265/"})
+
+    result = CliRunner().invoke(
+        cli, ["tunnel", str(run.path), "--via", "login", "--local-port", "18265", "--print"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert f"{run.path}/ray/token" in result.stderr
