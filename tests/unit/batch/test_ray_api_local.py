@@ -21,6 +21,7 @@ import pytest
 
 import jobstrap
 from jobstrap.batch.future import JobFuture
+from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
 from jobstrap.store import registry
 from support import local_backend_env, wait_until
@@ -58,12 +59,22 @@ def fails_in_the_job(word: str) -> None:
     raise ValueError(f"no good: {word}")
 
 
+def runs_until_cancelled() -> None:
+    import time
+
+    import ray
+
+    ray.init()
+    time.sleep(600)
+
+
 @pytest.fixture(scope="module")
-def function_runs() -> tuple[JobFuture, JobFuture]:
-    """A function that succeeds and one that fails, submitted together."""
+def function_runs() -> tuple[JobFuture, JobFuture, JobFuture]:
+    """A function that succeeds, one that fails and one to cancel, submitted together."""
     ok = jobstrap.submit(squares_on_the_cluster, 100, engine="ray", **SETTINGS)
     bad = jobstrap.submit(fails_in_the_job, "xyzzy", engine="ray", **SETTINGS)
-    return ok, bad
+    endless = jobstrap.submit(runs_until_cancelled, engine="ray", **SETTINGS)
+    return ok, bad, endless
 
 
 def _processes_of(run_dir: Path) -> list[str]:
@@ -80,9 +91,9 @@ def _processes_of(run_dir: Path) -> list[str]:
 
 
 def test_a_function_runs_as_the_clusters_ray_driver_and_returns_its_value(
-    function_runs: tuple[JobFuture, JobFuture],
+    function_runs: tuple[JobFuture, JobFuture, JobFuture],
 ) -> None:
-    ok, _ = function_runs
+    ok, _, _ = function_runs
 
     assert ok.result(timeout=TIMEOUT) == (328350, 2)  # tasks on both Ray nodes of the run
     assert ok.state is JobState.COMPLETED
@@ -94,14 +105,36 @@ def test_a_function_runs_as_the_clusters_ray_driver_and_returns_its_value(
 
 
 def test_a_failing_function_raises_its_own_exception_with_the_remote_traceback(
-    function_runs: tuple[JobFuture, JobFuture],
+    function_runs: tuple[JobFuture, JobFuture, JobFuture],
 ) -> None:
-    _, bad = function_runs
+    _, bad, _ = function_runs
 
     with pytest.raises(ValueError, match="no good: xyzzy") as caught:
         bad.result(timeout=TIMEOUT)
     assert "fails_in_the_job" in caught.value.remote_traceback  # type: ignore[attr-defined]
     assert bad.state is JobState.FAILED
+
+
+def test_a_running_function_is_cancelled_like_a_dask_one_and_leaves_no_process(
+    function_runs: tuple[JobFuture, JobFuture, JobFuture],
+) -> None:
+    _, _, endless = function_runs
+    wait_until(
+        lambda: (p := endless.progress()) is not None and p.phase == "running",
+        TIMEOUT,
+        lambda: endless.status_line(),
+    )
+
+    assert endless.cancel()
+
+    with pytest.raises(JobFailedError, match="CANCELLED"):
+        endless.result(timeout=TIMEOUT)
+    assert not endless.run_dir.joinpath("error.pkl").exists()
+    wait_until(
+        lambda: _processes_of(endless.run_dir) == [],
+        60,
+        lambda: _processes_of(endless.run_dir),
+    )
 
 
 # ------------------------------------------------------------------------- RayCluster
