@@ -37,7 +37,11 @@ SETTINGS: dict[str, Any] = {"system": "local", "walltime": "15m", "poll_interval
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("rayapi")
     with pytest.MonkeyPatch.context() as patch:
-        local_backend_env(patch, root)
+        # The local queue's own kill wait (10 s), not the 2 s other modules use: a Ray
+        # node's teardown takes a few seconds, and the queue's SIGKILL to the job's
+        # ranks before it ends can orphan a node's agents (they run in a session of
+        # their own, which that SIGKILL does not reach; a Slurm cgroup would).
+        local_backend_env(patch, root, kill_wait=10)
         patch.delenv("RAY_ADDRESS", raising=False)
         yield root
 
@@ -78,15 +82,26 @@ def function_runs() -> tuple[JobFuture, JobFuture, JobFuture]:
 
 
 def _processes_of(run_dir: Path) -> list[str]:
-    import psutil
+    """Every process whose environment names ``run_dir``: pid and command line.
 
+    Read from ``/proc/PID/environ`` whole: Ray's processes retitle themselves
+    (``ray::DashboardAgent``), which blanks the start of that block, and psutil's
+    ``environ()`` then reads it as empty.
+    """
+    wanted = f"JOBSTRAP_RUN_DIR={run_dir}".encode()
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if process.environ().get("JOBSTRAP_RUN_DIR") == str(run_dir):
-                found.append(" ".join(process.info["cmdline"] or []))
-        except (psutil.Error, OSError):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if wanted not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"{entry} {command.strip()}")
     return found
 
 
