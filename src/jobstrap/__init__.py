@@ -20,6 +20,7 @@ _LAZY = {
     "SLURMCluster": "jobstrap.cluster.core",
     "BatchClient": "jobstrap.batch.client",
     "submit": "jobstrap.batch.client",
+    "RayCluster": "jobstrap.batch.raycluster",
 }
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "BatchCluster",
     "LocalBatchCluster",
     "PBSCluster",
+    "RayCluster",
     "SLURMCluster",
     "__version__",
     "submit",
@@ -34,6 +36,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from jobstrap.batch.client import BatchClient, submit
+    from jobstrap.batch.raycluster import RayCluster
     from jobstrap.cluster.core import BatchCluster, LocalBatchCluster, PBSCluster, SLURMCluster
 
 

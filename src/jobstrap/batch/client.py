@@ -31,11 +31,11 @@ the submission in :mod:`jobstrap.batch.submit` and the future in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jobstrap.batch.future import JobFuture
-from jobstrap.batch.inprocess import graph_placement
+from jobstrap.batch.inprocess import Placement, graph_placement
 from jobstrap.batch.package import (
     describe,
     input_size_limit,
@@ -48,6 +48,7 @@ from jobstrap.batch.submit import (
     app_argv,
     app_words,
     graph_argv,
+    ray_function_argv,
     submit_run,
 )
 from jobstrap.config.profile import Profile, load_profile
@@ -102,23 +103,46 @@ def submit_app(
 
 
 def _resolve(
-    profile: str | Profile | None, overrides: Mapping[str, Any]
+    profile: str | Profile | None, overrides: Mapping[str, Any], *, any_engine: bool = False
 ) -> tuple[Profile, str | None]:
     settings = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(profile, Profile):
         resolved, name = (profile.with_overrides(settings) if settings else profile), None
     else:
         resolved, name = load_profile(profile, settings), profile
-    return _dask_only(resolved), name
+    return (resolved if any_engine else _dask_only(resolved)), name
+
+
+def _engine_job(
+    profile: Profile, work: Mapping[str, Any]
+) -> tuple[Callable[[RunDir], list[str]], int | None, Placement]:
+    """What the head's side of a function or graph job runs, after how many workers, where.
+
+    The one place where the engine makes a difference to a function or graph job;
+    the run directory, submission, registry and :class:`JobFuture` are the same.
+    """
+    if profile.engine == "ray":
+        if work["kind"] != "function":
+            raise UserError("engine 'ray' runs functions; a Dask collection needs engine='dask'")
+        # The function is the cluster's Ray driver: it starts once every node joined
+        # (Ray places a task only on nodes that are there; a function may count them).
+        return ray_function_argv, None, Placement(in_process=False, reason="engine: ray")
+    # A one-node graph that asks for no distributed workers computes in the job's own
+    # process (jobstrap.batch.inprocess). Otherwise a graph is handed to the scheduler
+    # at once: it waits there for its first worker and spreads out as the others join,
+    # so the client rank connects and submits while the workers start. An app
+    # (submit_app) may count its workers, so it waits for all.
+    where = graph_placement(profile, work)
+    return graph_argv(where.threads if where.in_process else None), 0, where
 
 
 def _dask_only(profile: Profile) -> Profile:
-    """``profile``, unless its engine is not Dask's: graphs and functions need Dask."""
+    """``profile``, unless its engine is not Dask's: `jobstrap run` apps need Dask."""
     if profile.engine != "dask":
-        # Graphs, functions and `jobstrap run` apps go through Dask's graph runner.
+        # `jobstrap run` apps go through Dask's graph runner (it reports their progress).
         raise UserError(
-            f"engine {profile.engine!r}: functions, graphs and `jobstrap run` run on Dask "
-            f"only; run a script with `jobstrap submit --engine {profile.engine} app.py`"
+            f"engine {profile.engine!r}: `jobstrap run` runs on Dask only; run a script "
+            f"with `jobstrap submit --engine {profile.engine} app.py`"
         )
     return profile
 
@@ -155,7 +179,7 @@ class BatchClient:
         self.defaults = dict(defaults)
         self.max_input_size = input_size_limit(max_input_size)
         # Resolve once now: a typo in a setting fails here, not at the first submit.
-        self.profile, self.profile_name = _resolve(profile, self.defaults)
+        self.profile, self.profile_name = _resolve(profile, self.defaults, any_engine=True)
 
     def __repr__(self) -> str:
         name = self.profile_name or "default"
@@ -196,37 +220,29 @@ class BatchClient:
             A setting is unknown or invalid.
         """
         work = work_for(obj, args, kwargs)
-        # Serialised first: a graph that is too big fails before anything exists.
-        envelope = serialise(work, self.max_input_size, self.profile.python)
-        if overrides:
-            profile = _dask_only(
-                self.profile.with_overrides({k: v for k, v in overrides.items() if v is not None})
-            )
-        else:
-            profile = self.profile
+        settings = {k: v for k, v in overrides.items() if v is not None}
+        profile = self.profile.with_overrides(settings) if settings else self.profile
+        client_argv, start_after_workers, where = _engine_job(profile, work)
+        # Serialised before anything exists: a graph that is too big fails here.
+        envelope = serialise(work, self.max_input_size, profile.python)
 
         def prepare(run: RunDir) -> None:
             write_input(run, envelope)
 
-        where = graph_placement(profile, work)
         extra = {
             "object": describe(obj),
             "input_bytes": len(envelope),
             "in_process": where.in_process,
             "placement": where.reason,
         }
-        # A graph is handed to the scheduler at once: it waits there for its first
-        # worker and spreads out as the others join, so the client rank connects and
-        # submits while the workers start. An app (submit_app) may count its
-        # workers, so it waits for all.
         submitted = submit_run(
             profile,
             self.profile_name,
             "graph",
-            graph_argv(where.threads if where.in_process else None),
+            client_argv,
             prepare=prepare,
             extra=extra,
-            start_after_workers=0,
+            start_after_workers=start_after_workers,
             in_process=where.in_process,
         )
         return _future(submitted)
@@ -252,7 +268,9 @@ def submit(
         always gets a cluster). A one-node job that asks for no distributed workers
         computes in the job's own process with Dask's threads (see
         :mod:`jobstrap.batch.inprocess`); ``graph_scheduler="distributed"`` forces a
-        scheduler and workers.
+        scheduler and workers. With ``engine="ray"`` a function runs as the Ray driver
+        of the job's Ray cluster instead (``ray.remote`` tasks inside it run on the
+        allocation; functions only).
     *args
         Positional arguments of the function.
     profile

@@ -26,12 +26,12 @@ from jobstrap.batch.progress import (
     render_text,
 )
 from jobstrap.batch.remote import rebuild
-from jobstrap.engines.dask.graph_runner import CorruptRunFileError, read_framed
 from jobstrap.errors import JobFailedError, UserError
 from jobstrap.jobs.diagnose import diagnose_record, last_traceback
 from jobstrap.states import JobState
 from jobstrap.store.files import read_tail
 from jobstrap.store.rundir import RunDir
+from jobstrap.store.runfiles import CorruptRunFileError, read_framed
 
 if TYPE_CHECKING:
     from jobstrap.batchctl.control import BatchControl

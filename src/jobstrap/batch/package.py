@@ -16,8 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jobstrap.engines.dask.graph_runner import versions, write_framed
 from jobstrap.errors import UserError
+from jobstrap.store.runfiles import versions, write_framed
 
 if TYPE_CHECKING:
     from jobstrap.store.rundir import RunDir

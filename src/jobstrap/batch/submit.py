@@ -37,6 +37,8 @@ __all__ = [
     "graph_argv",
     "job_logs",
     "local_launch",
+    "ray_cluster_argv",
+    "ray_function_argv",
     "submit_run",
 ]
 
@@ -123,6 +125,16 @@ def graph_argv(threads: int | None = None) -> Callable[[RunDir], list[str]]:
         return ["-m", "jobstrap.engines.dask.graph_runner", *extra, str(run.path)]
 
     return argv
+
+
+def ray_function_argv(run: RunDir) -> list[str]:
+    """What the head rank of a Ray function job runs: the function, as Ray's driver."""
+    return ["-m", "jobstrap.engines.ray.runner", str(run.path)]
+
+
+def ray_cluster_argv(run: RunDir) -> list[str]:
+    """What the head rank of a Ray cluster job runs: a wait until the job is told to end."""
+    return ["-m", "jobstrap.engines.ray.runner", "--serve", str(run.path)]
 
 
 def app_words(app: Sequence[str]) -> list[str]:

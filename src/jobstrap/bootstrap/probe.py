@@ -49,6 +49,7 @@ __all__ = [
     "gpu_facts",
     "main",
     "package_versions",
+    "ray_facts",
 ]
 
 #: Written by the doctor before submitting; read back by the probe.
@@ -390,6 +391,18 @@ def collect(
         "cpus": cpu_facts(),
         "request": {"cpus": cpus, "memory": memory, "gpus": gpus},
         "gpus": gpu_facts(gpus),
+        "ray": ray_facts(),
+    }
+
+
+def ray_facts(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the Ray engine needs of a node: Ray, and a short writable temp directory."""
+    env = os.environ if environ is None else environ
+    parents = [p for p in (env.get("TMPDIR", ""), "/tmp", "/dev/shm") if p]
+    return {
+        "version": package_versions(("ray",))["ray"],
+        "tmpdir": env.get("TMPDIR", ""),
+        "writable": {p: os.path.isdir(p) and os.access(p, os.W_OK | os.X_OK) for p in parents},
     }
 
 

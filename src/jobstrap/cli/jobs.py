@@ -27,8 +27,24 @@ _COLUMNS = ("RUN", "KIND", "JOB", "STATE", "NODES", "REASON", "ELAPSED", "LEFT")
 RECENT = 24 * 3600.0
 
 
+def _kind(run: RunRecord) -> str:
+    """The run's kind, with its engine when that is not Dask (``app/ray``)."""
+    resolved = run.profile.get("resolved") if isinstance(run.profile, dict) else None
+    engine = resolved.get("engine") if isinstance(resolved, dict) else None
+    return f"{run.kind}/{engine}" if isinstance(engine, str) and engine != "dask" else run.kind
+
+
 def _row(run: RunRecord, job: str, view: View) -> tuple[str, ...]:
-    return (run.run_id, run.kind, job, view.state, view.nodes, view.reason, view.elapsed, view.left)
+    return (
+        run.run_id,
+        _kind(run),
+        job,
+        view.state,
+        view.nodes,
+        view.reason,
+        view.elapsed,
+        view.left,
+    )
 
 
 def _jobs_cell(job_ids: Sequence[str]) -> str:

@@ -266,6 +266,10 @@ def _keep(plan: TunnelPlan, *, print_only: bool, as_json: bool) -> None:
 def _explain(plan: TunnelPlan, target: RunTarget, *, err: bool) -> None:
     if plan.dashboard_url:
         click.echo(f"Dashboard: {plan.dashboard_url}", err=err)
+        if target.engine == "ray":
+            # Ray's dashboard checks the run's token; its page asks for it.
+            token = f"{target.run_dir or 'RUN_DIR'}/ray/token"
+            click.echo(f"  it asks for the run's token: the content of {token}", err=err)
     if plan.scheduler_address:
         run_dir = target.run_dir or "RUN_DIR"
         click.echo(f"Scheduler: {plan.scheduler_address}", err=err)

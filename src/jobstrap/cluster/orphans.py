@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from distributed.core import Status
 
 from jobstrap.batchctl.control import BatchControl
+from jobstrap.batchctl.guard import JobGuard
 from jobstrap.config.profile import Profile
 from jobstrap.states import JobState
 from jobstrap.store.rundir import RunDir
@@ -30,19 +30,6 @@ __all__ = ["OrphanGuard", "RegistryEntry", "weak_callback"]
 logger = logging.getLogger(__name__)
 
 WatchCallback = Callable[[str, JobState, JobRecord], None]
-
-
-def _cancel_orphans(system: str, active: set[str], lock: threading.Lock) -> None:
-    """Cancel whatever is left of a cluster (finalizer; must not reference the cluster)."""
-    with lock:
-        ids = sorted(active)
-        active.clear()
-    if not ids:
-        return
-    try:
-        BatchControl.for_system(system).cancel(ids)
-    except Exception as error:  # at exit there is nobody left to raise to
-        logger.error("could not cancel jobs %s: %s", " ".join(ids), error)
 
 
 def weak_callback(method: WatchCallback) -> WatchCallback:
@@ -81,8 +68,9 @@ def _register_atexit() -> None:
         _ATEXIT_REGISTERED = True
 
 
-class OrphanGuard:
-    """The job ids a cluster must cancel before it goes, and the hooks that do it.
+class OrphanGuard(JobGuard):
+    """A cluster's :class:`~jobstrap.batchctl.guard.JobGuard`, and the exit hook that
+    closes the cluster gracefully first.
 
     Parameters
     ----------
@@ -93,25 +81,8 @@ class OrphanGuard:
     """
 
     def __init__(self, owner: object, system: str) -> None:
-        self._active: set[str] = set()
-        self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(owner, _cancel_orphans, system, self._active, self._lock)
+        super().__init__(owner, system)
         _register_atexit()
-
-    def add(self, job_ids: Iterable[str]) -> None:
-        """These jobs were submitted: cancel them if the cluster goes away."""
-        with self._lock:
-            self._active.update(job_ids)
-
-    def discard(self, job_ids: Iterable[str]) -> None:
-        """These jobs ended or were cancelled: nothing left to do for them."""
-        with self._lock:
-            self._active.difference_update(job_ids)
-
-    def leftovers(self) -> list[str]:
-        """Jobs still to cancel."""
-        with self._lock:
-            return sorted(self._active)
 
     def protect(self, cluster: Any) -> None:
         """Close ``cluster`` at interpreter exit unless it was closed before."""
@@ -121,10 +92,6 @@ class OrphanGuard:
         """The cluster closed: no exit hook, and cancel whatever is still left."""
         _LIVE.pop(cluster, None)
         self.cancel_now()
-
-    def cancel_now(self) -> None:
-        """Run the finalizer now (once): cancel every job still active."""
-        self._finalizer()
 
 
 class RegistryEntry:

@@ -113,7 +113,9 @@ def _bootstrap_argv(
         argv.append("--no-nanny")
     if profile.worker_class:
         argv += ["--worker-class", profile.worker_class]
-    if profile.dashboard:
+    # Ray's dashboard is a process of its own on the head: only when asked for.
+    ray_default = profile.engine == "ray" and profile.sources.get("dashboard") in (None, "default")
+    if profile.dashboard and not ray_default:
         # 0 (the default) lets the node pick a free port: shared login nodes collide on 8787.
         argv += ["--dashboard-port", str(profile.dashboard_port)]
         if profile.dashboard_bind != "loopback":

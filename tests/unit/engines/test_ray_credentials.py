@@ -87,3 +87,37 @@ def test_node_files_go_to_the_nodes_private_directory(tmp_path: Path) -> None:
     for path in (token, tls.ca, tls.cert, tls.key):
         assert Path(path).parent == node_dir / "secrets"
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_the_head_starts_with_the_secrets_a_ray_cluster_client_made_before_submitting(
+    tmp_path: Path,
+) -> None:
+    run = _run(tmp_path)
+    client = credentials.create_client_files(run, ["127.0.0.1", "10.1.2.3"], tls=True)
+
+    head = credentials.head_secrets(run, tls=True)
+
+    assert head.token == Path(client.token).read_bytes()
+    assert client.tls is not None
+    assert head.ca == Path(client.tls.ca).read_bytes()
+    # The driver's certificate is the run CA's and names the submitting machine.
+    cert = x509.load_pem_x509_certificate(Path(client.tls.cert).read_bytes())
+    ca = x509.load_pem_x509_certificate(head.ca or b"")
+    assert cert.issuer == ca.subject
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.1.2.3") in names.get_values_for_type(x509.IPAddress)
+    for path in (client.token, client.tls.cert, client.tls.key):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(run / "ray" / "client").st_mode) == 0o700
+
+
+def test_the_head_makes_new_secrets_when_none_or_only_part_of_them_exist(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    first = credentials.head_secrets(run, tls=True)
+    assert first.ca_key is not None
+    credentials.forget_ca_key(run)  # a requeued run: its nodes could not be certified
+
+    second = credentials.head_secrets(run, tls=True)
+
+    assert second.ca_key is not None
+    assert second.token != first.token

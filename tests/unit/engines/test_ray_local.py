@@ -77,15 +77,26 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, Path, str]:
 
 
 def _ray_processes_of(run_dir: Path) -> list[str]:
-    import psutil
+    """Every process whose environment names ``run_dir``: pid and command line.
 
+    Read from ``/proc/PID/environ`` whole: Ray's processes retitle themselves
+    (``ray::DashboardAgent``), which blanks the start of that block, and psutil's
+    ``environ()`` then reads it as empty.
+    """
+    wanted = f"JOBSTRAP_RUN_DIR={run_dir}".encode()
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if process.environ().get("JOBSTRAP_RUN_DIR") == str(run_dir):
-                found.append(" ".join(process.info["cmdline"] or []))
-        except (psutil.Error, OSError):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if wanted not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"{entry} {command.strip()}")
     return found
 
 

@@ -225,14 +225,83 @@ def test_a_dask_job_names_no_engine() -> None:
     assert "--engine" not in spec.command
 
 
-def test_a_function_submitted_with_the_ray_engine_is_refused_naming_the_script_route(
+def test_a_dask_collection_submitted_with_the_ray_engine_is_refused_and_nothing_submitted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dask
+
     from jobstrap.batch.client import submit
 
     monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
     monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
-    with pytest.raises(UserError, match="jobstrap submit --engine ray"):
-        submit(sum, [1, 2], engine="ray")
+    with pytest.raises(UserError, match="engine 'ray' runs functions"):
+        submit(dask.delayed(sum)([1, 2]), engine="ray")
     assert not (tmp_path / "runs").exists()  # nothing submitted
+
+
+def test_an_app_run_through_jobstrap_run_with_the_ray_engine_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobstrap.batch.client import submit_app
+
+    app = tmp_path / "app.py"
+    app.write_text("print(1)\n")
+    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    with pytest.raises(UserError, match="jobstrap submit --engine ray"):
+        submit_app([str(app)], engine="ray")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_function_job_runs_the_ray_runner_after_every_node_and_a_dask_one_the_graph_runner(
+    tmp_path: Path,
+) -> None:
+    from jobstrap.batch.client import _engine_job
+    from jobstrap.config.profile import load_profile
+    from jobstrap.store.rundir import RunDir
+
+    run = RunDir.create(tmp_path, "graph-x")
+    work = {"kind": "function", "function": sum, "args": (), "kwargs": {}}
+
+    ray_argv, ray_after = _engine_job(load_profile(None, {"engine": "ray"}), work)
+    dask_argv, dask_after = _engine_job(load_profile(), work)
+
+    assert ray_argv(run) == ["-m", "jobstrap.engines.ray.runner", str(run.path)]
+    assert ray_after is None  # the driver starts once every Ray node joined
+    assert dask_argv(run)[:2] == ["-m", "jobstrap.engines.dask.graph_runner"]
+    assert dask_after == 0
+
+
+def test_the_heads_dashboard_is_off_unless_given_a_host_and_then_on_its_free_port() -> None:
+    off = plan.start_argv(
+        head=True, node_ip="10.0.0.1", temp_dir="/tmp/ray-x", resources=RESOURCES, ports=PORTS
+    )
+    on = plan.start_argv(
+        head=True,
+        node_ip="10.0.0.1",
+        temp_dir="/tmp/ray-x",
+        resources=RESOURCES,
+        ports=PORTS,
+        dashboard_host="127.0.0.1",
+    )
+
+    assert _value(off, "--include-dashboard") == "false"
+    assert "--dashboard-host" not in off
+    assert _value(on, "--include-dashboard") == "true"
+    assert _value(on, "--dashboard-host") == "127.0.0.1"
+    assert _value(on, "--dashboard-port") == "40001"
+
+
+def test_a_ray_job_starts_rays_dashboard_only_when_the_profile_asks_for_it() -> None:
+    from jobstrap.config.profile import load_profile
+    from jobstrap.jobs.spec import app_job
+
+    default = app_job(load_profile(None, {"engine": "ray"}), "/runs/r", "tag", ["app.py"])
+    asked = app_job(
+        load_profile(None, {"engine": "ray", "dashboard": True}), "/runs/r", "tag", ["app.py"]
+    )
+
+    assert "--no-dashboard" in default.command
+    assert "--no-dashboard" not in asked.command
+    assert "--dashboard-port" in asked.command

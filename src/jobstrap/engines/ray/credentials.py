@@ -33,9 +33,12 @@ from jobstrap.store.rundir import (
 )
 
 __all__ = [
+    "ClientFiles",
     "RunSecrets",
+    "create_client_files",
     "create_run_secrets",
     "forget_ca_key",
+    "head_secrets",
     "node_certificate",
     "secrets_dir",
     "write_node_files",
@@ -97,6 +100,56 @@ def create_run_secrets(run_dir: str | os.PathLike[str], *, tls: bool) -> RunSecr
         atomic_write_bytes(where / "ca-key.pem", ca_key)
         atomic_write_bytes(where / "ca.pem", ca)
     return RunSecrets(token, ca, ca_key)
+
+
+def head_secrets(run_dir: str | os.PathLike[str], *, tls: bool) -> RunSecrets:
+    """The secrets the head starts with: the submitting side's, when it made them.
+
+    A Ray cluster job (``jobstrap.RayCluster``) has its token, CA and the
+    submitting machine's certificate made before it is submitted, so the driver
+    there holds them before any node exists. Anything incomplete (no secrets yet,
+    or a requeued run whose CA key is gone) gets a new set.
+    """
+    where = secrets_dir(run_dir)
+    needed = ["token", "ca.pem", "ca-key.pem"] if tls else ["token"]
+    if all((where / name).exists() for name in needed):
+        try:
+            return RunSecrets.read(run_dir, tls=tls)
+        except UserError:
+            pass  # unreadable: replaced below (an unsafe directory still stops there)
+    return create_run_secrets(run_dir, tls=tls)
+
+
+class ClientFiles:
+    """What a driver outside the run's nodes needs: the token and its own certificate."""
+
+    def __init__(self, token: Path, tls: TLSPaths | None) -> None:
+        self.token = token
+        self.tls = tls
+
+
+def create_client_files(
+    run_dir: str | os.PathLike[str], addresses: list[str], *, tls: bool
+) -> ClientFiles:
+    """Make the run's secrets now, and a certificate for a driver at ``addresses``.
+
+    For a Ray cluster job, before it is submitted: the head then starts with these
+    secrets (:func:`head_secrets`), and a driver on this machine connects with the
+    token and (with ``tls``) ``ray/client/cert.pem`` naming ``addresses``, all 0600
+    in the run's 0700 directory.
+    """
+    run_secrets = create_run_secrets(run_dir, tls=tls)
+    where = secrets_dir(run_dir)
+    if run_secrets.ca is None or run_secrets.ca_key is None:
+        return ClientFiles(where / "token", None)
+    client = ensure_private_dir(where / "client")
+    cert, key = node_certificate(run_secrets.ca, run_secrets.ca_key, addresses)
+    paths = TLSPaths(
+        ca=str(where / "ca.pem"),
+        cert=str(atomic_write_bytes(client / "cert.pem", cert)),
+        key=str(atomic_write_bytes(client / "key.pem", key)),
+    )
+    return ClientFiles(where / "token", paths)
 
 
 def forget_ca_key(run_dir: str | os.PathLike[str]) -> None:

@@ -91,7 +91,7 @@ def _node(
         client_server = head and _has_ray_client()
         free = plan.free_ports(3 if client_server else 2)
         ports = plan.NodePorts(
-            dashboard=free[0],
+            dashboard=(head and options.dashboard_port) or free[0],
             dashboard_agent_listen=free[1],
             client_server=free[2] if client_server else None,
         )
@@ -102,6 +102,7 @@ def _node(
             resources=resources,
             ports=ports,
             address=address,
+            dashboard_host=_dashboard_host(options, node_ip) if head else None,
         )
         env = plan.node_env(os.environ, token_file=token_file, tls=tls)
     except BaseException:
@@ -119,6 +120,14 @@ def _node(
         temp_dir,
     )
     return RayNode(argv, env, temp_dir, _log_file(options, "head" if head else "node"))
+
+
+def _dashboard_host(options: Options, node_ip: str) -> str | None:
+    """Where the head's dashboard listens: the node's loopback (a tunnel reaches it),
+    its address with ``--dashboard-bind interface``, or nowhere."""
+    if not options.dashboard:
+        return None
+    return node_ip if options.dashboard_bind == "interface" else "127.0.0.1"
 
 
 def _require_ray() -> None:
@@ -172,14 +181,28 @@ class RayHead:
 
     @property
     def dashboard_address(self) -> str | None:
-        """None: Ray's dashboard is not started (see ``docs/ray.md``)."""
-        return None
+        """``http://HOST:PORT/`` of Ray's dashboard, or None when it was not started."""
+        argv = self.node.argv
+        if "--dashboard-host" not in argv:
+            return None
+        host = argv[argv.index("--dashboard-host") + 1]
+        return f"http://{host}:{argv[argv.index('--dashboard-port') + 1]}/"
+
+    @property
+    def client_address(self) -> str | None:
+        """``ray://ip:port`` of the head's Ray Client server, or None (not started)."""
+        argv = self.node.argv
+        flag = "--ray-client-server-port"
+        if flag not in argv:
+            return None
+        return f"ray://{self.node_ip}:{argv[argv.index(flag) + 1]}"
 
     def identity(self) -> dict[str, Any]:
         """What ``scheduler.json`` says of the head."""
         return {
             "type": "ray",
             "address": self._address,
+            "client_address": self.client_address,
             "node_ip": self.node_ip,
             "pid": self.node.pid,
             "temp_dir": self.node.temp_dir,
@@ -234,7 +257,7 @@ class RayEngine:
         assert isinstance(security, RaySecurity)
         _require_ray()
         node_ip = _routable(host, options)
-        run_secrets = credentials.create_run_secrets(security.run_dir, tls=security.tls)
+        run_secrets = credentials.head_secrets(security.run_dir, tls=security.tls)
         node = _node(options, run_secrets, node_ip, address=None)
         started = time.monotonic()
         node.start()

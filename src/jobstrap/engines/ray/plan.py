@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from jobstrap.bootstrap.gpus import gpu_allocation
@@ -46,6 +46,7 @@ __all__ = [
     "ranks_on_node",
     "split_memory",
     "start_argv",
+    "temp_dir_candidates",
     "temp_dir_parent",
 ]
 
@@ -240,21 +241,32 @@ def free_ports(count: int, host: str = "") -> list[int]:
 # ------------------------------------------------------------------------ directory
 
 
-def temp_dir_parent(environ: Mapping[str, str]) -> str:
+def _usable(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def temp_dir_parent(environ: Mapping[str, str], usable: Callable[[str], bool] = _usable) -> str:
     """Where the run's node-local directory goes: ``$TMPDIR`` if short enough, else /tmp.
 
     A job's ``TMPDIR`` is often per job (and cleaned with it) but long; Ray's
     socket paths must stay under ``AF_UNIX``'s limit (:data:`TEMP_DIR_MAX_LENGTH`).
+    ``usable`` says whether a directory exists and is writable (the doctor judges
+    what a probe job saw on a node with it).
     """
-    for parent in (environ.get("TMPDIR", ""), "/tmp", "/dev/shm"):
-        if not parent or len(parent.rstrip("/")) + _TEMP_NAME_LENGTH > TEMP_DIR_MAX_LENGTH:
+    for parent in temp_dir_candidates(environ):
+        if len(parent.rstrip("/")) + _TEMP_NAME_LENGTH > TEMP_DIR_MAX_LENGTH:
             continue
-        if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+        if usable(parent):
             return parent.rstrip("/") or "/"
     raise UserError(
         "ray: no writable directory short enough for Ray's sockets ($TMPDIR, /tmp); "
         f"set TMPDIR to one of at most {TEMP_DIR_MAX_LENGTH - _TEMP_NAME_LENGTH} characters"
     )
+
+
+def temp_dir_candidates(environ: Mapping[str, str]) -> list[str]:
+    """The parents :func:`temp_dir_parent` considers, in order of preference."""
+    return [p for p in (environ.get("TMPDIR", ""), "/tmp", "/dev/shm") if p]
 
 
 def make_temp_dir(environ: Mapping[str, str]) -> str:
@@ -285,8 +297,12 @@ def start_argv(
     ports: NodePorts,
     address: str | None = None,
     python: str = sys.executable,
+    dashboard_host: str | None = None,
 ) -> list[str]:
     """``ray start ... --block`` for one node of the run.
+
+    ``dashboard_host`` (a head's): start Ray's dashboard there, on ``ports.dashboard``
+    (it checks the run's token: ``RAY_AUTH_MODE=token``); None: no dashboard.
 
     ``--block`` keeps one process as the node's parent (it reaps Ray's processes
     when it ends: all gone 3.6 s after SIGTERM, where killing the group of a
@@ -317,7 +333,11 @@ def start_argv(
         "--log-color", "false",
     ]  # fmt: skip
     if head:
-        argv += ["--include-dashboard", "false", "--dashboard-port", str(ports.dashboard)]
+        if dashboard_host is None:
+            argv += ["--include-dashboard", "false"]
+        else:
+            argv += ["--include-dashboard", "true", "--dashboard-host", dashboard_host]
+        argv += ["--dashboard-port", str(ports.dashboard)]
         if ports.client_server is not None:
             argv += ["--ray-client-server-port", str(ports.client_server)]
     return argv

@@ -39,6 +39,7 @@ from jobstrap.tools.doctor.login import (
     check_profile_python,
     check_scheduler_address,
 )
+from jobstrap.tools.doctor.ray import check_ray
 from jobstrap.tools.doctor.report import (
     FIX_RUN_ROOT,
     Check,
@@ -397,6 +398,7 @@ class _Prober:
             via_network=via_network,
         )
         checks += check_gpus(facts, self.profile.gpus_on_a_node)
+        checks += check_ray(facts, self.profile.engine, package_versions(("ray",))["ray"])
         return _Outcome(checks, reported=True)
 
     def _no_report(

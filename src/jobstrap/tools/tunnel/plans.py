@@ -270,6 +270,17 @@ def plan_for(
         No login node given, or nothing to forward.
     """
     hops = tuple(via)
+    if target.engine == "ray" and scheduler:
+        # A driver needs every node's ports, not the GCS's alone.
+        raise UserError(
+            "a Ray run's GCS port is of no use through a tunnel: a driver joins from a "
+            "host on the nodes' network (RayCluster.client_address)"
+        )
+    if target.engine == "ray" and target.dashboard is None:
+        raise UserError(
+            "a Ray run has no dashboard to forward: the Ray engine starts Ray's dashboard "
+            "only with `dashboard: true` in the profile (docs/ray.md)"
+        )
     if not hops:
         raise UserError(
             "say which login node the tunnel goes through: --via LOGIN "

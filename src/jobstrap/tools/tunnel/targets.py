@@ -88,12 +88,15 @@ class RunTarget:
     run_dir
         The run directory, when the target came from one (its ``tls/`` is what a
         laptop client needs).
+    engine
+        The run's engine, as its head says (``scheduler.json``'s ``type``).
     """
 
     dashboard: Endpoint | None
     scheduler: Endpoint | None
     node: str = ""
     run_dir: str | None = None
+    engine: str = "dask"
 
     def to_json(self) -> dict[str, Any]:
         """Plain data, for ``jobstrap tunnel --target-json`` (the remote lookup)."""
@@ -102,6 +105,7 @@ class RunTarget:
             "scheduler": asdict(self.scheduler) if self.scheduler else None,
             "node": self.node,
             "run_dir": self.run_dir,
+            "engine": self.engine,
         }
 
     @classmethod
@@ -115,12 +119,15 @@ class RunTarget:
                 scheduler=scheduler,
                 node=str(data.get("node") or ""),
                 run_dir=data.get("run_dir"),
+                engine=str(data.get("engine") or "dask"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed tunnel target: {error}") from None
 
 
-def target_from_info(info: Mapping[str, Any], run_dir: str | None = None) -> RunTarget:
+def target_from_info(
+    info: Mapping[str, Any], run_dir: str | None = None, engine: str = "dask"
+) -> RunTarget:
     """Build a :class:`RunTarget` from the JSON object of a run's ``info.json``.
 
     A dashboard listening on every interface (``0.0.0.0``) is reached through the
@@ -136,14 +143,16 @@ def target_from_info(info: Mapping[str, Any], run_dir: str | None = None) -> Run
             if not node:
                 raise UserError("info.json: the dashboard listens on every interface but no host")
             dashboard = replace(dashboard, host=node)
-        if not dashboard.path or dashboard.path == "/":
+        if engine == "dask" and (not dashboard.path or dashboard.path == "/"):
             dashboard = replace(dashboard, path="/status")
     scheduler: Endpoint | None = None
     if info.get("scheduler_address"):
         scheduler = parse_endpoint(str(info["scheduler_address"]))
         if _is_wildcard(scheduler.host) and node:
             scheduler = replace(scheduler, host=node)
-    return RunTarget(dashboard=dashboard, scheduler=scheduler, node=node, run_dir=run_dir)
+    return RunTarget(
+        dashboard=dashboard, scheduler=scheduler, node=node, run_dir=run_dir, engine=engine
+    )
 
 
 def _record_run_dir(record: object) -> str:
@@ -171,7 +180,14 @@ def _info_from_run_dir(run_dir: str) -> RunTarget:
         raise UserError(f"{info_file}: {error}") from None
     if not isinstance(info, dict):
         raise UserError(f"{info_file}: expected a JSON object")
-    return target_from_info(info, run_dir=run_dir)
+    engine = "dask"
+    try:
+        head = RunDir.open(run_dir).read_json("scheduler.json")
+    except (FileNotFoundError, ValueError):
+        head = None
+    if isinstance(head, dict) and head.get("type") == "ray":
+        engine = "ray"
+    return target_from_info(info, run_dir=run_dir, engine=engine)
 
 
 def find_target(reference: str) -> RunTarget:
