@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from jobstrap.batchctl.control import BatchControl
+
 __all__ = ["local_backend_env", "wait_until"]
 
 
@@ -50,3 +52,7 @@ def local_backend_env(patch: pytest.MonkeyPatch, root: Path, kill_wait: float = 
     patch.setenv("JOBSTRAP_CONFIG_DIR", str(root / "config"))
     patch.setenv("JOBSTRAP_LOCAL_KILL_WAIT", str(kill_wait))
     patch.delenv("JOBSTRAP_PROFILE", raising=False)
+    # A process's batch control (its watcher, and the controller identity it asked for
+    # once: `host:/spool` for the local system) belongs to one spool; a module with a
+    # spool of its own starts with fresh ones, as a new process would.
+    patch.setattr(BatchControl, "_instances", {})

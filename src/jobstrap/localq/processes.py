@@ -35,6 +35,32 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
     return started is not None and (create_time is None or abs(started - create_time) < 0.05)
 
 
+def _environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` started with, read whole from ``/proc/PID/environ``.
+
+    A process that retitles itself (Ray's ``ray::DashboardAgent``, setproctitle) writes
+    its title over the start of that block; psutil's ``environ()`` then reads it as
+    empty, and the process would escape its task. Every entry that is still whole
+    is kept.
+    """
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        return parse_environ(handle.read())
+
+
+def parse_environ(block: bytes) -> dict[str, str]:
+    """The ``NAME=value`` entries of an environment block, past any blank or garbled part.
+
+    psutil stops at the first empty entry, which a retitled process's zeroed title
+    area is.
+    """
+    env = {}
+    for entry in block.split(b"\0"):
+        name, sep, value = entry.partition(b"=")
+        if sep and name:
+            env[name.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
 def task_processes(spool: Path, key: str, pgid: int | None) -> list[int]:
     """Live pids of a task: its process group plus every process carrying its marker.
 
@@ -55,7 +81,7 @@ def task_processes(spool: Path, key: str, pgid: int | None) -> list[int]:
             if pgid and os.getpgid(process.pid) == pgid:
                 found.append(process.pid)
                 continue
-            env = process.environ()
+            env = _environ(process.pid)
         except (psutil.Error, OSError):
             continue
         if env.get(MARKER) == key and env.get(MARKER_SPOOL) == str(spool):

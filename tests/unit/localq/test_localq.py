@@ -517,3 +517,16 @@ def test_a_task_claimed_but_not_yet_launched_already_shows_its_times(
     with open(fifo, "rb") as reader:  # let the launch go on
         wait_state(job, "COMPLETED")
         reader.read()
+
+
+def test_a_retitled_process_keeps_its_task_marker() -> None:
+    from psutil._common import parse_environ_block
+
+    from jobstrap.localq.processes import parse_environ
+
+    # What /proc/PID/environ holds after a process (Ray's agents) wrote its title over
+    # the start of the block: the title, zeros, then the entries that survived.
+    block = b"ray::DashboardAgent\0\0\0\0HOME=/root\0JOBSTRAP_LOCALQ_JOB=7.0\0"
+
+    assert parse_environ(block)["JOBSTRAP_LOCALQ_JOB"] == "7.0"
+    assert "JOBSTRAP_LOCALQ_JOB" not in parse_environ_block(block.decode())  # psutil's view
