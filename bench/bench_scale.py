@@ -940,7 +940,13 @@ def main(argv: list[str] | None = None) -> int:
             "emulator": "scripts/emulator (1000 nodes, held partition)",
             "cpus": os.cpu_count(),
             "storm": {
-                "hosts": "node1..node3 (one srun step), scheduler on head over ib0",
+                "hosts": (
+                    "node1..node3 (one srun step), scheduler on head"
+                    if args.storm_launch == "srun"
+                    else "all on this machine (local processes), not the test cluster"
+                ),
+                "interface": args.storm_interface,
+                "paced_rate": args.paced_rate,
                 "per_process": args.storm_per_process,
                 "host_config": STORM_HOST_CONFIG,
                 "hold_s": STORM_HOLD_S,
