@@ -61,14 +61,14 @@ SCALE_DEFAULTS: dict[str, Any] = {
 }
 
 #: Worker registrations per second one scheduler sustains over TLS on one core: it
-#: spent 2.2-3.4 ms of CPU per registration in the storms of ``bench/bench_scale.py``
-#: (docs/scale.md), so about 300-450 a second.
-JOIN_RATE = 400.0
+#: spent 2.2-3.7 ms of CPU per registration in the storms of ``bench/bench_scale.py``
+#: (docs/scale.md), so 270-450 a second; paced at the slow end.
+JOIN_RATE = 250.0
 #: Below this many workers a launch joins at once: the scheduler's backlog holds them
 #: and a spread would only delay the start.
 JITTER_FROM = 512
 #: The longest spread: a launch of any size has joined within it plus the queue.
-MAX_JITTER_S = 30.0
+MAX_JITTER_S = 60.0
 
 _applied = False
 
