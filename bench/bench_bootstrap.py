@@ -268,7 +268,10 @@ def run_jobstrap(
     layout: dict[str, Any] = {"tasks_per_node": per_node, "worker_layout": worker_layout}
     big = per_node > NODE_CPUS
     if big:
-        layout["extra_directives"] = ["--overcommit"]
+        # Slurm refuses --ntasks-per-node past the node's CPUs even with --overcommit;
+        # --ntasks over the nodes is accepted (srun's own line keeps the layout).
+        layout["extra_directives"] = ["--overcommit", f"--ntasks={ranks}"]
+        layout["skip_directives"] = ["--ntasks-per-node"]
         layout["env"] = dict(BIG_LAYOUT_ENV)
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
@@ -303,8 +306,9 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
     python = shlex.quote(sys.executable)
     argv = " ".join(shlex.quote(str(word)) for word in (driver, app, report, ranks - 2))
     # --kill-on-bad-exit: a rank that dies ends the step (what a careful hand writes).
-    launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {python} {argv}"
     big = per_node > NODE_CPUS
+    spread = f"--ntasks-per-node={per_node} " if big else ""
+    launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {spread}{python} {argv}"
     extra = "#SBATCH --overcommit\n" if big else ""
     exports = "".join(f"export {k}={v}\n" for k, v in BIG_LAYOUT_ENV.items()) if big else ""
     script = job_dir / "job.sh"
@@ -314,7 +318,7 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
             #!/bin/bash
             #SBATCH --job-name=bench-dask-mpi
             #SBATCH --nodes={nodes}
-            #SBATCH --ntasks-per-node={per_node}
+            #SBATCH {f"--ntasks={ranks}" if big else f"--ntasks-per-node={per_node}"}
             #SBATCH --cpus-per-task=1
             #SBATCH --mem={"7800M" if big else "3G"}
             #SBATCH --time={WALLTIME_MIN}
