@@ -64,6 +64,20 @@ RESULTS = REPO / "bench" / "results" / "bootstrap.json"
 PROFILE = "testcluster"
 NODES = 2
 WALLTIME_MIN = 15
+#: CPUs each test-cluster node declares: more ranks per node need ``--overcommit``.
+NODE_CPUS = 16
+#: Memory per node for layouts past NODE_CPUS ranks (each node declares 8000 MB).
+BIG_NODE_MEMORY = "7800MiB"
+#: Past NODE_CPUS ranks per node a worker's share of the node's memory (61 MiB at 128
+#: ranks a node) is below what a worker holds at rest; the memory thresholds would
+#: pause the workers or have their nannies kill them. Off on both sides (dask-mpi's
+#: workers have "auto" limits of half the machine, which they never reach anyway).
+BIG_LAYOUT_ENV = {
+    "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE": "False",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "False",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "False",
+}
 
 #: The app both sides run on the client rank: wait for every worker, touch each one
 #: with a little work, report times and peak memory, write the report atomically.
@@ -252,6 +266,13 @@ def run_jobstrap(
     app.write_text(APP)
     nodes, per_node = _layout(ranks)
     layout: dict[str, Any] = {"tasks_per_node": per_node, "worker_layout": worker_layout}
+    big = per_node > NODE_CPUS
+    if big:
+        # Slurm refuses --ntasks-per-node past the node's CPUs even with --overcommit;
+        # --ntasks over the nodes is accepted (srun's own line keeps the layout).
+        layout["extra_directives"] = ["--overcommit", f"--ntasks={ranks}"]
+        layout["skip_directives"] = ["--ntasks-per-node"]
+        layout["env"] = dict(BIG_LAYOUT_ENV)
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],
@@ -259,7 +280,7 @@ def run_jobstrap(
         nodes=nodes,
         cores=per_node,
         threads=1,  # single-threaded workers, as dask-mpi's side (nthreads=1)
-        memory="3GiB",
+        memory=BIG_NODE_MEMORY if big else "3GiB",
         walltime=f"00:{WALLTIME_MIN:02d}:00",
         nanny=nanny,
         prologue=[_launch_stamp(launch)],
@@ -285,7 +306,11 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
     python = shlex.quote(sys.executable)
     argv = " ".join(shlex.quote(str(word)) for word in (driver, app, report, ranks - 2))
     # --kill-on-bad-exit: a rank that dies ends the step (what a careful hand writes).
-    launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {python} {argv}"
+    big = per_node > NODE_CPUS
+    spread = f"--ntasks-per-node={per_node} " if big else ""
+    launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {spread}{python} {argv}"
+    extra = "#SBATCH --overcommit\n" if big else ""
+    exports = "".join(f"export {k}={v}\n" for k, v in BIG_LAYOUT_ENV.items()) if big else ""
     script = job_dir / "job.sh"
     script.write_text(
         textwrap.dedent(
@@ -293,14 +318,14 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
             #!/bin/bash
             #SBATCH --job-name=bench-dask-mpi
             #SBATCH --nodes={nodes}
-            #SBATCH --ntasks-per-node={per_node}
+            #SBATCH {f"--ntasks={ranks}" if big else f"--ntasks-per-node={per_node}"}
             #SBATCH --cpus-per-task=1
-            #SBATCH --mem=3G
+            #SBATCH --mem={"7800M" if big else "3G"}
             #SBATCH --time={WALLTIME_MIN}
             #SBATCH --output={job_dir}/%j.out
             """
         )
-        + f"{_launch_stamp(launch)}\n{launcher}\n"
+        + f"{extra}{exports}{_launch_stamp(launch)}\n{launcher}\n"
     )
     submitted, started = time.time(), time.perf_counter()
     sbatch = subprocess.run(

@@ -61,6 +61,9 @@ def load_dask(*, forks_workers: bool = False) -> None:
             importlib.import_module(module)  # imports dask and distributed
         from jobstrap.engines.dask import samehost
         from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
+        from jobstrap.engines.dask.scale import apply_scale_defaults
+
+        apply_scale_defaults()  # one scheduler for thousands of workers (docs/scale.md)
 
         quiet_closed_comm_tracebacks()
         logtags.install()  # every line says which run, job, node, rank and role wrote it
@@ -91,8 +94,12 @@ class DaskEngine:
         """Start the scheduler on ``host``; return it once it listens."""
         self.load()
         logtags.set_role("scheduler")
+        from jobstrap.engines.dask.scale import raise_open_files_limit
         from jobstrap.engines.dask.scheduler import SchedulerRunner
 
+        # One descriptor per worker and then some: a site's soft limit of 1,024 ends a
+        # scheduler of ~1,000 workers (EMFILE on accept).
+        raise_open_files_limit()
         if options.dashboard and options.dashboard_bind == "interface":
             from jobstrap.net.security import warn_insecure
 
@@ -129,6 +136,7 @@ class DaskEngine:
     ) -> int:
         """Run nannies (or workers) named ``names`` until closed, lost or drained."""
         logtags.set_role("worker")
+        from jobstrap.engines.dask.scale import join_jitter, world_workers
         from jobstrap.engines.dask.workers import WorkerOptions, serve_workers, worker_class
 
         cls = worker_class(options.worker_class)  # a bad name: UserError, exit 2
@@ -153,6 +161,7 @@ class DaskEngine:
             worker_class=cls,
             environments=list(environments),
             resources=dict(resources) if resources else None,
+            join_jitter=join_jitter(world_workers()),
         )
         return asyncio.run(serve_workers(address, worker_options))
 

@@ -15,9 +15,11 @@ forked workers find ``distributed`` and these classes already imported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import stat
@@ -175,7 +177,11 @@ class BatchWorker(Worker):
     #: Open the HTTPS metrics listener (``jobstrap.engines.dask.metrics``).
     serves_metrics = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, join_jitter: float = 0.0, **kwargs: Any) -> None:
+        #: Seconds (at most) to wait before first connecting to the scheduler: see
+        #: :func:`jobstrap.engines.dask.scale.join_jitter`.
+        self.join_jitter = float(join_jitter)
+        self._joined_once = False
         _leave_signals_to_the_nanny()
         quiet_closed_comm_tracebacks()  # also in a nanny's worker process
         samehost.install()  # likewise: a spawned worker starts without it
@@ -188,6 +194,18 @@ class BatchWorker(Worker):
             buffer: Any = data
             buffer.__class__ = _SpillBuffer
             buffer.directory = str(self.local_directory)
+
+    async def join_pause(self) -> None:
+        """Wait a random part of :attr:`join_jitter` (the first registration only)."""
+        if self.join_jitter > 0:
+            await asyncio.sleep(random.uniform(0, self.join_jitter))
+
+    async def _register_with_scheduler(self) -> None:
+        # The listener is open and the worker built: only the connect is spread out.
+        if not self._joined_once:
+            self._joined_once = True
+            await self.join_pause()
+        await super()._register_with_scheduler()
 
     async def close(self, *args: Any, **kwargs: Any) -> Any:
         """Close, saying why in one line, then without the echo of closing connections.

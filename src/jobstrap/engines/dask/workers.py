@@ -70,6 +70,11 @@ class WorkerOptions:
         ``CUDA_VISIBLE_DEVICES``. Needs nannies (one process per worker).
     resources
         What every worker offers the scheduler (``{"GPU": 1}``).
+    join_jitter
+        Each worker first connects to the scheduler after a uniform random part of
+        this many seconds, so that the thousands of workers of one launch reach it
+        spread out (:func:`jobstrap.engines.dask.scale.join_jitter`; jobstrap's worker
+        classes only); 0 connects at once.
     """
 
     host: str
@@ -88,6 +93,7 @@ class WorkerOptions:
     max_memory_kills: int | None = None
     environments: Sequence[Mapping[str, str]] = ()
     resources: Mapping[str, float] | None = None
+    join_jitter: float = 0.0
 
 
 def worker_class(name: str | None) -> Any:
@@ -202,6 +208,10 @@ async def serve_workers(
     }
     if options.resources:
         worker_kwargs["resources"] = dict(options.resources)
+    # A user's own worker class has no such keyword.
+    ours = isinstance(worker_class, type) and issubclass(worker_class, BatchWorker)
+    if ours and options.join_jitter > 0:
+        worker_kwargs["join_jitter"] = options.join_jitter
     if _is_cuda_worker(worker_class):
         # dask-cuda runs a nanny per visible GPU itself (its own rotation, device
         # memory spilling); it is given the allocation this rank found.
@@ -223,6 +233,7 @@ async def serve_workers(
             nannies.append(nanny)
         else:
             nannies.append(worker_class(scheduler_address, name=name, **common, **worker_kwargs))
+
     try:
         await asyncio.gather(*(nanny.start() for nanny in nannies))
     except Exception as error:
