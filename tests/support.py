@@ -56,3 +56,31 @@ def local_backend_env(patch: pytest.MonkeyPatch, root: Path, kill_wait: float = 
     # once: `host:/spool` for the local system) belongs to one spool; a module with a
     # spool of its own starts with fresh ones, as a new process would.
     patch.setattr(BatchControl, "_instances", {})
+
+
+def processes_of_run(run_dir: Path | str) -> list[str]:
+    """Every process whose environment names ``run_dir`` (``JOBSTRAP_RUN_DIR``): "pid cmd".
+
+    Read as the local queue reads a task's processes
+    (:func:`jobstrap.localq.processes.parse_environ`): Ray's processes retitle
+    themselves (``ray::DashboardAgent``), which blanks the start of that block, and
+    psutil's ``environ()`` then reads it as empty.
+    """
+    import os
+
+    from jobstrap.localq.processes import parse_environ
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if parse_environ(handle.read()).get("JOBSTRAP_RUN_DIR") != str(run_dir):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append(f"{entry} {command.strip()}")
+    return found

@@ -9,6 +9,7 @@ cluster whose submitting interpreter exits early.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from jobstrap.batch.future import JobFuture
 from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
 from jobstrap.store import registry
-from support import local_backend_env, wait_until
+from support import local_backend_env, processes_of_run, wait_until
 
 pytest.importorskip("ray")
 
@@ -81,30 +82,6 @@ def function_runs() -> tuple[JobFuture, JobFuture, JobFuture]:
     return ok, bad, endless
 
 
-def _processes_of(run_dir: Path) -> list[str]:
-    """Every process whose environment names ``run_dir``: pid and command line.
-
-    Read from ``/proc/PID/environ`` whole: Ray's processes retitle themselves
-    (``ray::DashboardAgent``), which blanks the start of that block, and psutil's
-    ``environ()`` then reads it as empty.
-    """
-    wanted = f"JOBSTRAP_RUN_DIR={run_dir}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if wanted not in handle.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        found.append(f"{entry} {command.strip()}")
-    return found
-
-
 def test_a_function_runs_as_the_clusters_ray_driver_and_returns_its_value(
     function_runs: tuple[JobFuture, JobFuture, JobFuture],
 ) -> None:
@@ -116,7 +93,8 @@ def test_a_function_runs_as_the_clusters_ray_driver_and_returns_its_value(
     saved = registry.load(ok.run_id)
     assert saved.kind == "graph"
     assert saved.profile["resolved"]["engine"] == "ray"
-    wait_until(lambda: _processes_of(ok.run_dir) == [], 60, lambda: _processes_of(ok.run_dir))
+    left = functools.partial(processes_of_run, ok.run_dir)
+    wait_until(lambda: left() == [], 60, left)
 
 
 def test_a_failing_function_raises_its_own_exception_with_the_remote_traceback(
@@ -146,9 +124,9 @@ def test_a_running_function_is_cancelled_like_a_dask_one_and_leaves_no_process(
         endless.result(timeout=TIMEOUT)
     assert not endless.run_dir.joinpath("error.pkl").exists()
     wait_until(
-        lambda: _processes_of(endless.run_dir) == [],
+        lambda: processes_of_run(endless.run_dir) == [],
         60,
-        lambda: _processes_of(endless.run_dir),
+        lambda: processes_of_run(endless.run_dir),
     )
 
 
@@ -241,6 +219,10 @@ def _jobstrap(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Ray's client server starts a server per driver; on a loaded two-core machine that
+# start sometimes fails with an empty log ("Starting Ray client server failed", seen
+# about once in four runs of this module), which is Ray's, not the secrets': one rerun.
+@pytest.mark.flaky(reruns=1, reruns_delay=5)
 def test_a_driver_joins_through_rays_client_server_with_the_same_secrets(
     cluster: jobstrap.RayCluster,
 ) -> None:
@@ -275,7 +257,9 @@ def test_closing_the_cluster_cancels_its_job_and_leaves_no_process(
     watcher_future = JobFuture(registry.load(cluster.run_id))
     wait_until(lambda: watcher_future.refresh(5).is_terminal, 120, "the job to end")
     wait_until(
-        lambda: _processes_of(cluster.run_dir) == [], 60, lambda: _processes_of(cluster.run_dir)
+        lambda: processes_of_run(cluster.run_dir) == [],
+        60,
+        lambda: processes_of_run(cluster.run_dir),
     )
     cluster.close()  # a second close is harmless
 
@@ -325,7 +309,7 @@ def test_a_cluster_interrupted_while_it_starts_has_its_job_cancelled(local_env: 
     wait_until(lambda: future.refresh(5).is_terminal, 120, "the job to end")
     assert future.state is JobState.CANCELLED
     wait_until(
-        lambda: _processes_of(future.run_dir) == [], 60, lambda: _processes_of(future.run_dir)
+        lambda: processes_of_run(future.run_dir) == [], 60, lambda: processes_of_run(future.run_dir)
     )
 
 

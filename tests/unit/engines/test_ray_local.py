@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import local_backend_env
+from support import local_backend_env, processes_of_run
 
 pytest.importorskip("ray")
 
@@ -76,30 +76,6 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, Path, str]:
     return process.returncode, run_dir, app_out
 
 
-def _ray_processes_of(run_dir: Path) -> list[str]:
-    """Every process whose environment names ``run_dir``: pid and command line.
-
-    Read from ``/proc/PID/environ`` whole: Ray's processes retitle themselves
-    (``ray::DashboardAgent``), which blanks the start of that block, and psutil's
-    ``environ()`` then reads it as empty.
-    """
-    wanted = f"JOBSTRAP_RUN_DIR={run_dir}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if wanted not in handle.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        found.append(f"{entry} {command.strip()}")
-    return found
-
-
 def test_a_ray_app_joins_with_ray_init_auto_and_the_job_ends_with_its_code(
     tmp_path: Path,
 ) -> None:
@@ -115,7 +91,7 @@ def test_a_ray_app_joins_with_ray_init_auto_and_the_job_ends_with_its_code(
     # The run tore its nodes down itself: their private directory is gone...
     assert not Path(head["temp_dir"]).exists()
     # ...and so is every process of the run.
-    assert _ray_processes_of(run_dir) == []
+    assert processes_of_run(run_dir) == []
     # The CA's key lived only while the nodes joined; the token stays private.
     assert not (run_dir / "ray" / "ca-key.pem").exists()
     assert (run_dir / "ray" / "token").stat().st_mode & 0o077 == 0
@@ -131,7 +107,7 @@ def test_two_runs_started_together_on_one_host_never_see_each_other(tmp_path: Pa
     for code, run_dir, out in results:
         assert code == 3
         assert "NODES 2 SUM 328350" in out  # its own two nodes, not the other run's
-        assert _ray_processes_of(run_dir) == []
+        assert processes_of_run(run_dir) == []
     heads = [json.loads((r / "scheduler.json").read_text()) for _, r, _ in results]
     assert heads[0]["address"] != heads[1]["address"]
     assert heads[0]["temp_dir"] != heads[1]["temp_dir"]
