@@ -165,18 +165,24 @@ class PoolAdaptive(JobAdaptive):
         idle_hold: object,
         bounds: tuple[int, float],
         kwargs: dict[str, Any],
-    ) -> PoolAdaptive:
+        adaptive: type[Adaptive] = JobAdaptive,
+    ) -> PoolAdaptive | None:
         """``cluster.adapt(pools=..., idle_hold=...)``: checked, then started.
 
         Without ``pools``, ``bounds`` (the cluster-wide ones) are the default pool's.
+        ``None`` when distributed's own loop is asked for instead: no pools and no
+        hold (``idle_hold=0``), or a custom ``adaptive`` class (it knows no hold).
         """
+        hold = parse_idle_hold(idle_hold)
+        if pools is None and (not hold or adaptive is not JobAdaptive):
+            return None
         if pools is None:
             per_pool = {next(iter(cluster.pools)): bounds}
         elif bounds[0] or bounds[1] != math.inf:
             raise ConfigError("pools", pools, "give bounds per pool or for the cluster, not both")
         else:
             per_pool = pool_bounds(cluster.pools, pools)
-        return cls(cluster, pools=per_pool, idle_hold=parse_idle_hold(idle_hold), **kwargs)
+        return cls(cluster, pools=per_pool, idle_hold=hold, **kwargs)
 
     async def adapt(self) -> None:
         if self._adapting:  # one round at a time, as distributed's loop

@@ -384,7 +384,7 @@ class BatchCluster(SpecCluster):
         minimum_memory: str | int | None = None,
         maximum_memory: str | int | None = None,
         pools: dict[str, Any] | None = None,
-        idle_hold: float | str | None = None,
+        idle_hold: float | str | None = "auto",
         Adaptive: type[_Adaptive] = JobAdaptive,  # noqa: N803 - distributed's keyword
         **kwargs: Any,
     ) -> _Adaptive:
@@ -393,10 +393,9 @@ class BatchCluster(SpecCluster):
         Bounds may be given in jobs, workers (``minimum``/``maximum``), cores or
         memory; minimums round up to jobs, maximums round down (but allow at least
         one job). ``pools={"cpu": (0, 20), "gpu": (0, 4)}`` adapts each pool in
-        jobs from the work that needs it; ``idle_hold`` (seconds or ``"auto"``, the
-        pool's observed queue wait) keeps idle jobs that long before releasing
-        them (see ``docs/pools.md``). Other keywords (``interval``, ``wait_count``,
-        ``target_duration``) go to ``distributed.Adaptive``.
+        jobs from the work that needs it; ``idle_hold`` keeps idle jobs for the pool's
+        observed queue wait (``"auto"``, default) or seconds; ``0``: no hold (docs/pools.md).
+        ``interval``, ``wait_count``, ``target_duration`` go to ``distributed.Adaptive``.
 
         Raises
         ------
@@ -418,11 +417,12 @@ class BatchCluster(SpecCluster):
         )
         if high != float("inf"):
             high = int(high)
-        if pools is not None or idle_hold is not None:
-            if self._adaptive is not None:
-                self._adaptive.stop()
-            self._adaptive = PoolAdaptive.for_cluster(self, pools, idle_hold, (low, high), kwargs)
-            return self._adaptive
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        pooled = PoolAdaptive.for_cluster(self, pools, idle_hold, (low, high), kwargs, Adaptive)
+        if pooled is not None:
+            self._adaptive = pooled
+            return pooled
         adaptive: _Adaptive = super(SpecCluster, self).adapt(
             Adaptive=Adaptive, minimum=low, maximum=high, **kwargs
         )

@@ -15,6 +15,7 @@ import pytest
 from distributed import Client, get_worker
 
 from jobstrap import LocalBatchCluster
+from jobstrap.cluster.adaptive import JobAdaptive, PoolAdaptive
 from jobstrap.errors import ConfigError
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
@@ -96,14 +97,38 @@ def test_idle_hold_keeps_a_job_across_a_short_gap_and_releases_it_after() -> Non
         assert adaptive.released == {"default": 1}
 
 
+def test_adapt_holds_idle_jobs_by_default() -> None:
+    with LocalBatchCluster(**SMALL) as cluster, Client(cluster) as client:
+        adaptive = cluster.adapt(minimum_jobs=0, maximum_jobs=1, interval="200ms")
+        assert isinstance(adaptive, PoolAdaptive)
+        assert adaptive.idle_hold == "auto"
+        first = _step(client)
+        time.sleep(3)  # the loop's own patience (0.6 s) is long over: only the hold keeps it
+        assert _step(client) == first
+        assert len(cluster.job_history) == 1
+        assert adaptive.released == {"default": 0}
+
+
 def test_without_a_hold_the_idle_job_goes_and_the_next_step_queues_again() -> None:
     with LocalBatchCluster(**SMALL) as cluster, Client(cluster) as client:
         adaptive = cluster.adapt(minimum_jobs=0, maximum_jobs=1, idle_hold=0, interval="200ms")
+        # No hold is distributed's own loop, counting jobs: what adapt did before holds.
+        assert type(adaptive) is JobAdaptive
         _step(client)
         wait_until(lambda: not cluster.job_pool.plan(), 60, lambda: cluster.jobs)
         _step(client)
         assert len(cluster.job_history) == 2
-        assert adaptive.released["default"] >= 1
+
+
+def test_a_custom_adaptive_class_gets_no_hold() -> None:
+    class Mine(JobAdaptive):
+        pass
+
+    with LocalBatchCluster(**SMALL) as cluster:
+        assert type(cluster.adapt(maximum_jobs=1, Adaptive=Mine)) is Mine
+        assert type(cluster.adapt(maximum_jobs=1, idle_hold=None)) is JobAdaptive
+        with pytest.raises(ConfigError, match="idle_hold"):
+            cluster.adapt(maximum_jobs=1, idle_hold="soon")
 
 
 def test_bad_pool_input_is_one_line_and_nothing_is_submitted(tmp_path: Path) -> None:
