@@ -264,13 +264,17 @@ def test_a_ray_function_job_runs_the_ray_runner_after_every_node_and_a_dask_one_
     run = RunDir.create(tmp_path, "graph-x")
     work = {"kind": "function", "function": sum, "args": (), "kwargs": {}}
 
-    ray_argv, ray_after = _engine_job(load_profile(None, {"engine": "ray"}), work)
-    dask_argv, dask_after = _engine_job(load_profile(), work)
+    ray_argv, ray_after, ray_where = _engine_job(load_profile(None, {"engine": "ray"}), work)
+    dask_argv, dask_after, dask_where = _engine_job(load_profile(), work)
 
     assert ray_argv(run) == ["-m", "jobstrap.engines.ray.runner", str(run.path)]
     assert ray_after is None  # the driver starts once every Ray node joined
+    assert not ray_where.in_process  # a Ray function always gets its Ray cluster
     assert dask_argv(run)[:2] == ["-m", "jobstrap.engines.dask.graph_runner"]
     assert dask_after == 0
+    # One node, a plain function: Dask computes it in the job's own process.
+    assert dask_where.in_process
+    assert "--threads" in dask_argv(run)
 
 
 def test_the_heads_dashboard_is_off_unless_given_a_host_and_then_on_its_free_port() -> None:
