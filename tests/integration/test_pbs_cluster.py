@@ -467,7 +467,7 @@ def test_jobstrap_submit_runs_an_app_on_three_nodes_and_returns_its_exit_code(
     # The job ran as the user: its output and its private run directory are theirs.
     uid = pwd.getpwnam(TEST_USER).pw_uid
     assert Path(out_path.strip()).stat().st_uid == uid
-    (run_dir,) = (shared_scratch / "runs").iterdir()
+    (run_dir,) = (shared_scratch / "runs").glob("run-*")  # beside it: the .metrics dir
     assert (run_dir.stat().st_uid, run_dir.stat().st_mode & 0o777) == (uid, 0o700)
     lines = {line.split()[0]: line.split()[1:] for line in output.splitlines() if line.strip()}
     assert len(lines["WORKERS"]) == 4, output
