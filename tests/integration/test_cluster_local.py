@@ -21,17 +21,19 @@ from jobstrap import LocalBatchCluster
 from jobstrap.batchctl.control import BatchControl
 from jobstrap.cluster.core import ClusterFailedError
 from jobstrap.states import JobState
-from support import wait_until
+from support import local_backend_env, wait_until
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
 
 
 @pytest.fixture(autouse=True)
 def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spool and run root of this test's own (also for subprocesses)."""
-    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
-    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
-    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    """A spool, run root and batch controls of this test's own (as a new process has).
+
+    Each spool numbers its jobs from 1: a watcher kept from an earlier test would know
+    this test's job ids as another spool's jobs.
+    """
+    local_backend_env(monkeypatch, tmp_path)
 
 
 def live(job_ids: list[str]) -> dict[str, JobState]:
