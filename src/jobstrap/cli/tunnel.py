@@ -238,6 +238,11 @@ def tunnel(
 
     keeper = TunnelKeeper(refresh, report=lambda line: click.echo(line, err=True))
     _explain(first, target, err=False)
+    _run_until_stopped(keeper)
+
+
+def _run_until_stopped(keeper: TunnelKeeper) -> None:
+    """Keep the tunnel open until Ctrl-C or a signal, then say it closed."""
     with _stop_on_signals(keeper.stop):
         try:
             keeper.run()
@@ -255,12 +260,7 @@ def _keep(plan: TunnelPlan, *, print_only: bool, as_json: bool) -> None:
         return
     keeper = TunnelKeeper(plan, report=lambda line: click.echo(line, err=True))
     click.echo(f"Prometheus: {plan.prometheus_url}")
-    with _stop_on_signals(keeper.stop):
-        try:
-            keeper.run()
-        except KeyboardInterrupt:
-            keeper.stop()
-    click.echo("tunnel closed", err=True)
+    _run_until_stopped(keeper)
 
 
 def _explain(plan: TunnelPlan, target: RunTarget, *, err: bool) -> None:
