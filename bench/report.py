@@ -155,6 +155,9 @@ ROWS: list[tuple[str, str, str]] = [
     ),
     ("pools.json", r"loop_vs_static", "serial loop, 10 steps, 5 s gaps: idle-aware adapt"),
     ("pools.json", r"loop_vs_dask_jobqueue", "serial loop, 10 steps, 5 s gaps: idle-aware adapt"),
+    ("ray.json", r"joined_(\d+)_vs_slurm_basic", "Ray on {0} nodes: launch to every node joined"),
+    ("ray.json", r"result_(\d+)_vs_slurm_basic", "Ray on {0} nodes: submit to 100 tasks' result"),
+    ("ray.json", r"memory_(\d+)_vs_slurm_basic", "Ray on {0} nodes: memory per node (PSS)"),
 ]
 
 NAMES = {
@@ -164,6 +167,8 @@ NAMES = {
     "tcp": "plain TCP",
     "no_rotation": "jobstrap without rotation",
     "target": "target (workers asked for)",
+    "slurm_basic": "Ray's slurm-basic.sh",
+    "symmetric_run": "ray symmetric-run",
 }
 
 HEADER = (
