@@ -22,6 +22,7 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from jobstrap.engines.ray.plan import TLSPaths
 from jobstrap.errors import UserError
@@ -160,7 +161,7 @@ def forget_ca_key(run_dir: str | os.PathLike[str]) -> None:
 
 def _make_ca() -> tuple[bytes, bytes]:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -179,14 +180,7 @@ def _make_ca() -> tuple[bytes, bytes]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    return _pem(cert, key)
 
 
 def node_certificate(ca: bytes, ca_key: bytes, addresses: list[str]) -> tuple[bytes, bytes]:
@@ -228,14 +222,7 @@ def node_certificate(ca: bytes, ca_key: bytes, addresses: list[str]) -> tuple[by
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(signer, hashes.SHA256())
     )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    return _pem(cert, key)
 
 
 def write_node_files(
@@ -257,3 +244,17 @@ def write_node_files(
         key=str(atomic_write_bytes(secret_dir / "key.pem", key)),
     )
     return str(token_file), paths
+
+
+def _pem(cert: Any, key: Any) -> tuple[bytes, bytes]:
+    """``cert`` and its unencrypted ``key`` as PEM (callers write the key 0600)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
