@@ -129,3 +129,29 @@ def test_a_node_ends_when_the_rank_that_started_it_is_killed(tmp_path: Path) -> 
     while _alive(node_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(node_pid)
+
+
+def test_a_head_asked_for_a_dashboard_without_its_packages_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Plain `ray` lacks the dashboard's packages: Ray's own error names neither the
+    # setting nor the package, ours names both (before any Ray process starts).
+    import importlib
+    import importlib.util
+
+    from jobstrap.errors import UserError
+
+    # (the package's `engine` attribute is its factory function, not this module)
+    engine = importlib.import_module("jobstrap.engines.ray.engine")
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_aiohttp(name: str, package: str | None = None) -> object:
+        return None if name == "aiohttp" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_aiohttp)
+    with pytest.raises(UserError, match=r"^dashboard: .*aiohttp.*jobstrap\[ray-dashboard\]"):
+        engine._require_ray_dashboard()
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    if all(real_find_spec(name) for name in engine._DASHBOARD_MODULES):
+        engine._require_ray_dashboard()

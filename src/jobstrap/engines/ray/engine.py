@@ -141,6 +141,27 @@ def _require_ray() -> None:
         )
 
 
+#: What Ray's dashboard imports before it starts (``ray.dashboard.optional_deps``):
+#: ``ray[default]``'s packages, which plain ``ray`` lacks.
+_DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "pydantic")
+
+
+def _require_ray_dashboard() -> None:
+    """A one-line error naming ``dashboard`` where this Python cannot run Ray's dashboard.
+
+    Ray itself fails later with "Cannot include dashboard with missing packages",
+    naming neither the setting nor the missing package.
+    """
+    import importlib.util
+
+    missing = [name for name in _DASHBOARD_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"dashboard: Ray's dashboard needs {', '.join(missing)} for {sys.executable} "
+            "(pip install 'jobstrap[ray-dashboard]' there), or set dashboard: false"
+        )
+
+
 def _has_ray_client() -> bool:
     # Ray refuses a client-server port without its gRPC extra, and with it listens
     # on the fixed 10001 unless given another.
@@ -256,6 +277,8 @@ class RayEngine:
             )
         assert isinstance(security, RaySecurity)
         _require_ray()
+        if options.dashboard:
+            _require_ray_dashboard()
         node_ip = _routable(host, options)
         run_secrets = credentials.head_secrets(security.run_dir, tls=security.tls)
         node = _node(options, run_secrets, node_ip, address=None)
