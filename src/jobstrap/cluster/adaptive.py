@@ -17,6 +17,7 @@ import logging
 import math
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, cast
 
@@ -122,8 +123,13 @@ class PoolAdaptive(JobAdaptive):
     Every round reads the scheduler's work (:func:`jobstrap.cluster.demand.observe`),
     turns it into jobs per pool (:func:`~jobstrap.cluster.demand.worker_targets`,
     within each pool's bounds), submits what a pool lacks, and gives up a pool's
-    surplus: pending jobs at once, idle jobs only after the hold
-    (:mod:`jobstrap.cluster.idle`). Busy jobs are never released.
+    surplus: pending jobs once every one of the last ``wait_count`` rounds found
+    them surplus (distributed's own patience: the scheduler's estimate of the work
+    swings as tasks finish and durations become known, and a job given up on a dip
+    is submitted again on the next rise), idle jobs only after the hold as well
+    (:mod:`jobstrap.cluster.idle`). Busy jobs are never released. What the pool
+    wanted in those rounds is also what the walltime rotation asks before it
+    submits a successor (:meth:`jobstrap.cluster.pool.JobPool.replacement_wanted`).
 
     Parameters
     ----------
@@ -150,6 +156,8 @@ class PoolAdaptive(JobAdaptive):
         self.idle = IdleClock()
         #: Jobs released by this loop, by pool (what a benchmark counts).
         self.released: dict[str, int] = dict.fromkeys(pools, 0)
+        #: Each pool's targets of the last ``wait_count`` rounds.
+        self._targets: dict[str, deque[int]] = {}
         kwargs.pop("minimum", None)
         kwargs.pop("maximum", None)
         low = sum(b[0] for b in self.bounds.values())
@@ -183,6 +191,11 @@ class PoolAdaptive(JobAdaptive):
         else:
             per_pool = pool_bounds(cluster.pools, pools)
         return cls(cluster, pools=per_pool, idle_hold=hold, **kwargs)
+
+    def stop(self, reason: str = "unknown") -> None:
+        # Without this loop the rotation replaces every job again.
+        super().stop(reason=reason)
+        self._pooled.job_pool.wanted.clear()
 
     async def adapt(self) -> None:
         if self._adapting:  # one round at a time, as distributed's loop
@@ -219,18 +232,23 @@ class PoolAdaptive(JobAdaptive):
         for name, pool in adapted.items():
             low, high = self.bounds[name]
             target = int(min(high, max(low, math.ceil(wanted[name] / pool.shape.workers))))
+            recent = self._targets.setdefault(name, deque(maxlen=max(1, int(self.wait_count))))
+            recent.append(target)
+            job_pool.wanted[name] = max(recent)
             plan = job_pool.plan(name)
             if target > len(plan):
                 self.log.append((now, {"status": "up", "pool": name, "n": target}))
                 await job_pool.scale_to(target, name)
                 continue
+            if len(recent) < (recent.maxlen or 1):
+                continue  # too few rounds yet to call anything surplus
             waiting = sorted(
                 (j for j in plan if j not in by_job),
                 key=lambda j: -(getattr(job_pool.info(j), "submitted", math.inf)),
             )
             hold = hold_seconds(self.idle_hold, job_pool.queue_waits(name), floor)
             idle = {j: t for j, t in self.idle.since.items() if j in plan}
-            release = to_release(len(plan) - target, waiting, idle, now, hold)
+            release = to_release(len(plan) - max(recent), waiting, idle, now, hold)
             if release:
                 self.log.append((now, {"status": "down", "pool": name, "jobs": release}))
                 self.released[name] += len(release)

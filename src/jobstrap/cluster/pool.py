@@ -78,6 +78,9 @@ class JobPool:
         self.retired: set[str] = set()
         #: The walltime-aware rotation (set by the cluster right after construction).
         self.lifetime: LifetimeManager | None = None
+        #: Jobs the adaptive loop wants per pool (the most of its last rounds); a pool
+        #: without an entry is not adapted by a loop that knows its demand.
+        self.wanted: dict[str, int] = {}
 
     @property
     def _spec(self) -> dict[str, Any]:
@@ -150,6 +153,16 @@ class JobPool:
                 continue
             running[name] = (info.started, info.arrived)
         return running
+
+    def replacement_wanted(self, pool: str) -> bool:
+        """Whether a job of ``pool`` due to retire should get a successor.
+
+        Yes unless the adaptive loop wants fewer of the pool's jobs than it counts
+        now (the retiring job among them): then the retirement is the scale-down,
+        and a successor would be a job submitted only to be given up.
+        """
+        wanted = self.wanted.get(pool)
+        return wanted is None or len(self.plan(pool)) <= wanted
 
     def waiting_jobs(self) -> set[str]:
         """Jobs of the spec without a worker at the scheduler yet."""

@@ -96,6 +96,10 @@ class RotatingJobs(Protocol):
         """Add a job of ``pool`` to the spec (submitted by the next :meth:`apply`)."""
         ...
 
+    def replacement_wanted(self, pool: str) -> bool:
+        """Whether the pool still needs the capacity of a job that retires."""
+        ...
+
     async def apply(self) -> None:
         """Submit and cancel jobs until the cluster matches its spec."""
         ...
@@ -252,8 +256,13 @@ class LifetimeManager:
                 continue
             wait = self.queue_wait.expected
             if now >= replacement_due(retire_at, wait, running[name][0], lead_limit=lead):
+                pool = jobs.pool_of(name)
+                if not jobs.replacement_wanted(pool):
+                    # Adapt wants fewer jobs than the pool has: this retirement is its
+                    # scale-down (asked again every step, while the job still runs).
+                    continue
                 # The successor takes this job's place in the plan from now on.
-                jobs.add_replacement(jobs.pool_of(name))
+                jobs.add_replacement(pool)
                 self.outgoing.add(name)
                 self.drain_at[name] = retire_at
                 self.replacements += 1

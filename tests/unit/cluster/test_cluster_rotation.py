@@ -22,6 +22,10 @@ class FakeJobs:
         self.retired: list[str] = []
         self.drained: list[tuple[str, float]] = []
         self.pending: list[Coroutine[Any, Any, Any]] = []
+        #: What an adaptive loop wants of the pool (None: no such loop).
+        self.wanted: int | None = None
+        #: Set by a test to the manager's outgoing set (the pool's plan leaves them out).
+        self.outgoing: set[str] = set()
 
     def names(self) -> list[str]:
         return [*self.started, *self.added]
@@ -39,6 +43,10 @@ class FakeJobs:
         name = f"new{len(self.added)}"
         self.added.append(name)
         return name
+
+    def replacement_wanted(self, pool: str) -> bool:
+        capacity = len([n for n in self.names() if n not in self.retired])
+        return self.wanted is None or capacity - len(self.outgoing) <= self.wanted
 
     async def apply(self) -> None:
         return None
@@ -149,3 +157,26 @@ def test_a_job_drains_as_soon_as_its_replacement_is_up(profile: Profile) -> None
     assert manager.draining == {"old"}
     jobs.run_background()
     assert jobs.drained == [("old", 46.0)]
+
+
+def test_a_job_adapt_no_longer_wants_retires_without_a_successor(profile: Profile) -> None:
+    # Adapt wants 1 of the 2 jobs: the one due to retire gets no successor (it would
+    # be submitted only to be given up) and drains at its time; once adapt wants 2
+    # again, the next due job gets one.
+    jobs = FakeJobs({"a": 0.0, "b": 100.0})
+    manager = LifetimeManager(jobs, profile)
+    jobs.outgoing = manager.outgoing
+    jobs.wanted = 1
+    for now in range(400, 550, 10):  # through "a"'s replacement window and retirement
+        asyncio.run(manager.step(now=float(now)))
+        assert jobs.added == [], f"a successor at {now} s"
+    assert manager.draining == {"a"}
+    jobs.run_background()
+    assert jobs.retired == ["a"]
+
+    # "b" alone is what adapt wants: it is replaced when due.
+    for now in range(550, 700, 10):
+        asyncio.run(manager.step(now=float(now)))
+    assert jobs.added == ["new0"]
+    assert "b" in manager.outgoing
+    jobs.run_background()
