@@ -274,6 +274,18 @@ def test_a_run_is_found_through_the_registry(
     assert found.scheduler == target().scheduler
 
 
+def test_a_run_computing_in_its_jobs_own_process_says_there_is_no_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    run = RunDir.create(tmp_path / "runs", "run-1")
+    extra = {"in_process": True, "placement": "one node, no workers asked for"}
+    registry.save(registry.RunRecord("run-1", "graph", "slurm", str(run.path), extra=extra))
+
+    with pytest.raises(UserError, match=r"own process \(one node, no workers asked for\).*logs"):
+        find_target("run-1")
+
+
 def test_a_run_whose_scheduler_has_not_started_says_so(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "runs", "run-1")
 

@@ -222,6 +222,15 @@ def find_target(reference: str) -> RunTarget:
         record = registry.load(reference)
     except (KeyError, FileNotFoundError, LookupError) as error:
         raise UserError(f"no saved run or cluster {reference!r} ({error})") from None
+    extra = getattr(record, "extra", None) or {}
+    if extra.get("in_process"):
+        # A one-node graph computed in the job's own process starts no scheduler:
+        # "has not started" would have the user wait for nothing.
+        raise UserError(
+            f"run {reference!r} computes in its job's own process "
+            f"({extra.get('placement') or 'one node'}): it has no scheduler or dashboard "
+            "to tunnel to; follow it with `jobstrap status` and `jobstrap logs`"
+        )
     return _info_from_run_dir(_record_run_dir(record))
 
 
