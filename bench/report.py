@@ -39,7 +39,11 @@ ROWS: list[tuple[str, str, str]] = [
         "adapt burst (60 × 1 s tasks, max 3 jobs): first worker",
     ),
     ("cluster.json", r"adapt_burst", "adapt burst: all tasks done"),
-    ("cluster.json", r"adapt_back_to_minimum", "adapt burst: back to the minimum"),
+    (
+        "cluster.json",
+        r"adapt_back_to_minimum",
+        "adapt burst: back to the minimum (jobstrap with `idle_hold=0`)",
+    ),
     ("cluster_pbs.json", r"scale_(\d+)", "PBS: `scale(jobs={0})` until {0} workers are connected"),
     ("cluster_pbs.json", r"first_adapt_worker", "PBS: adapt burst: first worker"),
     ("cluster_pbs.json", r"adapt_burst", "PBS: adapt burst: all tasks done"),
