@@ -17,14 +17,14 @@ import psutil
 import pytest
 
 from jobstrap import LocalBatchCluster
+from support import local_backend_env
 
 
 @pytest.fixture(autouse=True)
 def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spool and run root of this test's own (also for subprocesses)."""
-    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
-    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
-    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    """A spool, run root and registry of this test's own (also for subprocesses)."""
+    # The local queue's own kill wait (10 s): these tests drain and close gracefully.
+    local_backend_env(monkeypatch, tmp_path, kill_wait=10)
 
 
 def an_interface() -> tuple[str, str]:

@@ -17,6 +17,7 @@ from distributed import Client, get_worker
 from jobstrap import LocalBatchCluster
 from jobstrap.cluster.adaptive import JobAdaptive, PoolAdaptive
 from jobstrap.errors import ConfigError
+from support import local_backend_env
 
 SMALL = {"cores": 1, "memory": "300MiB", "walltime": "00:10:00", "poll_interval": 1}
 POOLS = {"cpu": {}, "gpu": {"worker_resources": {"GPU": 1}}}
@@ -24,10 +25,9 @@ POOLS = {"cpu": {}, "gpu": {"worker_resources": {"GPU": 1}}}
 
 @pytest.fixture(autouse=True)
 def private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A spool and run root of this test's own (also for subprocesses)."""
-    monkeypatch.setenv("JOBSTRAP_LOCAL_SPOOL", str(tmp_path / "spool"))
-    monkeypatch.setenv("JOBSTRAP_RUN_ROOT", str(tmp_path / "runs"))
-    monkeypatch.setenv("JOBSTRAP_STATE_DIR", str(tmp_path / "state"))
+    """A spool, run root and registry of this test's own (also for subprocesses)."""
+    # The local queue's own kill wait (10 s): these tests drain and close gracefully.
+    local_backend_env(monkeypatch, tmp_path, kill_wait=10)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, seen: Callable[[], object]) -> None:
