@@ -142,7 +142,8 @@ def _require_ray() -> None:
 
 
 #: What Ray's dashboard imports before it starts (``ray.dashboard.optional_deps``):
-#: ``ray[default]``'s packages, which plain ``ray`` lacks.
+#: ``ray[default]``'s packages, which plain ``ray`` lacks. Looked up, not imported
+#: through Ray's own check: Ray must not load before the run's settings are set.
 _DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "pydantic")
 
 

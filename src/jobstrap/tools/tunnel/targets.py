@@ -222,7 +222,7 @@ def find_target(reference: str) -> RunTarget:
         record = registry.load(reference)
     except (KeyError, FileNotFoundError, LookupError) as error:
         raise UserError(f"no saved run or cluster {reference!r} ({error})") from None
-    extra = getattr(record, "extra", None) or {}
+    extra = record.extra
     if extra.get("in_process"):
         # A one-node graph computed in the job's own process starts no scheduler:
         # "has not started" would have the user wait for nothing.
