@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from distributed import Security
 
+from jobstrap.bootstrap.silence import LoopStalls, Silence
 from jobstrap.engines.dask.quiet import say
 from jobstrap.engines.dask.scheduler import scheduler_rpc
 
@@ -164,17 +165,27 @@ class SchedulerLink:
 
     async def _beat(self) -> None:
         interval = max(0.2, min(5.0, self.death_timeout / 5))
-        last_ok = time.monotonic()
+        # Silence this thread could observe: an app holding the GIL or a loaded node
+        # stalls this loop, which is not the scheduler being gone.
+        stalls = LoopStalls()
+        stalls.start()
+        silence = Silence(self.death_timeout, stalls)
+        try:
+            await self._beat_until_lost(interval, silence)
+        finally:
+            stalls.stop()
+
+    async def _beat_until_lost(self, interval: float, silence: Silence) -> None:
         while not self._stopping:
             try:
                 await self._send("jobstrap_heartbeat")
-                last_ok = time.monotonic()
+                silence.heard()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 if self.stopping:
                     return
-                if time.monotonic() - last_ok > self.death_timeout:
+                if silence.lost():
                     self.lost_message = (
                         f"scheduler at {self.address} unreachable for "
                         f"{self.death_timeout:.0f} s (scheduler rank died?); stopping the app"

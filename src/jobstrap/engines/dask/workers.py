@@ -20,6 +20,7 @@ import dask
 from distributed import Security
 
 from jobstrap.bootstrap.signals import BATCH_SIGNALS, SignalPolicy
+from jobstrap.bootstrap.silence import LoopStalls, Silence
 from jobstrap.engines.dask.forkserver import start_resource_tracker_ignoring_sigusr1
 from jobstrap.engines.dask.quiet import logger, say, silence_for_shutdown
 from jobstrap.engines.dask.scheduler import SchedulerPinger, scheduler_rpc
@@ -261,18 +262,22 @@ async def serve_workers(
     async def watchdog() -> None:
         interval = max(0.5, min(5.0, options.death_timeout / 4))
         pinger = SchedulerPinger(scheduler_address, options.security, interval * 2)
+        stalls = LoopStalls()
+        stalls.start()
         try:
-            await _watch(pinger, interval)
+            await _watch(pinger, interval, Silence(options.death_timeout, stalls))
         finally:
+            stalls.stop()
             await pinger.close()
 
-    async def _watch(pinger: SchedulerPinger, interval: float) -> None:
-        last_ok = time.monotonic()
+    async def _watch(pinger: SchedulerPinger, interval: float, silence: Silence) -> None:
+        # Silence, not wall time: a stall of this rank's own loop (its nannies busy,
+        # the node's CPUs overcommitted) is not the scheduler being gone.
         while True:
             await asyncio.sleep(interval)
             if await pinger.ping(interval * 2):
-                last_ok = time.monotonic()
-            elif time.monotonic() - last_ok > options.death_timeout:
+                silence.heard()
+            elif silence.lost():
                 state["lost"] = True
                 silence_for_shutdown()
                 say(

@@ -1,0 +1,135 @@
+"""How long a peer has been silent, counting only the time this process could listen.
+
+A rank's watchdog ends the rank's workers when the scheduler has not answered for
+the death timeout, and the app's link ends the app. Both used to count wall time
+since the last answer. On a loaded node that is wrong: when the rank's own event
+loop cannot run (64 nannies in one process answering a burst of calls, CPUs
+overcommitted, a GIL-holding call), its pings time out however healthy the
+scheduler is, and a 30 s stall of the *rank* ended a job whose scheduler was
+fine (128 ranks on two nodes: every worker of a node stopped, "scheduler
+unreachable"). What the rank could not observe is not evidence against the
+scheduler.
+
+:class:`LoopStalls` measures how long an event loop was unable to run (a ticker
+task that notes how late its sleeps end). :class:`Silence` counts silence as wall
+time since the last answer minus the stalls in between, so a frozen or dead
+scheduler is still declared lost after the death timeout of *listening*, while a
+stalled rank is not. A hard cap (:data:`HARD_CAP_FACTOR` times the limit, wall
+time) still ends a rank whose loop never recovers enough to listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+__all__ = ["HARD_CAP_FACTOR", "LoopStalls", "Silence"]
+
+#: Wall time, as a multiple of the limit, after which silence is loss however much
+#: of it this process spent stalled: a loop that never recovers must still end.
+HARD_CAP_FACTOR = 4.0
+
+
+class LoopStalls:
+    """Seconds an asyncio event loop could not run, measured from inside it.
+
+    Parameters
+    ----------
+    tick
+        Seconds between the ticker's wake-ups.
+    grace
+        Lateness per tick that is ordinary scheduling, not a stall.
+    clock
+        The clock (the loop's own, ``time.monotonic``, by default).
+    """
+
+    def __init__(
+        self, tick: float = 0.25, grace: float = 0.25, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.tick = tick
+        self.grace = grace
+        self._clock = clock
+        self._counted = 0.0
+        self._due: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the ticker in the running loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        """Stop the ticker."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def total(self) -> float:
+        """Seconds stalled since the ticker started, the stall going on now included.
+
+        A coroutine that wakes after a stall may run before the ticker does; the
+        ticker's overdue wake-up is counted here so that it sees the stall too.
+        """
+        return self._counted + self._overdue(self._clock())
+
+    def _overdue(self, now: float) -> float:
+        if self._due is None:
+            return 0.0
+        return max(0.0, now - self._due - self.grace)
+
+    def note(self, now: float) -> None:
+        """Account for the ticker waking at ``now`` (the ticker's step; for tests)."""
+        self._counted += self._overdue(now)
+        self._due = now + self.tick
+
+    async def _run(self) -> None:
+        self._due = self._clock() + self.tick
+        while True:
+            await asyncio.sleep(self.tick)
+            self.note(self._clock())
+
+
+class Silence:
+    """Silence of a peer since its last answer, less this process's own stalls.
+
+    Parameters
+    ----------
+    limit
+        Seconds of silence after which the peer is lost (the death timeout).
+    stalls
+        This process's stalls; ``None`` counts wall time (nothing discounted).
+    clock
+        The clock stalls are measured on.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        stalls: LoopStalls | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self._stalls = stalls
+        self._clock = clock
+        self.heard()
+
+    def heard(self) -> None:
+        """The peer answered: silence starts again from now."""
+        self._since = self._clock()
+        self._stalled_before = self._stalled()
+
+    def _stalled(self) -> float:
+        return self._stalls.total() if self._stalls is not None else 0.0
+
+    def wall(self) -> float:
+        """Wall seconds since the last answer."""
+        return self._clock() - self._since
+
+    def seconds(self) -> float:
+        """Seconds of silence this process was able to observe."""
+        return max(0.0, self.wall() - (self._stalled() - self._stalled_before))
+
+    def lost(self) -> bool:
+        """Whether the peer has been silent for the limit (or the hard cap, stalls or not)."""
+        return self.seconds() > self.limit or self.wall() > self.limit * HARD_CAP_FACTOR

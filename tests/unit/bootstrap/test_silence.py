@@ -1,0 +1,99 @@
+"""Silence of a peer, less this process's own stalls (``jobstrap.bootstrap.silence``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from jobstrap.bootstrap.silence import HARD_CAP_FACTOR, LoopStalls, Silence
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def listen(clock: Clock, stalls: LoopStalls, seconds: float) -> None:
+    """Let ``seconds`` pass with the loop running: the ticker wakes on time."""
+    for _ in range(round(seconds / stalls.tick)):
+        clock.now += stalls.tick
+        stalls.note(clock.now)
+
+
+def test_silence_without_stalls_is_wall_time_and_ends_at_the_limit() -> None:
+    clock = Clock()
+    silence = Silence(30.0, clock=clock)
+    clock.now += 29.0
+    assert silence.seconds() == 29.0
+    assert not silence.lost()
+    clock.now += 2.0
+    assert silence.lost()
+    silence.heard()
+    assert silence.seconds() == 0.0
+    assert not silence.lost()
+
+
+def test_a_stall_of_this_process_is_not_counted_as_the_peer_s_silence() -> None:
+    clock = Clock()
+    stalls = LoopStalls(tick=0.25, grace=0.25, clock=clock)
+    stalls.note(clock.now)  # the ticker's first wake-up
+    silence = Silence(30.0, stalls, clock=clock)
+    listen(clock, stalls, 10.0)  # ten seconds of real silence
+    clock.now += 25.0  # this process stalled for 25 s; the ticker has not run yet
+    assert not silence.lost(), "the stall going on is discounted before the ticker sees it"
+    assert 10.0 <= silence.seconds() <= 10.0 + 2 * stalls.grace
+    stalls.note(clock.now)  # now it has
+    assert 10.0 <= silence.seconds() <= 10.0 + 2 * stalls.grace
+    listen(clock, stalls, 19.0)
+    assert not silence.lost()
+    listen(clock, stalls, 2.0)  # listening again, still no answer: 31 s observed
+    assert silence.lost()
+
+
+def test_stalls_before_the_last_answer_do_not_shorten_the_next_silence() -> None:
+    clock = Clock()
+    stalls = LoopStalls(clock=clock)
+    stalls.note(clock.now)
+    silence = Silence(5.0, stalls, clock=clock)
+    clock.now += 60.0
+    stalls.note(clock.now)  # a long stall, then the peer answered
+    silence.heard()
+    listen(clock, stalls, 4.0)
+    assert not silence.lost()
+    listen(clock, stalls, 2.0)
+    assert silence.lost()
+
+
+def test_a_process_that_never_stops_stalling_still_ends_at_the_hard_cap() -> None:
+    clock = Clock()
+    stalls = LoopStalls(clock=clock)
+    stalls.note(clock.now)
+    silence = Silence(10.0, stalls, clock=clock)
+    clock.now += 10.0 * HARD_CAP_FACTOR - 1.0
+    assert not silence.lost()
+    clock.now += 2.0
+    assert silence.lost()
+
+
+def test_the_ticker_measures_a_real_blocked_event_loop() -> None:
+    async def scenario() -> tuple[float, float, bool, bool]:
+        stalls = LoopStalls(tick=0.05, grace=0.05)
+        stalls.start()
+        await asyncio.sleep(0.2)
+        silence = Silence(0.5, stalls)
+        time.sleep(1.0)  # the loop cannot run: a GIL-holding call, a starved CPU
+        # This coroutine resumes before the ticker can note the stall.
+        during = silence.seconds()
+        lost_after_stall = silence.lost()
+        await asyncio.sleep(0.7)  # listening, and the peer says nothing
+        stalls.stop()
+        return during, stalls.total(), lost_after_stall, silence.lost()
+
+    during, stalled, lost_after_stall, lost_after_listening = asyncio.run(scenario())
+    assert during < 0.3
+    assert 0.8 < stalled < 1.3
+    assert not lost_after_stall
+    assert lost_after_listening
