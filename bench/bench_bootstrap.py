@@ -103,6 +103,26 @@ def cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+def once_per_process(name):
+    # Whether this process has not run the measurement ``name`` yet. In the node
+    # layout one process holds a node's every nanny, and client.run(nanny=True) runs
+    # the function once per nanny, one after the other in that process's event loop:
+    # a scan of every process of the node, 64 times over, stalled it for 30-45 s at
+    # 128 ranks. Kept on an imported module: the function itself arrives pickled anew.
+    import psutil
+
+    done = psutil.__dict__.setdefault("_bench_measured", set())
+    if name in done:
+        return False
+    done.add(name)
+    return True
+
+
+def own_pss():
+    # (pid, PSS) of this process, measured once per process (see once_per_process).
+    return (os.getpid(), pss() if once_per_process("own_pss") else None)
+
+
 def node_processes(exclude):
     # PSS of every process of the launch on this node but those in exclude. Run in
     # a rank (a nanny's process, or a worker that is its rank): its parent is the
@@ -111,6 +131,8 @@ def node_processes(exclude):
     import psutil
 
     found = {}
+    if not once_per_process("node_processes"):
+        return found  # the same scan, already reported by this process
     for proc in psutil.Process().parent().children(recursive=True):
         if proc.pid not in exclude:
             try:
@@ -131,7 +153,7 @@ with Client() as client:
     worker_pss = client.run(pss)
     try:  # by process: with several workers per rank, their nannies share one
         nannies = {p: v for p, v in client.run(lambda: (os.getpid(), peak()), nanny=True).values()}
-        nanny_pss = {p: v for p, v in client.run(lambda: (os.getpid(), pss()), nanny=True).values()}
+        nanny_pss = {p: v for p, v in client.run(own_pss, nanny=True).values() if v is not None}
     except Exception:
         nannies = nanny_pss = {}
     # Everything the workers cost, whatever the layout: every process of the launch

@@ -76,7 +76,10 @@ class LoopStalls:
     def _overdue(self, now: float) -> float:
         if self._due is None:
             return 0.0
-        return max(0.0, now - self._due - self.grace)
+        # All of a lateness past the grace counts: a loop busy in blocks of half a
+        # second is as unable to listen as one that stopped, not half as unable.
+        late = now - self._due
+        return late if late > self.grace else 0.0
 
     def note(self, now: float) -> None:
         """Account for the ticker waking at ``now`` (the ticker's step; for tests)."""

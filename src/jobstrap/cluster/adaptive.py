@@ -59,11 +59,35 @@ class JobAdaptive(Adaptive):
     scheduler's target (in workers) is rounded up to jobs; and scaling down picks
     whole jobs (the scheduler groups workers by job), so a job of several workers
     is never half-closed and the next round never undoes this one.
+
+    The most jobs wanted over the last ``wait_count`` rounds (distributed closes a
+    job only once that many rounds in a row found it surplus) is what the walltime
+    rotation asks before it submits a successor
+    (:meth:`jobstrap.cluster.pool.JobPool.replacement_wanted`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: The default pool's targets (in jobs) of the last ``wait_count`` rounds
+        #: (sized again below, once distributed has settled ``wait_count``).
+        self._recent: deque[int] = deque(maxlen=1)
+        super().__init__(*args, **kwargs)
+        self._recent = deque(maxlen=max(1, int(self.wait_count)))
 
     @property
     def _pooled(self) -> PooledCluster:
         return cast(PooledCluster, self.cluster)
+
+    async def safe_target(self) -> int:
+        target = await super().safe_target()
+        self._recent.append(target)
+        pool = self._pooled.job_pool
+        pool.wanted[pool.default_pool] = max(self._recent)
+        return target
+
+    def stop(self, reason: str = "unknown") -> None:
+        # Without this loop the rotation replaces every job again.
+        super().stop(reason=reason)
+        self._pooled.job_pool.wanted.clear()
 
     # On a cluster of several pools, this loop adapts the default pool only
     # (``adapt(pools=...)`` adapts the others): its sets hold that pool's jobs.
@@ -191,11 +215,6 @@ class PoolAdaptive(JobAdaptive):
         else:
             per_pool = pool_bounds(cluster.pools, pools)
         return cls(cluster, pools=per_pool, idle_hold=hold, **kwargs)
-
-    def stop(self, reason: str = "unknown") -> None:
-        # Without this loop the rotation replaces every job again.
-        super().stop(reason=reason)
-        self._pooled.job_pool.wanted.clear()
 
     async def adapt(self) -> None:
         if self._adapting:  # one round at a time, as distributed's loop

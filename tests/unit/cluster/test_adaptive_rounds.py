@@ -13,7 +13,7 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
-from jobstrap.cluster.adaptive import PoolAdaptive
+from jobstrap.cluster.adaptive import JobAdaptive, PoolAdaptive
 from jobstrap.cluster.demand import Demand
 from jobstrap.cluster.scaling import JobShape
 
@@ -117,3 +117,23 @@ def test_stopping_the_loop_lets_the_rotation_replace_every_job_again() -> None:
     assert jobs.wanted == {"default": 2}
     adaptive.stop()
     assert jobs.wanted == {}
+
+
+def test_distributed_s_own_loop_tells_the_rotation_the_most_its_recent_rounds_wanted() -> None:
+    # adapt() without pools or hold runs distributed's loop (JobAdaptive): the
+    # rotation must hear from it too, or it replaces jobs that loop is closing.
+    cluster = SimpleNamespace(job_pool=FakeJobPool(3), workers_per_job=1)
+    targets = iter([3, 1, 1, 1])
+
+    class Loop(JobAdaptive):
+        async def target(self) -> int:
+            return next(targets)
+
+    adaptive = Loop(cluster, interval=0, wait_count=3, minimum=0, maximum=10)
+    wanted = []
+    for _ in range(4):
+        asyncio.run(adaptive.safe_target())
+        wanted.append(dict(cluster.job_pool.wanted))
+    assert wanted == [{"default": 3}, {"default": 3}, {"default": 3}, {"default": 1}]
+    adaptive.stop()
+    assert cluster.job_pool.wanted == {}

@@ -362,6 +362,26 @@ class SchedulerPinger:
     def __init__(self, address: str, security: Security, timeout: float) -> None:
         self._rpc = scheduler_rpc(address, security, timeout)
         self._small = True  # identity(n_workers=0) until the scheduler refuses it
+        self._pending: asyncio.Task[bool] | None = None
+
+    async def answered(self, wait: float, patience: float) -> bool | None:
+        """Whether the ping in flight (sent now if none is) was answered.
+
+        ``True`` answered, ``False`` failed (refused, reset, or no answer within
+        ``patience`` seconds), ``None`` not yet after ``wait`` seconds: the ping
+        stays in flight for the next call. A late answer still counts, and a ping
+        is never cancelled half-way, which would close the connection and make
+        the next one a new TLS handshake, on a loop (this rank's or the
+        scheduler's) already too busy to answer in time.
+        """
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.ping(patience))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(self._pending), wait)
+        except asyncio.TimeoutError:
+            return None
+        self._pending = None
+        return result
 
     async def ping(self, timeout: float) -> bool:
         """Whether the scheduler answered within ``timeout`` seconds."""
@@ -378,5 +398,8 @@ class SchedulerPinger:
             return False
 
     async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         with contextlib.suppress(Exception):
             await self._rpc.close_rpc()

@@ -275,7 +275,7 @@ async def serve_workers(
         # the node's CPUs overcommitted) is not the scheduler being gone.
         while True:
             await asyncio.sleep(interval)
-            if await pinger.ping(interval * 2):
+            if await pinger.answered(interval * 2, options.death_timeout):
                 silence.heard()
             elif silence.lost():
                 state["lost"] = True
