@@ -79,6 +79,13 @@ BIG_LAYOUT_ENV = {
     "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "False",
 }
 
+#: jobstrap's death timeout past NODE_CPUS ranks per node (the test profile has 30 s).
+#: At 64 ranks a node on two shared cores the scheduler's own event loop stalls for
+#: 6-13 s at a time while it reaches 126 nannies, and 30 s of it ended runs as "scheduler
+#: unreachable". The anchor has no such watchdog (its ranks wait forever); this is
+#: the setting a site that overcommits its nodes this far would need too.
+BIG_LAYOUT_DEATH_TIMEOUT = 120
+
 #: The app both sides run on the client rank: wait for every worker, touch each one
 #: with a little work, report times and peak memory, write the report atomically.
 APP = """\
@@ -295,6 +302,7 @@ def run_jobstrap(
         layout["extra_directives"] = ["--overcommit", f"--ntasks={ranks}"]
         layout["skip_directives"] = ["--ntasks-per-node"]
         layout["env"] = dict(BIG_LAYOUT_ENV)
+        layout["death_timeout"] = BIG_LAYOUT_DEATH_TIMEOUT
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
         [str(app), str(report), str(ranks - 2)],

@@ -23,6 +23,7 @@ from typing import Any
 from distributed import Scheduler, Security
 from distributed.core import rpc
 
+from jobstrap.bootstrap.silence import LoopStalls, Silence
 from jobstrap.engines.dask.quiet import say, silence_for_shutdown
 from jobstrap.engines.dask.servers import HeadlessScheduler
 
@@ -112,6 +113,8 @@ class SchedulerRunner:
         self._done: concurrent.futures.Future[_Outcome] = concurrent.futures.Future()
         self._finish: asyncio.Future[_Outcome] | None = None
         self.last_heartbeat: float | None = None
+        #: The client rank's silence, once the watch has started.
+        self._client_silence: Silence | None = None
         self.client_checked_in = threading.Event()
         self._last_worker_contact: float | None = None
 
@@ -243,6 +246,8 @@ class SchedulerRunner:
 
     def _heartbeat(self) -> str:
         self.last_heartbeat = time.monotonic()
+        if self._client_silence is not None:
+            self._client_silence.heard()
         self.client_checked_in.set()
         return "ok"
 
@@ -279,15 +284,28 @@ class SchedulerRunner:
         return max(0.0, now - self._last_worker_contact)
 
     async def _watch_client(self, death_timeout: float, first_contact_timeout: float) -> None:
+        stalls = LoopStalls()
+        stalls.start()
+        try:
+            await self._watch_client_until_done(stalls, death_timeout, first_contact_timeout)
+        finally:
+            stalls.stop()
+
+    async def _watch_client_until_done(
+        self, stalls: LoopStalls, death_timeout: float, first_contact_timeout: float
+    ) -> None:
         started = time.monotonic()
         interval = max(0.2, min(2.0, death_timeout / 5))
-        checked = time.monotonic()
+        stalled = stalls.total()
+        # The client's heartbeats, as silence this loop could observe: after a stall
+        # (a huge graph arriving) they wait unread in the socket.
+        client = self._client_silence = Silence(death_timeout, stalls)
         while self._finish is not None and not self._finish.done():
             await asyncio.sleep(interval)
-            # After a stall of this event loop (a huge graph arriving), heartbeats wait
-            # unread in the sockets: judge the workers only once the loop is fluent.
-            fluent = time.monotonic() - checked < 2 * interval + 1
-            checked = time.monotonic()
+            # Likewise the workers' heartbeats: judge them only once the loop is
+            # fluent again (stalled less than a round since the last check).
+            fluent = stalls.total() - stalled < interval + 1
+            stalled = stalls.total()
             silent = self._workers_silent_for()
             if fluent and silent is not None and silent > death_timeout:
                 self._set_finish(
@@ -305,7 +323,7 @@ class SchedulerRunner:
                         f"the client rank never checked in within {first_contact_timeout:.0f} s "
                         "(did all ranks start? is rank 1 alive?); stopping the run",
                     )
-            elif now - self.last_heartbeat > death_timeout:
+            elif client.lost():
                 self._set_finish(
                     1,
                     f"the client rank stopped responding {death_timeout:.0f} s ago "
