@@ -78,6 +78,23 @@ BIG_LAYOUT_ENV = {
     "DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "False",
     "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "False",
 }
+#: Past CROWDED_RANKS ranks per node, also on both sides: distributed's per-worker
+#: sampling profiler (100 wake-ups a second) and monitors (every 0.1 and 0.5 s). 254
+#: idle workers on two cores kept 233 processes runnable (load 250) with them on, and
+#: every event loop, the scheduler's too, stalled for 10 s at a time. At a site each
+#: worker has its own core; bench_scale's connection storm turns off the same.
+CROWDED_RANKS = 64
+CROWDED_ENV = {
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "5s",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+}
+
+
+def big_layout_env(per_node: int) -> dict[str, str]:
+    """The environment both sides' jobs get past NODE_CPUS ranks per node."""
+    return {**BIG_LAYOUT_ENV, **(CROWDED_ENV if per_node > CROWDED_RANKS else {})}
+
 
 #: jobstrap's death timeout past NODE_CPUS ranks per node (the test profile has 30 s).
 #: At 64 ranks a node on two shared cores the scheduler's own event loop stalls for
@@ -113,9 +130,9 @@ def cpu():
 def once_per_process(name):
     # Whether this process has not run the measurement ``name`` yet. In the node
     # layout one process holds a node's every nanny, and client.run(nanny=True) runs
-    # the function once per nanny, one after the other in that process's event loop:
-    # a scan of every process of the node, 64 times over, stalled it for 30-45 s at
-    # 128 ranks. Kept on an imported module: the function itself arrives pickled anew.
+    # the function once per nanny, one after the other in that process's event loop
+    # (a scan of every process of the node, 64 times over, stalled it for 30-45 s at
+    # 128 ranks). Kept on an imported module: the function itself arrives pickled anew.
     import psutil
 
     done = psutil.__dict__.setdefault("_bench_measured", set())
@@ -138,8 +155,6 @@ def node_processes(exclude):
     import psutil
 
     found = {}
-    if not once_per_process("node_processes"):
-        return found  # the same scan, already reported by this process
     for proc in psutil.Process().parent().children(recursive=True):
         if proc.pid not in exclude:
             try:
@@ -167,8 +182,15 @@ with Client() as client:
     # on the workers' nodes (ranks standing by, fork servers, trackers included) but
     # the scheduler's and this app's.
     exclude = [client.run_on_scheduler(os.getpid), os.getpid()]
-    # In a nanny's process (a rank), or in the worker when there is no nanny (its rank).
-    per_node = client.run(node_processes, exclude, nanny=bool(nannies))
+    # In a nanny's process (a rank), or in the worker when there is no nanny (its rank):
+    # one per host, the scan covering the host (126 scans of a node's 128 processes
+    # each, on two shared cores, took minutes at 256 ranks).
+    one_per_host = {}
+    for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+        one_per_host.setdefault(info["host"], address)
+    per_node = client.run(
+        node_processes, exclude, nanny=bool(nannies), workers=list(one_per_host.values())
+    )
     launch_pss = {}
     for found in per_node.values():
         launch_pss.update({int(p): v for p, v in found.items()})
@@ -301,7 +323,7 @@ def run_jobstrap(
         # --ntasks over the nodes is accepted (srun's own line keeps the layout).
         layout["extra_directives"] = ["--overcommit", f"--ntasks={ranks}"]
         layout["skip_directives"] = ["--ntasks-per-node"]
-        layout["env"] = dict(BIG_LAYOUT_ENV)
+        layout["env"] = big_layout_env(per_node)
         layout["death_timeout"] = BIG_LAYOUT_DEATH_TIMEOUT
     submitted, started = time.time(), time.perf_counter()
     future = submit_app(
@@ -340,7 +362,8 @@ def run_dask_mpi(ranks: int, workdir: Path, timeout: float) -> dict[str, Any]:
     spread = f"--ntasks-per-node={per_node} " if big else ""
     launcher = f"srun --mpi=pmi2 --kill-on-bad-exit=1 {spread}{python} {argv}"
     extra = "#SBATCH --overcommit\n" if big else ""
-    exports = "".join(f"export {k}={v}\n" for k, v in BIG_LAYOUT_ENV.items()) if big else ""
+    env = big_layout_env(per_node) if big else {}
+    exports = "".join(f"export {k}={v}\n" for k, v in env.items())
     script = job_dir / "job.sh"
     script.write_text(
         textwrap.dedent(
