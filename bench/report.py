@@ -116,6 +116,11 @@ ROWS: list[tuple[str, str, str]] = [
         r"memory_per_worker_(\d+)_one_node",
         "memory per worker (PSS), {0} ranks on one host (`mpiexec`)",
     ),
+    (
+        "scale.json",
+        r"ready_(\d+)_srun",
+        "batch mode at scale, launch to client with every worker, {0} ranks on 2 nodes (`srun`)",
+    ),
     ("batchctl.json", r"sbatch_calls_(\d+)_vs_dask_jobqueue", "sbatch calls to scale to {0} jobs"),
     ("batchctl.json", r"submit_(\d+)_vs_dask_jobqueue", "time to submit {0} jobs"),
     (
