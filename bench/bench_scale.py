@@ -313,7 +313,7 @@ def _storm_host(args: argparse.Namespace) -> int:
     work = Path(args.work)
     names = [f"{rank}-{i}" for i in range(args.per_process)]
     # name -> (passed the gate: starts connecting, saw the scheduler's answer), address
-    times: dict[str, tuple[float, float]] = {}
+    times: dict[str, tuple[float, float, float]] = {}  # connect, answer seen, gate open
     addresses: dict[str, str] = {}
     at_gate: list[str] = []
     failed: list[str] = []
