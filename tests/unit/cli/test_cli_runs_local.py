@@ -134,6 +134,9 @@ def test_status_prune_and_history_after_a_few_runs(tmp_path: Path, cleanup: list
 
     recent = jobstrap("status")
     history = jobstrap("status", "--all")
+    # The live job may still have logged since (its first watchdog connection, a few
+    # seconds in): a write makes it recent again, and prune would rightly pass it by.
+    age(live_run, 3 * DAY)
     dry = jobstrap("prune", "--older-than", "2d", "--dry-run")
     kept_by_dry_run = sorted(r.run_id for r in registry.list())
     # From a shell whose run root is another: each run's record says where it was made.

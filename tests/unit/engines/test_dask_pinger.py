@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterator
 
+import pytest
 from distributed import Security
 
+from jobstrap.engines.dask.quiet import NOISY_LOGGERS
 from jobstrap.engines.dask.scheduler import SchedulerPinger, SchedulerRunner
+
+
+@pytest.fixture(autouse=True)
+def _loggers_as_they_were() -> Iterator[None]:
+    # Ending a run silences distributed's noisy loggers for the rest of the process:
+    # in this test process, give the tests after this module their loggers back.
+    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _runner() -> SchedulerRunner:
