@@ -36,11 +36,12 @@ _SRUN_NODE = re.compile(r"srun: error: (?P<node>[\w.-]+): task \d+")
 _OOM = re.compile(r"tasks? [\d,-]+: Out Of Memory|Detected \d+ oom.kill event")
 _NO_MODULE = re.compile(r"No module named '?(?P<module>[\w.]+)'?")
 _TRACEBACK = "Traceback (most recent call last):"
-#: A routine log record of a rank (Dask's and jobstrap's format): never a reason.
-#: Another rank's routine log record. It may start mid-line: Python writes a
-#: traceback's caret line in pieces ("    " then "^^^"), and a record written between
-#: them carries that indentation (group 1), which belongs to the next line.
-_ROUTINE_LOG = re.compile(r"^(\s*)\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - .* - (?:DEBUG|INFO) - ")
+#: Another rank's routine log record (Dask's and jobstrap's format): never a reason.
+#: It may start mid-line. The interpreter writes a traceback in pieces (the caret
+#: line's indent, then its carets; the exception's type, then ": ", then its message),
+#: and a record another rank writes between two pieces lands inside the line. What
+#: comes before the record (group 1) is the start of a line the next line finishes.
+_ROUTINE_LOG = re.compile(r"^(.*?)\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ - .* - (?:DEBUG|INFO) - ")
 #: Packages every job needs: without one of them no job can start anywhere.
 _REQUIRED_PACKAGES = ("jobstrap", "distributed", "dask")
 
@@ -147,23 +148,36 @@ def last_traceback(tail: str) -> list[str]:
     its shape (the header, indented frame lines, then the first unindented line: the
     exception) rather than taken as the last lines. Empty when there is none.
     """
-    lines = tail.splitlines()
+    lines = _said_lines(tail)
     starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK)]
     if not starts:
         return []
     block = [lines[starts[-1]]]
-    carried = ""
     for line in lines[starts[-1] + 1 :]:
-        record = _ROUTINE_LOG.match(line)
-        if record:
-            # Another rank's record, written between (or inside) the traceback's lines.
-            carried += record.group(1)
-            continue
-        line, carried = carried + line, ""
         block.append(line)
         if line.strip() and not line[0].isspace():
             break  # the exception itself ends the traceback
     return block
+
+
+def _said_lines(tail: str) -> list[str]:
+    """``tail``'s lines without the ranks' routine log records, each line made whole.
+
+    A record written inside another line (see ``_ROUTINE_LOG``) is taken out and the
+    two pieces of that line are joined again.
+    """
+    lines: list[str] = []
+    carried = ""
+    for line in tail.splitlines():
+        record = _ROUTINE_LOG.match(line)
+        if record:
+            carried += record.group(1)
+            continue
+        lines.append(carried + line)
+        carried = ""
+    if carried:
+        lines.append(carried)
+    return lines
 
 
 def _node_of(record_nodes: str, tail: str) -> str:
@@ -233,7 +247,7 @@ def diagnose(
         return _make(FailureKind.NO_WORKER, message, node)
     # The exception a traceback ends with, else stderr's last line that is not one of
     # the ranks' routine log records (they go on after the app has said why).
-    said = [line for line in tail.strip().splitlines() if not _ROUTINE_LOG.match(line)]
+    said = [line for line in _said_lines(tail) if line.strip()]
     last = (last_traceback(tail) or said or [""])[-1].strip()
     code = f" (exit {exit_code})" if exit_code is not None else ""
     failed = f"failed{where}{code}" + (f": {last}" if last else "")

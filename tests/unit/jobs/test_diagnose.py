@@ -197,6 +197,24 @@ def test_a_rank_s_log_line_inside_a_traceback_line_gives_the_line_its_indent_bac
     ]
 
 
+def test_a_rank_s_log_line_inside_the_exception_line_is_taken_out_of_the_message() -> None:
+    # The interpreter writes the exception's type, ": " and its message separately: a
+    # record another rank writes between them lands inside the exception line.
+    tail = (
+        "Traceback (most recent call last):\n"
+        '  File "/home/u/broken.py", line 1, in <module>\n'
+        "ModuleNotFoundError2026-12-06 22:30:43,608 - [run=r job_id=4 node=vm rank=2"
+        " role=worker] - distributed.core - INFO - Starting established connection\n"
+        ": No module named 'nonexistent_pkg_xyz'\n"
+        "2026-12-06 22:30:43,700 - [run=r job_id=4 node=vm rank=1 role=scheduler]"
+        " - distributed.scheduler - INFO - Remove client Client-1\n"
+    )
+    exception = "ModuleNotFoundError: No module named 'nonexistent_pkg_xyz'"
+
+    assert last_traceback(tail)[-1] == exception
+    assert message(JobState.FAILED, 1, "", tail, "python") == f"failed (exit 1): {exception}"
+
+
 def test_the_message_quotes_the_exception_not_the_log_lines_after_it() -> None:
     found = diagnose(JobState.FAILED, 1, "", INTERLEAVED, "python")
 
