@@ -65,6 +65,14 @@ class LoopStalls:
             self._task.cancel()
             self._task = None
 
+    def __enter__(self) -> LoopStalls:
+        """Start the ticker for the ``with`` block (inside a running loop)."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def total(self) -> float:
         """Seconds stalled since the ticker started, the stall going on now included.
 
@@ -136,3 +144,18 @@ class Silence:
     def lost(self) -> bool:
         """Whether the peer has been silent for the limit (or the hard cap, stalls or not)."""
         return self.seconds() > self.limit or self.wall() > self.limit * HARD_CAP_FACTOR
+
+    def account(self) -> str:
+        """How long the peer has been silent, by the rule that judges it, for a message.
+
+        ``"for 30 s"`` when the limit of observed silence is passed; when only the
+        hard cap is, the wall time and how much of it this process was stalled.
+        """
+        if self.seconds() > self.limit or self.wall() <= self.limit * HARD_CAP_FACTOR:
+            return f"for {self.limit:.0f} s"
+        stalled = self.wall() - self.seconds()
+        return (
+            f"for {self.wall():.0f} s of wall time, {stalled:.0f} s of it while this "
+            f"process was stalled (the cap is {HARD_CAP_FACTOR:g}x the "
+            f"{self.limit:.0f} s death timeout)"
+        )

@@ -31,6 +31,7 @@ def test_silence_without_stalls_is_wall_time_and_ends_at_the_limit() -> None:
     assert not silence.lost()
     clock.now += 2.0
     assert silence.lost()
+    assert silence.account() == "for 30 s"
     silence.heard()
     assert silence.seconds() == 0.0
     assert not silence.lost()
@@ -76,20 +77,24 @@ def test_a_process_that_never_stops_stalling_still_ends_at_the_hard_cap() -> Non
     assert not silence.lost()
     clock.now += 2.0
     assert silence.lost()
+    # The message says which rule ended it, not "for 10 s", which was not observed.
+    assert silence.account() == (
+        "for 41 s of wall time, 41 s of it while this process was stalled "
+        "(the cap is 4x the 10 s death timeout)"
+    )
 
 
 def test_the_ticker_measures_a_real_blocked_event_loop() -> None:
     async def scenario() -> tuple[float, float, bool, bool]:
-        stalls = LoopStalls(tick=0.05, grace=0.05)
-        stalls.start()
-        await asyncio.sleep(0.2)
-        silence = Silence(0.5, stalls)
-        time.sleep(1.0)  # the loop cannot run: a GIL-holding call, a starved CPU
-        # This coroutine resumes before the ticker can note the stall.
-        during = silence.seconds()
-        lost_after_stall = silence.lost()
-        await asyncio.sleep(0.7)  # listening, and the peer says nothing
-        stalls.stop()
+        with LoopStalls(tick=0.05, grace=0.05) as stalls:
+            await asyncio.sleep(0.2)
+            silence = Silence(0.5, stalls)
+            time.sleep(1.0)  # the loop cannot run: a GIL-holding call, a starved CPU
+            # This coroutine resumes before the ticker can note the stall.
+            during = silence.seconds()
+            lost_after_stall = silence.lost()
+            await asyncio.sleep(0.7)  # listening, and the peer says nothing
+        assert stalls._task is None, "the ticker stops with the block"
         return during, stalls.total(), lost_after_stall, silence.lost()
 
     during, stalled, lost_after_stall, lost_after_listening = asyncio.run(scenario())

@@ -167,13 +167,8 @@ class SchedulerLink:
         interval = max(0.2, min(5.0, self.death_timeout / 5))
         # Silence this thread could observe: an app holding the GIL or a loaded node
         # stalls this loop, which is not the scheduler being gone.
-        stalls = LoopStalls()
-        stalls.start()
-        silence = Silence(self.death_timeout, stalls)
-        try:
-            await self._beat_until_lost(interval, silence)
-        finally:
-            stalls.stop()
+        with LoopStalls() as stalls:
+            await self._beat_until_lost(interval, Silence(self.death_timeout, stalls))
 
     async def _beat_until_lost(self, interval: float, silence: Silence) -> None:
         while not self._stopping:
@@ -187,8 +182,8 @@ class SchedulerLink:
                     return
                 if silence.lost():
                     self.lost_message = (
-                        f"scheduler at {self.address} unreachable for "
-                        f"{self.death_timeout:.0f} s (scheduler rank died?); stopping the app"
+                        f"scheduler at {self.address} unreachable {silence.account()} "
+                        "(scheduler rank died?); stopping the app"
                     )
                     self.lost.set()
                     self._on_lost(self.lost_message)

@@ -284,12 +284,8 @@ class SchedulerRunner:
         return max(0.0, now - self._last_worker_contact)
 
     async def _watch_client(self, death_timeout: float, first_contact_timeout: float) -> None:
-        stalls = LoopStalls()
-        stalls.start()
-        try:
+        with LoopStalls() as stalls:
             await self._watch_client_until_done(stalls, death_timeout, first_contact_timeout)
-        finally:
-            stalls.stop()
 
     async def _watch_client_until_done(
         self, stalls: LoopStalls, death_timeout: float, first_contact_timeout: float
@@ -326,7 +322,7 @@ class SchedulerRunner:
             elif client.lost():
                 self._set_finish(
                     1,
-                    f"the client rank stopped responding {death_timeout:.0f} s ago "
+                    f"the client rank has not responded {client.account()} "
                     "(crashed or killed; see its output above); stopping the run",
                 )
 

@@ -262,12 +262,10 @@ async def serve_workers(
     async def watchdog() -> None:
         interval = max(0.5, min(5.0, options.death_timeout / 4))
         pinger = SchedulerPinger(scheduler_address, options.security, interval * 2)
-        stalls = LoopStalls()
-        stalls.start()
         try:
-            await _watch(pinger, interval, Silence(options.death_timeout, stalls))
+            with LoopStalls() as stalls:
+                await _watch(pinger, interval, Silence(options.death_timeout, stalls))
         finally:
-            stalls.stop()
             await pinger.close()
 
     async def _watch(pinger: SchedulerPinger, interval: float, silence: Silence) -> None:
@@ -281,8 +279,8 @@ async def serve_workers(
                 state["lost"] = True
                 silence_for_shutdown()
                 say(
-                    f"scheduler at {scheduler_address} unreachable for "
-                    f"{options.death_timeout:.0f} s; stopping this rank's workers"
+                    f"scheduler at {scheduler_address} unreachable {silence.account()}; "
+                    "stopping this rank's workers"
                 )
                 await asyncio.gather(
                     *(n.close(reason="jobstrap: scheduler lost") for n in nannies),
