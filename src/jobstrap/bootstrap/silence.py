@@ -21,14 +21,24 @@ time) still ends a rank whose loop never recovers enough to listen.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["HARD_CAP_FACTOR", "LoopStalls", "Silence"]
+__all__ = ["HARD_CAP_FACTOR", "LoopStalls", "Silence", "Stalls", "WaitStalls"]
 
 #: Wall time, as a multiple of the limit, after which silence is loss however much
 #: of it this process spent stalled: a loop that never recovers must still end.
 HARD_CAP_FACTOR = 4.0
+
+
+class Stalls(Protocol):
+    """Seconds this process could not listen, as :class:`Silence` discounts them."""
+
+    def total(self) -> float:
+        """Seconds stalled so far."""
+        ...
 
 
 class LoopStalls:
@@ -101,6 +111,39 @@ class LoopStalls:
             self.note(self._clock())
 
 
+class WaitStalls:
+    """Seconds a watching thread could not run: how late its waits between calls end.
+
+    For a thread that polls its peer (wait, call, wait...) rather than an event loop:
+    only the waits are timed, so a call that is slow to answer counts as listening.
+
+    Parameters
+    ----------
+    grace
+        Lateness per wait that is ordinary scheduling, not a stall.
+    clock
+        The clock (``time.monotonic`` by default).
+    """
+
+    def __init__(self, grace: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._counted = 0.0
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """``event.wait(seconds)``, noting how much later than ``seconds`` it returned."""
+        began = self._clock()
+        set_ = event.wait(seconds)
+        late = self._clock() - began - seconds
+        if not set_ and late > self.grace:
+            self._counted += late
+        return set_
+
+    def total(self) -> float:
+        """Seconds stalled since this began."""
+        return self._counted
+
+
 class Silence:
     """Silence of a peer since its last answer, less this process's own stalls.
 
@@ -117,7 +160,7 @@ class Silence:
     def __init__(
         self,
         limit: float,
-        stalls: LoopStalls | None = None,
+        stalls: Stalls | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit

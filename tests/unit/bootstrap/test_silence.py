@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
-from jobstrap.bootstrap.silence import HARD_CAP_FACTOR, LoopStalls, Silence
+from jobstrap.bootstrap.silence import HARD_CAP_FACTOR, LoopStalls, Silence, WaitStalls
 
 
 class Clock:
@@ -102,3 +103,38 @@ def test_the_ticker_measures_a_real_blocked_event_loop() -> None:
     assert 0.8 < stalled < 1.3
     assert not lost_after_stall
     assert lost_after_listening
+
+
+class LateEvent(threading.Event):
+    """An event whose waits end late by what ``stall`` says (a stopped process)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.stall = 0.0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.clock.now += (timeout or 0.0) + self.stall
+        self.stall = 0.0
+        return self.is_set()
+
+
+def test_a_polling_thread_s_late_wait_is_a_stall_and_a_slow_call_is_not() -> None:
+    clock = Clock()
+    stalls = WaitStalls(grace=0.25, clock=clock)
+    event = LateEvent(clock)
+    silence = Silence(10.0, stalls, clock=clock)
+    assert not stalls.wait(event, 1.0)
+    clock.now += 2.0  # a call that took 2 s to fail: listening, not a stall
+    event.stall = 20.0  # then the process was stopped through the next wait
+    assert not stalls.wait(event, 1.0)
+    assert stalls.total() == 20.0
+    assert silence.seconds() == 4.0
+    for _ in range(6):
+        stalls.wait(event, 1.0)
+    assert not silence.lost()
+    stalls.wait(event, 1.0)
+    assert silence.lost()
+    assert silence.account() == "for 10 s"
+    event.set()
+    assert stalls.wait(event, 1.0), "a set event ends the polling"

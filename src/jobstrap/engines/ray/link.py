@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jobstrap.bootstrap.messages import logger, say
+from jobstrap.bootstrap.silence import Silence, WaitStalls
 
 __all__ = ["NodeView", "RayLink", "alive_nodes", "interrupt_main"]
 
@@ -177,19 +178,22 @@ class RayLink:
             self._watch.start()
 
     def _watch_nodes(self) -> None:
-        last_answer = time.monotonic()
-        while not self._stopping.wait(POLL_INTERVAL):
+        # Silence this thread could observe: a stopped or CPU-starved process is not
+        # the GCS being gone (jobstrap.bootstrap.silence).
+        stalls = WaitStalls()
+        silence = Silence(self.death_timeout, stalls)
+        while not stalls.wait(self._stopping, POLL_INTERVAL):
             try:
                 nodes = alive_nodes(self._gcs())
             except Exception as error:
-                if time.monotonic() - last_answer > self.death_timeout:
+                if silence.lost():
                     self._stop_app(
-                        f"the Ray head at {self.address} stopped answering for "
-                        f"{self.death_timeout:.0f} s ({type(error).__name__}); stopping the app"
+                        f"the Ray head at {self.address} stopped answering "
+                        f"{silence.account()} ({type(error).__name__}); stopping the app"
                     )
                     return
                 continue
-            last_answer = time.monotonic()
+            silence.heard()
             for node in nodes:
                 if node.alive and node.node_id not in self._joined:
                     self._joined[node.node_id] = node.address  # a late joiner
