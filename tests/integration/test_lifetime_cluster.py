@@ -81,14 +81,25 @@ def submit_graph(client: Client, width: int, levels: int, seconds: float) -> lis
 
 
 class CountStarts(SchedulerPlugin):
-    """Counts every start of a task on a worker (a transition into ``processing``)."""
+    """Counts every start of a task on a worker (a transition into ``processing``), and
+    the starts of tasks whose result had been computed already (a lost result).
+
+    ``starts`` also counts a task handed to another worker before it ran (a retiring
+    worker's queued tasks); ``recomputed`` counts only work done twice because a
+    result was lost.
+    """
 
     def __init__(self) -> None:
         self.starts = 0
+        self.recomputed = 0
+        self._computed: set[Any] = set()
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish == "processing":
             self.starts += 1
+            self.recomputed += key in self._computed
+        elif finish == "memory":
+            self._computed.add(key)
 
 
 class WorkerSampler:
@@ -145,6 +156,7 @@ def test_a_computation_longer_than_every_walltime_finishes_without_recomputing(
     tasks = width * levels
     assert result == expected_result(width, levels)
     assert len(jobs_seen) > 3, f"no job was rotated: {sorted(jobs_seen)}"
+    assert counter.recomputed == 0, f"{counter.recomputed} results lost and recomputed"
     assert counter.starts <= 1.05 * tasks, f"{counter.starts} starts for {tasks} tasks"
     minimum = s.minimum_after_first_worker()
     assert minimum is not None, "no worker ever arrived"

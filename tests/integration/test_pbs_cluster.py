@@ -400,7 +400,14 @@ def test_a_computation_longer_than_every_walltime_finishes_by_rotation_alone() -
     tasks = width * levels
     assert result == expected_result(width, levels)
     assert len(jobs_seen) > 2, f"no job was rotated: {sorted(jobs_seen)}"
-    assert counter.starts <= 1.05 * tasks, f"{counter.starts} starts for {tasks} tasks"
+    # No result lost to a walltime: none computed twice (every future is kept, so a
+    # job killed before its results moved would show here).
+    assert counter.recomputed == 0, f"{counter.recomputed} results lost and recomputed"
+    # A retiring one-thread worker hands back at most the two tasks the scheduler
+    # queues on it (worker-saturation 1.1); a fixed 5 % allowed only 8 such hand-backs
+    # for 160 tasks, fewer than a loaded run's rotations make.
+    handed_back = 2 * (len(jobs_seen) - 2)
+    assert counter.starts <= tasks + handed_back, f"{counter.starts} starts for {tasks} tasks"
     minimum = sampler.minimum_after_first_worker()
     assert minimum is not None, "no worker ever arrived"
     assert minimum > 0, f"the worker count dropped to zero; samples: {sampler.samples}"
