@@ -64,7 +64,7 @@ from jobstrap.cluster.scheduler import SchedulerJob, SchedulerPlacement
 from jobstrap.cluster.submit import WorkerSubmitter
 from jobstrap.config.profile import Profile
 from jobstrap.engines.dask.drain import install_drain
-from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
+from jobstrap.engines.dask.quiet import quiet_shutdown_tracebacks
 from jobstrap.engines.dask.watchdog import HEARTBEAT_KEY
 from jobstrap.errors import JobFailedError
 from jobstrap.states import JobState
@@ -230,7 +230,7 @@ class BatchCluster(SpecCluster):
         scheduler_spec = self._placement.spec(security)
         # Rotations and scale-downs retire workers on purpose; the scheduler in this
         # process would log each one's closed stream with a traceback.
-        quiet_closed_comm_tracebacks()
+        quiet_shutdown_tracebacks()
         template = next(iter(templates.values()))
         try:
             super().__init__(

@@ -60,12 +60,12 @@ def load_dask(*, forks_workers: bool = False) -> None:
         for module in _MODULES:
             importlib.import_module(module)  # imports dask and distributed
         from jobstrap.engines.dask import samehost
-        from jobstrap.engines.dask.quiet import quiet_closed_comm_tracebacks
+        from jobstrap.engines.dask.quiet import quiet_shutdown_tracebacks
         from jobstrap.engines.dask.scale import apply_scale_defaults
 
         apply_scale_defaults()  # one scheduler for thousands of workers (docs/scale.md)
 
-        quiet_closed_comm_tracebacks()
+        quiet_shutdown_tracebacks()
         logtags.install()  # every line says which run, job, node, rank and role wrote it
         # Before any listener or connection: same-host peers (a node's workers,
         # the scheduler and the app's client) talk over Unix sockets, not TLS.

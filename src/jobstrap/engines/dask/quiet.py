@@ -9,6 +9,7 @@ the run they stay as they are, so a real failure is still visible.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from jobstrap.bootstrap import messages
@@ -18,7 +19,7 @@ __all__ = [
     "NOISY_LOGGERS",
     "configure_logging",
     "logger",
-    "quiet_closed_comm_tracebacks",
+    "quiet_shutdown_tracebacks",
     "say",
     "silence_for_shutdown",
 ]
@@ -62,20 +63,45 @@ class _NoClosedCommTraceback(logging.Filter):
         return True
 
 
+class _CancelledIsNotAnError(logging.Filter):
+    """Drop a record whose exception is a cancellation, at any level.
+
+    A scheduler closing while a retired worker's stream is still open cancels the
+    coroutine reading that stream, and ``distributed``'s ``log_errors`` logs the
+    ``CancelledError`` as an ERROR: an empty message and a traceback of
+    ``comm.read()``, shown in the notebook on every ``cluster.close()`` that
+    retires workers. A cancellation is how asyncio stops work, never a failure.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
 _closed_comm_filter = _NoClosedCommTraceback()
+_cancelled_filter = _CancelledIsNotAnError()
+
+#: Loggers ``log_errors`` reports a cancelled server coroutine under.
+_CANCELLING_LOGGERS = ("distributed.scheduler", "distributed.worker", "distributed.nanny",
+                       "distributed.core")  # fmt: skip
 
 
-def quiet_closed_comm_tracebacks() -> None:
-    """Install the filter on ``distributed.batched`` (idempotent; call in every process)."""
+def quiet_shutdown_tracebacks() -> None:
+    """Install the filters: ``CommClosedError`` tracebacks on ``distributed.batched``,
+    cancellations on the servers' loggers (idempotent; call in every process)."""
     batched = logging.getLogger("distributed.batched")
     if _closed_comm_filter not in batched.filters:
         batched.addFilter(_closed_comm_filter)
+    for name in _CANCELLING_LOGGERS:
+        server = logging.getLogger(name)
+        if _cancelled_filter not in server.filters:
+            server.addFilter(_cancelled_filter)
 
 
 def configure_logging(rank: int | None = None) -> None:
     """Send ``jobstrap.*`` log records to stderr (see :mod:`jobstrap.bootstrap.messages`),
     and keep ``CommClosedError`` tracebacks out of them."""
-    quiet_closed_comm_tracebacks()
+    quiet_shutdown_tracebacks()
     messages.configure_logging(rank)
 
 

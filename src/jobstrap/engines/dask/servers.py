@@ -35,7 +35,7 @@ from jobstrap.engines.dask import samehost
 from jobstrap.engines.dask.metrics import worker_service_kwargs
 from jobstrap.engines.dask.quiet import (
     logger,
-    quiet_closed_comm_tracebacks,
+    quiet_shutdown_tracebacks,
     say,
     silence_for_shutdown,
 )
@@ -183,7 +183,7 @@ class BatchWorker(Worker):
         self.join_jitter = float(join_jitter)
         self._joined_once = False
         _leave_signals_to_the_nanny()
-        quiet_closed_comm_tracebacks()  # also in a nanny's worker process
+        quiet_shutdown_tracebacks()  # also in a nanny's worker process
         samehost.install()  # likewise: a spawned worker starts without it
         if self.serves_metrics:
             worker_service_kwargs(kwargs)  # the HTTPS metrics endpoint and its labels
