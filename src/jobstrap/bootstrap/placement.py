@@ -31,9 +31,10 @@ __all__ = [
 ]
 
 #: Fewest worker ranks on a node for the ``node`` layout to group them. The group's
-#: workers come from a fork server, itself an interpreter that imports Dask: with two
-#: ranks that is as many imports as each rank running its own, plus a standing rank.
-NODE_LAYOUT_MIN_RANKS = 3
+#: workers come from a fork server forked from the first rank once it has imported
+#: Dask, so two ranks already save one import of Dask (half of the node's start-up
+#: CPU) and one copy of its modules, for a rank that stands by.
+NODE_LAYOUT_MIN_RANKS = 2
 
 
 @dataclass(frozen=True)

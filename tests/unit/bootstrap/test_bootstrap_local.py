@@ -448,13 +448,13 @@ def test_missing_interface_fails_fast_listing_this_nodes_interfaces(
 def test_missing_worker_interface_fails_every_rank_fast(run: RunDir, tmp_path: Path) -> None:
     app = write_app(tmp_path, COMPUTE_APP)
 
-    launch = mpiexec(
-        4,
-        [*bootstrap_argv(run, "--interface", "ib0", "--scheduler-interface", "lo"), "--", str(app)],
+    argv = bootstrap_argv(
+        run, "--interface", "ib0", "--scheduler-interface", "lo", "--worker-layout", "rank"
     )
+    launch = mpiexec(4, [*argv, "--", str(app)])
 
     assert launch.returncode == 2
-    # Once per worker rank (two worker ranks on a node each run their own workers).
+    # Once per worker rank (in the rank layout each runs its own workers).
     assert launch.stderr.count("requested interface ib0") == 2, launch.stderr
     assert "workers" not in launch.stdout
 
@@ -470,7 +470,8 @@ def test_missing_worker_interface_is_reported_once_per_node_in_the_node_layout(
     )
 
     assert launch.returncode == 2
-    # Three worker ranks on this host: the first looks, the others stand by.
+    # Three worker ranks on this host: the first looks, the others stand by (two
+    # would be grouped as well).
     assert launch.stderr.count("requested interface ib0") == 1, launch.stderr
     assert "workers" not in launch.stdout
 

@@ -36,6 +36,21 @@ def test_the_node_layout_gives_a_host_s_worker_ranks_to_its_first(peers: list[Pe
     assert alone == Placement((5,))  # fewer than NODE_LAYOUT_MIN_RANKS on n2
 
 
+def test_two_worker_ranks_on_a_host_are_grouped_too() -> None:
+    # Four ranks on two nodes: scheduler and client on n1, two workers on n2. The
+    # group's fork server is a fork of its first rank, so two ranks save an import.
+    hosts = ["n1", "n1", "n2", "n2"]
+    peers = [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(hosts)]
+    options = parse_args(["--run-dir", "/r"])
+
+    def world(rank: int) -> World:
+        comm: Any = object()
+        return World(rank=rank, size=len(hosts), source="mpi", comm=comm, hostname=hosts[rank])
+
+    assert placement(options, world(2), peers) == Placement((2, 3), cpus=frozenset({2, 3}))
+    assert placement(options, world(3), peers) == Placement((), leader=peers[2])
+
+
 @pytest.mark.parametrize("flag", ["--no-nanny", "--worker-layout=rank"])
 def test_each_rank_runs_its_own_workers_without_nannies_or_in_the_rank_layout(
     peers: list[Peer], flag: str

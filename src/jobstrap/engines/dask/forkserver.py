@@ -9,10 +9,16 @@ Imports nothing heavy at module level: the bootstrap calls
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
+import socket
+import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
+from jobstrap.bootstrap.messages import logger
 from jobstrap.bootstrap.signals import BATCH_SIGNALS, ignoring
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "START_METHOD_ENV",
     "apply_pre_spawn_environ",
     "choose_start_method",
+    "fork_fork_server",
     "start_fork_server",
     "start_resource_tracker_ignoring_sigusr1",
 ]
@@ -91,7 +98,11 @@ def start_fork_server() -> None:
     helper processes: the batch system's SIGTERM/SIGUSR1/SIGINT reach it too, and
     it must outlive them (its nannies drain their workers, and a nanny restarting a
     worker needs it); it ends by itself when this process ends. Ignored
-    dispositions survive exec, so it starts with them ignored.
+    dispositions survive fork and exec, so it starts with them ignored.
+
+    The server is a fork of this process when :func:`fork_fork_server` can take one
+    (Dask is imported here already, so the server costs no import); otherwise
+    multiprocessing starts a fresh interpreter that imports the preload itself.
     """
     import multiprocessing
     from multiprocessing import forkserver
@@ -104,7 +115,84 @@ def start_fork_server() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     with ignoring(BATCH_SIGNALS):
+        if fork_fork_server():
+            return
+        logger.debug("fork server: a new interpreter (%d threads here)", threading.active_count())
         forkserver.ensure_running()
+
+
+#: ``multiprocessing.forkserver.main``'s parameters in the Pythons whose fork server
+#: :func:`fork_fork_server` knows (3.10-3.13; 3.14 adds an authentication key).
+_SERVER_MAIN_PARAMETERS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
+
+
+def fork_fork_server() -> bool:
+    """Make a fork of this process multiprocessing's fork server; False if it cannot.
+
+    multiprocessing starts its fork server as a new interpreter, which imports the
+    preload (``distributed``) again: on a node whose first worker rank runs the
+    workers of several ranks, that second import is as much CPU as the rank's own,
+    on the critical path of the job's start. This process has imported it already
+    (it runs the nannies), so a fork of it is a server ready at once, and its
+    workers share the imported modules' pages with it and with this process.
+
+    A fork is taken only when it is safe and understood: this process has one thread
+    (no lock can be held by a thread the child lacks), the preload is imported, no
+    server runs yet, and the standard library's server has the layout of Python
+    3.10-3.13 (its ``main`` and its client's three fields). Otherwise nothing is
+    changed and the caller starts the usual server.
+
+    Returns
+    -------
+    bool
+        Whether the server now runs as this process's child.
+    """
+    from multiprocessing import connection, forkserver, resource_tracker, util
+
+    # The server's private fields, as ForkServer.ensure_running sets them (typeshed
+    # does not declare them; the checks below make sure they are there).
+    server: Any = forkserver._forkserver
+    arbitrary_address: Callable[[str], str] | None = getattr(connection, "arbitrary_address", None)
+    if (
+        threading.active_count() != 1
+        or PRELOAD_MODULE not in sys.modules
+        or hasattr(server, "_forkserver_authkey")
+        or getattr(server, "_forkserver_pid", 0) is not None
+        or tuple(inspect.signature(forkserver.main).parameters) != _SERVER_MAIN_PARAMETERS
+        or arbitrary_address is None
+    ):
+        return False
+    with server._lock:
+        # What ForkServer.ensure_running does before its spawn: the workers are
+        # handed the tracker's descriptor with every fork request.
+        resource_tracker.ensure_running()
+        address = arbitrary_address("AF_UNIX")
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(address)
+            if not util.is_abstract_socket_namespace(address):
+                os.chmod(address, 0o600)
+            listener.listen()
+            # Every client holds the write end; the server ends when all have closed it.
+            alive_r, alive_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the server: never returns into this process's code
+                code = 1
+                try:
+                    os.close(alive_w)
+                    forkserver.main(listener.detach(), alive_r, [PRELOAD_MODULE])
+                except SystemExit:  # main's way out: every client has ended
+                    code = 0
+                except BaseException:
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            os.close(alive_r)
+        server._forkserver_address = address
+        server._forkserver_alive_fd = alive_w
+        server._forkserver_pid = pid
+    return True
 
 
 def start_resource_tracker_ignoring_sigusr1() -> None:
