@@ -144,12 +144,15 @@ from distributed import Client
 def placement(nanny):
     rank = psutil.Process(nanny)  # the nanny's process: a rank of the step
     step = rank.parent()  # slurmstepd
-    standing = {}
+    standing, with_mpi = {}, {}
     for other in step.children():
         if other.pid != rank.pid:
             with open(f"/proc/{other.pid}/maps") as maps:
-                standing[other.pid] = "msgpack" in maps.read()
-    return {"host": socket.gethostname(), "nanny": rank.pid, "others_with_dask": standing}
+                mapped = maps.read()
+            standing[other.pid] = "msgpack" in mapped
+            with_mpi[other.pid] = "libmpi" in mapped
+    return {"host": socket.gethostname(), "nanny": rank.pid, "others_with_dask": standing,
+            "others_with_mpi": with_mpi}
 
 with Client() as client:
     nannies = client.run(os.getpid, nanny=True)
@@ -184,6 +187,8 @@ def test_the_node_layout_runs_one_process_of_workers_per_node(
     second = next(w for w in workers.values() if w["name"] == "4")
     # On the second node, the two other ranks stand by without importing Dask.
     assert list(second["others_with_dask"].values()) == [False, False], report
+    # ... and, MPI finalized, as bare interpreters that let go of MPI too.
+    assert list(second["others_with_mpi"].values()) == [False, False], report
     assert report["sum"] == sum(range(100))
     assert "Traceback" not in log
 

@@ -9,15 +9,17 @@ and CPU bindings, gathered in one allgather.
 from __future__ import annotations
 
 import os
-import time
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jobstrap.bootstrap import standby
 from jobstrap.bootstrap.messages import logger
 from jobstrap.bootstrap.options import Options
 from jobstrap.bootstrap.ranks import World
 from jobstrap.bootstrap.roles import node_groups
 from jobstrap.bootstrap.signals import BATCH_SIGNALS, ignore
+from jobstrap.bootstrap.standby import wait_for_exit
 
 __all__ = [
     "NODE_LAYOUT_MIN_RANKS",
@@ -148,32 +150,32 @@ def stand_by(leader: Peer) -> int:
 
     The rank stays (a launcher may end a step whose first task exits, e.g. Slurm's
     ``WaitTime``) but holds no work, so it ignores the batch system's signals: the
-    rank running the workers drains them. It ends when that rank ends.
+    rank running the workers drains them. It ends when that rank ends. MPI is
+    finalized by now, so the rank becomes a bare interpreter that only waits
+    (:mod:`jobstrap.bootstrap.standby`): the same pid, the ignored signals kept
+    across the exec, a fraction of the memory. If that exec fails, it waits here.
     """
     ignore(BATCH_SIGNALS)
     logger.debug("workers run in pid %d on this node; standing by", leader.pid)
-    _wait_for_exit(leader.pid)
+    _become_small(leader.pid)
+    wait_for_exit(leader.pid)
     return 0
 
 
-def _wait_for_exit(pid: int) -> None:
-    """Block until process ``pid`` (not a child) has ended."""
-    import select
+def _become_small(pid: int) -> None:
+    """Replace this process with ``python -I -S standby.py PID``; return only on failure."""
+    import logging
 
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
+    script = standby.__file__
+    if not script or not os.path.isfile(script):  # e.g. imported from a zip
         return
-    except (AttributeError, OSError):  # before Linux 5.3: look once a second
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                pass
-            time.sleep(1.0)
+    for handler in logging.getLogger().handlers + logging.getLogger("jobstrap").handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
     try:
-        select.select([fd], [], [])
-    finally:
-        os.close(fd)
+        # -I: nothing from the environment or the user's site; -S: no site-packages.
+        os.execv(sys.executable, [sys.executable, "-I", "-S", script, str(pid)])
+    except OSError as error:
+        logger.debug("standing by in this process: %s", error)

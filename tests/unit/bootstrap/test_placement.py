@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +87,36 @@ def test_gpu_workers_run_in_one_rank_per_node_whatever_the_layout(
     assert first == Placement((2,), cpus=frozenset({2, 3, 4}))
     assert others == [Placement((), leader=peers[2])] * 2
     assert alone == Placement((5,), cpus=frozenset({5}))
+
+
+def test_a_standing_rank_becomes_a_small_waiter_that_outlives_batch_signals() -> None:
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    code = (
+        "import msgpack  # a compiled module from site-packages, as a rank has mpi4py\n"
+        "from jobstrap.bootstrap.placement import Peer, stand_by\n"
+        f"stand_by(Peer('here', {leader.pid}, ()))\n"
+        "raise SystemExit(3)  # not reached: the process became the waiter\n"
+    )
+    rank = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        cmdline = ""
+        while "standby.py" not in cmdline and time.monotonic() < deadline:
+            time.sleep(0.05)
+            cmdline = Path(f"/proc/{rank.pid}/cmdline").read_bytes().decode()
+        # The same pid, now an interpreter without site-packages loading only the waiter.
+        assert "standby.py" in cmdline
+        assert "-S" in cmdline.split("\0")
+        # It let go of everything it had loaded from site-packages.
+        assert "site-packages" not in Path(f"/proc/{rank.pid}/maps").read_text()
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            os.kill(rank.pid, sig)
+        time.sleep(0.3)
+        assert rank.poll() is None  # the batch system's signals are for the leader
+        leader.kill()
+        leader.wait()
+        assert rank.wait(timeout=10) == 0
+    finally:
+        for process in (rank, leader):
+            if process.poll() is None:
+                process.kill()
