@@ -163,7 +163,7 @@ def stand_by(leader: Peer) -> int:
 
 
 def _become_small(pid: int) -> None:
-    """Replace this process with ``python -I -S standby.py PID``; return only on failure."""
+    """Replace this process with ``python -S standby.py PID``; return only on failure."""
     import logging
 
     script = standby.__file__
@@ -175,7 +175,8 @@ def _become_small(pid: int) -> None:
         if stream is not None:
             stream.flush()
     try:
-        # -I: nothing from the environment or the user's site; -S: no site-packages.
-        os.execv(sys.executable, [sys.executable, "-I", "-S", script, str(pid)])
+        # -S: no site-packages. The environment stays the rank's own (-I would drop a
+        # PYTHONHOME that some relocated interpreters need to find their library).
+        os.execv(sys.executable, [sys.executable, "-S", script, str(pid)])
     except OSError as error:
         logger.debug("standing by in this process: %s", error)

@@ -1,6 +1,6 @@
 """A rank standing by: wait for its node's first worker rank to end, in a small process.
 
-This file runs on its own (``python -I -S standby.py PID``) as well as imported: a
+This file runs on its own (``python -S standby.py PID``) as well as imported: a
 standing rank replaces its interpreter with one that loads nothing but this file,
 so it lets go of MPI, mpi4py and the bootstrap's modules (about two thirds of its
 memory) while it keeps its place in the launch. Standard library only, and no

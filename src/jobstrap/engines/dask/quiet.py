@@ -4,7 +4,10 @@ When a run ends, every connection between scheduler, workers and clients closes
 within a second, and ``distributed`` logs each one from both ends, sometimes with a
 ``CommClosedError`` traceback. None of it means anything once the run is over, so
 the loggers that produce it are raised to CRITICAL for the shutdown only; during
-the run they stay as they are, so a real failure is still visible.
+the run they stay as they are, so a real failure is still visible. One kind of
+record is dropped at any time (:func:`quiet_shutdown_tracebacks`): an ERROR whose
+exception is a cancellation, which ``distributed`` logs with a traceback when a
+scheduler closes while a retired worker's stream is still being read.
 """
 
 from __future__ import annotations
