@@ -150,16 +150,33 @@ def stand_by(leader: Peer) -> int:
 
     The rank stays (a launcher may end a step whose first task exits, e.g. Slurm's
     ``WaitTime``) but holds no work, so it ignores the batch system's signals: the
-    rank running the workers drains them. It ends when that rank ends. MPI is
-    finalized by now, so the rank becomes a bare interpreter that only waits
+    rank running the workers drains them. It ends when that rank ends. Under srun,
+    MPI being finalized by now, the rank becomes a bare interpreter that only waits
     (:mod:`jobstrap.bootstrap.standby`): the same pid, the ignored signals kept
-    across the exec, a fraction of the memory. If that exec fails, it waits here.
+    across the exec, a fraction of the memory. Elsewhere, or if that exec fails, it
+    waits here.
     """
     ignore(BATCH_SIGNALS)
     logger.debug("workers run in pid %d on this node; standing by", leader.pid)
-    _become_small(leader.pid)
+    if _launched_by_slurmstepd():
+        _become_small(leader.pid)
     wait_for_exit(leader.pid)
     return 0
+
+
+def _launched_by_slurmstepd() -> bool:
+    """Whether this rank is a task of a Slurm step (its parent is ``slurmstepd``).
+
+    The one launcher under which a rank may exec: MPICH's ``mpiexec`` (Hydra) kills
+    the job when one of its ranks execs, even after ``MPI_Finalize`` (seen with
+    MPICH 5: "BAD TERMINATION ... Killed (signal 9)"), and other launchers are
+    untested.
+    """
+    try:
+        with open(f"/proc/{os.getppid()}/comm", encoding="utf-8") as handle:
+            return handle.read().strip() == "slurmstepd"
+    except OSError:
+        return False
 
 
 def _become_small(pid: int) -> None:

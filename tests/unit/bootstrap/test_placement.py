@@ -93,8 +93,9 @@ def test_a_standing_rank_becomes_a_small_waiter_that_outlives_batch_signals() ->
     leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     code = (
         "import msgpack  # a compiled module from site-packages, as a rank has mpi4py\n"
-        "from jobstrap.bootstrap.placement import Peer, stand_by\n"
-        f"stand_by(Peer('here', {leader.pid}, ()))\n"
+        "from jobstrap.bootstrap import placement\n"
+        "placement._launched_by_slurmstepd = lambda: True  # a task of a Slurm step\n"
+        f"placement.stand_by(placement.Peer('here', {leader.pid}, ()))\n"
         "raise SystemExit(3)  # not reached: the process became the waiter\n"
     )
     rank = subprocess.Popen([sys.executable, "-c", code])
@@ -116,6 +117,27 @@ def test_a_standing_rank_becomes_a_small_waiter_that_outlives_batch_signals() ->
         leader.kill()
         leader.wait()
         assert rank.wait(timeout=10) == 0
+    finally:
+        for process in (rank, leader):
+            if process.poll() is None:
+                process.kill()
+
+
+def test_outside_a_slurm_step_a_standing_rank_waits_in_its_own_interpreter() -> None:
+    # mpiexec (MPICH's Hydra) kills the job when a rank execs: no exec there.
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    code = (
+        "from jobstrap.bootstrap.placement import Peer, stand_by\n"
+        f"raise SystemExit(stand_by(Peer('here', {leader.pid}, ())) + 5)\n"
+    )
+    rank = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(2.0)
+        assert rank.poll() is None
+        assert "standby.py" not in Path(f"/proc/{rank.pid}/cmdline").read_bytes().decode()
+        leader.kill()
+        leader.wait()
+        assert rank.wait(timeout=10) == 5  # stand_by returned 0 in this process
     finally:
         for process in (rank, leader):
             if process.poll() is None:
