@@ -32,10 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobstrap.bootstrap import drain
-from jobstrap.bootstrap.client import run_alone, run_client
 from jobstrap.bootstrap.engine import Engine, get_engine
 from jobstrap.bootstrap.gpus import GPU_RESOURCE, GpuWorker, gpu_allocation, gpu_workers
-from jobstrap.bootstrap.head import scheduler_rank, serve_head_alone
 from jobstrap.bootstrap.messages import configure_logging, logger, say
 from jobstrap.bootstrap.options import Options, parse_args
 from jobstrap.bootstrap.placement import (
@@ -142,6 +140,8 @@ def _run_mpi(engine: Engine, options: Options) -> int:
     role = role_of(world.rank, client_on_scheduler_rank=options.client_on_scheduler_rank)
     logger.debug("rank %d of %d (%s): %s", world.rank, world.size, world.source, role.value)
     if role in (Role.SCHEDULER, Role.SCHEDULER_AND_CLIENT):
+        from jobstrap.bootstrap.head import scheduler_rank
+
         return scheduler_rank(engine, options, world, run, on_one_host, role)
     where = placement(options, world, peers) if role is Role.WORKER else None
     expected: int | None = None
@@ -245,6 +245,8 @@ def _other_rank(
     if leader is not None:
         return stand_by(leader)
     if role is Role.CLIENT:
+        from jobstrap.bootstrap.client import run_client
+
         if expected is None:
             expected = expected_workers(
                 world.size,
@@ -283,6 +285,8 @@ def _run_in_process(options: Options) -> int:
     except UserError as error:
         say(str(error))
         return 2
+    from jobstrap.bootstrap.client import run_alone
+
     return run_alone(options, run)
 
 
@@ -368,6 +372,8 @@ def _gpu_kwargs(workers: Sequence[GpuWorker]) -> dict[str, Any]:
 
 def _run_scheduler_mode(engine: Engine, options: Options) -> int:
     """``scheduler`` mode: the head alone (see :func:`serve_head_alone`)."""
+    from jobstrap.bootstrap.head import serve_head_alone
+
     engine.load()
     world = discover_world(use_mpi=False)
     configure_logging()

@@ -19,7 +19,6 @@ from jobstrap.bootstrap.options import Options
 from jobstrap.bootstrap.ranks import World
 from jobstrap.bootstrap.roles import node_groups
 from jobstrap.bootstrap.signals import BATCH_SIGNALS, ignore
-from jobstrap.bootstrap.standby import wait_for_exit
 
 __all__ = [
     "NODE_LAYOUT_MIN_RANKS",
@@ -160,7 +159,7 @@ def stand_by(leader: Peer) -> int:
     logger.debug("workers run in pid %d on this node; standing by", leader.pid)
     if _launched_by_slurmstepd():
         _become_small(leader.pid)
-    wait_for_exit(leader.pid)
+    standby.wait_for_exit(leader.pid)
     return 0
 
 

@@ -2,9 +2,9 @@
 
 This file runs on its own (``python -S standby.py PID``) as well as imported: a
 standing rank replaces its interpreter with one that loads nothing but this file,
-so it lets go of MPI, mpi4py and the bootstrap's modules (about two thirds of its
-memory) while it keeps its place in the launch. Standard library only, and no
-imports of the package, for that reason.
+so it lets go of MPI, mpi4py and the bootstrap's modules (about five sixths of its
+memory: 19.6 to 3.4 MiB of PSS on the test cluster) while it keeps its place in the
+launch. Standard library only, and no imports of the package, for that reason.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Mapping
@@ -172,7 +171,7 @@ def default_run_root(configured: str | os.PathLike[str] | None = None) -> Path:
 def new_run_id(prefix: str = "run") -> str:
     """Return a fresh run id that sorts by creation time, e.g. ``run-20260101T120000-3f9a1c``."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+    return f"{prefix}-{stamp}-{os.urandom(3).hex()}"
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
@@ -217,7 +216,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         The path written.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -12,7 +12,6 @@ initialised, and ``distributed`` is imported in :meth:`DaskEngine.load`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -163,6 +162,8 @@ class DaskEngine:
             resources=dict(resources) if resources else None,
             join_jitter=join_jitter(world_workers()),
         )
+        import asyncio  # here: a rank standing by for its node never needs it
+
         return asyncio.run(serve_workers(address, worker_options))
 
     def tell_app(self, options: Options, run: RunDir, address: str) -> None:
