@@ -142,3 +142,23 @@ def test_outside_a_slurm_step_a_standing_rank_waits_in_its_own_interpreter() -> 
         for process in (rank, leader):
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_rank_loads_nothing_only_other_roles_need_before_it_knows_its_role() -> None:
+    # Up to the placement every rank runs the same code, and most ranks of a large
+    # job only stand by: what that path imports, each of them pays for. The engine is
+    # found (not loaded); the client's and head's modules and asyncio come later.
+    probe = (
+        "import sys\n"
+        "import jobstrap.bootstrap.main, jobstrap.bootstrap.placement\n"
+        "from jobstrap.bootstrap.engine import get_engine\n"
+        "from jobstrap.net.security import tls_files\n"
+        "get_engine('dask')\n"
+        "heavy = ['asyncio', 'dask', 'distributed', 'secrets', 'ssl',\n"
+        "         'jobstrap.bootstrap.client', 'jobstrap.bootstrap.head']\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == []
