@@ -183,3 +183,39 @@ def test_two_workers_in_one_process_each_report_their_own_numbers(tmp_path: Path
     assert set(seen) == {"one", "three"}
     assert "\ndask_worker_threads 1.0" in seen["one"]
     assert "\ndask_worker_threads 3.0" in seen["three"]
+
+
+def test_workers_that_joined_before_the_endpoint_are_targets_and_counted(tmp_path: Path) -> None:
+    # The scheduler's address goes out before its metrics are installed (they are
+    # not on the path of the workers' joining): the plugin picks up who is there.
+    from distributed import Worker
+
+    from jobstrap.engines.dask.metrics import MetricsService
+
+    run = RunDir.create(tmp_path, "run-c")
+    create_tls(run)
+
+    async def main() -> tuple[list[str], int]:
+        security = load_security(run)
+        service = {SERVICE: (MetricsService, {"role": "worker", "run_dir": str(run)})}
+        async with (
+            Scheduler(
+                host="127.0.0.1", port=0, protocol="tls", security=security, dashboard=False
+            ) as scheduler,
+            Worker(scheduler.address, nthreads=1, name="early-1", security=security,
+                   services=service, dashboard=False),
+            Worker(scheduler.address, nthreads=1, name="early-2", security=security,
+                   services=service, dashboard=False),
+        ):  # fmt: skip
+            plugin = await install_scheduler_metrics(scheduler, run)
+            assert plugin is not None
+            entries = json.loads(run_targets_file(run).read_text())
+            workers = sorted(
+                e["labels"]["worker"] for e in entries if e["labels"]["role"] == "worker"
+            )
+            return workers, plugin.joined
+
+    workers, joined = asyncio.run(main())
+
+    assert workers == ["early-1", "early-2"]
+    assert joined == 2

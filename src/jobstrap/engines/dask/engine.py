@@ -117,7 +117,8 @@ class DaskEngine:
         if options.dashboard:  # --no-dashboard: no HTTP listener at all, metrics included
             from jobstrap.engines.dask.metrics import serve_run_metrics
 
-            # HTTPS /metrics, targets file, jobstrap's job series
+            # HTTPS /metrics, targets file, jobstrap's job series: started, not
+            # awaited, so the caller publishes the address meanwhile
             serve_run_metrics(runner, options.run_dir, mode=options.mode)
         return runner
 

@@ -21,6 +21,7 @@ HTTP on the interface.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import getpass
 import logging
@@ -282,11 +283,17 @@ class TargetsPlugin(SchedulerPlugin):
                 pool="",
             )
             self.targets[scheduler.address] = Target(f"{_host(scheduler)}:{service.port}", labels)
-        for address in list(scheduler.workers):
-            self._add(address)
+        # The plugin may be installed after the scheduler's address went out: the
+        # workers already there joined the run as much as the ones to come.
+        self.joined += self._add_present()
         # The first write is awaited: the file exists once the plugin is installed.
         targets = list(self.targets.values())
         await asyncio.get_running_loop().run_in_executor(None, self._write_now, targets)
+        # Those that joined during the write: nothing awaits between this and the
+        # scheduler's add_plugin, so from here on add_worker sees every one.
+        if added := self._add_present():
+            self.joined += added
+            self._soon()
         self._refresh = asyncio.ensure_future(self._heartbeat())
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
@@ -312,6 +319,10 @@ class TargetsPlugin(SchedulerPlugin):
             await asyncio.get_running_loop().run_in_executor(None, self._write_now, [])
 
     # -- internals ---------------------------------------------------------------------
+    def _add_present(self) -> int:
+        """Add the scheduler's workers not yet in the targets; return how many."""
+        return sum(self._add(a) for a in list(self.scheduler.workers) if a not in self.targets)
+
     def _add(self, address: str) -> bool:
         ws = self.scheduler.workers.get(address)
         if ws is None:
@@ -362,17 +373,24 @@ class TargetsPlugin(SchedulerPlugin):
 def serve_run_metrics(
     runner: Any, run_dir: str | os.PathLike[str], *, engine: str = "dask", mode: str = "mpi"
 ) -> None:
-    """:func:`install_scheduler_metrics` on a :class:`SchedulerRunner`'s loop; warns on failure.
+    """Start :func:`install_scheduler_metrics` on a :class:`SchedulerRunner`'s loop.
 
     With jobstrap's job series: a batch run's (``mode`` ``mpi``) scheduler serves
     its own job (:class:`~jobstrap.metrics.jobs.RunJobs`); a cluster's scheduler
     job (``scheduler``) serves the job book its notebook pushes
-    (:data:`BOOK_HANDLER`). Metrics never stop a run: whatever goes wrong is said
-    in one line.
+    (:data:`BOOK_HANDLER`).
+
+    Not awaited: the endpoint, its TLS context and the targets file are not on the
+    path of the workers' joining, so the caller publishes the scheduler's address
+    meanwhile; workers that join first are picked up when the plugin starts. The
+    scraper's CA is the exception: on a user's first run it is made here, before
+    any endpoint of the run reads it.
+    Metrics never stop a run: whatever goes wrong is said in one line.
     """
     if not enabled() or not run_dir:
         return
     from jobstrap.metrics.jobs import ClusterCollector, PushedCollector, RunJobs
+    from jobstrap.metrics.pki import client_files
 
     collector: Any
     if mode == "scheduler":
@@ -381,15 +399,26 @@ def serve_run_metrics(
     else:
         job = RunJobs(os.environ.get("JOBSTRAP_JOB_ID", ""), _process_start(), _run_record(run_dir))
         collector = ClusterCollector(job)
+    scheduler = runner.scheduler
     try:
-        asyncio.run_coroutine_threadsafe(
-            install_scheduler_metrics(
-                runner.scheduler, run_dir, engine=engine, collectors=[collector]
-            ),
+        root = Path(run_dir).parent
+        if not client_files(root).exist():
+            ensure_client_pki(root)
+        installed = asyncio.run_coroutine_threadsafe(
+            install_scheduler_metrics(scheduler, run_dir, engine=engine, collectors=[collector]),
             runner.loop,
-        ).result(60)
+        )
     except Exception as error:
         logger.warning("metrics are not served: %s: %s", type(error).__name__, error)
+        return
+
+    def said(future: concurrent.futures.Future[Any]) -> None:
+        error = None if future.cancelled() else future.exception()
+        status = getattr(getattr(scheduler, "status", None), "name", "")
+        if error is not None and status not in ("closing", "closed", "failed"):
+            logger.warning("metrics are not served: %s: %s", type(error).__name__, error)
+
+    installed.add_done_callback(said)
 
 
 #: The scheduler handler a notebook cluster pushes its job book to (``families``:
