@@ -36,8 +36,13 @@ SCRIPT = textwrap.dedent(
             threading.Thread(target=stop.wait, daemon=True).start()
         start_fork_server()
         server = forkserver._forkserver._forkserver_pid
-        with open(f"/proc/{server}/cmdline", "rb") as handle:
-            cmdline = handle.read().replace(b"\\0", b" ").decode()
+        deadline = time.monotonic() + 30
+        while True:  # a new interpreter's command line reads empty while it execs
+            with open(f"/proc/{server}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\\0", b" ").decode()
+            if cmdline or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         with open(f"/proc/{server}/status") as handle:
             ignored = int(next(l for l in handle if l.startswith("SigIgn:")).split()[1], 16)
         if sys.argv[2] == "term":  # the batch system signals the step's processes
