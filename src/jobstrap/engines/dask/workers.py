@@ -26,7 +26,7 @@ from jobstrap.engines.dask.quiet import logger, say, silence_for_shutdown
 from jobstrap.engines.dask.scheduler import SchedulerPinger, scheduler_rpc
 from jobstrap.engines.dask.servers import BatchNanny, BatchWorker, HeadlessWorker
 
-__all__ = ["WorkerOptions", "serve_workers"]
+__all__ = ["WorkerOptions", "reap_worker_processes", "serve_workers"]
 
 
 @dataclass
@@ -242,6 +242,7 @@ async def serve_workers(
         await asyncio.gather(
             *(n.close(reason="jobstrap: start failed") for n in nannies), return_exceptions=True
         )
+        reap_worker_processes()
         if state["drains"]:
             # Asked to go away while starting: a worker process signalled before it
             # could ignore the signal may have died; either way this rank is done.
@@ -295,11 +296,35 @@ async def serve_workers(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        reap_worker_processes()
     out_of_memory = any(
         options.max_memory_kills and getattr(n, "memory_kills", 0) >= options.max_memory_kills
         for n in nannies
     )
     return 1 if state["lost"] or out_of_memory else 0
+
+
+def reap_worker_processes(timeout: float = 5.0) -> list[int]:
+    """Kill the worker processes still alive once this rank's nannies are done; return their pids.
+
+    A nanny whose close fails (e.g. its worker was still starting when a 256-rank
+    launch on two cores gave up on the nannies) leaves its worker running. That
+    worker ignores SIGTERM (as a batch job's workers must, to drain) and keeps no
+    connection to a scheduler that is gone, and multiprocessing joins every child
+    when the interpreter exits: the rank would wait for it until the allocation's
+    walltime. Normally nothing is left and this does nothing.
+    """
+    import multiprocessing
+
+    killed = []
+    for child in multiprocessing.active_children():  # also joins the finished ones
+        if child.pid is None:
+            continue
+        say(f"worker process {child.pid} outlived its nanny; killing it")
+        child.kill()
+        child.join(timeout)
+        killed.append(child.pid)
+    return killed
 
 
 def _cuda_worker(
