@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,14 +20,17 @@ def test_a_worker_process_that_ignores_sigterm_is_killed_when_the_nannies_are_do
         import multiprocessing, os, signal, time
         from jobstrap.engines.dask.workers import reap_worker_processes
 
-        def orphan() -> None:
+        def orphan(ready) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ready.set()
             time.sleep(600)
 
         if __name__ == "__main__":
-            child = multiprocessing.get_context("forkserver").Process(target=orphan)
+            context = multiprocessing.get_context("forkserver")
+            ready = context.Event()
+            child = context.Process(target=orphan, args=(ready,))
             child.start()
-            time.sleep(1.0)  # its SIGTERM is ignored by now
+            assert ready.wait(50)  # its SIGTERM is ignored from here on
             os.kill(child.pid, signal.SIGTERM)
             time.sleep(0.2)
             assert child.is_alive()
@@ -49,4 +51,3 @@ def test_nothing_is_killed_when_nothing_is_left() -> None:
     from jobstrap.engines.dask.workers import reap_worker_processes
 
     assert reap_worker_processes() == []
-    assert os.getpid() > 0  # this process itself is untouched
