@@ -101,6 +101,9 @@ def login(testcluster: TestCluster) -> Iterator[Login]:
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     address = login_address()
     port = free_port(address)
+    # An empty HOME for the session: the account's own shell rc files stay out of it.
+    home = keys / "home"
+    home.mkdir()
     config = keys / "sshd_config"
     config.write_text(
         textwrap.dedent(f"""\
@@ -115,6 +118,7 @@ def login(testcluster: TestCluster) -> Iterator[Login]:
         StrictModes no
         PidFile none
         AllowTcpForwarding yes
+        SetEnv HOME={home}
         """)
     )
     # This session runs on head, so a plain child process is head's sshd.

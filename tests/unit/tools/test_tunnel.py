@@ -437,13 +437,18 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     user_key = keygen(tmp_path / "user_key")
     shutil.copy(tmp_path / "user_key.pub", tmp_path / "authorized_keys")
     port = free_local_port(None)
+    # The session's HOME is an empty directory: the login shell must not read the
+    # user's own ~/.bashrc (a stale pyenv rehash lock there stalls every ssh
+    # command for 60 s), so the test sees sshd and jobstrap, not this account.
+    home = tmp_path / "home"
+    home.mkdir()
     config = tmp_path / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
         f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nUsePAM no\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nStrictModes no\nPidFile none\n"
-        "AllowTcpForwarding yes\n"
+        f"AllowTcpForwarding yes\nSetEnv HOME={home}\n"
     )
     process = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     try:
