@@ -285,12 +285,14 @@ def measure(jobs: int, track: float) -> dict[str, Any]:
 
 #: What only the emulation needs, the same on both sides: 50 workers share one process
 #: and two cores, where at a site each has its own process and core. distributed's
-#: per-worker sampling profiler (every 10 ms) and monitors (100 ms, 500 ms) would run
-#: 1,000 times in a few processes and starve the scheduler of the machine's CPU.
+#: per-worker sampling profiler (every 10 ms), monitors (100 ms, 500 ms) and
+#: event-loop tick (20 ms: 2,500 callbacks a second in a process of 50 workers) would
+#: run 1,000 times in a few processes and starve the scheduler of the machine's CPU.
 STORM_HOST_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.worker.memory.monitor-interval": "5s",
     "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "1s",
 }
 #: How long the workers are held once all joined: heartbeats at full size, and the
 #: scheduler's worker-ttl checks, must not drop any of them.
