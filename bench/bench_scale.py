@@ -716,6 +716,24 @@ def batch_targets(result: dict[str, Any], jobs: int) -> dict[str, Any]:
 STORM_SIDES = ("jobstrap", "jobstrap_paced", "dask_mpi")
 #: Batch mode at many ranks: (launcher, method) pairs run by bench_bootstrap's code.
 RANK_METHODS = ("jobstrap", "dask_mpi")
+#: Added to bench_bootstrap's settings for crowded hosts (both sides alike), as the
+#: storm's hosts have it: 128-254 workers' 20 ms event-loop ticks on two cores.
+CROWDED_TICK = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
+
+
+@contextlib.contextmanager
+def environment(extra: dict[str, str]) -> Any:
+    """``os.environ`` with ``extra`` for the block (bench_bootstrap's mpiexec reads it)."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def storm_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -746,6 +764,10 @@ def ranks_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Batch mode at ``--ranks`` (srun under Slurm, and mpiexec on one host), per method."""
     import bench_bootstrap as bb
 
+    # srun launches take it from big_layout_env (past CROWDED_RANKS a node); a plain
+    # mpiexec on one host gets none of bench_bootstrap's crowded settings, so they are
+    # given here through the environment it passes on, to both sides alike.
+    bb.CROWDED_ENV.update(CROWDED_TICK)
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for ranks in args.ranks:
         for launcher in args.launchers:
@@ -764,7 +786,9 @@ def ranks_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     sampler.start()
                     try:
                         if launcher == "mpiexec":
-                            run = bb.run_mpiexec(ranks, workdir, args.timeout, method=method)
+                            crowded = bb.CROWDED_ENV if ranks > bb.CROWDED_RANKS else {}
+                            with environment(crowded):
+                                run = bb.run_mpiexec(ranks, workdir, args.timeout, method=method)
                         else:
                             run = bb.METHODS[method](ranks, workdir, args.timeout)
                     except Exception as error:
