@@ -235,9 +235,9 @@ def security_from_material(material: TLSMaterial) -> Security:
     For launches without a shared run directory (``jobstrap.engines.dask.mpi_compat.initialize``),
     where rank 0 generates the material and broadcasts it.
     """
-    from distributed import Security
+    from jobstrap.net.dasktls import RunSecurity
 
-    return Security(  # type: ignore[no-untyped-call]
+    return RunSecurity(  # type: ignore[no-untyped-call]
         require_encryption=True, **_material_fields(material)
     )
 
@@ -341,6 +341,8 @@ def load_security(run_dir: str | os.PathLike[str], *, require: bool = True) -> S
     """
     from distributed import Security
 
+    from jobstrap.net.dasktls import RunSecurity
+
     files = tls_files(run_dir)
     if not files.exist():
         if require:
@@ -348,7 +350,7 @@ def load_security(run_dir: str | os.PathLike[str], *, require: bool = True) -> S
         return Security(require_encryption=False)  # type: ignore[no-untyped-call]
     _check_files(files)
     paths = {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
-    return Security(  # type: ignore[no-untyped-call]
+    return RunSecurity(  # type: ignore[no-untyped-call]
         require_encryption=True,
         tls_ca_file=paths["ca"],
         tls_scheduler_cert=paths["cert"],

@@ -103,6 +103,60 @@ def test_load_security_requires_encryption_with_the_run_files(run: RunDir) -> No
         assert getattr(security, f"tls_{role}_key") == str(files.key)
 
 
+def handshake_session(server: ssl.SSLContext, client: ssl.SSLContext) -> ssl.SSLSession:
+    """One real handshake over a socket pair; the client's session once it has read."""
+    import socket
+    import threading
+
+    left, right = socket.socketpair()
+
+    def serve() -> None:
+        with server.wrap_socket(left, server_side=True) as tls:
+            tls.sendall(b"y")  # TLS 1.3 tickets, if any, arrive before this byte
+            tls.recv(1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with client.wrap_socket(right) as tls:
+        assert tls.recv(1) == b"y"
+        session = tls.session
+        tls.sendall(b"x")
+    thread.join(10)
+    assert session is not None
+    return session
+
+
+def test_the_run_s_listeners_issue_no_session_tickets(run: RunDir) -> None:
+    # distributed never resumes a session; a ticket is work for the listener (the
+    # scheduler, under a connection storm) and for every client that parses it.
+    create_tls(run)
+    ours = load_security(run)
+    plain = Security(  # type: ignore[no-untyped-call]
+        require_encryption=True, tls_ca_file=ours.tls_ca_file,
+        tls_scheduler_cert=ours.tls_scheduler_cert, tls_scheduler_key=ours.tls_scheduler_key,
+    )  # fmt: skip
+    client = ours.get_connection_args("worker")["ssl_context"]
+
+    with_tickets = handshake_session(plain.get_listen_args("scheduler")["ssl_context"], client)
+    without = handshake_session(ours.get_listen_args("scheduler")["ssl_context"], client)
+
+    assert with_tickets.has_ticket  # distributed's own context: the check can fail
+    assert not without.has_ticket
+
+
+def test_the_run_s_security_survives_pickling_into_a_worker_process(run: RunDir) -> None:
+    # A nanny hands its Security to the worker process it starts.
+    import pickle
+
+    create_tls(run)
+    security = load_security(run)
+
+    copy_ = pickle.loads(pickle.dumps(security))
+
+    assert type(copy_) is type(security)
+    assert copy_.get_listen_args("worker")["ssl_context"].num_tickets == 0
+
+
 def test_load_security_without_files_fails_naming_the_opt_out(run: RunDir) -> None:
     with pytest.raises(UserError, match="protocol tcp"):
         load_security(run)
