@@ -269,7 +269,12 @@ def row(name: str, data: Mapping[str, Any], measure: str, what: str, current: st
         key = history.pool_key(last)
         rev = str(last.get("code", {}).get("rev", "?"))[:7]
         date = str(last.get("date", "?"))[:10]
-        code = f"**not rerun on the current code** (last: {rev}, {date})"
+        if current is not None and last.get("code", {}).get("measured") == current:
+            # Measured on this code by an earlier run of another workload (a bench
+            # whose parts run separately): current, pooled over its own workload.
+            code = "current"
+        else:
+            code = f"**not rerun on the current code** (last: {rev}, {date})"
     code += _others(runs, measure, key)
     if figure is None:
         pooled = [r for r in runs if history.pool_key(r) == key]

@@ -159,3 +159,40 @@ def test_the_lifetime_rows_show_throughput_per_worker_second_and_the_peak() -> N
     peak = lines["| lifetime rotation: peak workers vs target"]
     assert "4 workers" in peak
     assert "target (workers asked for): 3 workers" in peak
+
+
+def test_a_measure_of_the_current_code_from_an_earlier_workload_is_current() -> None:
+    # bench_scale runs its parts separately: the newest run measured scale_2 only, on
+    # the same code as the run before it, which measured scale_12. Both are current.
+    two = {"scale_2": {"series": "scale_2", "ours": "jobstrap", "anchor": "dask_jobqueue"}}
+    data = results_file(
+        "bench/bench_cluster.py",
+        [
+            run("aaaaaaa1", "h0", {"scale_12": {"jobstrap": [3.0], "dask_jobqueue": [6.0]}}, SCALE),
+            run("bbbbbbb2", "h1", {"scale_12": {"jobstrap": [1.0], "dask_jobqueue": [4.0]}}, SCALE),
+            run("ccccccc3", "h1", {"scale_2": {"jobstrap": [1.0], "dask_jobqueue": [2.0]}}, two),
+        ],
+    )
+
+    text = report.table({"cluster.json": data}, CURRENT.get)
+
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    twelve = lines["| `scale(jobs=12)` until 12 workers are connected"]
+    assert "| 0.25 |" in twelve
+    assert "| current; earlier code: 0.50 (aaaaaaa) |" in twelve
+    assert "not rerun" not in text
+
+
+def test_a_measure_last_taken_on_older_code_is_not_rerun() -> None:
+    two = {"scale_2": {"series": "scale_2", "ours": "jobstrap", "anchor": "dask_jobqueue"}}
+    data = results_file(
+        "bench/bench_cluster.py",
+        [
+            run("aaaaaaa1", "h0", {"scale_12": {"jobstrap": [3.0], "dask_jobqueue": [6.0]}}, SCALE),
+            run("ccccccc3", "h1", {"scale_2": {"jobstrap": [1.0], "dask_jobqueue": [2.0]}}, two),
+        ],
+    )
+
+    text = report.table({"cluster.json": data}, CURRENT.get)
+
+    assert "**not rerun on the current code** (last: aaaaaaa" in text
