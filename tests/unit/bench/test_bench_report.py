@@ -161,18 +161,23 @@ def test_the_lifetime_rows_show_throughput_per_worker_second_and_the_peak() -> N
     assert "target (workers asked for): 3 workers" in peak
 
 
+TWO = {"scale_2": {"series": "scale_2", "ours": "jobstrap", "anchor": "dask_jobqueue"}}
+
+
+def scale_then_two(*twelves: tuple[str, str, float]) -> dict[str, Any]:
+    """cluster.json: runs measuring scale_12 (rev, hash, ours vs 6 s), then scale_2 on h1."""
+    runs = [
+        run(rev, measured, {"scale_12": {"jobstrap": [ours], "dask_jobqueue": [6.0]}}, SCALE)
+        for rev, measured, ours in twelves
+    ]
+    two = run("ccccccc3", "h1", {"scale_2": {"jobstrap": [1.0], "dask_jobqueue": [2.0]}}, TWO)
+    return results_file("bench/bench_cluster.py", [*runs, two])
+
+
 def test_a_measure_of_the_current_code_from_an_earlier_workload_is_current() -> None:
     # bench_scale runs its parts separately: the newest run measured scale_2 only, on
     # the same code as the run before it, which measured scale_12. Both are current.
-    two = {"scale_2": {"series": "scale_2", "ours": "jobstrap", "anchor": "dask_jobqueue"}}
-    data = results_file(
-        "bench/bench_cluster.py",
-        [
-            run("aaaaaaa1", "h0", {"scale_12": {"jobstrap": [3.0], "dask_jobqueue": [6.0]}}, SCALE),
-            run("bbbbbbb2", "h1", {"scale_12": {"jobstrap": [1.0], "dask_jobqueue": [4.0]}}, SCALE),
-            run("ccccccc3", "h1", {"scale_2": {"jobstrap": [1.0], "dask_jobqueue": [2.0]}}, two),
-        ],
-    )
+    data = scale_then_two(("aaaaaaa1", "h0", 3.0), ("bbbbbbb2", "h1", 1.5))
 
     text = report.table({"cluster.json": data}, CURRENT.get)
 
@@ -184,14 +189,7 @@ def test_a_measure_of_the_current_code_from_an_earlier_workload_is_current() -> 
 
 
 def test_a_measure_last_taken_on_older_code_is_not_rerun() -> None:
-    two = {"scale_2": {"series": "scale_2", "ours": "jobstrap", "anchor": "dask_jobqueue"}}
-    data = results_file(
-        "bench/bench_cluster.py",
-        [
-            run("aaaaaaa1", "h0", {"scale_12": {"jobstrap": [3.0], "dask_jobqueue": [6.0]}}, SCALE),
-            run("ccccccc3", "h1", {"scale_2": {"jobstrap": [1.0], "dask_jobqueue": [2.0]}}, two),
-        ],
-    )
+    data = scale_then_two(("aaaaaaa1", "h0", 3.0))
 
     text = report.table({"cluster.json": data}, CURRENT.get)
 
