@@ -132,6 +132,40 @@ def worker_class(name: str | None) -> Any:
     return cls
 
 
+#: Seconds a rank whose workers failed to start waits for the scheduler's answer,
+#: to tell a worker process's own failure from an unreachable scheduler.
+START_FAILURE_PING_S = 5.0
+
+
+async def _start_failure(
+    error: BaseException, options: WorkerOptions, scheduler_address: str, elapsed: float
+) -> str:
+    """The one line that says why this rank's workers did not start.
+
+    A worker process that fails on its own (a preload or a worker class that
+    raises, a bad option) makes the nanny fail too; blaming the network then sends
+    the user to the wrong place. Whether the scheduler answers this rank tells
+    the two apart.
+    """
+    what = f"{type(error).__name__}: {error}"
+    pinger = SchedulerPinger(scheduler_address, options.security, START_FAILURE_PING_S)
+    try:
+        reachable = await pinger.ping(START_FAILURE_PING_S)
+    finally:
+        await pinger.close()
+    if reachable:
+        return (
+            f"workers on {options.host} failed to start after {elapsed:.0f} s ({what}); "
+            f"the scheduler at {scheduler_address} answers from this node, so the worker "
+            "process itself failed: see its error above (preload, worker class, options)"
+        )
+    return (
+        f"workers on {options.host} could not join the scheduler at {scheduler_address} "
+        f"after {elapsed:.0f} s ({what}), and it does not answer from this node; "
+        "check that this node can reach the scheduler's network (--interface)"
+    )
+
+
 def _is_cuda_worker(cls: type) -> bool:
     return cls.__module__.split(".")[0] == "dask_cuda" and cls.__name__ == "CUDAWorker"
 
@@ -235,6 +269,7 @@ async def serve_workers(
         else:
             nannies.append(worker_class(scheduler_address, name=name, **common, **worker_kwargs))
 
+    starting = time.monotonic()
     try:
         await asyncio.gather(*(nanny.start() for nanny in nannies))
     except Exception as error:
@@ -248,11 +283,7 @@ async def serve_workers(
             # could ignore the signal may have died; either way this rank is done.
             logger.info("drain requested while the workers started; leaving")
             return 0
-        say(
-            f"workers on {options.host} could not join the scheduler at {scheduler_address} "
-            f"within {options.death_timeout:.0f} s ({type(error).__name__}: {error}); "
-            "check that this node can reach the scheduler's network (--interface)"
-        )
+        say(await _start_failure(error, options, scheduler_address, time.monotonic() - starting))
         return 1
     addresses = [a for n in nannies for a in _worker_addresses(n)]
     started.set()
