@@ -1,9 +1,11 @@
-"""Where a worker rank's workers run: its own process, or its node's first worker rank.
+"""Where a worker rank's workers run: its own process, or its group's first worker rank.
 
 In the ``node`` layout the first worker rank of a node runs the workers of every
 worker rank there (one interpreter imports the engine and forks them all); the
-node's other worker ranks stand by until it ends. Engine-agnostic: only hosts, pids
-and CPU bindings, gathered in one allgather.
+node's other worker ranks stand by until it ends. Past
+:data:`NODE_LAYOUT_MAX_RANKS` worker ranks a node, they are split into groups, each
+run so by its own first rank. Engine-agnostic: only hosts, pids and CPU bindings,
+gathered in one allgather.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from jobstrap.bootstrap.roles import node_groups
 from jobstrap.bootstrap.signals import BATCH_SIGNALS, ignore
 
 __all__ = [
+    "NODE_LAYOUT_MAX_RANKS",
     "NODE_LAYOUT_MIN_RANKS",
     "Peer",
     "Placement",
     "gather_peers",
     "placement",
     "single_host",
+    "split_group",
     "stand_by",
     "widen_binding",
 ]
@@ -36,6 +40,13 @@ __all__ = [
 #: Dask, so two ranks already save one import of Dask (half of the node's start-up
 #: CPU) and one copy of its modules, for a rank that stands by.
 NODE_LAYOUT_MIN_RANKS = 2
+#: Most worker ranks one process runs the workers of. Past it a node's worker ranks
+#: are split into groups of near-equal size, each run by its own first rank: one
+#: process's event loop starts, and then supervises, every nanny of its group on a
+#: single core, so a 128-rank node with one such process would start its workers one
+#: core at a time while the others idle. Each group costs one import of Dask and one
+#: fork server more (about 50 MiB of a node's memory).
+NODE_LAYOUT_MAX_RANKS = 32
 
 
 @dataclass(frozen=True)
@@ -52,10 +63,11 @@ class Placement:
     """Where this rank's workers run (worker ranks only).
 
     ``ranks`` are the worker ranks whose workers this process runs: its own in the
-    ``rank`` layout; in the ``node`` layout, every worker rank of the node for the
-    node's first worker rank and none for the others, which stand by for
-    ``leader``. ``cpus`` is the CPU set the workers may use (the union of their
-    ranks' bindings), ``None`` to leave the binding alone.
+    ``rank`` layout; in the ``node`` layout, every worker rank of its group (the
+    node's, or a part of it past :data:`NODE_LAYOUT_MAX_RANKS`) for the group's
+    first worker rank and none for the others, which stand by for ``leader``.
+    ``cpus`` is the CPU set the workers may use (the union of their ranks'
+    bindings), ``None`` to leave the binding alone.
     """
 
     ranks: tuple[int, ...]
@@ -88,14 +100,31 @@ def placement(options: Options, world: World, peers: Sequence[Peer]) -> Placemen
     groups = node_groups(
         [p.host for p in peers], client_on_scheduler_rank=options.client_on_scheduler_rank
     )
-    for first, ranks in groups.items():
+    for ranks in groups.values():
         if world.rank not in ranks or len(ranks) < NODE_LAYOUT_MIN_RANKS:
             continue
-        if first != world.rank:
-            return Placement((), leader=peers[first])
-        cpus = frozenset(c for r in ranks for c in peers[r].cpus)
-        return Placement(ranks, cpus=cpus or None)
+        group = next(g for g in split_group(ranks) if world.rank in g)
+        if group[0] != world.rank:
+            return Placement((), leader=peers[group[0]])
+        cpus = frozenset(c for r in group for c in peers[r].cpus)
+        return Placement(group, cpus=cpus or None)
     return own
+
+
+def split_group(ranks: tuple[int, ...], most: int = NODE_LAYOUT_MAX_RANKS) -> list[tuple[int, ...]]:
+    """A node's worker ranks in consecutive groups of at most ``most``, sizes within one.
+
+    Near-equal sizes rather than ``most`` and a remainder: 33 ranks are 17 and 16,
+    not 32 and a group of one that would save nothing.
+    """
+    count = -(-len(ranks) // most)  # ceil
+    size, extra = divmod(len(ranks), count)
+    out, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        out.append(ranks[start:end])
+        start = end
+    return out
 
 
 def _gpu_placement(options: Options, world: World, peers: Sequence[Peer]) -> Placement | None:

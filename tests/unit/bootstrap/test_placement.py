@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from jobstrap.bootstrap.options import parse_args
-from jobstrap.bootstrap.placement import Peer, Placement, placement, single_host
+from jobstrap.bootstrap.placement import (
+    NODE_LAYOUT_MAX_RANKS,
+    Peer,
+    Placement,
+    placement,
+    single_host,
+    split_group,
+)
 from jobstrap.bootstrap.ranks import World
 
 #: Rank 0 scheduler, rank 1 client, three worker ranks on n1 and one on n2.
@@ -55,6 +62,51 @@ def test_two_worker_ranks_on_a_host_are_grouped_too() -> None:
 
     assert placement(options, world(2), peers) == Placement((2, 3), cpus=frozenset({2, 3}))
     assert placement(options, world(3), peers) == Placement((), leader=peers[2])
+
+
+def test_a_crowded_node_is_split_into_groups_each_run_by_its_first_rank() -> None:
+    # Rank 0 scheduler and rank 1 client on n1; 70 worker ranks on n2: past
+    # NODE_LAYOUT_MAX_RANKS (32) they make three groups of 24, 23 and 23.
+    workers = 70
+    hosts = ["n1", "n1"] + ["n2"] * workers
+    peers = [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(hosts)]
+    options = parse_args(["--run-dir", "/r"])
+
+    def world(rank: int) -> World:
+        comm: Any = object()
+        return World(rank=rank, size=len(hosts), source="mpi", comm=comm, hostname=hosts[rank])
+
+    found = {rank: placement(options, world(rank), peers) for rank in range(2, len(hosts))}
+
+    leaders = {rank: where for rank, where in found.items() if where.ranks}
+    assert [len(where.ranks) for where in leaders.values()] == [24, 23, 23]
+    assert sorted(r for where in leaders.values() for r in where.ranks) == list(range(2, 72))
+    for rank, where in leaders.items():
+        assert where.ranks[0] == rank
+        assert where.cpus == frozenset(where.ranks)
+    for rank, where in found.items():
+        if not where.ranks:  # stands by for the first rank of its own group
+            group = next(g.ranks for g in leaders.values() if rank in g.ranks)
+            assert where == Placement((), leader=peers[group[0]])
+
+
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (2, [2]),
+        (NODE_LAYOUT_MAX_RANKS, [NODE_LAYOUT_MAX_RANKS]),
+        (NODE_LAYOUT_MAX_RANKS + 1, [17, 16]),
+        (127, [32, 32, 32, 31]),
+        (254, [32, 32, 32, 32, 32, 32, 31, 31]),
+    ],
+)
+def test_groups_are_consecutive_with_sizes_within_one(count: int, sizes: list[int]) -> None:
+    ranks = tuple(range(10, 10 + count))
+
+    groups = split_group(ranks)
+
+    assert [len(g) for g in groups] == sizes
+    assert tuple(r for g in groups for r in g) == ranks
 
 
 @pytest.mark.parametrize("flag", ["--no-nanny", "--worker-layout=rank"])
