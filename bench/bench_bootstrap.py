@@ -81,13 +81,16 @@ BIG_LAYOUT_ENV = {
 #: Past CROWDED_RANKS ranks per node, also on both sides: distributed's per-worker
 #: sampling profiler (100 wake-ups a second) and monitors (every 0.1 and 0.5 s). 254
 #: idle workers on two cores kept 233 processes runnable (load 250) with them on, and
-#: every event loop, the scheduler's too, stalled for 10 s at a time. At a site each
-#: worker has its own core; bench_scale's connection storm turns off the same.
+#: every event loop, the scheduler's too, stalled for 10 s at a time. The event loop's
+#: 20 ms tick too: 128-254 processes' ticks on two cores. At a site each worker has
+#: its own core; bench_scale's connection storm turns off the same. Applied past
+#: CROWDED_RANKS ranks a node under srun, and on the one host of a plain mpiexec.
 CROWDED_RANKS = 64
 CROWDED_ENV = {
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "5s",
     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
 }
 
 
@@ -176,8 +179,9 @@ with Client() as client:
     try:  # by process: with several workers per rank, their nannies share one
         nannies = {p: v for p, v in client.run(lambda: (os.getpid(), peak()), nanny=True).values()}
         nanny_pss = {p: v for p, v in client.run(own_pss, nanny=True).values() if v is not None}
+        nanny_cpu = {p: v for p, v in client.run(lambda: (os.getpid(), cpu()), nanny=True).values()}
     except Exception:
-        nannies = nanny_pss = {}
+        nannies = nanny_pss = nanny_cpu = {}
     # Everything the workers cost, whatever the layout: every process of the launch
     # on the workers' nodes (ranks standing by, fork servers, trackers included) but
     # the scheduler's and this app's.
@@ -205,6 +209,7 @@ report = {
     "nanny_pss": list(nanny_pss.values()),
     "launch_pss": list(launch_pss.values()),
     "worker_cpu": list(worker_cpu.values()),
+    "nanny_cpu": list(nanny_cpu.values()),
     "scheduler_cpu": scheduler_cpu,
 }
 with open(out + ".tmp", "w") as handle:
@@ -272,6 +277,8 @@ def run_mpiexec(ranks: int, workdir: Path, timeout: float, *, method: str) -> di
     env = dict(os.environ)
     for name in [n for n in env if n.startswith(("SLURM_", "PMI_"))]:
         del env[name]  # a plain mpiexec, not a step of the bench's own job
+    if ranks > CROWDED_RANKS:  # every rank on this host: both sides alike
+        env.update(CROWDED_ENV)
     args = [str(app), str(report), str(ranks - 2)]
     if method == "dask_mpi":
         driver = job_dir / "driver.py"
@@ -405,6 +412,7 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
     launched = float(launch.read_text().strip())
     workers = [int(w) for w in data["worker_peak"]]
     nannies = [int(n) for n in data["nanny_peak"]]  # one per nanny process
+    nanny_cpu = [float(c) for c in data.get("nanny_cpu", [])]
     # A worker's share: its own process plus its part of its nanny's process (one
     # nanny process per worker rank, however many workers the rank forked).
     per_worker = (sum(workers) + sum(nannies)) / len(workers)
@@ -425,6 +433,10 @@ def _finish(report: Path, launch: Path, submitted: float, job_id: str) -> dict[s
         # is CPU-bound and this is where the time goes.
         "cpu_s_per_worker_process": round(statistics.mean(data["worker_cpu"]), 3),
         "cpu_s_scheduler": round(data["scheduler_cpu"], 3),
+        # A process running nannies (in the node layout, one per node running all of
+        # the node's): its event loop starts them all on one core.
+        "cpu_s_nanny_process_max": round(max(nanny_cpu), 3) if nanny_cpu else None,
+        "nanny_processes": len(nanny_cpu),
     }
 
 

@@ -716,24 +716,6 @@ def batch_targets(result: dict[str, Any], jobs: int) -> dict[str, Any]:
 STORM_SIDES = ("jobstrap", "jobstrap_paced", "dask_mpi")
 #: Batch mode at many ranks: (launcher, method) pairs run by bench_bootstrap's code.
 RANK_METHODS = ("jobstrap", "dask_mpi")
-#: Added to bench_bootstrap's settings for crowded hosts (both sides alike), as the
-#: storm's hosts have it: 128-254 workers' 20 ms event-loop ticks on two cores.
-CROWDED_TICK = {"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
-
-
-@contextlib.contextmanager
-def environment(extra: dict[str, str]) -> Any:
-    """``os.environ`` with ``extra`` for the block (bench_bootstrap's mpiexec reads it)."""
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def storm_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -764,10 +746,6 @@ def ranks_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Batch mode at ``--ranks`` (srun under Slurm, and mpiexec on one host), per method."""
     import bench_bootstrap as bb
 
-    # srun launches take it from big_layout_env (past CROWDED_RANKS a node); a plain
-    # mpiexec on one host gets none of bench_bootstrap's crowded settings, so they are
-    # given here through the environment it passes on, to both sides alike.
-    bb.CROWDED_ENV.update(CROWDED_TICK)
     found: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for ranks in args.ranks:
         for launcher in args.launchers:
@@ -786,9 +764,7 @@ def ranks_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     sampler.start()
                     try:
                         if launcher == "mpiexec":
-                            crowded = bb.CROWDED_ENV if ranks > bb.CROWDED_RANKS else {}
-                            with environment(crowded):
-                                run = bb.run_mpiexec(ranks, workdir, args.timeout, method=method)
+                            run = bb.run_mpiexec(ranks, workdir, args.timeout, method=method)
                         else:
                             run = bb.METHODS[method](ranks, workdir, args.timeout)
                     except Exception as error:
@@ -962,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
             targets[f"ranks_{case}_vs_dask_mpi_at_most"] = 0.7
             targets[f"ranks_{case}_ok"] = ratio_ is not None and ratio_ <= 0.7
     result["targets"] = targets
+    import bench_bootstrap
     import distributed
 
     series, measures = history_series(storm, ranks)
@@ -994,6 +971,10 @@ def main(argv: list[str] | None = None) -> int:
                 "(tcp), dashboard on); Worker(interface='ib0', nthreads=1, "
                 "memory_limit='auto', no nanny); distributed's defaults (connect 30 s, "
                 "no jitter)",
+            },
+            "ranks": {
+                "crowded_env": bench_bootstrap.CROWDED_ENV,
+                "crowded_past_ranks_per_host": bench_bootstrap.CROWDED_RANKS,
             },
             "rounds": args.rounds,
         },
