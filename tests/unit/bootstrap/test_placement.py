@@ -32,9 +32,9 @@ def peers() -> list[Peer]:
     return [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(HOSTS)]
 
 
-def mpi_world(rank: int) -> World:
+def mpi_world(rank: int, hosts: list[str] = HOSTS) -> World:
     comm: Any = object()  # only its presence matters here: ranks agree through MPI
-    return World(rank=rank, size=len(HOSTS), source="mpi", comm=comm, hostname=HOSTS[rank])
+    return World(rank=rank, size=len(hosts), source="mpi", comm=comm, hostname=hosts[rank])
 
 
 def test_the_node_layout_gives_a_host_s_worker_ranks_to_its_first(peers: list[Peer]) -> None:
@@ -56,12 +56,10 @@ def test_two_worker_ranks_on_a_host_are_grouped_too() -> None:
     peers = [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(hosts)]
     options = parse_args(["--run-dir", "/r"])
 
-    def world(rank: int) -> World:
-        comm: Any = object()
-        return World(rank=rank, size=len(hosts), source="mpi", comm=comm, hostname=hosts[rank])
-
-    assert placement(options, world(2), peers) == Placement((2, 3), cpus=frozenset({2, 3}))
-    assert placement(options, world(3), peers) == Placement((), leader=peers[2])
+    assert placement(options, mpi_world(2, hosts), peers) == Placement(
+        (2, 3), cpus=frozenset({2, 3})
+    )
+    assert placement(options, mpi_world(3, hosts), peers) == Placement((), leader=peers[2])
 
 
 def test_a_crowded_node_is_split_into_groups_each_run_by_its_first_rank() -> None:
@@ -72,11 +70,9 @@ def test_a_crowded_node_is_split_into_groups_each_run_by_its_first_rank() -> Non
     peers = [Peer(host, 100 + rank, (rank,)) for rank, host in enumerate(hosts)]
     options = parse_args(["--run-dir", "/r"])
 
-    def world(rank: int) -> World:
-        comm: Any = object()
-        return World(rank=rank, size=len(hosts), source="mpi", comm=comm, hostname=hosts[rank])
-
-    found = {rank: placement(options, world(rank), peers) for rank in range(2, len(hosts))}
+    found = {
+        rank: placement(options, mpi_world(rank, hosts), peers) for rank in range(2, len(hosts))
+    }
 
     leaders = {rank: where for rank, where in found.items() if where.ranks}
     assert [len(where.ranks) for where in leaders.values()] == [24, 23, 23]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 
 import dask
 import pytest
@@ -35,7 +36,7 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _forked_workers() -> object:
+def _forked_workers() -> Iterator[None]:
     # The bootstrap's default (a fork server) needs a rank's setup; a fork is enough here.
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
         yield
